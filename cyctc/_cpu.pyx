@@ -28,6 +28,7 @@ cdef extern from "src/omp_compat.h":
 
 cdef extern from "src/ctc.h":
     int CYCTC_LOGSPACE
+    int CYCTC_NOMEM
     ctypedef struct cyctc_seq:
         int T
         int C
@@ -42,21 +43,21 @@ cdef extern from "src/ctc.h":
         double loss
     int64_t cyctc_work_size(int T, int L, int with_grad) noexcept nogil
     int64_t cyctc_thread_scratch_size(int Lmax) noexcept nogil
-    void cyctc_prepare(const cyctc_seq *q, const double *lse, double *work, cyctc_state *st) noexcept nogil
+    void cyctc_prepare(const cyctc_seq *q, const double *norm, double *work, cyctc_state *st) noexcept nogil
     void cyctc_meet(const cyctc_seq *q, double *work, int with_grad, cyctc_state *st) noexcept nogil
-    double cyctc_row_lse_f32(const float *x, int C, float *softmax) noexcept nogil
-    double cyctc_row_lse_f64(const double *x, int C, double *softmax) noexcept nogil
-    void cyctc_stage1_f32(const cyctc_seq *q, const float *x, const double *lse, double *work, double *scratch, int with_grad,
+    void cyctc_row_norm_f32(const float *x, int C, float *softmax, double *norm) noexcept nogil
+    void cyctc_row_norm_f64(const double *x, int C, double *softmax, double *norm) noexcept nogil
+    void cyctc_stage1_f32(const cyctc_seq *q, const float *x, const double *norm, double *work, double *scratch, int with_grad,
                           int backward, cyctc_state *st) noexcept nogil
-    void cyctc_stage1_f64(const cyctc_seq *q, const double *x, const double *lse, double *work, double *scratch, int with_grad,
+    void cyctc_stage1_f64(const cyctc_seq *q, const double *x, const double *norm, double *work, double *scratch, int with_grad,
                           int backward, cyctc_state *st) noexcept nogil
-    void cyctc_stage2_f32(const cyctc_seq *q, const float *x, const double *lse, double *work, double *scratch, int backward,
+    void cyctc_stage2_f32(const cyctc_seq *q, const float *x, const double *norm, double *work, double *scratch, int backward,
                           cyctc_state *st) noexcept nogil
-    void cyctc_stage2_f64(const cyctc_seq *q, const double *x, const double *lse, double *work, double *scratch, int backward,
+    void cyctc_stage2_f64(const cyctc_seq *q, const double *x, const double *norm, double *work, double *scratch, int backward,
                           cyctc_state *st) noexcept nogil
-    void cyctc_logspace_f32(const cyctc_seq *q, const float *x, const double *lse, double *work, double *scratch, int with_grad,
+    void cyctc_logspace_f32(const cyctc_seq *q, const float *x, const double *norm, double *work, double *scratch, int with_grad,
                             cyctc_state *st) noexcept nogil
-    void cyctc_logspace_f64(const cyctc_seq *q, const double *x, const double *lse, double *work, double *scratch, int with_grad,
+    void cyctc_logspace_f64(const cyctc_seq *q, const double *x, const double *norm, double *work, double *scratch, int with_grad,
                             cyctc_state *st) noexcept nogil
     void cyctc_grad_row_f32(const cyctc_seq *q, const cyctc_state *st, const double *work, int t, double scale,
                             double *occ, float *g) noexcept nogil
@@ -82,35 +83,35 @@ def omp_max_threads():
     return cyctc_omp_max_threads()
 
 
-cdef inline double _row_lse(const real *x, int C, real *softmax) noexcept nogil:
+cdef inline void _row_norm(const real *x, int C, real *softmax, double *norm) noexcept nogil:
     if real is float:
-        return cyctc_row_lse_f32(x, C, softmax)
+        cyctc_row_norm_f32(x, C, softmax, norm)
     else:
-        return cyctc_row_lse_f64(x, C, softmax)
+        cyctc_row_norm_f64(x, C, softmax, norm)
 
 
-cdef inline void _stage1(const cyctc_seq *q, const real *x, const double *lse, double *work, double *scratch, int with_grad,
+cdef inline void _stage1(const cyctc_seq *q, const real *x, const double *norm, double *work, double *scratch, int with_grad,
                          int backward, cyctc_state *st) noexcept nogil:
     if real is float:
-        cyctc_stage1_f32(q, x, lse, work, scratch, with_grad, backward, st)
+        cyctc_stage1_f32(q, x, norm, work, scratch, with_grad, backward, st)
     else:
-        cyctc_stage1_f64(q, x, lse, work, scratch, with_grad, backward, st)
+        cyctc_stage1_f64(q, x, norm, work, scratch, with_grad, backward, st)
 
 
-cdef inline void _stage2(const cyctc_seq *q, const real *x, const double *lse, double *work, double *scratch, int backward,
+cdef inline void _stage2(const cyctc_seq *q, const real *x, const double *norm, double *work, double *scratch, int backward,
                          cyctc_state *st) noexcept nogil:
     if real is float:
-        cyctc_stage2_f32(q, x, lse, work, scratch, backward, st)
+        cyctc_stage2_f32(q, x, norm, work, scratch, backward, st)
     else:
-        cyctc_stage2_f64(q, x, lse, work, scratch, backward, st)
+        cyctc_stage2_f64(q, x, norm, work, scratch, backward, st)
 
 
-cdef inline void _logspace(const cyctc_seq *q, const real *x, const double *lse, double *work, double *scratch, int with_grad,
+cdef inline void _logspace(const cyctc_seq *q, const real *x, const double *norm, double *work, double *scratch, int with_grad,
                            cyctc_state *st) noexcept nogil:
     if real is float:
-        cyctc_logspace_f32(q, x, lse, work, scratch, with_grad, st)
+        cyctc_logspace_f32(q, x, norm, work, scratch, with_grad, st)
     else:
-        cyctc_logspace_f64(q, x, lse, work, scratch, with_grad, st)
+        cyctc_logspace_f64(q, x, norm, work, scratch, with_grad, st)
 
 
 cdef inline void _grad_row(const cyctc_seq *q, const cyctc_state *st, const double *work, int t, double scale,
@@ -137,7 +138,7 @@ cdef inline int _row_t(Py_ssize_t r, bint t_outer, int B, int T) noexcept nogil:
 
 
 cdef int _run(const real *x, Py_ssize_t xsb, Py_ssize_t xst, real *g, Py_ssize_t gsb, Py_ssize_t gst,
-              int B, int T, int C, const cyctc_seq *seqs, cyctc_state *states, double *lse,
+              int B, int T, int C, const cyctc_seq *seqs, cyctc_state *states, double *norm,
               double *work, const int64_t *offsets, const double *scale, int nt) noexcept nogil:
     """Returns 0, or -1 when a thread's scratch could not be allocated."""
     cdef Py_ssize_t r, i, nrows = <Py_ssize_t>B * T
@@ -166,16 +167,16 @@ cdef int _run(const real *x, Py_ssize_t xsb, Py_ssize_t xst, real *g, Py_ssize_t
             b = _row_b(r, t_outer, B, T)
             t = _row_t(r, t_outer, B, T)
             if t < seqs[b].T:
-                lse[<Py_ssize_t>b * T + t] = _row_lse(x + b * xsb + t * xst, C,
-                                                      g + b * gsb + t * gst if with_grad else NULL)
+                _row_norm(x + b * xsb + t * xst, C, g + b * gsb + t * gst if with_grad else NULL,
+                          norm + 2 * (<Py_ssize_t>b * T + t))
         for b in prange(B, schedule='static'):
-            cyctc_prepare(&seqs[b], lse + <Py_ssize_t>b * T, work + offsets[b], &states[b])
+            cyctc_prepare(&seqs[b], norm + 2 * <Py_ssize_t>b * T, work + offsets[b], &states[b])
         # forward and backward halves: two independent tasks per sequence
         for i in prange(2 * B, schedule='dynamic'):
             b = i >> 1
             if with_grad and tscr == NULL:
                 continue  # out of memory: reported after the region
-            _stage1(&seqs[b], x + b * xsb, lse + <Py_ssize_t>b * T, work + offsets[b],
+            _stage1(&seqs[b], x + b * xsb, norm + 2 * <Py_ssize_t>b * T, work + offsets[b],
                     _scratch(work + offsets[b], seqs[b].L, tscr, with_grad), with_grad, i & 1,
                     &states[b])
         for b in prange(B, schedule='static'):
@@ -185,11 +186,11 @@ cdef int _run(const real *x, Py_ssize_t xsb, Py_ssize_t xst, real *g, Py_ssize_t
                 b = i >> 1
                 if tscr == NULL:
                     continue
-                _stage2(&seqs[b], x + b * xsb, lse + <Py_ssize_t>b * T, work + offsets[b], tscr, i & 1, &states[b])
+                _stage2(&seqs[b], x + b * xsb, norm + 2 * <Py_ssize_t>b * T, work + offsets[b], tscr, i & 1, &states[b])
         for b in prange(B, schedule='dynamic'):  # every b: _logspace also folds in what stage 2 flagged
             if with_grad and tscr == NULL:
                 continue
-            _logspace(&seqs[b], x + b * xsb, lse + <Py_ssize_t>b * T, work + offsets[b],
+            _logspace(&seqs[b], x + b * xsb, norm + 2 * <Py_ssize_t>b * T, work + offsets[b],
                       _scratch(work + offsets[b], seqs[b].L, tscr, with_grad), with_grad, &states[b])
         if with_grad:
             for r in prange(nrows, schedule='static'):
@@ -225,7 +226,7 @@ def ctc_loss_grad(cnp.ndarray x, cnp.ndarray labels, cnp.ndarray label_length, c
     cdef cyctc_seq *seqs = NULL
     cdef cyctc_state *states = NULL
     cdef int64_t *offsets = NULL
-    cdef double *lse = NULL
+    cdef double *norm = NULL
     cdef double *work = NULL
     cdef cnp.ndarray loss = np.empty(B, dtype=np.float64)
     cdef double *lossp = <double *>cnp.PyArray_DATA(loss)
@@ -243,8 +244,8 @@ def ctc_loss_grad(cnp.ndarray x, cnp.ndarray labels, cnp.ndarray label_length, c
         seqs = <cyctc_seq *>PyMem_RawMalloc(sizeof(cyctc_seq) * B)
         states = <cyctc_state *>PyMem_RawMalloc(sizeof(cyctc_state) * B)
         offsets = <int64_t *>PyMem_RawMalloc(sizeof(int64_t) * (B + 1))
-        lse = <double *>PyMem_RawMalloc(sizeof(double) * max(<Py_ssize_t>B * T, 1))
-        if seqs == NULL or states == NULL or offsets == NULL or lse == NULL:
+        norm = <double *>PyMem_RawMalloc(sizeof(double) * 2 * max(<Py_ssize_t>B * T, 1))  # 2 normalisers a frame
+        if seqs == NULL or states == NULL or offsets == NULL or norm == NULL:
             raise MemoryError("cyctc: cannot allocate the per-sequence state")
         with nogil:
             for b in range(B):
@@ -267,19 +268,23 @@ def ctc_loss_grad(cnp.ndarray x, cnp.ndarray labels, cnp.ndarray label_length, c
         with nogil:
             if is_f32:
                 rc = _run(<const float *>xp, xsb, xst, <float *>gp, gsb, gst,
-                          B, T, C, seqs, states, lse, work, offsets, scale, num_threads)
+                          B, T, C, seqs, states, norm, work, offsets, scale, num_threads)
             else:
                 rc = _run(<const double *>xp, xsb, xst, <double *>gp, gsb, gst,
-                          B, T, C, seqs, states, lse, work, offsets, scale, num_threads)
+                          B, T, C, seqs, states, norm, work, offsets, scale, num_threads)
             for b in range(B):
                 lossp[b] = states[b].loss
-        if rc != 0:
+                if states[b].flags & CYCTC_NOMEM:
+                    rc = -2
+        if rc == -1:
             raise MemoryError("cyctc: cannot allocate per-thread scratch")
+        if rc == -2:
+            raise MemoryError("cyctc: cannot allocate the log-space rows of a sequence")
     finally:
         PyMem_RawFree(seqs)
         PyMem_RawFree(states)
         PyMem_RawFree(offsets)
-        PyMem_RawFree(lse)
+        PyMem_RawFree(norm)
         PyMem_RawFree(work)
     return loss
 

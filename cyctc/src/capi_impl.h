@@ -4,7 +4,7 @@
 
 /* runs the kernel on checked arguments; returns 0, or -1 when a thread could not allocate its scratch row */
 static int SFX(capi_run)(const REAL *x, ptrdiff_t xsb, ptrdiff_t xst, REAL *g, int B, int T, int C,
-                         const cyctc_seq *seqs, cyctc_state *states, double *lse, double *work,
+                         const cyctc_seq *seqs, cyctc_state *states, double *norm, double *work,
                          const int64_t *offsets, int nt)
 {
     const int64_t nrows = (int64_t)B * T;
@@ -30,18 +30,18 @@ static int SFX(capi_run)(const REAL *x, ptrdiff_t xsb, ptrdiff_t xst, REAL *g, i
         for (int64_t r = 0; r < nrows; r++) {
             const int b = (int)(r / T), t = (int)(r - (int64_t)b * T);
             if (t < seqs[b].T)
-                lse[r] = SFX(cyctc_row_lse)(x + b * xsb + t * xst, C, with_grad ? g + b * xsb + t * xst : NULL);
+                SFX(cyctc_row_norm)(x + b * xsb + t * xst, C, with_grad ? g + b * xsb + t * xst : NULL, norm + 2 * r);
         }
         CYCTC_OMP(for schedule(static))
         for (int b = 0; b < B; b++)
-            cyctc_prepare(&seqs[b], lse + (int64_t)b * T, work + offsets[b], &states[b]);
+            cyctc_prepare(&seqs[b], norm + 2 * (int64_t)b * T, work + offsets[b], &states[b]);
         /* forward and backward halves: two independent tasks per sequence */
         CYCTC_OMP(for schedule(dynamic))
         for (int64_t i = 0; i < 2 * (int64_t)B; i++) {
             const int b = (int)(i >> 1);
             double *scr = with_grad ? tscr : work + offsets[b] + seqs[b].L + 1;
             if (scr != NULL)
-                SFX(cyctc_stage1)(&seqs[b], x + b * xsb, lse + (int64_t)b * T, work + offsets[b], scr, with_grad,
+                SFX(cyctc_stage1)(&seqs[b], x + b * xsb, norm + 2 * (int64_t)b * T, work + offsets[b], scr, with_grad,
                                   (int)(i & 1), &states[b]);
         }
         CYCTC_OMP(for schedule(static))
@@ -52,7 +52,7 @@ static int SFX(capi_run)(const REAL *x, ptrdiff_t xsb, ptrdiff_t xst, REAL *g, i
             for (int64_t i = 0; i < 2 * (int64_t)B; i++) {
                 const int b = (int)(i >> 1);
                 if (tscr != NULL)
-                    SFX(cyctc_stage2)(&seqs[b], x + b * xsb, lse + (int64_t)b * T, work + offsets[b], tscr,
+                    SFX(cyctc_stage2)(&seqs[b], x + b * xsb, norm + 2 * (int64_t)b * T, work + offsets[b], tscr,
                                       (int)(i & 1), &states[b]);
             }
         }
@@ -60,7 +60,7 @@ static int SFX(capi_run)(const REAL *x, ptrdiff_t xsb, ptrdiff_t xst, REAL *g, i
         for (int b = 0; b < B; b++) { /* every b: cyctc_logspace also folds in what stage 2 flagged */
             double *scr = with_grad ? tscr : work + offsets[b] + seqs[b].L + 1;
             if (scr != NULL)
-                SFX(cyctc_logspace)(&seqs[b], x + b * xsb, lse + (int64_t)b * T, work + offsets[b], scr, with_grad,
+                SFX(cyctc_logspace)(&seqs[b], x + b * xsb, norm + 2 * (int64_t)b * T, work + offsets[b], scr, with_grad,
                                     &states[b]);
         }
         if (with_grad) {
@@ -96,9 +96,9 @@ cyctc_status CAPI_NAME(const REAL *logits, int max_time, int batch_size, int num
     cyctc_seq *seqs = (cyctc_seq *)malloc(sizeof(cyctc_seq) * (size_t)B);
     cyctc_state *states = (cyctc_state *)malloc(sizeof(cyctc_state) * (size_t)B);
     int64_t *offsets = (int64_t *)malloc(sizeof(int64_t) * ((size_t)B + 1));
-    double *lse = (double *)malloc(sizeof(double) * (nrows > 0 ? nrows : 1));
+    double *norm = (double *)malloc(sizeof(double) * 2 * (nrows > 0 ? nrows : 1)); /* 2 normalisers a frame */
     double *work = NULL;
-    if (seqs == NULL || states == NULL || offsets == NULL || lse == NULL) {
+    if (seqs == NULL || states == NULL || offsets == NULL || norm == NULL) {
         st = CYCTC_STATUS_OUT_OF_MEMORY;
         goto done;
     }
@@ -127,10 +127,16 @@ cyctc_status CAPI_NAME(const REAL *logits, int max_time, int batch_size, int num
             goto done;
         }
     }
-    if (SFX(capi_run)(logits, xsb, xst, grad, B, T, C, seqs, states, lse, work, offsets,
+    if (SFX(capi_run)(logits, xsb, xst, grad, B, T, C, seqs, states, norm, work, offsets,
                       resolve_threads(num_threads)) != 0) {
         st = CYCTC_STATUS_OUT_OF_MEMORY; /* grad is partly written; losses are not */
         goto done;
+    }
+    for (int b = 0; b < B; b++) {
+        if (states[b].flags & CYCTC_NOMEM) {
+            st = CYCTC_STATUS_OUT_OF_MEMORY; /* the log-space path of a sequence could not allocate its rows */
+            goto done;
+        }
     }
     for (int b = 0; b < B; b++)
         losses[b] = (REAL)states[b].loss;
@@ -138,7 +144,7 @@ done:
     free(seqs);
     free(states);
     free(offsets);
-    free(lse);
+    free(norm);
     free(work);
     return st;
 }

@@ -8,14 +8,15 @@
 #include "ctc.h"
 
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "ctc_common.h"
 
 int64_t cyctc_work_size(int T, int L, int with_grad)
 {
-    if (with_grad)
-        return (L + 1) + ((int64_t)T + 1) * row_width(L);
+    if (with_grad) /* skip weights, T + 1 rows, the two lost-mass rows */
+        return (L + 1) + ((int64_t)T + 3) * row_width(L);
     return (L + 1) + 2 * scratch_size(L);
 }
 
@@ -30,9 +31,10 @@ int cyctc_min_frames(const int32_t *labels, int L, int merge_repeated)
     return n;
 }
 
-void cyctc_prepare(const cyctc_seq *q, const double *lse, double *work, cyctc_state *st)
+void cyctc_prepare(const cyctc_seq *q, const double *norm, double *work, cyctc_state *st)
 {
     st->flags = st->flags_fwd = st->flags_bwd = 0;
+    st->lost_fwd = st->lost_bwd = 0;
     st->M = 0;
     st->loss = 0.0;
     st->log_mid = 0.0;
@@ -47,7 +49,7 @@ void cyctc_prepare(const cyctc_seq *q, const double *lse, double *work, cyctc_st
         return;
     }
     for (int t = 0; t < q->T; t++) {
-        if (!isfinite(lse[t])) {
+        if (!isfinite(norm[2 * t]) || !isfinite(norm[2 * t + 1])) {
             st->flags = CYCTC_NONFINITE;
             st->loss = NAN;
             return;
@@ -76,12 +78,38 @@ void cyctc_meet(const cyctc_seq *q, double *work, int with_grad, cyctc_state *st
         b = scratch_of(work + L + 1, L, 1);
     }
     const double z = dot(a, b, 2 * L + 3);
-    if (!(z >= CYCTC_TINY)) {
+    /* products under the normal range inside this dot lose at most (2L + 3) * 2^-1022: negligible against z */
+    if (!(z >= ldexp(2.0 * L + 3.0, -960))) {
         st->flags |= CYCTC_LOGSPACE;
         return;
     }
+    const double ea = a[exp_off(L)], eb = b[exp_off(L)];
+    if (st->lost_fwd | st->lost_bwd) {
+        /* how much of P the flushed products can have taken (ctc_common.h, "Lost mass"), log2 */
+        double *scr = with_grad ? NULL : work + L + 1;
+        const double *la = NULL, *lb = NULL;
+        double worst = -INFINITY;
+        if (with_grad) {
+            la = rows_of(work, L) + ((int64_t)q->T + 1) * W;
+            lb = la + W;
+        } else {
+            la = lost_of(scratch_of(scr, L, 0), L);
+            lb = lost_of(scratch_of(scr, L, 1), L);
+        }
+        if (st->lost_fwd)
+            worst = fmax(worst, log2_dot_bound(la, b, L) + la[exp_off(L)] + eb);
+        if (st->lost_bwd)
+            worst = fmax(worst, log2_dot_bound(a, lb, L) + ea + lb[exp_off(L)]);
+        if (st->lost_fwd && st->lost_bwd)
+            worst = fmax(worst, log2_dot_bound(la, lb, L) + la[exp_off(L)] + lb[exp_off(L)]);
+        /* 3 terms, and a factor 2 of margin (lost_injection) */
+        if (!(worst + 3.0 <= log2(z) + ea + eb + (double)CYCTC_LOST_REL_LOG2)) {
+            st->flags |= CYCTC_LOGSPACE;
+            return;
+        }
+    }
     st->log_mid = log(z);
-    st->e_mid = (int64_t)a[exp_off(L)] + (int64_t)b[exp_off(L)];
+    st->e_mid = (int64_t)ea + (int64_t)eb;
     /* P <= 1: a result a rounding error below 0 (P ~ 1) is reported as 0 */
     st->loss = fmax(0.0, -(st->log_mid + (double)st->e_mid * CYCTC_LN2));
 }

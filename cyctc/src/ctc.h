@@ -4,20 +4,26 @@
  * The loss of one sequence is computed in four steps that a batch driver (cyctc/_cpu.pyx, or the C API in
  * cyctc/src/capi.c) schedules over many sequences and threads:
  *
- *   1. cyctc_row_lse_*     per frame: lse[t] = log sum_c exp(x[t, c]); with a gradient wanted it also writes the
- *                          frame's softmax into the gradient row                             (independent per frame)
+ *   1. cyctc_row_norm_*    per frame: norm[2t] = m = max_c x[t, c], norm[2t + 1] = log sum_c exp(x[t, c] - m), so
+ *                          that log p = (x - m) - log s stays exact under any shift of the logits; with a gradient
+ *                          wanted it also writes the frame's softmax into the gradient row   (independent per frame)
  *   2. cyctc_prepare       per sequence: feasibility, non-finite frames, meeting frame M
  *   3. cyctc_stage1_*      two independent tasks per sequence: the forward variables for frames [0, M) and the
  *                          backward variables for frames [M-1, T), in scaled linear space (each row normalised by
- *                          a power of two, so the scaling itself is exact)
- *      cyctc_meet          per sequence: P = sum_s alpha[M-1, s] beta[M-1, s] gives the loss
+ *                          a power of two, so the scaling itself is exact); every product that underflows is
+ *                          accounted for in a row of lost mass (ctc_common.h, "Lost mass")
+ *      cyctc_meet          per sequence: P = sum_s alpha[M-1, s] beta[M-1, s] gives the loss, unless the mass
+ *                          lost to underflow could matter (then log space)
  *      cyctc_stage2_*      (gradient only) two tasks per sequence: the forward task carries alpha on through
  *                          [M, T), the backward task carries beta back through [0, M-1); each turns every frame's
  *                          alpha*beta into state posteriors (gamma), normalised per frame
  *      cyctc_logspace_*    per sequence, only where the scaled recursion could not keep full precision
  *                          (underflow, or a frame whose posterior mass disagrees with P): the same result
- *                          recomputed in log space. Drivers call it for every sequence after stage 2: it first
- *                          folds in the flags the stage-2 tasks raised (flags_fwd / flags_bwd)
+ *                          recomputed in double-double log space (exact at any logit magnitude; it allocates its
+ *                          own O(T x L) rows and raises CYCTC_NOMEM when it cannot). Drivers call it for every
+ *                          sequence after stage 2: it first folds in the flags the stage-2 tasks raised
+ *                          (flags_fwd / flags_bwd); a loss the meeting computed is kept, so a loss-only call
+ *                          returns exactly the loss of the gradient call
  *   4. cyctc_grad_row_*    per frame: grad[t, c] = scale * (softmax[t, c] - sum of gamma over states of class c),
  *                          in place over the softmax row (only the blank and label columns change when scale = 1)
  *
@@ -42,6 +48,7 @@ extern "C" {
 #define CYCTC_NONFINITE 2  /* a valid frame holds NaN or inf logits: loss NaN, gradient NaN on valid frames */
 #define CYCTC_LOGSPACE 4   /* the scaled recursion lost precision: recomputed in log space */
 #define CYCTC_EMPTY 8      /* no frames and no labels: loss 0, nothing to compute */
+#define CYCTC_NOMEM 16     /* the log-space path could not allocate its rows: loss NaN; drivers report an error */
 
 typedef struct {
     int T;                 /* valid frames */
@@ -57,6 +64,8 @@ typedef struct {
     int flags;      /* CYCTC_* */
     int flags_fwd;  /* raised by the forward tasks (kept apart so concurrent tasks never share a word) */
     int flags_bwd;  /* raised by the backward tasks */
+    int lost_fwd;   /* the forward stage-1 task flushed a product: its lost-mass row is live */
+    int lost_bwd;   /* the same for the backward task */
     int M;          /* forward covers frames [0, M), backward [M-1, T) */
     double log_mid; /* log sum_s a[M-1, s] b[M-1, s] of the scaled rows, for the per-frame consistency check */
     int64_t e_mid;  /* binary exponent of that product */
@@ -72,19 +81,20 @@ int64_t cyctc_thread_scratch_size(int Lmax);
 /* minimum number of frames an alignment needs */
 int cyctc_min_frames(const int32_t *labels, int L, int merge_repeated);
 
-/* step 2: fills st (flags, M) and the sequence's constants in work; lse holds the valid frames' normalisers */
-void cyctc_prepare(const cyctc_seq *q, const double *lse, double *work, cyctc_state *st);
+/* step 2: fills st (flags, M) and the sequence's constants in work; norm holds the valid frames' normalisers
+ * (2 doubles a frame, see cyctc_row_norm) */
+void cyctc_prepare(const cyctc_seq *q, const double *norm, double *work, cyctc_state *st);
 
 /* the meeting: combines the two stage-1 rows into the loss (or raises CYCTC_LOGSPACE) */
 void cyctc_meet(const cyctc_seq *q, double *work, int with_grad, cyctc_state *st);
 
 #define CYCTC_DECLARE(SFX, REAL)                                                                                    \
-    double cyctc_row_lse_##SFX(const REAL *x, int C, REAL *softmax);                                                \
-    void cyctc_stage1_##SFX(const cyctc_seq *q, const REAL *x, const double *lse, double *work, double *scratch,   \
+    void cyctc_row_norm_##SFX(const REAL *x, int C, REAL *softmax, double *norm);                                   \
+    void cyctc_stage1_##SFX(const cyctc_seq *q, const REAL *x, const double *norm, double *work, double *scratch,   \
                             int with_grad, int backward, cyctc_state *st);                                          \
-    void cyctc_stage2_##SFX(const cyctc_seq *q, const REAL *x, const double *lse, double *work, double *scratch,   \
+    void cyctc_stage2_##SFX(const cyctc_seq *q, const REAL *x, const double *norm, double *work, double *scratch,   \
                             int backward, cyctc_state *st);                                                         \
-    void cyctc_logspace_##SFX(const cyctc_seq *q, const REAL *x, const double *lse, double *work, double *scratch, \
+    void cyctc_logspace_##SFX(const cyctc_seq *q, const REAL *x, const double *norm, double *work, double *scratch, \
                               int with_grad, cyctc_state *st);                                                      \
     void cyctc_grad_row_##SFX(const cyctc_seq *q, const cyctc_state *st, const double *work, int t, double scale,   \
                               double *occ, REAL *g);

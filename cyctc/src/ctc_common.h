@@ -9,13 +9,26 @@
  * Work space of one sequence (doubles):
  *   [skip weights: L + 1]  skipw[k] = 1 when label state k may be entered from label state k - 1 (skipping the
  *                          blank between them), else 0; skipw[L] = 0
- *   loss only:  [forward scratch: 2 rows, label probabilities P (L + 1: blank, then labels), temporary q (L + 1)]
- *               [backward scratch: the same]   (the last row of each half must survive until the meeting)
- *   gradient:   [rows: (T + 1) rows]; the scratch then comes from the thread running the task (per-thread
- *               buffers of cyctc_thread_scratch_size(Lmax) doubles), as it lives only within one call.
+ *   loss only:  [forward scratch: 2 rows, 2 lost-mass rows, label probabilities P (L + 1: blank, then labels),
+ *                temporaries q (L + 1) and u (L + 2)] [backward scratch: the same]   (the last row and lost-mass
+ *               row of each half must survive until the meeting)
+ *   gradient:   [rows: (T + 1) rows] [lost-mass rows: 2 (forward, backward)]; the scratch then comes from the
+ *               thread running the task (per-thread buffers of cyctc_thread_scratch_size(Lmax) doubles), as it
+ *               lives only within one call.
  *               Stage 1 stores alpha[t] in row t (t < M) and
  *                          beta[t] in row t + 1 (t >= M - 1); stage 2 overwrites each with gamma, so the state
  *                          posteriors of frame t end in row row_index(t, M) = t + (t >= M - 1).
+ *
+ * Lost mass (underflow that cannot go unnoticed). A product of a state and a frame probability whose exact value
+ * is below the normal range is flushed (to 0 or a subnormal), and such a state may come to dominate later frames
+ * (a confident, wrong model), while each factor alone looked harmless. Every product in the stage-1 recursions is
+ * checked: the first flush of a direction starts a shadow row of lost mass, which then follows the same recursion
+ * (same probabilities, its own power-of-two scale) and receives, at every state fed by a flushed product, an upper
+ * bound of what was lost (CYCTC_LOST_BOUND in the source row's units). At the meeting, dot(lost_alpha, beta) +
+ * dot(alpha, lost_beta) + dot(lost_alpha, lost_beta) bounds how much of P was lost, since the true alpha and beta
+ * of any state never exceed the computed ones plus the lost ones; when that bound is not negligible (above
+ * P * 2^-50) the sequence is recomputed in log space. Frames after the meeting (gradient calls) are covered by the
+ * per-frame posterior-mass check against P, which lost mass can only lower.
  */
 #ifndef CYCTC_CTC_COMMON_H
 #define CYCTC_CTC_COMMON_H
@@ -30,6 +43,10 @@
 #define CYCTC_TINY 9.332636185032189e-302 /* 2^-1000 */       /* a row sum below this means the scaled recursion lost range */
 #define CYCTC_PROB_FLOOR 8.607837561916492e-283 /* 2^-937 */  /* ~exp(-650): a needed class less probable than this: use log space */
 #define CYCTC_CONSISTENCY_TOL 1e-10 /* |log mass of a frame - log P| above this: use log space */
+#define CYCTC_FLUSH 8.900295434028806e-308 /* 2^-1020: a product below this may have lost bits (or everything),
+                                               now or at the next power-of-two rescale (by at most 1/4) */
+#define CYCTC_LOST_BOUND_LOG2 (-1019)      /* what one flushed product can have lost, log2, source row's units */
+#define CYCTC_LOST_REL_LOG2 (-50)          /* lost mass above P * 2^-50 sends the sequence to log space */
 
 /* Hot functions are compiled twice on x86-64 with GCC (AVX2+FMA and baseline), picked at load time. */
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(CYCTC_NO_CLONES) &&              \
@@ -55,13 +72,15 @@
 static inline int64_t row_width(int L) { return 2 * (int64_t)L + 4; }
 static inline int64_t lab_off(int L) { return (int64_t)L + 2; }
 static inline int64_t exp_off(int L) { return 2 * (int64_t)L + 3; }
-static inline int64_t scratch_size(int L) { return 2 * row_width(L) + 2 * ((int64_t)L + 1); }
+static inline int64_t scratch_size(int L) { return 4 * row_width(L) + 3 * ((int64_t)L + 1) + 1; }
 static inline double *skipw_of(double *work) { return work; }
 /* scratch: the sequence's own (loss only: work + L + 1, it must outlive the task) or the calling thread's
  * (gradient: cyctc_thread_scratch_size(Lmax) doubles, used within one task call only) */
 static inline double *scratch_of(double *scratch, int L, int backward) { return scratch + backward * scratch_size(L); }
-static inline double *probs_of(double *scratch, int L) { return scratch + 2 * row_width(L); }
-static inline double *tmp_of(double *scratch, int L) { return scratch + 2 * row_width(L) + L + 1; }
+static inline double *lost_of(double *scratch, int L) { return scratch + 2 * row_width(L); }
+static inline double *probs_of(double *scratch, int L) { return scratch + 4 * row_width(L); }
+static inline double *tmp_of(double *scratch, int L) { return scratch + 4 * row_width(L) + L + 1; }
+static inline double *tmp2_of(double *scratch, int L) { return scratch + 4 * row_width(L) + 2 * ((int64_t)L + 1); }
 static inline double *rows_of(double *work, int L) { return work + (L + 1); }
 static inline int row_index(int t, int M) { return t + (t >= M - 1); }
 
@@ -148,34 +167,100 @@ static inline void fill_skip_weights(const cyctc_seq *q, double *skipw)
         skipw[k] = (k >= 1 && k < L && (!q->merge_repeated || q->labels[k] != q->labels[k - 1])) ? 1.0 : 0.0;
 }
 
-/* n = next forward row from row a and the frame's probabilities P (P[0] blank, P[1 + k] label k) */
-static inline void fwd_step(int L, double stay, const double *skipw, const double *a, const double *P, double *n)
+/* n = next forward row from row a and the frame's probabilities P (P[0] blank, P[1 + k] label k); returns 1 when
+ * a product of a nonzero state and its probability fell below CYCTC_FLUSH (see "Lost mass" above) */
+static inline int fwd_step(int L, double stay, const double *skipw, const double *a, const double *P, double *n)
 {
     const double *ab = a, *al = a + lab_off(L);
     double *nb = n, *nl = n + lab_off(L);
     const double pb = P[0], *pl = P + 1;
-    for (int k = 0; k <= L; k++)
-        nb[k] = (ab[k] + al[k - 1]) * pb;
-    for (int k = 0; k < L; k++)
-        nl[k] = (stay * al[k] + ab[k] + skipw[k] * al[k - 1]) * pl[k];
+    int flushed = 0;
+    for (int k = 0; k <= L; k++) {
+        const double s = ab[k] + al[k - 1];
+        const double v = s * pb;
+        flushed |= (s > 0.0) & (v < CYCTC_FLUSH);
+        nb[k] = v;
+    }
+    for (int k = 0; k < L; k++) {
+        const double s = stay * al[k] + ab[k] + skipw[k] * al[k - 1];
+        const double v = s * pl[k];
+        flushed |= (s > 0.0) & (v < CYCTC_FLUSH);
+        nl[k] = v;
+    }
+    nb[L + 1] = 0.0;
+    nl[L] = 0.0;
+    return flushed;
+}
+
+/* the lost-mass row's forward step: n = step(lost) + inj at every state whose product in fwd_step(a) flushed */
+static inline void fwd_lost_step(int L, double stay, const double *skipw, const double *a, const double *P,
+                                 const double *lost, double inj, double *n)
+{
+    const double *ab = a, *al = a + lab_off(L), *lb = lost, *ll = lost + lab_off(L);
+    double *nb = n, *nl = n + lab_off(L);
+    const double pb = P[0], *pl = P + 1;
+    for (int k = 0; k <= L; k++) {
+        const double s = ab[k] + al[k - 1];
+        const double v = s * pb;
+        nb[k] = (lb[k] + ll[k - 1]) * pb + (((s > 0.0) & (v < CYCTC_FLUSH)) ? inj : 0.0);
+    }
+    for (int k = 0; k < L; k++) {
+        const double s = stay * al[k] + ab[k] + skipw[k] * al[k - 1];
+        const double v = s * pl[k];
+        nl[k] = (stay * ll[k] + lb[k] + skipw[k] * ll[k - 1]) * pl[k] + (((s > 0.0) & (v < CYCTC_FLUSH)) ? inj : 0.0);
+    }
     nb[L + 1] = 0.0;
     nl[L] = 0.0;
 }
 
-/* n = beta[t - 1] from b = beta[t] and frame t's probabilities P; q: L + 1 temporaries */
-static inline void bwd_step(int L, double stay, const double *skipw, const double *b, const double *P, double *q,
-                            double *n)
+/* n = beta[t - 1] from b = beta[t] and frame t's probabilities P; q: L + 1 temporaries. Returns 1 when a product
+ * of a nonzero state and its probability fell below CYCTC_FLUSH. */
+static inline int bwd_step(int L, double stay, const double *skipw, const double *b, const double *P, double *q,
+                           double *n)
 {
     const double *bb = b, *bl = b + lab_off(L);
     double *nb = n, *nl = n + lab_off(L);
     const double pb = P[0], *pl = P + 1;
-    for (int k = 0; k < L; k++)
+    int flushed = 0;
+    for (int k = 0; k < L; k++) {
         q[k] = pl[k] * bl[k];
+        flushed |= (bl[k] > 0.0) & (q[k] < CYCTC_FLUSH);
+    }
     q[L] = 0.0;
-    for (int k = 0; k <= L; k++)
-        nb[k] = pb * bb[k] + q[k];
+    for (int k = 0; k <= L; k++) {
+        const double u = pb * bb[k];
+        flushed |= (bb[k] > 0.0) & (u < CYCTC_FLUSH);
+        nb[k] = u + q[k];
+    }
     for (int k = 0; k < L; k++)
         nl[k] = stay * q[k] + pb * bb[k + 1] + skipw[k + 1] * q[k + 1];
+    nb[L + 1] = 0.0;
+    nl[L] = 0.0;
+    return flushed;
+}
+
+/* the lost-mass row's backward step: bwd_step(lost) where every product that flushed in bwd_step(b) carries inj
+ * more; q: L + 1 and u: L + 2 temporaries */
+static inline void bwd_lost_step(int L, double stay, const double *skipw, const double *b, const double *P,
+                                 const double *lost, double inj, double *q, double *u, double *n)
+{
+    const double *bb = b, *bl = b + lab_off(L), *lb = lost, *ll = lost + lab_off(L);
+    double *nb = n, *nl = n + lab_off(L);
+    const double pb = P[0], *pl = P + 1;
+    for (int k = 0; k < L; k++) {
+        const double v = pl[k] * bl[k];
+        q[k] = pl[k] * ll[k] + (((bl[k] > 0.0) & (v < CYCTC_FLUSH)) ? inj : 0.0);
+    }
+    q[L] = 0.0;
+    for (int k = 0; k <= L; k++) {
+        const double v = pb * bb[k];
+        u[k] = pb * lb[k] + (((bb[k] > 0.0) & (v < CYCTC_FLUSH)) ? inj : 0.0);
+    }
+    u[L + 1] = 0.0;
+    for (int k = 0; k <= L; k++)
+        nb[k] = u[k] + q[k];
+    for (int k = 0; k < L; k++)
+        nl[k] = stay * q[k] + u[k + 1] + skipw[k + 1] * q[k + 1];
     nb[L + 1] = 0.0;
     nl[L] = 0.0;
 }
@@ -212,6 +297,30 @@ static inline int normalise(double *r, int L, double exponent_before)
     return 0;
 }
 
+/* Before a lost-mass step whose source row (exponent src_exp) flushed: the amount to inject, in the units of the
+ * lost row lp (an upper bound of one flushed product's loss). Starts the lost row (all 0, its exponent set so
+ * that inj = 1) on the first flush, or when what it holds is negligible against the new loss (2^-600 of it: the
+ * meeting's bound keeps a factor 2 of margin for that). */
+static inline double lost_injection(double *lp, int L, double src_exp, int *active)
+{
+    const int64_t E = exp_off(L);
+    const double d = (double)CYCTC_LOST_BOUND_LOG2 + src_exp - (*active ? lp[E] : 0.0);
+    if (!*active || d > 600.0) {
+        memset(lp, 0, sizeof(double) * (size_t)row_width(L));
+        lp[E] = src_exp + (double)CYCTC_LOST_BOUND_LOG2;
+        *active = 1;
+        return 1.0;
+    }
+    return ldexp(1.0, d < -1000.0 ? -1000 : (int)d); /* an over-estimate below 2^-1000: still a bound */
+}
+
+/* log2 of an upper bound of sum a * b over a row pair (products that underflow inside the dot included) */
+static inline double log2_dot_bound(const double *a, const double *b, int L)
+{
+    const int n = 2 * L + 3;
+    return log2(dot(a, b, n) + (double)n * CYCTC_FLUSH);
+}
+
 /* dst[i] = (other[i] * dst[i]) * inv: in place, no aliasing (so it vectorises) */
 static inline void mul_scale_inplace(double *CYCTC_RESTRICT dst, const double *CYCTC_RESTRICT other, double inv,
                                      int n)
@@ -238,16 +347,74 @@ static inline int posterior(double *a, double *b, int L, const cyctc_state *st, 
     return 0;
 }
 
-static inline double log_add(double a, double b)
+/* ---- double-double log space (the fallback path) --------------------------------------------------------------
+ * A log-probability is kept as hi + lo, so that terms of very different size survive a sum: with logits at
+ * -1e30 every path's score is -1e30 plus a few nats, and those few nats decide the posteriors. The operations
+ * below are exact (two-sum) except for the rounding of log1p(exp(d)), a number below ln 2. -inf is (-inf, 0). */
+typedef struct {
+    double hi, lo;
+} cyctc_dd;
+
+static const cyctc_dd CYCTC_DD_NEG_INF = {-INFINITY, 0.0};
+
+/* a + b exactly, as hi + lo (hi = fl(a + b)) */
+static inline cyctc_dd dd_two_sum(double a, double b)
 {
-    if (a < b) {
-        double t = a;
+    const double s = a + b;
+    cyctc_dd r;
+    r.hi = s;
+    if (!isfinite(s)) {
+        r.lo = 0.0;
+        return r;
+    }
+    const double bb = s - a;
+    r.lo = (a - (s - bb)) + (b - bb);
+    return r;
+}
+
+static inline cyctc_dd dd_add(cyctc_dd a, cyctc_dd b)
+{
+    cyctc_dd s = dd_two_sum(a.hi, b.hi);
+    if (!isfinite(s.hi))
+        return s;
+    return dd_two_sum(s.hi, s.lo + (a.lo + b.lo));
+}
+
+/* a - b as a double, for a and b of similar size (cancels the hi parts exactly) */
+static inline double dd_diff(cyctc_dd a, cyctc_dd b)
+{
+    if (a.hi == -INFINITY)
+        return -INFINITY;
+    const cyctc_dd d = dd_two_sum(a.hi, -b.hi);
+    return d.hi + (d.lo + (a.lo - b.lo));
+}
+
+static inline cyctc_dd dd_log_add(cyctc_dd a, cyctc_dd b)
+{
+    if (a.hi == -INFINITY)
+        return b;
+    if (b.hi == -INFINITY)
+        return a;
+    double d = dd_diff(b, a);
+    if (d > 0.0) {
+        const cyctc_dd t = a;
         a = b;
         b = t;
+        d = -d;
     }
-    if (b == -INFINITY)
-        return a;
-    return a + log1p(exp(b - a));
+    const cyctc_dd r = {log1p(exp(d)), 0.0};
+    return dd_add(a, r);
+}
+
+/* log p of class c at a frame: (x - m) - log s, with x - m exact, so neither a shift of every logit nor logits of
+ * any magnitude cost accuracy; norm = {m, log s} of the frame */
+static inline cyctc_dd dd_logp(double x, const double *norm)
+{
+    if (x == -INFINITY)
+        return CYCTC_DD_NEG_INF;
+    const cyctc_dd d = dd_two_sum(x, -norm[0]);
+    const cyctc_dd ls = {-norm[1], 0.0};
+    return dd_add(d, ls);
 }
 
 /* index of extended state s within a row */

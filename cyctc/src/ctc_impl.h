@@ -4,8 +4,8 @@
 
 /* P[0] = p(blank), P[1 + k] = p(label k) at frame x (q: L + 1 temporaries); flags a needed class too improbable
  * for linear space */
-static CYCTC_HOT CYCTC_NOINLINE int SFX(label_probs)(const cyctc_seq *q, const REAL *x, double lse, double *P, double *tmp,
-                                                     const REAL *ahead)
+static CYCTC_HOT CYCTC_NOINLINE int SFX(label_probs)(const cyctc_seq *q, const REAL *x, const double *norm, double *P,
+                                                     double *tmp, const REAL *ahead)
 {
     const int L = q->L;
     /* the recursion walks frames that sit far apart in memory: fetch a later frame's label columns now */
@@ -14,9 +14,11 @@ static CYCTC_HOT CYCTC_NOINLINE int SFX(label_probs)(const cyctc_seq *q, const R
         for (int k = 0; k < L; k++)
             CYCTC_PREFETCH(ahead + q->labels[k]);
     }
-    tmp[0] = (double)x[q->blank] - lse;
+    /* (x - m) - log s: shift invariant at any magnitude (x - m is exact for float logits) */
+    const double m = norm[0], ls = norm[1];
+    tmp[0] = ((double)x[q->blank] - m) - ls;
     for (int k = 0; k < L; k++)
-        tmp[k + 1] = (double)x[q->labels[k]] - lse;
+        tmp[k + 1] = ((double)x[q->labels[k]] - m) - ls;
     for (int k = 0; k <= L; k++)
         P[k] = cyctc_exp(tmp[k]);
     /* cyctc_exp returns exactly 0 below -708, so a probability under exp(floor) flags the frame */
@@ -67,21 +69,34 @@ static CYCTC_HOT CYCTC_NOINLINE double SFX(sum_exp)(const REAL *x, int C, REAL m
     return (((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))) + tail;
 }
 
-CYCTC_HOT double SFX(cyctc_row_lse)(const REAL *x, int C, REAL *softmax)
+CYCTC_HOT void SFX(cyctc_row_norm)(const REAL *x, int C, REAL *softmax, double *norm)
 {
     const REAL m = SFX(row_max)(x, C);
-    if (m == (REAL)INFINITY || m == (REAL)-INFINITY)
-        return NAN; /* +inf somewhere, or every class at -inf (or NaN): no distribution */
+    if (m == (REAL)INFINITY || m == (REAL)-INFINITY) {
+        norm[0] = norm[1] = NAN; /* +inf somewhere, or every class at -inf (or NaN): no distribution */
+        return;
+    }
     const double s = SFX(sum_exp)(x, C, m, softmax);
     if (softmax) {
         const double inv = 1.0 / s;
         for (int c = 0; c < C; c++)
             softmax[c] = (REAL)((double)softmax[c] * inv);
     }
-    return (double)m + log(s); /* NaN when a value is NaN */
+    norm[0] = (double)m; /* the normaliser is m + log s, kept as two numbers (see label_probs) */
+    norm[1] = log(s);    /* NaN when a value is NaN */
 }
 
-CYCTC_HOT void SFX(cyctc_stage1)(const cyctc_seq *q, const REAL *x, const double *lse, double *work,
+/* the lost-mass row of direction `backward` that the meeting reads (see ctc_common.h, "Lost mass") */
+static inline double *SFX(final_lost_row)(double *work, double *scratch, const cyctc_seq *q, int with_grad,
+                                          int backward)
+{
+    const int L = q->L;
+    if (with_grad)
+        return rows_of(work, L) + ((int64_t)q->T + 1 + backward) * row_width(L);
+    return lost_of(scratch_of(scratch, L, backward), L);
+}
+
+CYCTC_HOT void SFX(cyctc_stage1)(const cyctc_seq *q, const REAL *x, const double *norm, double *work,
                                  double *scratch, int with_grad, int backward, cyctc_state *st)
 {
     if (st->flags)
@@ -91,13 +106,14 @@ CYCTC_HOT void SFX(cyctc_stage1)(const cyctc_seq *q, const REAL *x, const double
     const double stay = q->merge_repeated ? 1.0 : 0.0;
     const double *skipw = skipw_of(work);
     double *sc = scratch_of(scratch, L, backward);
-    double *P = probs_of(sc, L), *tmp = tmp_of(sc, L);
+    double *P = probs_of(sc, L), *tmp = tmp_of(sc, L), *tmp2 = tmp2_of(sc, L);
+    double *lost = lost_of(sc, L); /* two lost-mass rows, used in turn once something flushed */
     double *rows = rows_of(work, L);
-    int bad = 0;
+    int bad = 0, lost_on = 0, li = 0;
     double *cur;
     if (!backward) {
         cur = with_grad ? rows : sc;
-        bad |= SFX(label_probs)(q, x, lse[0], P, tmp, NULL);
+        bad |= SFX(label_probs)(q, x, norm, P, tmp, NULL);
         memset(cur, 0, sizeof(double) * W);
         cur[0] = P[0];
         if (L > 0)
@@ -105,11 +121,20 @@ CYCTC_HOT void SFX(cyctc_stage1)(const cyctc_seq *q, const REAL *x, const double
         bad |= normalise(cur, L, 0.0);
         for (int t = 1; t < M; t++) {
             double *nxt = with_grad ? rows + t * W : sc + (t & 1) * W;
-            bad |= SFX(label_probs)(q, x + t * q->xs, lse[t], P, tmp, t + AHEAD < M ? x + (t + AHEAD) * q->xs : NULL);
-            fwd_step(L, stay, skipw, cur, P, nxt);
+            bad |= SFX(label_probs)(q, x + t * q->xs, norm + 2 * t, P, tmp,
+                                    t + AHEAD < M ? x + (t + AHEAD) * q->xs : NULL);
+            const int flushed = fwd_step(L, stay, skipw, cur, P, nxt);
+            if (flushed | lost_on) {
+                double *lp = lost + li * W, *ln = lost + (li ^ 1) * W;
+                const double inj = flushed ? lost_injection(lp, L, cur[E], &lost_on) : 0.0;
+                fwd_lost_step(L, stay, skipw, cur, P, lp, inj, ln);
+                bad |= normalise(ln, L, lp[E]);
+                li ^= 1;
+            }
             bad |= normalise(nxt, L, cur[E]);
             cur = nxt;
         }
+        st->lost_fwd = lost_on;
         st->flags_fwd |= bad;
     } else {
         cur = with_grad ? rows + (int64_t)T * W : sc;
@@ -119,19 +144,32 @@ CYCTC_HOT void SFX(cyctc_stage1)(const cyctc_seq *q, const REAL *x, const double
             cur[lab_off(L) + L - 1] = 1.0; /* last label */
         for (int t = T - 2; t >= M - 1; t--) {
             double *nxt = with_grad ? rows + (int64_t)(t + 1) * W : sc + ((T - 1 - t) & 1) * W;
-            bad |= SFX(label_probs)(q, x + (t + 1) * q->xs, lse[t + 1], P, tmp,
-                                   t + 1 - AHEAD >= M ? x + (t + 1 - AHEAD) * q->xs : NULL);
-            bwd_step(L, stay, skipw, cur, P, tmp, nxt);
+            bad |= SFX(label_probs)(q, x + (t + 1) * q->xs, norm + 2 * (t + 1), P, tmp,
+                                    t + 1 - AHEAD >= M ? x + (t + 1 - AHEAD) * q->xs : NULL);
+            const int flushed = bwd_step(L, stay, skipw, cur, P, tmp, nxt);
+            if (flushed | lost_on) {
+                double *lp = lost + li * W, *ln = lost + (li ^ 1) * W;
+                const double inj = flushed ? lost_injection(lp, L, cur[E], &lost_on) : 0.0;
+                bwd_lost_step(L, stay, skipw, cur, P, lp, inj, tmp, tmp2, ln);
+                bad |= normalise(ln, L, lp[E]);
+                li ^= 1;
+            }
             bad |= normalise(nxt, L, cur[E]);
             cur = nxt;
         }
+        st->lost_bwd = lost_on;
         st->flags_bwd |= bad;
     }
     if (!with_grad && cur != sc)
         memcpy(sc, cur, sizeof(double) * W);
+    if (lost_on) {
+        double *dst = SFX(final_lost_row)(work, scratch, q, with_grad, backward);
+        if (dst != lost + li * W)
+            memcpy(dst, lost + li * W, sizeof(double) * W);
+    }
 }
 
-CYCTC_HOT void SFX(cyctc_stage2)(const cyctc_seq *q, const REAL *x, const double *lse, double *work,
+CYCTC_HOT void SFX(cyctc_stage2)(const cyctc_seq *q, const REAL *x, const double *norm, double *work,
                                  double *scratch, int backward, cyctc_state *st)
 {
     if (st->flags)
@@ -148,8 +186,8 @@ CYCTC_HOT void SFX(cyctc_stage2)(const cyctc_seq *q, const REAL *x, const double
         const double *prev = rows + (int64_t)(M - 1) * W; /* alpha[M-1], read-only here and in the other task */
         for (int t = M; t < T && !bad; t++) {
             double *n = sc + ((t - M) & 1) * W;
-            bad |= SFX(label_probs)(q, x + t * q->xs, lse[t], P, tmp, t + AHEAD < T ? x + (t + AHEAD) * q->xs : NULL);
-            fwd_step(L, stay, skipw, prev, P, n);
+            bad |= SFX(label_probs)(q, x + t * q->xs, norm + 2 * t, P, tmp, t + AHEAD < T ? x + (t + AHEAD) * q->xs : NULL);
+            fwd_step(L, stay, skipw, prev, P, n); /* what flushes here is caught by the posterior check against P */
             bad |= normalise(n, L, prev[E]);
             double *b = rows + (int64_t)(t + 1) * W; /* beta[t], becomes gamma[t] */
             if (t + 1 + AHEAD <= T)
@@ -164,7 +202,7 @@ CYCTC_HOT void SFX(cyctc_stage2)(const cyctc_seq *q, const REAL *x, const double
             double *nxt = NULL;
             if (t > 0) {
                 nxt = sc + ((M - 1 - t) & 1) * W;
-                bad |= SFX(label_probs)(q, x + t * q->xs, lse[t], P, tmp, t - AHEAD > 0 ? x + (t - AHEAD) * q->xs : NULL);
+                bad |= SFX(label_probs)(q, x + t * q->xs, norm + 2 * t, P, tmp, t - AHEAD > 0 ? x + (t - AHEAD) * q->xs : NULL);
                 bwd_step(L, stay, skipw, cur, P, tmp, nxt);
                 bad |= normalise(nxt, L, cur[E]);
             }
@@ -178,88 +216,106 @@ CYCTC_HOT void SFX(cyctc_stage2)(const cyctc_seq *q, const REAL *x, const double
     }
 }
 
-/* log p of extended state s at frame x */
-static inline double SFX(state_logp)(const cyctc_seq *q, const REAL *x, double lse, int s)
+/* log p of extended state s at frame x, in double-double */
+static inline cyctc_dd SFX(state_logp)(const cyctc_seq *q, const REAL *x, const double *norm, int s)
 {
-    return (double)x[(s & 1) ? q->labels[s >> 1] : q->blank] - lse;
+    return dd_logp((double)x[(s & 1) ? q->labels[s >> 1] : q->blank], norm);
 }
 
-void SFX(cyctc_logspace)(const cyctc_seq *q, const REAL *x, const double *lse, double *work, double *scratch,
+void SFX(cyctc_logspace)(const cyctc_seq *q, const REAL *x, const double *norm, double *work, double *scratch,
                          int with_grad, cyctc_state *st)
 {
-    /* stage 2 (two concurrent tasks) can only raise flags_fwd / flags_bwd: a frame that lost range or whose
-     * posterior mass disagrees with P leaves gamma unfinished, so fold those flags in here, after the barrier */
+    /* a loss the meeting computed (no stage-1 flag) is exact and is kept; stage 2 (two concurrent tasks) can only
+     * raise flags_fwd / flags_bwd: a frame that lost range or whose posterior mass disagrees with P leaves gamma
+     * unfinished, so fold those flags in here, after the barrier */
+    const int meet_ok = st->flags == 0;
+    const double meet_loss = st->loss;
     if (st->flags == 0 && (st->flags_fwd | st->flags_bwd))
         st->flags = CYCTC_LOGSPACE;
     if (!(st->flags & CYCTC_LOGSPACE))
         return;
     const int L = q->L, S = 2 * L + 1, T = q->T, M = st->M;
     const int64_t W = row_width(L);
-    double *sc = scratch_of(scratch, L, 0);
-    double *rows = rows_of(work, L);
-    /* log alpha in state order: row t of the stored rows (grad) or of two scratch rows; gamma later in place */
-#define LA_ROW(t) (with_grad ? rows + (int64_t)row_index((t), M) * W : sc + ((t) & 1) * W)
-    double *a = LA_ROW(0);
+    /* log alpha of every frame (gradient) or two (loss only), then two log beta rows: double-double, so they do
+     * not fit the work rows; this path is the rare one and allocates its own */
+    const int64_t na = with_grad ? T : 2;
+    cyctc_dd *buf = (cyctc_dd *)malloc(sizeof(cyctc_dd) * (size_t)((na + 2) * (int64_t)S));
+    if (buf == NULL) {
+        st->flags = CYCTC_NOMEM;
+        st->loss = NAN;
+        return;
+    }
+#define LA_ROW(t) (buf + (with_grad ? (int64_t)(t) : (int64_t)((t) & 1)) * S)
+    cyctc_dd *a = LA_ROW(0);
     for (int s = 0; s < S; s++)
-        a[s] = s < 2 ? SFX(state_logp)(q, x, lse[0], s) : -INFINITY;
+        a[s] = s < 2 ? SFX(state_logp)(q, x, norm, s) : CYCTC_DD_NEG_INF;
     for (int t = 1; t < T; t++) {
-        const double *p = LA_ROW(t - 1);
-        double *n = LA_ROW(t);
+        const cyctc_dd *p = LA_ROW(t - 1);
+        cyctc_dd *n = LA_ROW(t);
         const REAL *xt = x + t * q->xs;
         for (int s = 0; s < S; s++) {
-            double v = p[s];
+            cyctc_dd v = p[s];
             if ((s & 1) && !q->merge_repeated)
-                v = -INFINITY;
+                v = CYCTC_DD_NEG_INF;
             if (s >= 1)
-                v = log_add(v, p[s - 1]);
+                v = dd_log_add(v, p[s - 1]);
             if ((s & 1) && can_skip(q, s))
-                v = log_add(v, p[s - 2]);
-            n[s] = v + SFX(state_logp)(q, xt, lse[t], s);
+                v = dd_log_add(v, p[s - 2]);
+            n[s] = v.hi == -INFINITY ? v : dd_add(v, SFX(state_logp)(q, xt, norm + 2 * t, s));
         }
     }
-    const double *last = LA_ROW(T - 1);
-    const double logp = L > 0 ? log_add(last[S - 1], last[S - 2]) : last[S - 1];
-    if (!(logp > -INFINITY)) { /* every alignment has probability exactly 0 */
+    const cyctc_dd *last = LA_ROW(T - 1);
+    const cyctc_dd logp = L > 0 ? dd_log_add(last[S - 1], last[S - 2]) : last[S - 1];
+    if (!(logp.hi > -INFINITY)) { /* every alignment has probability exactly 0 */
+        free(buf);
         st->flags = CYCTC_INFEASIBLE;
         st->loss = INFINITY;
         return;
     }
-    st->loss = fmax(0.0, -logp); /* P <= 1 */
-    if (!with_grad)
+    st->loss = meet_ok ? meet_loss : fmax(0.0, -(logp.hi + logp.lo)); /* P <= 1 */
+    if (!with_grad) {
+        free(buf);
         return;
-    double *bc = scratch_of(scratch, L, 1), *bn = bc + W;
+    }
+    cyctc_dd *bc = buf + na * S, *bn = bc + S;
     for (int s = 0; s < S; s++)
-        bc[s] = (s == S - 1 || (L > 0 && s == S - 2)) ? 0.0 : -INFINITY;
+        bc[s] = (s == S - 1 || (L > 0 && s == S - 2)) ? (cyctc_dd){0.0, 0.0} : CYCTC_DD_NEG_INF;
+    double *gs = scratch_of(scratch, L, 0); /* S temporaries: the forward scratch rows */
+    double *rows = rows_of(work, L);
     for (int t = T - 1; t >= 0; t--) {
         if (t > 0) { /* beta[t-1] from beta[t] and frame t */
             const REAL *xt = x + t * q->xs;
+            const double *nt = norm + 2 * t;
             for (int s = 0; s < S; s++) {
-                double v = -INFINITY;
-                if (!(s & 1) || q->merge_repeated)
-                    v = bc[s] + SFX(state_logp)(q, xt, lse[t], s);
-                if (s + 1 < S)
-                    v = log_add(v, bc[s + 1] + SFX(state_logp)(q, xt, lse[t], s + 1));
-                if (s + 2 < S && (s & 1) && can_skip(q, s + 2))
-                    v = log_add(v, bc[s + 2] + SFX(state_logp)(q, xt, lse[t], s + 2));
+                cyctc_dd v = CYCTC_DD_NEG_INF;
+                if ((!(s & 1) || q->merge_repeated) && bc[s].hi > -INFINITY)
+                    v = dd_add(bc[s], SFX(state_logp)(q, xt, nt, s));
+                if (s + 1 < S && bc[s + 1].hi > -INFINITY)
+                    v = dd_log_add(v, dd_add(bc[s + 1], SFX(state_logp)(q, xt, nt, s + 1)));
+                if (s + 2 < S && (s & 1) && can_skip(q, s + 2) && bc[s + 2].hi > -INFINITY)
+                    v = dd_log_add(v, dd_add(bc[s + 2], SFX(state_logp)(q, xt, nt, s + 2)));
                 bn[s] = v;
             }
         }
-        /* gamma[t] in the split row layout of the scaled path, written over log alpha[t] */
-        double *row = LA_ROW(t);
-        double z = -INFINITY;
+        /* gamma[t] = exp(log alpha + log beta - log z), z the frame's mass (= P up to rounding), in the split row
+         * layout of the scaled path */
+        const cyctc_dd *at = LA_ROW(t);
+        cyctc_dd z = CYCTC_DD_NEG_INF;
         for (int s = 0; s < S; s++)
-            z = log_add(z, row[s] + bc[s]);
-        double *gs = sc + 2 * W; /* S + 1 temporaries: the probabilities and q slots of the forward scratch */
+            if (at[s].hi > -INFINITY && bc[s].hi > -INFINITY)
+                z = dd_log_add(z, dd_add(at[s], bc[s]));
         for (int s = 0; s < S; s++)
-            gs[s] = exp(row[s] + bc[s] - z);
+            gs[s] = (at[s].hi > -INFINITY && bc[s].hi > -INFINITY) ? exp(dd_diff(dd_add(at[s], bc[s]), z)) : 0.0;
+        double *row = rows + (int64_t)row_index(t, M) * W;
         memset(row, 0, sizeof(double) * W);
         for (int s = 0; s < S; s++)
             row[state_slot(L, s)] = gs[s];
-        double *tmpp = bc;
+        cyctc_dd *tmpp = bc;
         bc = bn;
         bn = tmpp;
     }
 #undef LA_ROW
+    free(buf);
 }
 
 CYCTC_HOT void SFX(cyctc_grad_row)(const cyctc_seq *q, const cyctc_state *st, const double *work, int t,
@@ -270,7 +326,7 @@ CYCTC_HOT void SFX(cyctc_grad_row)(const cyctc_seq *q, const cyctc_state *st, co
         memset(g, 0, sizeof(REAL) * C);
         return;
     }
-    if (st->flags & CYCTC_NONFINITE) {
+    if (st->flags & (CYCTC_NONFINITE | CYCTC_NOMEM)) {
         for (int c = 0; c < C; c++)
             g[c] = (REAL)NAN;
         return;
@@ -278,7 +334,7 @@ CYCTC_HOT void SFX(cyctc_grad_row)(const cyctc_seq *q, const cyctc_state *st, co
     const int L = q->L;
     const double *gamma = rows_of((double *)work, L) + (int64_t)row_index(t, st->M) * row_width(L);
     const double *glab = gamma + lab_off(L);
-    /* g holds this frame's softmax (written by cyctc_row_lse): subtract the occupancy at the blank and label
+    /* g holds this frame's softmax (written by cyctc_row_norm): subtract the occupancy at the blank and label
      * columns in double, scale the row, write those columns once */
     for (int k = 0; k < L; k++)
         occ[q->labels[k]] = (double)g[q->labels[k]];
