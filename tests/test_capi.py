@@ -191,3 +191,28 @@ def test_sources_compile_warning_free(compiler, std, tmp_path):
         subprocess.run([compiler, *lang, std, "-Wall", "-Wextra", "-Werror", "-fopenmp", "-fsyntax-only", src],
                        check=True)
     assert os.path.isfile(os.path.join(cyctc.get_include(), "cyctc.h"))
+
+
+@pytest.mark.parametrize("want_grad", [False, True])
+def test_underflow_and_magnitudes_exact(example, tmp_path, want_grad):
+    """Issue 13, items 0-2 through the C API: a state lost to an underflowed product (loss-only calls too), equal
+    logits of 1e30 and non-blank logits at -1e30 give the exact values, as the Python API does."""
+    from ctc_reference import ctc_logspace
+    from test_underflow import ISSUE_LOGITS
+    huge = np.full((11, 4), 1e30)
+    neg = np.full((11, 4), -1e30)
+    neg[:, 0] = np.linspace(-1, 1, 11)
+    x = np.stack([ISSUE_LOGITS, huge, neg], axis=1)  # (T, B, C)
+    labels = np.array([[3], [1], [2]], dtype=np.int32)
+    ll = np.array([1, 1, 1], dtype=np.int32)
+    status, loss, grad = _run_c(example, str(tmp_path), x, labels, ll, None, 0, True, True, 2, want_grad)
+    assert status == 0
+    ref = [ctc_logspace(ISSUE_LOGITS, [3], 0), ctc_logspace(np.zeros((11, 4)), [1], 0)]
+    stand_in = np.where(neg < -1e29, -2000.0, neg)
+    ref.append(ctc_logspace(stand_in, [2], 0))
+    assert loss[0] == pytest.approx(ref[0][0], rel=1e-13)
+    assert loss[1] == pytest.approx(ref[1][0], rel=1e-13)
+    assert loss[2] == pytest.approx(1e30, rel=1e-13)
+    if want_grad:
+        for b in range(3):
+            np.testing.assert_allclose(grad[:, b], ref[b][1], atol=1e-13)
