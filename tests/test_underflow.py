@@ -15,108 +15,201 @@ import scipy.sparse as sp
 import cyctc
 from ctc_reference import ctc_logspace
 
-N_CASES = 400  # per family and entry point; each case is a tiny problem
+N_BATCH = 6000  # random cases per family and entry point, in one batched call each
 
 
-def _labels_for(rng, C, blank, T):
-    classes = [c for c in range(C) if c != blank]
-    L = int(rng.integers(0, min(3, T) + 1))
-    return np.array([classes[i] for i in rng.integers(0, len(classes), size=L)], dtype=np.int32)
+def batched_logspace(logp, labels, label_length, logit_length, blank, merge_repeated=True):
+    """Exact -log p and its gradient w.r.t. the log-probabilities' logits for a padded batch, float64 log space,
+    vectorised over the batch (the same definitions as ctc_reference.ctc_logspace, for many tiny problems at once).
+
+    logp: (B, T, C) log-probabilities (log_softmax already applied); labels (B, Lmax); returns loss (B,) and the
+    gradient softmax - occupancy (B, T, C), 0 past logit_length."""
+    B, T, C = logp.shape
+    Lmax = labels.shape[1]
+    S = 2 * Lmax + 1
+    ext = np.full((B, S), blank, dtype=np.int64)
+    ext[:, 1::2] = labels
+    s_idx = np.arange(S)
+    valid_s = s_idx[None, :] < 2 * label_length[:, None] + 1
+    is_lab = (s_idx % 2 == 1)[None, :] & valid_s
+    stay = np.where(is_lab, merge_repeated, True)
+    prev2 = np.concatenate([np.full((B, 2), -1), ext[:, :-2]], axis=1)
+    skip = is_lab & (s_idx[None, :] >= 2)
+    if merge_repeated:
+        skip &= ext != prev2
+    emit = np.take_along_axis(logp, np.broadcast_to(ext[:, None, :], (B, T, S)), axis=2)  # (B, T, S)
+    emit = np.where(valid_s[:, None, :], emit, -np.inf)
+    ninf = np.full((B, 1), -np.inf)
+    la = np.full((B, T, S), -np.inf)
+    la[:, 0, :2] = emit[:, 0, :2]
+    for t in range(1, T):
+        p = la[:, t - 1]
+        v = np.where(stay, p, -np.inf)
+        v = np.logaddexp(v, np.concatenate([ninf, p[:, :-1]], axis=1))
+        v = np.logaddexp(v, np.where(skip, np.concatenate([ninf, ninf, p[:, :-2]], axis=1), -np.inf))
+        la[:, t] = v + emit[:, t]
+    lb = np.full((B, T, S), -np.inf)
+    last = logit_length - 1
+    end1 = 2 * label_length
+    end2 = np.maximum(2 * label_length - 1, 0)
+    for b in range(B):
+        if logit_length[b] > 0:
+            lb[b, last[b], end1[b]] = 0.0
+            if label_length[b] > 0:
+                lb[b, last[b], end2[b]] = 0.0
+    for t in range(T - 2, -1, -1):
+        n = lb[:, t + 1] + emit[:, t + 1]
+        v = np.where(stay, n, -np.inf)
+        v = np.logaddexp(v, np.concatenate([n[:, 1:], ninf], axis=1))
+        sk = np.concatenate([skip[:, 2:], np.zeros((B, 2), bool)], axis=1)
+        v = np.logaddexp(v, np.where(sk, np.concatenate([n[:, 2:], ninf, ninf], axis=1), -np.inf))
+        active = (t < last)[:, None]
+        lb[:, t] = np.where(active, v, lb[:, t])
+    b_idx = np.arange(B)
+    fin = la[b_idx, np.maximum(last, 0)]
+    logP = np.logaddexp(fin[b_idx, end1], np.where(label_length > 0, fin[b_idx, end2], -np.inf))
+    loss = -logP
+    with np.errstate(invalid="ignore"):
+        post = np.exp(la + lb - logP[:, None, None])
+    post = np.where(np.isfinite(logP)[:, None, None], np.nan_to_num(post), 0.0)
+    occ = np.zeros((B, T, C))
+    for s in range(S):
+        np.add.at(occ, (b_idx[:, None], np.arange(T)[None, :], np.broadcast_to(ext[:, s:s + 1], (B, T))), post[:, :, s])
+    grad = np.exp(logp) - occ
+    frames = np.arange(T)[None, :, None] < logit_length[:, None, None]
+    grad = np.where(frames & np.isfinite(logP)[:, None, None], grad, 0.0)
+    return loss, grad
 
 
-def _logits(rng, family, T, C):
-    if family == "temperature":
-        temp = float(np.exp(rng.uniform(np.log(0.1), np.log(3000.0))))
-        return rng.standard_normal((T, C)) * temp
+def _logits(rng, family, B, T, C):
+    if family == "temperature":  # peaked logits, temperatures 0.1 to 3000
+        temp = np.exp(rng.uniform(np.log(0.1), np.log(3000.0), size=(B, 1, 1)))
+        return rng.standard_normal((B, T, C)) * temp
     if family == "coarse":  # a coarse grid: many paths tie exactly
-        return rng.integers(-3, 4, size=(T, C)).astype(np.float64) * 300.0
+        return rng.integers(-3, 4, size=(B, T, C)).astype(np.float64) * 300.0
     if family == "onehot":  # log of one-hot probabilities plus Keras's epsilon: a confident model
-        y = np.eye(C)[rng.integers(0, C, size=T)]
+        y = np.eye(C)[rng.integers(0, C, size=(B, T))]
         return np.log(y + 1e-7)
     if family == "equal":  # every frame the same peaked row
-        return np.repeat(rng.standard_normal((1, C)) * rng.choice([1.0, 100.0, 1000.0]), T, axis=0)
+        row = rng.standard_normal((B, 1, C)) * rng.choice([1.0, 100.0, 1000.0], size=(B, 1, 1))
+        return np.repeat(row, T, axis=1)
     raise ValueError(family)
 
 
-def _case(rng, family):
-    T = int(rng.integers(1, 13))
-    C = int(rng.integers(2, 6))
-    blank = int(rng.integers(0, C))
-    x = _logits(rng, family, T, C)
-    lab = _labels_for(rng, C, blank, T)
-    return x, lab, blank
+def _batch(rng, family, C, blank, merge_repeated=True, T=11, Lmax=3):
+    """N_BATCH random problems of C classes: logits (B, T, C), labels avoiding the blank, feasible lengths."""
+    B = N_BATCH
+    x = _logits(rng, family, B, T, C)
+    classes = np.array([c for c in range(C) if c != blank])
+    labels = classes[rng.integers(0, len(classes), size=(B, Lmax))].astype(np.int32)
+    ll = rng.integers(0, Lmax + 1, size=B).astype(np.int32)
+    labels[np.arange(Lmax)[None, :] >= ll[:, None]] = 0
+    need = ll + (np.sum((labels[:, 1:] == labels[:, :-1]) & (np.arange(1, Lmax)[None, :] < ll[:, None]), axis=1)
+                 if merge_repeated else 0)
+    tl = np.maximum(need, rng.integers(1, T + 1, size=B)).astype(np.int32)
+    return x, labels, ll, tl
 
 
-def _check(loss_only, loss, grad, x, lab, blank, merge=True):
-    ref_loss, ref_grad = ctc_logspace(x, lab, blank, merge)
-    assert loss_only == loss  # bit for bit: the loss-only call returns the gradient call's loss
-    if np.isinf(ref_loss):
-        assert np.isinf(loss)
-        return
-    assert loss == pytest.approx(ref_loss, rel=1e-11, abs=1e-9)
-    np.testing.assert_allclose(grad, ref_grad, rtol=0, atol=1e-9)
+def _log_softmax(x):
+    m = x.max(axis=2, keepdims=True)
+    z = x - m
+    return z - np.log(np.exp(z).sum(axis=2, keepdims=True))
+
+
+def _check(loss_only, loss, grad, ref_loss, ref_grad, what):
+    np.testing.assert_array_equal(loss_only, loss, err_msg=f"{what}: loss-only call != gradient call's loss")
+    fin = np.isfinite(ref_loss)
+    assert np.array_equal(np.isinf(loss), ~fin), what
+    bad = ~np.isclose(loss[fin], ref_loss[fin], rtol=1e-11, atol=1e-9)
+    assert not bad.any(), f"{what}: {bad.sum()} wrong losses, e.g. {loss[fin][bad][:3]} vs {ref_loss[fin][bad][:3]}"
+    np.testing.assert_allclose(grad, ref_grad, rtol=0, atol=1e-9, err_msg=what)
 
 
 @pytest.mark.parametrize("family", ["temperature", "coarse", "onehot", "equal"])
 def test_ctc_loss_random(family):
     rng = np.random.default_rng(["temperature", "coarse", "onehot", "equal"].index(family))
-    for _ in range(N_CASES):
-        x, lab, blank = _case(rng, family)
-        T = x.shape[0]
-        args = (lab[None, :] if len(lab) else np.zeros((1, 1), np.int32), x[:, None, :], [len(lab)], [T])
-        lo = cyctc.ctc_loss(*args, blank_index=blank)[0]
-        lg, g = cyctc.ctc_loss(*args, blank_index=blank, return_grad=True)
-        _check(lo, lg[0], g[:, 0, :], x, lab, blank)
-
-
-def _collapse(lab):
-    return np.array([v for i, v in enumerate(lab) if i == 0 or v != lab[i - 1]], dtype=np.int32)
+    for C, blank in ((4, 0), (3, 2), (5, 1)):
+        x, labels, ll, tl = _batch(rng, family, C, blank)
+        lo = cyctc.ctc_loss(labels, x, ll, tl, logits_time_major=False, blank_index=blank)
+        lg, g = cyctc.ctc_loss(labels, x, ll, tl, logits_time_major=False, blank_index=blank, return_grad=True)
+        ref_loss, ref_grad = batched_logspace(_log_softmax(x), labels, ll, tl, blank)
+        _check(lo, lg, g, ref_loss, ref_grad, f"ctc_loss {family} C={C}")
 
 
 @pytest.mark.parametrize("family", ["temperature", "coarse", "onehot"])
 @pytest.mark.parametrize("merge", [True, False])
 @pytest.mark.parametrize("collapse", [False, True])
 def test_ctc_loss_v1_random(family, merge, collapse):
-    rng = np.random.default_rng([7, 8, 9][["temperature", "coarse", "onehot"].index(family)] + 10 * merge + 100 * collapse)
-    for _ in range(N_CASES // 4):
-        T = int(rng.integers(1, 13))
-        C = int(rng.integers(2, 6))
-        x = _logits(rng, family, T, C)
-        lab = _labels_for(rng, C, C - 1, T)
-        labels = sp.coo_matrix((lab, (np.zeros(len(lab), int), np.arange(len(lab)))), shape=(1, max(len(lab), 1)))
-        kw = dict(preprocess_collapse_repeated=collapse, ctc_merge_repeated=merge,
-                  ignore_longer_outputs_than_inputs=True)
-        lo = cyctc.ctc_loss_v1(labels, x[:, None, :], [T], **kw)[0]
-        lg, g = cyctc.ctc_loss_v1(labels, x[:, None, :], [T], return_grad=True, **kw)
-        if len(lab) > T:  # ignored example: 0 and 0
-            assert lo == lg[0] == 0.0 and not g.any()
-            continue
-        ref_lab = _collapse(lab) if collapse else lab
-        _check(lo, lg[0], g[:, 0, :], x, ref_lab, C - 1, merge)
+    rng = np.random.default_rng(["temperature", "coarse", "onehot"].index(family) + 10 * merge + 100 * collapse)
+    C = 4
+    x, labels, ll, tl = _batch(rng, family, C, C - 1, merge_repeated=merge and not collapse)
+    coo = sp.coo_matrix(labels * (np.arange(labels.shape[1])[None, :] < ll[:, None]))
+    # sparse labels: stored entries are the labels (explicit zeros included), so build them entry by entry
+    rows, cols = np.nonzero(np.arange(labels.shape[1])[None, :] < ll[:, None])
+    coo = sp.coo_matrix((labels[rows, cols], (rows, cols)), shape=labels.shape)
+    kw = dict(preprocess_collapse_repeated=collapse, ctc_merge_repeated=merge, time_major=False)
+    lo = cyctc.ctc_loss_v1(coo, x, tl, **kw)
+    lg, g = cyctc.ctc_loss_v1(coo, x, tl, return_grad=True, **kw)
+    ref_labels, ref_ll = labels.copy(), ll.copy()
+    if collapse:
+        for b in range(len(ll)):
+            seq = [v for i, v in enumerate(labels[b, :ll[b]]) if i == 0 or v != labels[b, i - 1]]
+            ref_labels[b] = 0
+            ref_labels[b, :len(seq)] = seq
+            ref_ll[b] = len(seq)
+    ref_loss, ref_grad = batched_logspace(_log_softmax(x), ref_labels, ref_ll, tl, C - 1, merge)
+    _check(lo, lg, g, ref_loss, ref_grad, f"ctc_loss_v1 {family} merge={merge} collapse={collapse}")
 
 
-@pytest.mark.parametrize("family", ["onehot", "temperature"])
+def _runs(rng, B, T, C):
+    """One-hot probabilities in three long runs of classes (blank = C - 1 included), and labels drawn from the
+    run classes in another order: a confident model, wrong about the labels (the issue's Keras case is one)."""
+    y = np.zeros((B, T, C))
+    labels = np.zeros((B, 2), dtype=np.int32)
+    for b in range(B):
+        cuts = np.sort(rng.choice(np.arange(5, T - 5), size=2, replace=False))
+        runs = rng.integers(0, C, size=3)
+        for r, (lo, hi) in zip(runs, ((0, cuts[0]), (cuts[0], cuts[1]), (cuts[1], T))):
+            y[b, lo:hi, r] = 1.0
+        labels[b] = rng.integers(0, C - 1, size=2)
+    return y, labels
+
+
+@pytest.mark.parametrize("family", ["onehot", "temperature", "runs"])
 def test_ctc_batch_cost_random(family):
-    rng = np.random.default_rng(21 + (family == "onehot"))
-    for _ in range(N_CASES // 2):
-        T = int(rng.integers(1, 13))
-        C = int(rng.integers(2, 6))
-        if family == "onehot":
-            y = np.eye(C)[rng.integers(0, C, size=T)]
-        else:
-            z = _logits(rng, "temperature", T, C)
-            y = np.exp(z - z.max(axis=1, keepdims=True))
-            y /= y.sum(axis=1, keepdims=True)
-        lab = _labels_for(rng, C, C - 1, T)
-        y_true = lab[None, :] if len(lab) else np.zeros((1, 1), np.int32)
-        lo = cyctc.ctc_batch_cost(y_true, y[None], [[T]], [[len(lab)]])[0, 0]
-        lg, g = cyctc.ctc_batch_cost(y_true, y[None], [[T]], [[len(lab)]], return_grad=True)
-        # Keras's rule: TF1 CTC on log(y + 1e-7), gradient w.r.t. y by the chain rule
-        zs = np.log(y + 1e-7)
-        ref_loss, ref_gz = ctc_logspace(zs, lab, C - 1)
-        assert lo == lg[0, 0]
-        assert lg[0, 0] == pytest.approx(ref_loss, rel=1e-11, abs=1e-9)
-        np.testing.assert_allclose(g[0], ref_gz / (y + 1e-7), rtol=1e-9, atol=1e-6)
+    rng = np.random.default_rng(21 + ["onehot", "temperature", "runs"].index(family))
+    C = 3
+    if family == "runs":
+        y, labels = _runs(rng, 2000, 170, C)
+        ll = rng.integers(1, 3, size=2000).astype(np.int32)
+        labels[ll == 1, 1] = 0
+        tl = rng.integers(100, 171, size=2000).astype(np.int32)
+    else:
+        z, labels, ll, tl = _batch(rng, family, C, C - 1)
+        y = np.exp(_log_softmax(z)) if family == "temperature" else np.exp(z) - 1e-7  # one-hot rows back
+    lo = cyctc.ctc_batch_cost(labels, y, tl[:, None], ll[:, None])[:, 0]
+    lg, g = cyctc.ctc_batch_cost(labels, y, tl[:, None], ll[:, None], return_grad=True)
+    # Keras's rule: TF1 CTC on log(y + 1e-7), gradient w.r.t. y by the chain rule
+    zs = np.log(y + 1e-7)
+    ref_loss, ref_gz = batched_logspace(_log_softmax(zs), labels, ll, tl, C - 1)
+    np.testing.assert_array_equal(lo, lg[:, 0])
+    fin = np.isfinite(ref_loss)
+    np.testing.assert_allclose(lg[fin, 0], ref_loss[fin], rtol=1e-11, atol=1e-9)
+    np.testing.assert_allclose(g, ref_gz / (y + 1e-7), rtol=1e-9, atol=1e-6)
+
+
+def test_reference_agrees_with_the_slow_one():
+    """The batched reference above against tests/ctc_reference.ctc_logspace on a few cases of each family."""
+    rng = np.random.default_rng(99)
+    for family in ("temperature", "coarse", "onehot", "equal"):
+        for merge in (True, False):
+            x, labels, ll, tl = _batch(rng, family, 4, 1, merge_repeated=merge)
+            x, labels, ll, tl = x[:25], labels[:25], ll[:25], tl[:25]
+            loss, grad = batched_logspace(_log_softmax(x), labels, ll, tl, 1, merge)
+            for b in range(25):
+                rl, rg = ctc_logspace(x[b, :tl[b]], labels[b, :ll[b]], 1, merge)
+                assert loss[b] == pytest.approx(rl, rel=1e-12, abs=1e-12)
+                np.testing.assert_allclose(grad[b, :tl[b]], rg, atol=1e-12)
 
 
 # ---- the issue's reproducers ------------------------------------------------------------------------------------
