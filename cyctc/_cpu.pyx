@@ -43,6 +43,7 @@ cdef extern from "src/ctc.h":
         double loss
     int64_t cyctc_work_size(int T, int L, int with_grad) noexcept nogil
     int64_t cyctc_thread_scratch_size(int Lmax) noexcept nogil
+    double *cyctc_loss_scratch(double *work, int L) noexcept nogil
     void cyctc_prepare(const cyctc_seq *q, const double *norm, double *work, cyctc_state *st) noexcept nogil
     void cyctc_meet(const cyctc_seq *q, double *work, int with_grad, cyctc_state *st) noexcept nogil
     void cyctc_row_norm_f32(const float *x, int C, float *softmax, double *norm) noexcept nogil
@@ -124,7 +125,7 @@ cdef inline void _grad_row(const cyctc_seq *q, const cyctc_state *st, const doub
 
 cdef inline double *_scratch(double *work, int L, double *thread_scratch, int with_grad) noexcept nogil:
     """Where a task's scratch lives (see src/ctc.h): the thread's for gradient calls, the sequence's otherwise."""
-    return thread_scratch if with_grad else work + L + 1
+    return thread_scratch if with_grad else cyctc_loss_scratch(work, L)
 
 
 cdef inline int _row_b(Py_ssize_t r, bint t_outer, int B, int T) noexcept nogil:

@@ -318,3 +318,22 @@ def test_empty_batch_and_zero_frames():
     x = np.zeros((2, 0, 4))
     loss = cyctc.ctc_loss(np.array([[1], [1]]), x, [0, 1], None, False)
     assert loss[0] == 0 and np.isposinf(loss[1])
+
+
+@pytest.mark.parametrize("C,L", [(30, 120), (100, 150), (200, 70)])
+def test_repeated_classes_and_many_distinct_labels(C, L):
+    """Labels that repeat classes (a frame's probabilities are computed once per distinct class) and labels of more
+    distinct classes than the kernel deduplicates (its per-label fallback): exact loss and gradient either way."""
+    from ctc_reference import ctc_logspace
+    rng = np.random.default_rng(C + L)
+    T = 2 * L + 20
+    x = rng.standard_normal((T, 2, C))
+    labels = rng.integers(1, C, size=(2, L)).astype(np.int32)
+    labels[1, L // 2:] = labels[1, 0]  # a long run of one class (blanks needed between them)
+    ll = np.array([L, L], dtype=np.int32)
+    loss, g = cyctc.ctc_loss(labels, x, ll, [T, T], return_grad=True)
+    for b in range(2):
+        rl, rg = ctc_logspace(x[:, b], labels[b], 0)
+        assert loss[b] == pytest.approx(rl, rel=1e-12)
+        np.testing.assert_allclose(g[:, b], rg, atol=1e-11)
+    assert np.array_equal(cyctc.ctc_loss(labels, x, ll, [T, T]), loss)

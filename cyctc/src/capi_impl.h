@@ -39,7 +39,7 @@ static int SFX(capi_run)(const REAL *x, ptrdiff_t xsb, ptrdiff_t xst, REAL *g, i
         CYCTC_OMP(for schedule(dynamic))
         for (int64_t i = 0; i < 2 * (int64_t)B; i++) {
             const int b = (int)(i >> 1);
-            double *scr = with_grad ? tscr : work + offsets[b] + seqs[b].L + 1;
+            double *scr = with_grad ? tscr : cyctc_loss_scratch(work + offsets[b], seqs[b].L);
             if (scr != NULL)
                 SFX(cyctc_stage1)(&seqs[b], x + b * xsb, norm + 2 * (int64_t)b * T, work + offsets[b], scr, with_grad,
                                   (int)(i & 1), &states[b]);
@@ -58,7 +58,7 @@ static int SFX(capi_run)(const REAL *x, ptrdiff_t xsb, ptrdiff_t xst, REAL *g, i
         }
         CYCTC_OMP(for schedule(dynamic))
         for (int b = 0; b < B; b++) { /* every b: cyctc_logspace also folds in what stage 2 flagged */
-            double *scr = with_grad ? tscr : work + offsets[b] + seqs[b].L + 1;
+            double *scr = with_grad ? tscr : cyctc_loss_scratch(work + offsets[b], seqs[b].L);
             if (scr != NULL)
                 SFX(cyctc_logspace)(&seqs[b], x + b * xsb, norm + 2 * (int64_t)b * T, work + offsets[b], scr, with_grad,
                                     &states[b]);

@@ -16,11 +16,13 @@
 int64_t cyctc_work_size(int T, int L, int with_grad)
 {
     if (with_grad) /* skip weights, T + 1 rows, the two lost-mass rows */
-        return (L + 1) + ((int64_t)T + 3) * row_width(L);
-    return (L + 1) + 2 * scratch_size(L);
+        return 2 * ((int64_t)L + 1) + ((int64_t)T + 3) * row_width(L);
+    return 2 * ((int64_t)L + 1) + 2 * scratch_size(L);
 }
 
 int64_t cyctc_thread_scratch_size(int Lmax) { return 2 * scratch_size(Lmax); }
+
+double *cyctc_loss_scratch(double *work, int L) { return loss_scratch_of(work, L); }
 
 int cyctc_min_frames(const int32_t *labels, int L, int merge_repeated)
 {
@@ -57,6 +59,7 @@ void cyctc_prepare(const cyctc_seq *q, const double *norm, double *work, cyctc_s
     }
     st->M = (q->T + 1) / 2;
     fill_skip_weights(q, skipw_of(work));
+    fill_class_map(q, classmap_of(work, q->L));
 }
 
 void cyctc_meet(const cyctc_seq *q, double *work, int with_grad, cyctc_state *st)
@@ -74,8 +77,8 @@ void cyctc_meet(const cyctc_seq *q, double *work, int with_grad, cyctc_state *st
         a = rows_of(work, L) + (int64_t)(st->M - 1) * W;
         b = rows_of(work, L) + (int64_t)st->M * W;
     } else {
-        a = scratch_of(work + L + 1, L, 0);
-        b = scratch_of(work + L + 1, L, 1);
+        a = scratch_of(loss_scratch_of(work, L), L, 0);
+        b = scratch_of(loss_scratch_of(work, L), L, 1);
     }
     const double z = dot(a, b, 2 * L + 3);
     /* products under the normal range inside this dot lose at most (2L + 3) * 2^-1022: negligible against z */
@@ -86,7 +89,7 @@ void cyctc_meet(const cyctc_seq *q, double *work, int with_grad, cyctc_state *st
     const double ea = a[exp_off(L)], eb = b[exp_off(L)];
     if (st->lost_fwd | st->lost_bwd) {
         /* how much of P the flushed products can have taken (ctc_common.h, "Lost mass"), log2 */
-        double *scr = with_grad ? NULL : work + L + 1;
+        double *scr = with_grad ? NULL : loss_scratch_of(work, L);
         const double *la = NULL, *lb = NULL;
         double worst = -INFINITY;
         if (with_grad) {

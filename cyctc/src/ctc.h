@@ -27,7 +27,7 @@
  *   4. cyctc_grad_row_*    per frame: grad[t, c] = scale * (softmax[t, c] - sum of gamma over states of class c),
  *                          in place over the softmax row (only the blank and label columns change when scale = 1)
  *
- * The stage functions take `scratch`: work + L + 1 for loss-only calls (the sequence's own), or a buffer of
+ * The stage functions take `scratch`: cyctc_loss_scratch(work, L) for loss-only calls (the sequence's own), or a buffer of
  * cyctc_thread_scratch_size(Lmax) doubles owned by the calling thread for gradient calls.
  *
  * Every step writes only its own outputs and reads nothing another concurrent task writes, so any assignment of
@@ -77,6 +77,9 @@ int64_t cyctc_work_size(int T, int L, int with_grad);
 
 /* doubles of scratch each thread needs for gradient calls (Lmax: the longest label of the batch) */
 int64_t cyctc_thread_scratch_size(int Lmax);
+
+/* the scratch of a loss-only call: inside the sequence's own work space */
+double *cyctc_loss_scratch(double *work, int L);
 
 /* minimum number of frames an alignment needs */
 int cyctc_min_frames(const int32_t *labels, int L, int merge_repeated);

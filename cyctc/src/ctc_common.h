@@ -9,6 +9,13 @@
  * Work space of one sequence (doubles):
  *   [skip weights: L + 1]  skipw[k] = 1 when label state k may be entered from label state k - 1 (skipping the
  *                          blank between them), else 0; skipw[L] = 0
+ *   [class map: L + 1]     2L + 2 int32: nd, then dist[0..nd) the distinct classes the sequence needs (dist[0] the
+ *                          blank), then map[k] in [1, nd): where label k's class sits in dist. A frame's
+ *                          probabilities are exponentiated once per distinct class, not once per label (speech
+ *                          labels of a 29-letter alphabet repeat letters: 601 labels need at most 29 exps), and
+ *                          the gradient rows touch each class once. Sequences with more than CYCTC_DEDUP_MAX
+ *                          distinct classes keep the identity map (dist = blank, labels; stored as -nd, since
+ *                          dist may then repeat a class).
  *   loss only:  [forward scratch: 2 rows, 2 lost-mass rows, label probabilities P (L + 1: blank, then labels),
  *                temporaries q (L + 1) and u (L + 2)] [backward scratch: the same]   (the last row and lost-mass
  *               row of each half must survive until the meeting)
@@ -74,14 +81,21 @@ static inline int64_t lab_off(int L) { return (int64_t)L + 2; }
 static inline int64_t exp_off(int L) { return 2 * (int64_t)L + 3; }
 static inline int64_t scratch_size(int L) { return 4 * row_width(L) + 3 * ((int64_t)L + 1) + 1; }
 static inline double *skipw_of(double *work) { return work; }
-/* scratch: the sequence's own (loss only: work + L + 1, it must outlive the task) or the calling thread's
+#define CYCTC_DEDUP_MAX 64 /* distinct classes searched for repeats (a linear search per label) */
+static inline int32_t *classmap_of(double *work, int L) { return (int32_t *)(work + (L + 1)); }
+static inline int nd_of(const int32_t *cm) { return cm[0] < 0 ? -cm[0] : cm[0]; }
+static inline int deduplicated(const int32_t *cm) { return cm[0] > 0; }
+static inline const int32_t *dist_of(const int32_t *cm) { return cm + 1; }
+static inline const int32_t *map_of(const int32_t *cm, int L) { return cm + 2 + L; }
+/* scratch: the sequence's own (loss only: loss_scratch_of(work), it must outlive the task) or the calling thread's
  * (gradient: cyctc_thread_scratch_size(Lmax) doubles, used within one task call only) */
 static inline double *scratch_of(double *scratch, int L, int backward) { return scratch + backward * scratch_size(L); }
 static inline double *lost_of(double *scratch, int L) { return scratch + 2 * row_width(L); }
 static inline double *probs_of(double *scratch, int L) { return scratch + 4 * row_width(L); }
 static inline double *tmp_of(double *scratch, int L) { return scratch + 4 * row_width(L) + L + 1; }
 static inline double *tmp2_of(double *scratch, int L) { return scratch + 4 * row_width(L) + 2 * ((int64_t)L + 1); }
-static inline double *rows_of(double *work, int L) { return work + (L + 1); }
+static inline double *rows_of(double *work, int L) { return work + 2 * ((int64_t)L + 1); }
+static inline double *loss_scratch_of(double *work, int L) { return work + 2 * ((int64_t)L + 1); }
 static inline int row_index(int t, int M) { return t + (t >= M - 1); }
 
 /* ask for a stored row (n doubles) a few frames before the recursion reaches it */
@@ -158,6 +172,44 @@ static inline double dot(const double *a, const double *b, int n)
     for (; i < n; i++)
         s += a[i] * b[i];
     return s;
+}
+
+/* the class map (see the work space layout above) */
+static inline void fill_class_map(const cyctc_seq *q, int32_t *cm)
+{
+    const int L = q->L;
+    int32_t *dist = cm + 1, *map = cm + 2 + L;
+    int nd = 1;
+    dist[0] = q->blank;
+    for (int k = 0; k < L; k++) {
+        const int32_t c = q->labels[k];
+        int j = 1;
+        while (j < nd && dist[j] != c)
+            j++;
+        if (j == nd) {
+            if (nd == CYCTC_DEDUP_MAX + 1) { /* too many classes to search: one slot per label */
+                for (int i = 0; i < L; i++) {
+                    dist[i + 1] = q->labels[i];
+                    map[i] = i + 1;
+                }
+                cm[0] = -(L + 1);
+                return;
+            }
+            dist[nd++] = c;
+        }
+        map[k] = j;
+    }
+    cm[0] = nd;
+}
+
+/* P[0] = E[0], P[1 + k] = E[map[k]]: the label probabilities from the distinct classes' (no aliasing, so it
+ * vectorises with gathers where the instruction set has them) */
+static inline void gather_labels(double *CYCTC_RESTRICT P, const double *CYCTC_RESTRICT E,
+                                 const int32_t *CYCTC_RESTRICT map, int L)
+{
+    P[0] = E[0];
+    for (int k = 0; k < L; k++)
+        P[k + 1] = E[map[k]];
 }
 
 static inline void fill_skip_weights(const cyctc_seq *q, double *skipw)

@@ -2,29 +2,30 @@
  * REAL = double (SFX: _f64). Everything is computed in double; REAL is only how the logits are read and the
  * gradient written. Row layout and work space: see ctc_common.h. */
 
-/* P[0] = p(blank), P[1 + k] = p(label k) at frame x (q: L + 1 temporaries); flags a needed class too improbable
- * for linear space */
-static CYCTC_HOT CYCTC_NOINLINE int SFX(label_probs)(const cyctc_seq *q, const REAL *x, const double *norm, double *P,
-                                                     double *tmp, const REAL *ahead)
+/* P[0] = p(blank), P[1 + k] = p(label k) at frame x (tmp: L + 1 temporaries), one exp per distinct class (cm:
+ * the class map); flags a needed class too improbable for linear space */
+static CYCTC_HOT CYCTC_NOINLINE int SFX(label_probs)(const int32_t *cm, int L, const REAL *x, const double *norm,
+                                                     double *P, double *tmp, const REAL *ahead)
 {
-    const int L = q->L;
+    const int nd = nd_of(cm);
+    const int32_t *dist = dist_of(cm);
     /* the recursion walks frames that sit far apart in memory: fetch a later frame's label columns now */
-    if (ahead) {
-        CYCTC_PREFETCH(ahead + q->blank);
-        for (int k = 0; k < L; k++)
-            CYCTC_PREFETCH(ahead + q->labels[k]);
-    }
+    if (ahead)
+        for (int j = 0; j < nd; j++)
+            CYCTC_PREFETCH(ahead + dist[j]);
     /* (x - m) - log s: shift invariant at any magnitude (x - m is exact for float logits) */
     const double m = norm[0], ls = norm[1];
-    tmp[0] = ((double)x[q->blank] - m) - ls;
-    for (int k = 0; k < L; k++)
-        tmp[k + 1] = ((double)x[q->labels[k]] - m) - ls;
-    for (int k = 0; k <= L; k++)
-        P[k] = cyctc_exp(tmp[k]);
+    for (int j = 0; j < nd; j++)
+        tmp[j] = ((double)x[dist[j]] - m) - ls;
+    double *E = nd == L + 1 ? P : tmp; /* identity map: straight into P */
+    for (int j = 0; j < nd; j++)
+        E[j] = cyctc_exp(tmp[j]);
     /* cyctc_exp returns exactly 0 below -708, so a probability under exp(floor) flags the frame */
     int low = 0;
-    for (int k = 0; k <= L; k++)
-        low += P[k] < CYCTC_PROB_FLOOR;
+    for (int j = 0; j < nd; j++)
+        low += E[j] < CYCTC_PROB_FLOOR;
+    if (E != P)
+        gather_labels(P, E, map_of(cm, L), L);
     return low ? CYCTC_LOGSPACE : 0;
 }
 
@@ -108,12 +109,13 @@ CYCTC_HOT void SFX(cyctc_stage1)(const cyctc_seq *q, const REAL *x, const double
     double *sc = scratch_of(scratch, L, backward);
     double *P = probs_of(sc, L), *tmp = tmp_of(sc, L), *tmp2 = tmp2_of(sc, L);
     double *lost = lost_of(sc, L); /* two lost-mass rows, used in turn once something flushed */
+    const int32_t *cm = classmap_of(work, L);
     double *rows = rows_of(work, L);
     int bad = 0, lost_on = 0, li = 0;
     double *cur;
     if (!backward) {
         cur = with_grad ? rows : sc;
-        bad |= SFX(label_probs)(q, x, norm, P, tmp, NULL);
+        bad |= SFX(label_probs)(cm, L, x, norm, P, tmp, NULL);
         memset(cur, 0, sizeof(double) * W);
         cur[0] = P[0];
         if (L > 0)
@@ -121,7 +123,7 @@ CYCTC_HOT void SFX(cyctc_stage1)(const cyctc_seq *q, const REAL *x, const double
         bad |= normalise(cur, L, 0.0);
         for (int t = 1; t < M; t++) {
             double *nxt = with_grad ? rows + t * W : sc + (t & 1) * W;
-            bad |= SFX(label_probs)(q, x + t * q->xs, norm + 2 * t, P, tmp,
+            bad |= SFX(label_probs)(cm, L, x + t * q->xs, norm + 2 * t, P, tmp,
                                     t + AHEAD < M ? x + (t + AHEAD) * q->xs : NULL);
             const int flushed = fwd_step(L, stay, skipw, cur, P, nxt);
             if (flushed | lost_on) {
@@ -144,7 +146,7 @@ CYCTC_HOT void SFX(cyctc_stage1)(const cyctc_seq *q, const REAL *x, const double
             cur[lab_off(L) + L - 1] = 1.0; /* last label */
         for (int t = T - 2; t >= M - 1; t--) {
             double *nxt = with_grad ? rows + (int64_t)(t + 1) * W : sc + ((T - 1 - t) & 1) * W;
-            bad |= SFX(label_probs)(q, x + (t + 1) * q->xs, norm + 2 * (t + 1), P, tmp,
+            bad |= SFX(label_probs)(cm, L, x + (t + 1) * q->xs, norm + 2 * (t + 1), P, tmp,
                                     t + 1 - AHEAD >= M ? x + (t + 1 - AHEAD) * q->xs : NULL);
             const int flushed = bwd_step(L, stay, skipw, cur, P, tmp, nxt);
             if (flushed | lost_on) {
@@ -181,12 +183,13 @@ CYCTC_HOT void SFX(cyctc_stage2)(const cyctc_seq *q, const REAL *x, const double
     double *sc = scratch_of(scratch, L, backward);
     double *P = probs_of(sc, L), *tmp = tmp_of(sc, L);
     double *rows = rows_of(work, L);
+    const int32_t *cm = classmap_of(work, L);
     int bad = 0;
     if (!backward) {
         const double *prev = rows + (int64_t)(M - 1) * W; /* alpha[M-1], read-only here and in the other task */
         for (int t = M; t < T && !bad; t++) {
             double *n = sc + ((t - M) & 1) * W;
-            bad |= SFX(label_probs)(q, x + t * q->xs, norm + 2 * t, P, tmp, t + AHEAD < T ? x + (t + AHEAD) * q->xs : NULL);
+            bad |= SFX(label_probs)(cm, L, x + t * q->xs, norm + 2 * t, P, tmp, t + AHEAD < T ? x + (t + AHEAD) * q->xs : NULL);
             fwd_step(L, stay, skipw, prev, P, n); /* what flushes here is caught by the posterior check against P */
             bad |= normalise(n, L, prev[E]);
             double *b = rows + (int64_t)(t + 1) * W; /* beta[t], becomes gamma[t] */
@@ -202,7 +205,7 @@ CYCTC_HOT void SFX(cyctc_stage2)(const cyctc_seq *q, const REAL *x, const double
             double *nxt = NULL;
             if (t > 0) {
                 nxt = sc + ((M - 1 - t) & 1) * W;
-                bad |= SFX(label_probs)(q, x + t * q->xs, norm + 2 * t, P, tmp, t - AHEAD > 0 ? x + (t - AHEAD) * q->xs : NULL);
+                bad |= SFX(label_probs)(cm, L, x + t * q->xs, norm + 2 * t, P, tmp, t - AHEAD > 0 ? x + (t - AHEAD) * q->xs : NULL);
                 bwd_step(L, stay, skipw, cur, P, tmp, nxt);
                 bad |= normalise(nxt, L, cur[E]);
             }
@@ -334,20 +337,42 @@ CYCTC_HOT void SFX(cyctc_grad_row)(const cyctc_seq *q, const cyctc_state *st, co
     const int L = q->L;
     const double *gamma = rows_of((double *)work, L) + (int64_t)row_index(t, st->M) * row_width(L);
     const double *glab = gamma + lab_off(L);
-    /* g holds this frame's softmax (written by cyctc_row_norm): subtract the occupancy at the blank and label
-     * columns in double, scale the row, write those columns once */
-    for (int k = 0; k < L; k++)
-        occ[q->labels[k]] = (double)g[q->labels[k]];
+    const int32_t *cm = classmap_of((double *)work, L);
+    if (!deduplicated(cm)) {
+        /* labels of many distinct classes: occ indexed by class, the label columns subtracted in label order */
+        for (int k = 0; k < L; k++)
+            occ[q->labels[k]] = (double)g[q->labels[k]];
+        double sb = 0.0;
+        for (int k = 0; k <= L; k++)
+            sb += gamma[k];
+        occ[q->blank] = (double)g[q->blank] - sb;
+        for (int k = 0; k < L; k++)
+            occ[q->labels[k]] -= glab[k];
+        if (scale != 1.0)
+            for (int c = 0; c < C; c++)
+                g[c] = (REAL)(scale * (double)g[c]);
+        g[q->blank] = (REAL)(scale * occ[q->blank]);
+        for (int k = 0; k < L; k++)
+            g[q->labels[k]] = (REAL)(scale * occ[q->labels[k]]);
+        return;
+    }
+    const int nd = nd_of(cm);
+    const int32_t *dist = dist_of(cm), *map = map_of(cm, L);
+    /* g holds this frame's softmax (written by cyctc_row_norm): occupancy of each distinct class (occ[j] for class
+     * dist[j], summed in label order; nd <= C), then scale the row and write those columns once */
     double sb = 0.0;
     for (int k = 0; k <= L; k++)
         sb += gamma[k];
-    occ[q->blank] = (double)g[q->blank] - sb;
+    occ[0] = sb;
+    for (int j = 1; j < nd; j++)
+        occ[j] = 0.0;
     for (int k = 0; k < L; k++)
-        occ[q->labels[k]] -= glab[k];
+        occ[map[k]] += glab[k];
+    for (int j = 0; j < nd; j++)
+        occ[j] = (double)g[dist[j]] - occ[j];
     if (scale != 1.0)
         for (int c = 0; c < C; c++)
             g[c] = (REAL)(scale * (double)g[c]);
-    g[q->blank] = (REAL)(scale * occ[q->blank]);
-    for (int k = 0; k < L; k++)
-        g[q->labels[k]] = (REAL)(scale * occ[q->labels[k]]);
+    for (int j = 0; j < nd; j++)
+        g[dist[j]] = (REAL)(scale * occ[j]);
 }
