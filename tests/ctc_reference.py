@@ -116,3 +116,40 @@ def random_problem(rng, B, T, C, L, blank=0, dtype=np.float64, scale=1.0, min_fr
     for b in range(B):
         labels[b, ll[b]:] = 0
     return x, labels.astype(np.int32), ll.astype(np.int32), tl.astype(np.int32)
+
+
+def exact_brute_force(logits, labels, blank, merge_repeated=True, digits=120):
+    """-log p(labels | logits (T, C)) and its gradient by enumerating every path in mpmath arithmetic of `digits`
+    significant digits: exact (to double rounding of the answer) at any logit magnitude a float holds, where a
+    float64 log-space recursion loses the few nats that decide between paths (logits of 1e30 or -1e10 and more).
+    Tiny T and C only."""
+    import mpmath
+
+    with mpmath.workdps(digits):
+        T, C = logits.shape
+        logp = []
+        for row in np.asarray(logits, dtype=np.float64):
+            vals = [mpmath.mpf(float(v)) for v in row]
+            finite = [v for v in vals if mpmath.isfinite(v)]
+            m = max(finite) if finite else mpmath.mpf(0)
+            s = sum(mpmath.exp(v - m) for v in finite)
+            logp.append([(v - m) - mpmath.log(s) if mpmath.isfinite(v) else None for v in vals])
+        target = [int(v) for v in labels]
+        scores = []
+        for path in itertools.product(range(C), repeat=T):
+            if collapse(path, blank, merge_repeated) == target and all(logp[t][c] is not None
+                                                                      for t, c in enumerate(path)):
+                scores.append((sum(logp[t][c] for t, c in enumerate(path)), path))
+        soft = np.array([[float(mpmath.exp(v)) if v is not None else 0.0 for v in row] for row in logp])
+        if not scores:
+            return np.inf, np.zeros((T, C))
+        top = max(s for s, _ in scores)
+        z = sum(mpmath.exp(s - top) for s, _ in scores)
+        occ = [[mpmath.mpf(0)] * C for _ in range(T)]
+        for s, path in scores:
+            w = mpmath.exp(s - top) / z
+            for t, c in enumerate(path):
+                occ[t][c] += w
+        grad = np.array([[float(mpmath.exp(logp[t][c]) - occ[t][c]) if logp[t][c] is not None else 0.0
+                          for c in range(C)] for t in range(T)])
+        return float(-(top + mpmath.log(z))), grad

@@ -328,3 +328,20 @@ def test_very_negative_logits_uniform_blank_exact_sixths():
     np.testing.assert_allclose(g[:, 0, 0], 1 / 6, atol=1e-15)
     np.testing.assert_allclose(g[:, 0, 1], -1 / 6, atol=1e-15)
     np.testing.assert_allclose(g[:, 0, 2:], 0.0, atol=0)
+
+
+@pytest.mark.parametrize("scale,dtype", [(3e38, np.float32), (1e30, np.float64), (1e300, np.float64),
+                                         (1e10, np.float64)])
+def test_extreme_mixed_logits_exact(scale, dtype):
+    """Frames mixing +-scale, +-scale/2 and 0: path scores tie in their huge part and differ by a few nats (log 2
+    from tied maxima), which decide the posteriors. Checked against enumeration in 120-digit arithmetic."""
+    from ctc_reference import exact_brute_force
+    rng = np.random.default_rng(11)
+    for _ in range(6):
+        x = (rng.choice([-1.0, -0.5, 0.0, 0.5, 1.0], size=(5, 4)) * scale).astype(dtype)
+        x[:, 0] = np.maximum(x[:, 0], 0)
+        want, want_g = exact_brute_force(x, [1, 2], 0)
+        loss, g = cyctc.ctc_loss(np.array([[1, 2]]), x[:, None].astype(np.float64), [2], [5], return_grad=True)
+        assert loss[0] == pytest.approx(want, rel=1e-15)
+        np.testing.assert_allclose(g[:, 0], want_g, atol=1e-15)
+        np.testing.assert_allclose(g[:, 0].sum(axis=1), 0.0, atol=1e-15)

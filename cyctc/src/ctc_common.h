@@ -399,15 +399,17 @@ static inline int posterior(double *a, double *b, int L, const cyctc_state *st, 
     return 0;
 }
 
-/* ---- double-double log space (the fallback path) --------------------------------------------------------------
- * A log-probability is kept as hi + lo, so that terms of very different size survive a sum: with logits at
- * -1e30 every path's score is -1e30 plus a few nats, and those few nats decide the posteriors. The operations
- * below are exact (two-sum) except for the rounding of log1p(exp(d)), a number below ln 2. -inf is (-inf, 0). */
+/* ---- the log-space path's numbers ---------------------------------------------------------------------------
+ * A log-probability is kept as hi + lo + sm: hi + lo an exact double-double sum of input differences (x - ref,
+ * see cyctc_logspace), sm the small terms that log-additions make (log1p(exp(d)) < ln 2 each). With logits at
+ * -1e30 or frames mixing +-1e30, every path's score is a huge sum plus a few nats, and those few nats decide the
+ * posteriors: keeping them apart from the huge part (and from its rounding residual in lo) keeps them exact.
+ * -inf is hi = -inf. */
 typedef struct {
-    double hi, lo;
+    double hi, lo, sm;
 } cyctc_dd;
 
-static const cyctc_dd CYCTC_DD_NEG_INF = {-INFINITY, 0.0};
+static const cyctc_dd CYCTC_DD_NEG_INF = {-INFINITY, 0.0, 0.0};
 
 /* a + b exactly, as hi + lo (hi = fl(a + b)) */
 static inline cyctc_dd dd_two_sum(double a, double b)
@@ -415,6 +417,7 @@ static inline cyctc_dd dd_two_sum(double a, double b)
     const double s = a + b;
     cyctc_dd r;
     r.hi = s;
+    r.sm = 0.0;
     if (!isfinite(s)) {
         r.lo = 0.0;
         return r;
@@ -429,17 +432,21 @@ static inline cyctc_dd dd_add(cyctc_dd a, cyctc_dd b)
     cyctc_dd s = dd_two_sum(a.hi, b.hi);
     if (!isfinite(s.hi))
         return s;
-    return dd_two_sum(s.hi, s.lo + (a.lo + b.lo));
+    cyctc_dd r = dd_two_sum(s.hi, s.lo + (a.lo + b.lo));
+    r.sm = a.sm + b.sm;
+    return r;
 }
 
-/* a - b as a double, for a and b of similar size (cancels the hi parts exactly) */
+/* a - b as a double (the huge parts cancel exactly first) */
 static inline double dd_diff(cyctc_dd a, cyctc_dd b)
 {
     if (a.hi == -INFINITY)
         return -INFINITY;
     const cyctc_dd d = dd_two_sum(a.hi, -b.hi);
-    return d.hi + (d.lo + (a.lo - b.lo));
+    return d.hi + ((d.lo + (a.lo - b.lo)) + (a.sm - b.sm));
 }
+
+static inline double dd_value(cyctc_dd a) { return a.hi + (a.lo + a.sm); }
 
 static inline cyctc_dd dd_log_add(cyctc_dd a, cyctc_dd b)
 {
@@ -454,19 +461,16 @@ static inline cyctc_dd dd_log_add(cyctc_dd a, cyctc_dd b)
         b = t;
         d = -d;
     }
-    const cyctc_dd r = {log1p(exp(d)), 0.0};
-    return dd_add(a, r);
+    a.sm += log1p(exp(d));
+    return a;
 }
 
-/* log p of class c at a frame: (x - m) - log s, with x - m exact, so neither a shift of every logit nor logits of
- * any magnitude cost accuracy; norm = {m, log s} of the frame */
-static inline cyctc_dd dd_logp(double x, const double *norm)
+/* ref - m - log s of a frame (norm = {m, log s}), added into k */
+static inline cyctc_dd frame_const(cyctc_dd k, double ref, const double *norm)
 {
-    if (x == -INFINITY)
-        return CYCTC_DD_NEG_INF;
-    const cyctc_dd d = dd_two_sum(x, -norm[0]);
-    const cyctc_dd ls = {-norm[1], 0.0};
-    return dd_add(d, ls);
+    cyctc_dd r = dd_add(k, dd_two_sum(ref, -norm[0]));
+    r.sm -= norm[1];
+    return r;
 }
 
 /* index of extended state s within a row */

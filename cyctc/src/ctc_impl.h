@@ -219,10 +219,27 @@ CYCTC_HOT void SFX(cyctc_stage2)(const cyctc_seq *q, const REAL *x, const double
     }
 }
 
-/* log p of extended state s at frame x, in double-double */
-static inline cyctc_dd SFX(state_logp)(const cyctc_seq *q, const REAL *x, const double *norm, int s)
+/* The log-space path scores a state at frame x by q = x[c] - ref, ref the largest logit among the classes the
+ * sequence needs at that frame (frame_ref): exact as a double-double, and the frame's remaining log-probability
+ * (ref - m - log s) is the same for every path, so it only enters the loss (frame_const). Path scores then differ
+ * only by sums of exact input differences, and terms of any magnitude keep the few nats that decide between
+ * paths (logits of -1e30 beside finite ones, frames mixing +-1e30). */
+static inline double SFX(frame_ref)(const int32_t *cm, const REAL *x)
 {
-    return dd_logp((double)x[(s & 1) ? q->labels[s >> 1] : q->blank], norm);
+    const int nd = nd_of(cm);
+    const int32_t *dist = dist_of(cm);
+    double r = (double)x[dist[0]];
+    for (int j = 1; j < nd; j++)
+        r = (double)x[dist[j]] > r ? (double)x[dist[j]] : r;
+    return r;
+}
+
+static inline cyctc_dd SFX(state_logp)(const cyctc_seq *q, const REAL *x, double ref, int s)
+{
+    const double v = (double)x[(s & 1) ? q->labels[s >> 1] : q->blank];
+    if (v == -INFINITY || ref == -INFINITY)
+        return CYCTC_DD_NEG_INF;
+    return dd_two_sum(v, -ref);
 }
 
 void SFX(cyctc_logspace)(const cyctc_seq *q, const REAL *x, const double *norm, double *work, double *scratch,
@@ -249,13 +266,19 @@ void SFX(cyctc_logspace)(const cyctc_seq *q, const REAL *x, const double *norm, 
         return;
     }
 #define LA_ROW(t) (buf + (with_grad ? (int64_t)(t) : (int64_t)((t) & 1)) * S)
+    const int32_t *cm = classmap_of(work, L);
     cyctc_dd *a = LA_ROW(0);
+    double ref = SFX(frame_ref)(cm, x);
+    const cyctc_dd zero = {0.0, 0.0, 0.0};
+    cyctc_dd k = frame_const(zero, ref, norm); /* the per-frame constants of log P */
     for (int s = 0; s < S; s++)
-        a[s] = s < 2 ? SFX(state_logp)(q, x, norm, s) : CYCTC_DD_NEG_INF;
+        a[s] = s < 2 ? SFX(state_logp)(q, x, ref, s) : CYCTC_DD_NEG_INF;
     for (int t = 1; t < T; t++) {
         const cyctc_dd *p = LA_ROW(t - 1);
         cyctc_dd *n = LA_ROW(t);
         const REAL *xt = x + t * q->xs;
+        ref = SFX(frame_ref)(cm, xt);
+        k = frame_const(k, ref, norm + 2 * t);
         for (int s = 0; s < S; s++) {
             cyctc_dd v = p[s];
             if ((s & 1) && !q->merge_repeated)
@@ -264,31 +287,32 @@ void SFX(cyctc_logspace)(const cyctc_seq *q, const REAL *x, const double *norm, 
                 v = dd_log_add(v, p[s - 1]);
             if ((s & 1) && can_skip(q, s))
                 v = dd_log_add(v, p[s - 2]);
-            n[s] = v.hi == -INFINITY ? v : dd_add(v, SFX(state_logp)(q, xt, norm + 2 * t, s));
+            n[s] = v.hi == -INFINITY ? v : dd_add(v, SFX(state_logp)(q, xt, ref, s));
         }
     }
     const cyctc_dd *last = LA_ROW(T - 1);
-    const cyctc_dd logp = L > 0 ? dd_log_add(last[S - 1], last[S - 2]) : last[S - 1];
+    const cyctc_dd lsum = L > 0 ? dd_log_add(last[S - 1], last[S - 2]) : last[S - 1];
+    const cyctc_dd logp = lsum.hi > -INFINITY && isfinite(k.hi) ? dd_add(lsum, k) : CYCTC_DD_NEG_INF;
     if (!(logp.hi > -INFINITY)) { /* every alignment has probability exactly 0 */
         free(buf);
         st->flags = CYCTC_INFEASIBLE;
         st->loss = INFINITY;
         return;
     }
-    st->loss = meet_ok ? meet_loss : fmax(0.0, -(logp.hi + logp.lo)); /* P <= 1 */
+    st->loss = meet_ok ? meet_loss : fmax(0.0, -dd_value(logp)); /* P <= 1 */
     if (!with_grad) {
         free(buf);
         return;
     }
     cyctc_dd *bc = buf + na * S, *bn = bc + S;
     for (int s = 0; s < S; s++)
-        bc[s] = (s == S - 1 || (L > 0 && s == S - 2)) ? (cyctc_dd){0.0, 0.0} : CYCTC_DD_NEG_INF;
+        bc[s] = (s == S - 1 || (L > 0 && s == S - 2)) ? (cyctc_dd){0.0, 0.0, 0.0} : CYCTC_DD_NEG_INF;
     double *gs = scratch_of(scratch, L, 0); /* S temporaries: the forward scratch rows */
     double *rows = rows_of(work, L);
     for (int t = T - 1; t >= 0; t--) {
         if (t > 0) { /* beta[t-1] from beta[t] and frame t */
             const REAL *xt = x + t * q->xs;
-            const double *nt = norm + 2 * t;
+            const double nt = SFX(frame_ref)(cm, xt);
             for (int s = 0; s < S; s++) {
                 cyctc_dd v = CYCTC_DD_NEG_INF;
                 if ((!(s & 1) || q->merge_repeated) && bc[s].hi > -INFINITY)
