@@ -5,7 +5,7 @@ import sys
 
 import numpy as np
 
-from ._kaldi_io import KaldiIOError, SymbolTable, iter_int_vectors, iter_matrices
+from .kaldi_io import KaldiIOError, SymbolTable, iter_int_vectors, iter_matrices
 
 INPUT_KINDS = ("logits", "log-probs", "probs")
 
@@ -42,7 +42,7 @@ def add_score_options(p, batch_default=16):
 
 def check_common_options(args):
     """The usage error of the shared options (a message for ``usage_error``, exit status 2), or None."""
-    from ._threads import resolve_num_threads
+    from .._threads import resolve_num_threads
 
     specs = [getattr(args, n, None) for n in ("logits_rspecifier", "labels_rspecifier")]
     if all(s is not None and s.partition(":")[2].strip() == "-" for s in specs):

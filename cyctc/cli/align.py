@@ -1,8 +1,8 @@
 """``cyctc align``: CTC forced alignment of Kaldi matrix archives to a Kaldi alignment archive and a CTM."""
 import numpy as np
 
-from . import _cli_common as common
-from ._kaldi_io import IntVectorWriter, SymbolTable, TextWriter
+from . import common
+from .kaldi_io import IntVectorWriter, SymbolTable, TextWriter
 
 EXAMPLES = """\
 For each utterance of <logits-rspecifier> (Kaldi float matrices, T x C) whose id is in <labels-rspecifier>, finds

@@ -1,8 +1,8 @@
 """``cyctc loss``: per-utterance CTC loss of Kaldi matrix archives, and optionally the gradient matrices."""
 import numpy as np
 
-from . import _cli_common as common
-from ._kaldi_io import MatrixWriter, ScalarWriter
+from . import common
+from .kaldi_io import MatrixWriter, ScalarWriter
 
 EXAMPLES = """\
 Computes -log p(labels | scores) for each utterance of <logits-rspecifier> (Kaldi float matrices, T x C) whose

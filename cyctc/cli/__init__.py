@@ -8,28 +8,16 @@ import argparse
 import importlib
 import sys
 
-from . import __version__
+from .. import __version__
 
 # (name, module, one-line help); modules are imported when the parser is built, and import kaldiio only in run()
 COMMANDS = (
-    ("loss", "cyctc._cmd_loss", "per-utterance CTC loss (and gradient) of Kaldi matrix archives"),
-    ("align", "cyctc._cmd_align", "CTC forced alignment to a Kaldi alignment archive (and a CTM of labels)"),
-    ("decode", "cyctc._cmd_decode", "greedy or beam-search CTC decoding to Kaldi text"),
+    ("loss", "cyctc.cli.loss", "per-utterance CTC loss (and gradient) of Kaldi matrix archives"),
+    ("align", "cyctc.cli.align", "CTC forced alignment to a Kaldi alignment archive (and a CTM of labels)"),
+    ("decode", "cyctc.cli.decode", "greedy or beam-search CTC decoding to Kaldi text"),
     ("demo", "cyctc.demo", "train a small numpy model with cyctc's loss on synthetic data"),
-    ("config", "cyctc.cli", "print cyctc's build configuration"),
+    ("config", "cyctc.cli.config", "print cyctc's build configuration"),
 )
-
-
-def add_arguments(parser):
-    """``cyctc config`` has no options."""
-
-
-def run(args):
-    """``cyctc config``: print the version, OpenMP state, default thread count and backends."""
-    import cyctc
-
-    cyctc.show_config()
-    return 0
 
 
 def build_parser():
@@ -51,8 +39,8 @@ def build_parser():
 
 def main(argv=None):
     """Entry point of the ``cyctc`` script; returns the exit status."""
-    from ._cli_common import CommandError
-    from ._kaldi_io import KaldiIOError
+    from .common import CommandError
+    from .kaldi_io import KaldiIOError
 
     parser = build_parser()
     args = parser.parse_args(argv)

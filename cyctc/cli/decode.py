@@ -1,8 +1,8 @@
 """``cyctc decode``: greedy or beam-search CTC decoding of Kaldi matrix archives to Kaldi text."""
 import numpy as np
 
-from . import _cli_common as common
-from ._kaldi_io import IntVectorWriter, ScalarWriter, SymbolTable, TokenWriter
+from . import common
+from .kaldi_io import IntVectorWriter, ScalarWriter, SymbolTable, TokenWriter
 
 EXAMPLES = """\
 Decodes each utterance of <logits-rspecifier> (Kaldi float matrices, T x C) and writes 'utt-id id id ...' to
