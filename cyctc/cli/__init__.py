@@ -6,6 +6,7 @@ and exit statuses: 0 success, 1 failure (nothing succeeded, or an input could no
 """
 import argparse
 import importlib
+import os
 import sys
 
 from .. import __version__
@@ -40,7 +41,7 @@ def build_parser():
 def main(argv=None):
     """Entry point of the ``cyctc`` script; returns the exit status."""
     from .common import CommandError
-    from .kaldi_io import KaldiIOError
+    from .kaldi_io import KaldiIOError, SpecifierError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -49,6 +50,9 @@ def main(argv=None):
         return 2
     try:
         return int(args.run(args) or 0)
+    except SpecifierError as e:
+        print(f"cyctc {args.command}: ERROR: {e}", file=sys.stderr)
+        return 2
     except (KaldiIOError, CommandError) as e:
         print(f"cyctc {args.command}: ERROR: {e}", file=sys.stderr)
         return 1
@@ -56,6 +60,23 @@ def main(argv=None):
         return 1
     except KeyboardInterrupt:
         return 130
+    finally:
+        _settle_stdout()
+
+
+def _settle_stdout():
+    """Flush stdout now; when it cannot be written (a full disk, a reader that left) the error was reported with
+    its output, so what is still buffered is dropped rather than failing again at interpreter exit."""
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError):
+        try:
+            fd = sys.stdout.fileno()
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, fd)
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):
+            pass
 
 
 if __name__ == "__main__":

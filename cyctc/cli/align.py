@@ -55,7 +55,7 @@ def _time_format(frame_shift):
 def run(args):
     prog = "cyctc align"
     ctc_align, ctc_segments = common.import_api("align", ("ctc_align", "ctc_segments"), prog)
-    msg = common.check_common_options(args)
+    msg = common.check_common_options(args, (("alignment_wspecifier", "alignment-wspecifier", "ark"),))
     if msg is None and not args.frame_shift > 0:
         msg = f"--frame-shift must be > 0, got {args.frame_shift}"
     if msg:
@@ -99,11 +99,9 @@ def run(args):
             stats["frames"] += len(path)
             return True
 
-        common.run_loop(args, tally, labels, compute, write)
+        common.run_loop(args, tally, labels, compute, write, (ali_w, ctm_w))
     finally:
-        ali_w.close()
-        if ctm_w is not None:
-            ctm_w.close()
+        common.close_outputs(tally, ali_w, ctm_w)
     extra = (f"average log-probability per frame {stats['logp'] / stats['frames']:.6g} over "
              f"{stats['frames']} frame(s)" if stats["frames"] else "")
     return tally.finish(extra)

@@ -5,7 +5,8 @@ import sys
 
 import numpy as np
 
-from .kaldi_io import KaldiIOError, SymbolTable, iter_int_vectors, iter_matrices
+from .kaldi_io import (KaldiIOError, SpecifierError, SymbolTable, check_scalar_wspecifier, iter_int_vectors,
+                       iter_matrices, parse_rspecifier, parse_wspecifier)
 
 INPUT_KINDS = ("logits", "log-probs", "probs")
 
@@ -40,9 +41,26 @@ def add_score_options(p, batch_default=16):
                         "core count; results do not depend on it")
 
 
-def check_common_options(args):
-    """The usage error of the shared options (a message for ``usage_error``, exit status 2), or None."""
+def check_common_options(args, outputs=()):
+    """The usage error of the shared options and of the specifiers (a message for ``usage_error``, exit status 2),
+    or None. ``outputs``: (attribute, name, kind) of the command's outputs, kind "scalar" (an ark of per-utterance
+    values, no scp index), "ark" (any wspecifier) or "file" (a wxfilename, not checked); absent ones are skipped."""
     from .._threads import resolve_num_threads
+
+    try:
+        for attr, what in (("logits_rspecifier", "logits-rspecifier"), ("labels_rspecifier", "labels-rspecifier")):
+            if getattr(args, attr, None) is not None:
+                parse_rspecifier(getattr(args, attr), what)
+        for attr, what, kind in outputs:
+            spec = getattr(args, attr, None)
+            if spec is None or kind == "file":
+                continue
+            if kind == "scalar":
+                check_scalar_wspecifier(spec, what)
+            else:
+                parse_wspecifier(spec, what)
+    except SpecifierError as e:
+        return str(e)
 
     specs = [getattr(args, n, None) for n in ("logits_rspecifier", "labels_rspecifier")]
     if all(s is not None and s.partition(":")[2].strip() == "-" for s in specs):
@@ -251,15 +269,30 @@ def pad_batch(batch):
     return x, T, lab, L
 
 
-def run_loop(args, tally, labels, compute, write):
+def close_outputs(tally, *writers):
+    """Close the writers (None skipped); an output that cannot be flushed (a full disk) is reported as an error of
+    the run, whose summary still follows."""
+    for w in writers:
+        if w is None:
+            continue
+        try:
+            w.close()
+        except KaldiIOError as e:
+            tally.error(str(e))
+
+
+def run_loop(args, tally, labels, compute, write, outputs):
     """Read, batch, ``compute(batch)`` (fills each Utt.out), ``write(utt)`` in input order (returning False when it
-    skipped the utterance); read errors are reported after everything before them is written. The tally holds the
-    outcome."""
+    skipped the utterance), then flush the ``outputs`` (writers, None skipped): an utterance counts as done once
+    its batch reached them all. Read errors are reported after everything before them is written; a write error
+    (a full disk) ends the loop with an error naming the output. The tally holds the outcome."""
+    outputs = [w for w in outputs if w is not None]
     try:
         for batch in batches(utterances(args, tally, labels), args.batch_size):
             compute(batch)
-            for u in batch:
-                if write(u) is not False:  # False: write() reported and skipped it
-                    tally.done += 1
+            written = sum(write(u) is not False for u in batch)  # False: write() reported and skipped it
+            for w in outputs:
+                w.flush()
+            tally.done += written
     except KaldiIOError as e:
         tally.error(str(e))

@@ -72,7 +72,8 @@ def _decoder(args):
 
 def run(args):
     prog = "cyctc decode"
-    msg = common.check_common_options(args)
+    msg = common.check_common_options(args, (("transcription_wspecifier", "transcription-wspecifier", "ark"),
+                                                 ("scores_wspecifier", "--scores-wspecifier", "scalar")))
     if msg is None and args.beam_width < 1:
         msg = f"--beam-width must be >= 1, got {args.beam_width}"
     if msg:
@@ -110,9 +111,7 @@ def run(args):
             stats["symbols"] += len(ids)
             return True
 
-        common.run_loop(args, tally, None, compute, write)
+        common.run_loop(args, tally, None, compute, write, (out_w, score_w))
     finally:
-        out_w.close()
-        if score_w is not None:
-            score_w.close()
+        common.close_outputs(tally, out_w, score_w)
     return tally.finish(f"{stats['symbols']} symbol(s) decoded")

@@ -69,7 +69,8 @@ def _compute(args, want_grad):
 
 def run(args):
     prog = "cyctc loss"
-    msg = common.check_common_options(args)
+    msg = common.check_common_options(args, (("loss_wspecifier", "loss-wspecifier", "scalar"),
+                                                 ("grad_wspecifier", "grad-wspecifier", "ark")))
     if msg:
         return common.usage_error(prog, msg)
     tally = common.Tally(prog)
@@ -99,11 +100,9 @@ def run(args):
                 stats["sum"] += float(loss)
                 stats["frames"] += u.mat.shape[0]
 
-        common.run_loop(args, tally, labels, _compute(args, want_grad), write)
+        common.run_loop(args, tally, labels, _compute(args, want_grad), write, (loss_w, grad_w))
     finally:
-        loss_w.close()
-        if grad_w is not None:
-            grad_w.close()
+        common.close_outputs(tally, loss_w, grad_w)
     unused = len(labels) - tally.matched
     extra = (f"average loss per frame {stats['sum'] / stats['frames']:.6g} over {stats['frames']} frame(s)"
              if stats["frames"] else "")
