@@ -62,9 +62,8 @@ def run(args):
         return common.usage_error(prog, msg)
     tally = common.Tally(prog)
     table = SymbolTable(args.symbol_table) if args.symbol_table else None
-    labels, dup = common.load_labels(args.labels_rspecifier, args.symbol_table)
-    if dup:
-        tally.warn(f"{dup} duplicate utterance id(s) in the labels; the first of each was used")
+    labels, dup, labels_error = common.load_labels(args.labels_rspecifier, args.symbol_table)
+    common.report_labels(tally, dup, labels_error)
     fmt = _time_format(args.frame_shift)
     stats = {"logp": 0.0, "frames": 0}
     ali_w = IntVectorWriter(args.alignment_wspecifier, "alignment-wspecifier")

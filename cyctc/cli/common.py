@@ -143,7 +143,7 @@ def log_softmax(x):
     m = np.max(x64, axis=1, keepdims=True)
     m = np.where(np.isfinite(m), m, 0.0)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        out = x64 - m - np.log(np.sum(np.exp(x64 - m), axis=1, keepdims=True))
+        out = (x64 - m) - np.log(np.sum(np.exp(x64 - m), axis=1, keepdims=True))  # shift-invariant
     return out.astype(x.dtype)
 
 
@@ -164,21 +164,38 @@ def resolve_blank(blank, C):
 
 # -------------------------------------------------------------------------------------------------------- labels
 def load_labels(spec, symbol_table=None):
-    """{utt-id: int32 labels, or a str saying why that utterance's labels are unusable} from an rspecifier."""
+    """({utt-id: int32 labels, or a str saying why that utterance's labels are unusable}, number of duplicate ids
+    dropped (the first of each is kept), the KaldiIOError that ended the reading or None) from an rspecifier.
+
+    A damaged labels archive keeps what was read before the damage: the caller scores those utterances and
+    reports the error (exit status 1). When nothing was read (or the symbol table cannot be read) it raises."""
     table = SymbolTable(symbol_table) if symbol_table else None
     out = {}
     dup = 0
-    for key, value in iter_int_vectors(spec, "labels-rspecifier", symbols=table):
-        if key in out:
-            dup += 1
-            continue
-        if table is not None:
-            try:
-                value = table.ids(value)
-            except KeyError as e:
-                value = f"unknown symbol {e.args[0]!r} (not in {table.path})"
-        out[key] = value
-    return out, dup
+    try:
+        for key, value in iter_int_vectors(spec, "labels-rspecifier", symbols=table):
+            if key in out:
+                dup += 1
+                continue
+            if table is not None:
+                try:
+                    value = table.ids(value)
+                except KeyError as e:
+                    value = f"unknown symbol {e.args[0]!r} (not in {table.path})"
+            out[key] = value
+    except KaldiIOError as e:
+        if not out or isinstance(e, SpecifierError):
+            raise  # nothing to score
+        return out, dup, e
+    return out, dup, None
+
+
+def report_labels(tally, dup, error):
+    """Warn about duplicate label ids; report a damaged labels archive (the run goes on with what was read)."""
+    if dup:
+        tally.warn(f"{dup} duplicate utterance id(s) in the labels; the first of each was used")
+    if error is not None:
+        tally.error(f"{error}; scoring the utterances whose labels were read before it")
 
 
 def label_problem(labels, C, blank):
@@ -206,10 +223,16 @@ class Utt:
 def utterances(args, tally, labels=None):
     """Utt objects from ``args.logits_rspecifier``, each with its labels looked up by id when ``labels`` is given.
 
-    Utterances without labels, with a matrix that is not (T, C) float, a --blank that does not fit, or unusable
+    An utterance id seen before is reported and skipped (the first entry counts). Utterances without labels, with
+    a matrix that is not (T, C) float, a --blank that does not fit, or unusable
     labels, are reported and skipped. A malformed archive raises KaldiIOError (after everything before it).
     """
+    seen = set()
     for key, mat in tally.progress(iter_matrices(args.logits_rspecifier, "logits-rspecifier")):
+        if key in seen:
+            tally.skip(key, "duplicate", "appears again in the scores (its first entry was used)")
+            continue
+        seen.add(key)
         if mat.ndim != 2 or mat.dtype.kind != "f":
             tally.skip(key, "bad input", f"expected a float matrix (T x C), got {mat.dtype} of shape {mat.shape}")
             continue

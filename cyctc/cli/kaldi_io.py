@@ -159,11 +159,15 @@ def iter_int_vectors(spec, what, symbols=None):
                 yield key, tokens
                 continue
             try:
-                yield key, np.array([int(t) for t in tokens], dtype=np.int32)
+                value = np.array([int(t) for t in tokens], dtype=np.int32)
             except (ValueError, OverflowError):
                 bad = next(t for t in tokens if not _is_int32(t))
                 raise KaldiIOError(f"{what}: utterance {key!r}: {bad!r} is not an int32 (for symbols give "
                                    f"--symbol-table)") from None
+            yield key, value
+    except KaldiIOError as e:
+        msg = str(e)
+        raise KaldiIOError(msg if msg.startswith(what) else f"{what}: {msg}") from None
     finally:
         f.close()
 
@@ -190,19 +194,47 @@ def _as_matrix(key, m):
 
 
 def _iter_scp(name, what, convert):
+    """(key, value) of each ``utt-id rxfilename`` line of the scp ``name``, in order. An entry that cannot be read
+    (its archive missing, truncated, or the offset pointing at no entry) raises KaldiIOError naming the utterance,
+    the file it points at and the scp."""
     mod = kaldiio()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    f = _open(name, "rb", what)
+    open_arks = {}  # kaldiio's cache of open archives (consecutive entries of one ark share a descriptor)
+    try:
+        for n, raw in enumerate(f, 1):
+            line = raw.decode("utf-8", "replace").strip()
+            if not line:
+                continue
+            parts = line.split(None, 1)
+            if len(parts) != 2:
+                raise KaldiIOError(f"{what}: {name}:{n}: expected 'utt-id rxfilename', got {line!r}")
+            key, rx = parts
+            if len(open_arks) > 8:
+                _close_all(open_arks)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    value = mod.load_mat(rx, fd_dict=open_arks)
+                except OSError as e:
+                    missing = e.filename if e.filename is not None else rx
+                    raise KaldiIOError(f"{what}: utterance {key!r}: cannot read {missing!r} (listed in {name!r}): "
+                                       f"{e.strerror or e}") from None
+                except Exception as e:
+                    raise KaldiIOError(f"{what}: utterance {key!r}: {rx!r} (listed in {name!r}) is truncated or "
+                                       f"holds no readable entry there ({type(e).__name__}{': ' if str(e) else ''}{e})") from None
+            yield key, convert(key, value)
+    finally:
+        _close_all(open_arks)
+        f.close()
+
+
+def _close_all(files):
+    for fd in files.values():
         try:
-            gen = mod.load_scp_sequential(name)
-            for key, value in gen:
-                yield key, convert(key, value)
-        except KaldiIOError:
-            raise
-        except OSError as e:
-            raise KaldiIOError(f"{what}: cannot read {name!r}: {e.strerror or e}") from None
-        except Exception as e:
-            raise KaldiIOError(f"{what}: malformed scp or archive {name!r}: {type(e).__name__}: {e}") from None
+            fd.close()
+        except OSError:
+            pass
+    files.clear()
 
 
 def _read_text_matrix(f, first, key):

@@ -74,9 +74,8 @@ def run(args):
     if msg:
         return common.usage_error(prog, msg)
     tally = common.Tally(prog)
-    labels, dup = common.load_labels(args.labels_rspecifier, args.symbol_table)
-    if dup:
-        tally.warn(f"{dup} duplicate utterance id(s) in the labels; the first of each was used")
+    labels, dup, labels_error = common.load_labels(args.labels_rspecifier, args.symbol_table)
+    common.report_labels(tally, dup, labels_error)
     want_grad = args.grad_wspecifier is not None
     loss_w = ScalarWriter(args.loss_wspecifier, "loss-wspecifier")
     grad_w = None
