@@ -16,7 +16,7 @@ import numpy as np
 
 from . import _decode
 from . import _decode_args as args
-from ._args import array_module
+from ._args import array_module, whole_number_lengths
 from ._decode_args import host
 from ._threads import resolve_num_threads
 
@@ -276,7 +276,7 @@ def ctc_decode(y_pred, input_length, greedy=True, beam_width=100, top_paths=1, *
     y_pred : float16/32/64 (B, T, C)
         Softmax probabilities, batch-major; the blank is class C - 1.
     input_length : int (B,) or (B, 1)
-        Valid frames of each example, in [0, T].
+        Valid frames of each example, in [0, T] (floats holding whole numbers accepted, as Keras casts them).
     greedy : bool
     beam_width : int >= 1
         Beam width when ``greedy`` is False.
@@ -310,7 +310,7 @@ def ctc_decode(y_pred, input_length, greedy=True, beam_width=100, top_paths=1, *
         logp = np.log(y + y.dtype.type(KERAS_EPSILON))
     x, dtype_out = args.float_frames(logp, "y_pred", False)
     B, T, C = x.shape
-    length = args.lengths(input_length, "input_length", B, T)
+    length = args.lengths(whole_number_lengths(input_length, "input_length", B), "input_length", B, T)
     nt = resolve_num_threads(num_threads)
     if greedy:
         out, out_length, neg_sum = _greedy(x, length, C - 1, True, nt)
