@@ -2,7 +2,8 @@
 
 Every subcommand lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> exit status``;
 this module only builds the argparse tree, dispatches, and turns the errors every subcommand shares into messages
-and exit statuses: 0 success, 1 failure (nothing succeeded, or an input could not be read), 2 usage error.
+and exit statuses: 0 success, 1 failure (nothing succeeded, or a file could not be read or written), 2 usage error
+(options, and malformed rspecifiers/wspecifiers).
 """
 import argparse
 import importlib
