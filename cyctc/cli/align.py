@@ -13,7 +13,8 @@ blank frames included). With <ctm-wxfilename>, also writes one line per label se
 --symbol-table is given).
 
 Utterances without labels, with bad labels, or with no possible alignment (too few frames) are reported and
-skipped; the exit status is 1 when none succeeded or an input archive is malformed.
+skipped; the exit status is 1 when none succeeded or a file failed (a malformed input, a full disk), 2 for usage
+errors.
 
 examples:
   # alignments as a binary archive and a CTM of the tokens

@@ -15,7 +15,7 @@ prefixes. The blank is --blank (default 0) for both. --scores-wspecifier writes 
 output: the beam's score, or for greedy the log-probability of the best path.
 
 Decoded ids missing from the symbol table are reported and their utterance skipped; the exit status is 1 when
-none succeeded or the input archive is malformed.
+none succeeded or a file failed (a malformed input, a full disk), 2 for usage errors.
 
 examples:
   # greedy decoding to words through the lexicon's symbol table

@@ -220,8 +220,9 @@ def _iter_scp(name, what, convert):
                     raise KaldiIOError(f"{what}: utterance {key!r}: cannot read {missing!r} (listed in {name!r}): "
                                        f"{e.strerror or e}") from None
                 except Exception as e:
+                    why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
                     raise KaldiIOError(f"{what}: utterance {key!r}: {rx!r} (listed in {name!r}) is truncated or "
-                                       f"holds no readable entry there ({type(e).__name__}{': ' if str(e) else ''}{e})") from None
+                                       f"holds no readable entry there ({why})") from None
             yield key, convert(key, value)
     finally:
         _close_all(open_arks)

@@ -16,7 +16,7 @@ log (written as 0 where a probability is exactly 0, where it is undefined). Infe
 than labels plus repeats) get loss inf and gradient 0; non-finite scores give nan.
 
 Utterances without labels (or with labels out of range, or equal to the blank) are reported and skipped; the
-exit status is 1 when none succeeded or an input archive is malformed.
+exit status is 1 when none succeeded or a file failed (a malformed input, a full disk), 2 for usage errors.
 
 examples:
   # labels from Kaldi's data/text through a symbol table; losses as text on stdout
