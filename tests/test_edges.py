@@ -310,3 +310,17 @@ def test_segments_negative_blank():
         hand.segments(0, blank=-1)
     path, log_prob, feasible = res  # still a 3-tuple
     assert path is res.path
+
+
+def test_integer_extremes_in_the_label_utilities():
+    """ctc_unique_labels and ctc_segments at the ends of int32/int64: values kept exactly, TF's contract holds."""
+    for lab in (np.array([[2**62, -2**62, 2**62, 0], [7, 7, -1, 2**63 - 1]]),
+                np.array([[2**31 - 1, -2**31, 2**31 - 1]], dtype=np.int32)):
+        y, idx = cyctc.ctc_unique_labels(lab)
+        assert y.dtype == lab.dtype and np.array_equal(np.take_along_axis(y, idx.astype(np.intp), axis=1), lab)
+        for b in range(lab.shape[0]):
+            first = list(dict.fromkeys(lab[b].tolist()))
+            assert y[b, :len(first)].tolist() == first
+    big = 2**62
+    assert cyctc.ctc_segments(np.array([big, big, 0, 5, -1, 7])) == [(0, 2, big), (3, 4, 5)]
+    assert cyctc.ctc_segments(np.array([big, 0, big]), blank=big) == [(1, 2, 0)]
