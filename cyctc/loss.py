@@ -254,9 +254,13 @@ def ctc_batch_cost(y_true, y_pred, input_length, label_length, *, return_grad=Fa
     loss, gz = out
     # the chain rule through log only on valid frames: the padding (NaN from a masked softmax, say) is never read
     # and its gradient is exactly 0
-    valid = xp.asarray(np.arange(T) < input_length[:, None])[:, :, None]
+    valid = (np.arange(T) < input_length[:, None])[:, :, None]
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        grad = xp.where(valid, gz / xp.where(valid, shifted, 1), 0)
+        if xp is np:
+            grad = np.divide(gz, shifted, out=np.zeros_like(gz), where=valid)
+        else:
+            valid = xp.asarray(valid)
+            grad = xp.where(valid, gz / xp.where(valid, shifted, 1), 0)
         # float16 answers: entries beyond +-65504 (probabilities below ~1.5e-5 on frames the labels need) are
         # +-inf, as the dtype says
         return loss.astype(dtype_out)[:, None], grad.astype(dtype_out)

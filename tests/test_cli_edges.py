@@ -57,35 +57,37 @@ def _summary_then_error(err, prog, what):
 # ------------------------------------------------------------------------------------------------ full disk
 
 
-def _outputs(d, tmp):
-    """(command argv, prog, the output's name in messages) for every output of every command on a full disk."""
-    L, F, S = f"ark,t:{d}/labels.txt", f"ark:{d}/feats.ark", f"ark,t:{tmp}/ok.txt"
-    return [
-        (["loss", F, L, "ark,t:" + FULL], "cyctc loss", "loss-wspecifier"),
-        (["loss", F, L, "ark:" + FULL], "cyctc loss", "loss-wspecifier"),
-        (["loss", F, L, S, "ark:" + FULL], "cyctc loss", "grad-wspecifier"),
-        (["loss", F, L, S, "ark,t:" + FULL], "cyctc loss", "grad-wspecifier"),
-        (["loss", F, L, S, f"ark,scp:{FULL},{tmp}/g.scp"], "cyctc loss", "grad-wspecifier"),
-        (["loss", F, L, S, f"ark,scp:{tmp}/g.ark,{FULL}"], "cyctc loss", "grad-wspecifier"),
-        (["align", F, L, "ark:" + FULL], "cyctc align", "alignment-wspecifier"),
-        (["align", F, L, "ark,t:" + FULL], "cyctc align", "alignment-wspecifier"),
-        (["align", F, L, f"ark:{tmp}/ali.ark", FULL], "cyctc align", "ctm-wxfilename"),
-        (["decode", F, "ark:" + FULL], "cyctc decode", "transcription-wspecifier"),
-        (["decode", F, "ark,t:" + FULL], "cyctc decode", "transcription-wspecifier"),
-        (["decode", "--symbol-table", f"{d}/tokens.txt", F, "ark,t:" + FULL], "cyctc decode",
-         "transcription-wspecifier"),
-        (["decode", "--method", "beam", F, S, "--scores-wspecifier", "ark,t:" + FULL], "cyctc decode",
-         "--scores-wspecifier"),
-        (["decode", F, S, "--scores-wspecifier", "ark:" + FULL], "cyctc decode", "--scores-wspecifier"),
-    ]
+# (id, argv with {F} the scores, {L} the labels, {S} an output that works, {T} a scratch folder, {D} the data
+# folder, and FULL the full device; the program; the output's name in its messages)
+OUTPUT_CASES = [
+    ("loss-text", ["loss", "{F}", "{L}", "ark,t:" + FULL], "cyctc loss", "loss-wspecifier"),
+    ("loss-binary", ["loss", "{F}", "{L}", "ark:" + FULL], "cyctc loss", "loss-wspecifier"),
+    ("grad-binary", ["loss", "{F}", "{L}", "{S}", "ark:" + FULL], "cyctc loss", "grad-wspecifier"),
+    ("grad-text", ["loss", "{F}", "{L}", "{S}", "ark,t:" + FULL], "cyctc loss", "grad-wspecifier"),
+    ("grad-ark-of-scp", ["loss", "{F}", "{L}", "{S}", "ark,scp:" + FULL + ",{T}/g.scp"], "cyctc loss",
+     "grad-wspecifier"),
+    ("grad-scp", ["loss", "{F}", "{L}", "{S}", "ark,scp:{T}/g.ark," + FULL], "cyctc loss", "grad-wspecifier"),
+    ("ali-binary", ["align", "{F}", "{L}", "ark:" + FULL], "cyctc align", "alignment-wspecifier"),
+    ("ali-text", ["align", "{F}", "{L}", "ark,t:" + FULL], "cyctc align", "alignment-wspecifier"),
+    ("ctm", ["align", "{F}", "{L}", "ark:{T}/ali.ark", FULL], "cyctc align", "ctm-wxfilename"),
+    ("hyp-binary", ["decode", "{F}", "ark:" + FULL], "cyctc decode", "transcription-wspecifier"),
+    ("hyp-text", ["decode", "{F}", "ark,t:" + FULL], "cyctc decode", "transcription-wspecifier"),
+    ("hyp-symbols", ["decode", "--symbol-table", "{D}/tokens.txt", "{F}", "ark,t:" + FULL], "cyctc decode",
+     "transcription-wspecifier"),
+    ("beam-scores-text", ["decode", "--method", "beam", "{F}", "{S}", "--scores-wspecifier", "ark,t:" + FULL],
+     "cyctc decode", "--scores-wspecifier"),
+    ("scores-binary", ["decode", "{F}", "{S}", "--scores-wspecifier", "ark:" + FULL], "cyctc decode",
+     "--scores-wspecifier"),
+]
 
 
 @needs_full
-@pytest.mark.parametrize("case", range(14))
-def test_every_output_on_a_full_disk(data, tmp_path, capsys, case):
+@pytest.mark.parametrize("argv,prog,what", [c[1:] for c in OUTPUT_CASES], ids=[c[0] for c in OUTPUT_CASES])
+def test_every_output_on_a_full_disk(data, tmp_path, capsys, argv, prog, what):
     d, _, _ = data
-    argv, prog, what = _outputs(d, tmp_path)[case]
-    rc, err = _run(capsys, *argv)
+    fill = {"F": f"ark:{d}/feats.ark", "L": f"ark,t:{d}/labels.txt", "S": f"ark,t:{tmp_path}/ok.txt",
+            "T": str(tmp_path), "D": str(d)}
+    rc, err = _run(capsys, *[a.format(**fill) for a in argv])
     assert rc == 1
     _summary_then_error(err, prog, what)
 
@@ -119,6 +121,17 @@ def test_stdout_on_a_full_disk(data, command):
     err = r.stderr.decode()
     assert r.returncode == 1, err
     assert "cannot write '-': No space left on device" in err and f"cyctc {command}: done " in err
+    assert "Traceback" not in err and "Exception ignored" not in err
+
+
+@needs_full
+def test_plain_stdout_on_a_full_disk():
+    """A command printing plain text (config) to a full device: an error and exit 1, not a silent 0."""
+    with open(FULL, "wb") as full:
+        r = subprocess.run([sys.executable, "-m", "cyctc", "config"], stdout=full, stderr=subprocess.PIPE,
+                           cwd=tempfile.gettempdir())
+    err = r.stderr.decode()
+    assert r.returncode == 1 and "cyctc config: ERROR: " in err and "No space left" in err, err
     assert "Traceback" not in err and "Exception ignored" not in err
 
 

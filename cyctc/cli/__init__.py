@@ -50,26 +50,33 @@ def main(argv=None):
         parser.print_help(sys.stderr)
         return 2
     try:
-        return int(args.run(args) or 0)
+        rc = int(args.run(args) or 0)
     except SpecifierError as e:
         print(f"cyctc {args.command}: ERROR: {e}", file=sys.stderr)
-        return 2
+        rc = 2
     except (KaldiIOError, CommandError) as e:
         print(f"cyctc {args.command}: ERROR: {e}", file=sys.stderr)
-        return 1
+        rc = 1
     except BrokenPipeError:  # e.g. '... ark,t:- | head': the reader left
-        return 1
+        rc = 1
+    except OSError as e:  # any other output that fails (e.g. 'cyctc demo > /dev/full')
+        print(f"cyctc {args.command}: ERROR: {e.strerror or e}", file=sys.stderr)
+        rc = 1
     except KeyboardInterrupt:
         return 130
-    finally:
-        _settle_stdout()
+    if not _settle_stdout() and rc == 0:
+        print(f"cyctc {args.command}: ERROR: cannot write to stdout (the output is incomplete)", file=sys.stderr)
+        rc = 1
+    return rc
 
 
 def _settle_stdout():
-    """Flush stdout now; when it cannot be written (a full disk, a reader that left) the error was reported with
-    its output, so what is still buffered is dropped rather than failing again at interpreter exit."""
+    """Flush stdout now; True when that worked. When it cannot be written (a full disk, a reader that left), what
+    is still buffered is dropped, so that the interpreter does not fail on it again at exit (a failing archive on
+    stdout was reported with its output already)."""
     try:
         sys.stdout.flush()
+        return True
     except (OSError, ValueError):
         try:
             fd = sys.stdout.fileno()
@@ -78,6 +85,7 @@ def _settle_stdout():
             os.close(devnull)
         except (OSError, ValueError, AttributeError):
             pass
+        return False
 
 
 if __name__ == "__main__":
