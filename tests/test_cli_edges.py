@@ -148,26 +148,28 @@ def _scp_with(d, tmp, replace):
     return f"scp:{tmp}/x.scp"
 
 
+@pytest.mark.parametrize("command", ["loss", "align", "decode"])
 @pytest.mark.parametrize("damage", ["missing", "truncated", "offset", "garbage"])
-def test_scores_scp_entry_pointing_at_something_broken(data, tmp_path, capsys, damage):
+def test_scores_scp_entry_pointing_at_something_broken(data, tmp_path, capsys, damage, command):
     """The message names the utterance, the file its entry points at and the scp (not just the scp, which
     exists); the utterances before it are written; exit 1."""
     d, feats, _ = data
     raw = open(d / "feats.ark", "rb").read()
     (tmp_path / "short.ark").write_bytes(raw[: raw.index(b"u3 ") - 40])   # ends inside u2's matrix
-    (tmp_path / "junk.ark").write_bytes(b"\0B" + os.urandom(64))
+    (tmp_path / "junk.ark").write_bytes(b"\0BQQ " + bytes(range(64)))    # no Kaldi type
     repl = {"missing": lambda rx: f"{tmp_path}/gone.ark:{rx.split(':')[1]}",
             "truncated": lambda rx: f"{tmp_path}/short.ark:{rx.split(':')[1]}",
             "offset": lambda rx: f"{d}/feats.ark:{len(raw) + 1000}",
             "garbage": lambda rx: f"{tmp_path}/junk.ark:0"}[damage]
     spec = _scp_with(d, tmp_path, repl)
-    rc, err = _run(capsys, "loss", spec, f"ark,t:{d}/labels.txt", f"ark,t:{tmp_path}/o.txt")
+    labels = [] if command == "decode" else [f"ark,t:{d}/labels.txt"]
+    rc, err = _run(capsys, command, spec, *labels, f"ark,t:{tmp_path}/o.txt")
     assert rc == 1 and "Traceback" not in err
     assert "logits-rspecifier: utterance 'u2'" in err and f"{tmp_path}/x.scp" in err
     if damage == "missing":
         assert f"cannot read '{tmp_path}/gone.ark'" in err and "No such file" in err
-    assert set(_read_scalars(tmp_path / "o.txt")) == {"u0", "u1"}
-    assert "cyctc loss: done 2 utterance(s)" in err
+    assert [line.split()[0] for line in open(tmp_path / "o.txt")] == ["u0", "u1"]
+    assert f"cyctc {command}: done 2 utterance(s)" in err
 
 
 def test_labels_scp_entry_pointing_at_a_missing_archive(data, tmp_path, capsys):
