@@ -228,9 +228,9 @@ def ctc_batch_cost(y_true, y_pred, input_length, label_length, *, return_grad=Fa
     loss : (B, 1) in y_pred's dtype; with ``return_grad`` also grad (B, T, C), exactly 0 on frames past
         ``input_length`` (which are never read: NaN there is fine).
 
-    Keras's own rule is kept: the loss is TF1's CTC on log(y_pred + 1e-7) (epsilon added in y_pred's dtype;
-    float16 is widened to float32 first), so the effective per-frame distribution is (p + eps) / (1 + C * eps) and
-    a frame costs at most ~16.1 nats. Lengths and labels may be floats holding whole numbers (Keras casts them);
+    Keras's own rule is kept: the loss is TF1's CTC on log(y_pred + 1e-7) (epsilon added in y_pred's dtype,
+    float16 included; the log and the CTC then run in float32 at least), so the effective per-frame distribution is
+    (p + eps) / (1 + C * eps) and a frame costs at most ~16.1 nats. Lengths and labels may be floats holding whole numbers (Keras casts them);
     labels past label_length are never read. float16 answers: the loss and gradient are computed in float32 and
     rounded to float16, so gradient entries beyond +-65504 (p below ~1.5e-5 on a frame the labels need) are
     +-inf, without a warning.
@@ -244,7 +244,10 @@ def ctc_batch_cost(y_true, y_pred, input_length, label_length, *, return_grad=Fa
     label_length = _args.whole_number_lengths(label_length, "label_length", B)
     y_true = _args.whole_number_labels(y_true, "y_true", label_length)
     return_grad = _args.as_flag(return_grad, "return_grad")
-    shifted = probs + probs.dtype.type(KERAS_EPSILON)
+    if dtype_out == np.float16:  # Keras adds epsilon in y_pred's own dtype (1e-7 is 1.19e-7 in float16)
+        shifted = (probs.astype(np.float16) + np.float16(KERAS_EPSILON)).astype(probs.dtype)
+    else:
+        shifted = probs + probs.dtype.type(KERAS_EPSILON)
     with np.errstate(divide="ignore", invalid="ignore"):  # negative "probabilities" give NaN losses, no warning
         z = xp.log(shifted)
     out = _loss_v1(y_true, z, input_length, False, True, False, False, label_length, return_grad, num_threads,
