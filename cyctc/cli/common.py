@@ -223,9 +223,9 @@ class Utt:
 def utterances(args, tally, labels=None):
     """Utt objects from ``args.logits_rspecifier``, each with its labels looked up by id when ``labels`` is given.
 
-    An utterance id seen before is reported and skipped (the first entry counts). Utterances without labels, with
-    a matrix that is not (T, C) float, a --blank that does not fit, or unusable
-    labels, are reported and skipped. A malformed archive raises KaldiIOError (after everything before it).
+    An utterance id seen before is reported and skipped (the first entry counts), and so are utterances without
+    labels, with a matrix that is not (T, C) float, a --blank that does not fit, or unusable labels. A malformed
+    archive raises KaldiIOError (after everything before it).
     """
     seen = set()
     for key, mat in tally.progress(iter_matrices(args.logits_rspecifier, "logits-rspecifier")):

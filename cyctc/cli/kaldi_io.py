@@ -223,7 +223,11 @@ def _iter_scp(name, what, convert):
                     why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
                     raise KaldiIOError(f"{what}: utterance {key!r}: {rx!r} (listed in {name!r}) is truncated or "
                                        f"holds no readable entry there ({why})") from None
-            yield key, convert(key, value)
+            try:
+                value = convert(key, value)
+            except KaldiIOError as e:
+                raise KaldiIOError(f"{what}: {e} (listed in {name!r})") from None
+            yield key, value
     finally:
         _close_all(open_arks)
         f.close()
