@@ -317,18 +317,47 @@ def normalize_loss_args(labels, logits, label_length, logit_length, logits_time_
     return a
 
 
-def whole_number_labels(labels, name):
-    """Dense labels as integers; float arrays are accepted when they hold whole numbers (Keras casts them)."""
+def whole_number_labels(labels, name, label_length=None):
+    """Dense labels as integers; float arrays are accepted when they hold whole numbers (Keras casts them).
+
+    With ``label_length`` (int (B,), already checked), only the first label_length[b] entries of row b must be
+    whole numbers: the padding is never read (NaN there is fine) and becomes 0.
+    """
     lab = _host(labels)
     if is_sparse(lab):
         return lab
     if not hasattr(lab, "dtype"):
         lab = np.asarray(lab)
     if lab.dtype.kind == "f":
-        if not np.all(np.isfinite(lab)) or np.any(lab != np.round(lab)):
+        valid = np.ones(lab.shape, dtype=bool)
+        if label_length is not None and lab.ndim == 2 and lab.shape[0] == len(label_length):
+            valid = np.arange(lab.shape[1]) < np.asarray(label_length)[:, None]
+        vals = lab[valid]
+        if not np.all(np.isfinite(vals)) or np.any(vals != np.round(vals)):
             raise ValueError(f"{name} must hold whole numbers (class ids)")
-        lab = lab.astype(np.int64)
+        if np.any(np.abs(vals) > _INT32_MAX):
+            raise ValueError(f"{name} holds a value outside the int32 range")
+        lab = np.where(valid, lab, 0).astype(np.int64)
     return lab
+
+
+def whole_number_lengths(v, name, n):
+    """``int_vector`` of lengths that may also be floats holding whole numbers, as Keras casts them."""
+    v = _host(v)
+    if not hasattr(v, "dtype"):
+        try:
+            v = np.asarray(v)
+        except Exception as e:
+            raise TypeError(f"{name} must be an array of integers: {e}") from None
+    if v.dtype.kind == "f":
+        if not np.all(np.isfinite(v)):
+            raise ValueError(f"{name} contains NaN or infinite values")
+        if np.any(v != np.round(v)):
+            raise ValueError(f"{name} must hold whole numbers")
+        if np.any(v > _INT32_MAX):
+            raise ValueError(f"{name} value {v.max()} is too large")
+        v = v.astype(np.int64)
+    return int_vector(v, name, n)
 
 
 def _host(v):

@@ -11,7 +11,8 @@ import numpy as np
 from ._args import (as_flag, as_index, blank_class, check_labels, check_size, dense_labels, float_input, int_vector,
                     is_sparse, kernel_view, sparse_to_dense)
 
-__all__ = ["host", "as_index", "as_flag", "blank_class", "float_frames", "lengths", "beam_sizes", "align_labels"]
+__all__ = ["host", "as_index", "as_flag", "blank_class", "float_frames", "score_dtype", "lengths", "beam_sizes",
+           "align_labels"]
 
 _INT32_MAX = 2**31 - 1
 
@@ -40,6 +41,12 @@ def float_frames(x, name, time_major):
     if time_major:
         x = x.swapaxes(0, 1)
     return kernel_view(x), np.dtype(dtype_out)
+
+
+def score_dtype(dtype):
+    """The dtype decoders answer scores in: the inputs' float dtype, at least float32 (as TensorFlow). A float16
+    answer would turn a finite score below -65504 into -inf, which marks a missing beam path."""
+    return np.promote_types(dtype, np.float32)
 
 
 def lengths(v, name, B, T):
@@ -96,12 +103,18 @@ def align_labels(labels, label_length, B, C, blank):
         if not ragged:
             labels = dense
     if ragged:
-        rows = [np.asarray(host(row)) for row in labels]
-        if any(r.ndim != 1 for r in rows):
-            raise ValueError("labels given as a list must hold one-dimensional label sequences")
-        bad = [r.dtype for r in rows if r.size and r.dtype.kind not in "iu"]
-        if bad:
-            raise TypeError(f"labels must hold integers, got dtype {bad[0]}")
+        rows = []
+        for b, row in enumerate(labels):
+            try:
+                r = np.asarray(host(row))
+            except (ValueError, TypeError):  # e.g. [3, [4]]: numpy cannot make one array of it
+                raise ValueError(f"labels[{b}] must be a one-dimensional sequence of integers, got {row!r}") from None
+            if r.ndim != 1:
+                raise ValueError(f"labels[{b}] must be a one-dimensional sequence of integers (labels given as a list "
+                                 f"hold one sequence per example), got shape {r.shape}")
+            if r.size and r.dtype.kind not in "iu":
+                raise TypeError(f"labels[{b}] must hold integers, got dtype {r.dtype}")
+            rows.append(r)
         if label_length is not None:
             raise ValueError("label_length must be None when labels is a list of sequences")
         label_length = np.array([r.size for r in rows], dtype=np.int64)

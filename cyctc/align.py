@@ -15,7 +15,13 @@ __all__ = ["AlignResult", "ctc_align", "ctc_segments"]
 _INFEASIBLE, _NONFINITE = 1, 2  # CYCTC_DECODE_* outcome codes of the kernel
 
 
-class AlignResult(NamedTuple):
+class _AlignFields(NamedTuple):
+    path: np.ndarray
+    log_prob: np.ndarray
+    feasible: np.ndarray
+
+
+class AlignResult(_AlignFields):
     """``(path, log_prob, feasible)`` of :func:`ctc_align`; unpacks like a tuple.
 
     path : int64 (B, T)
@@ -26,14 +32,28 @@ class AlignResult(NamedTuple):
         probability, NaN where a valid frame holds NaN or +inf.
     feasible : bool (B,)
         True where a path was found (``log_prob`` finite).
+
+    A result of ``ctc_align`` also knows the blank it used and the class count C (``blank_index``,
+    ``num_classes``; None for a result built by hand), so that :meth:`segments` needs no blank.
     """
 
-    path: np.ndarray
-    log_prob: np.ndarray
-    feasible: np.ndarray
+    blank_index = None
+    num_classes = None
 
-    def segments(self, b, blank=0):
-        """Label segments of example ``b``'s path: see :func:`ctc_segments` (pass the same blank)."""
+    def segments(self, b, blank=None):
+        """Label segments of example ``b``'s path: see :func:`ctc_segments`.
+
+        ``blank``: None (the default) is the blank ``ctc_align`` used; an explicit blank may be negative (counted
+        from C, as ``ctc_align``'s ``blank_index``) when this result came from ``ctc_align``.
+        """
+        if blank is None:
+            blank = 0 if self.blank_index is None else self.blank_index
+        else:
+            blank = args.as_index(blank, "blank")
+            if blank < 0:
+                if self.num_classes is None:
+                    raise ValueError(f"blank must be >= 0 for a result not made by ctc_align (C unknown), got {blank}")
+                blank = args.blank_class(blank, self.num_classes)
         return ctc_segments(self.path[b], blank=blank)
 
 
@@ -88,7 +108,9 @@ def ctc_align(log_probs, labels, input_length=None, label_length=None, blank_ind
     status = np.empty(B, dtype=np.int8)
     if _decode.viterbi_align(x, length, lab, lab_len, blank, normalize, path, log_prob, status, nt):
         raise MemoryError("ctc_align: out of memory for the Viterbi back-pointers")
-    return AlignResult(path[:, :T].astype(np.int64), log_prob, status == 0)
+    res = AlignResult(path[:, :T].astype(np.int64), log_prob, status == 0)
+    res.blank_index, res.num_classes = blank, C
+    return res
 
 
 def ctc_segments(path, blank=0):
@@ -103,8 +125,9 @@ def ctc_segments(path, blank=0):
     ----------
     path : int (T,)
         Frame classes, e.g. ``ctc_align(...).path[b]``.
-    blank : int
-        The blank class (the one given to ``ctc_align``; default 0).
+    blank : int >= 0
+        The blank class (the one ``ctc_align`` used; default 0). A path does not tell the class count, so a
+        negative blank is refused here: pass ``blank % C``, or use ``AlignResult.segments``, which resolves it.
 
     Returns
     -------
@@ -121,6 +144,9 @@ def ctc_segments(path, blank=0):
     if p.ndim != 1:
         raise ValueError(f"path must have shape (T,), got {tuple(p.shape)}")
     blank = args.as_index(blank, "blank")
+    if blank < 0:
+        raise ValueError(f"blank must be >= 0 (ctc_segments does not know the class count C: pass blank % C, or "
+                         f"call AlignResult.segments, which resolves a negative blank), got {blank}")
     neg = np.flatnonzero(p < 0)
     if neg.size:
         p = p[: neg[0]]

@@ -16,7 +16,7 @@ import numpy as np
 
 from . import _decode
 from . import _decode_args as args
-from ._args import array_module
+from ._args import array_module, whole_number_lengths
 from ._decode_args import host
 from ._threads import resolve_num_threads
 
@@ -108,7 +108,8 @@ class GreedyDecoderResult(NamedTuple):
     """``(decoded, neg_sum_logits)`` as TF returns them; unpacks like a tuple.
 
     decoded : list of one :class:`SparseDecoded`
-    neg_sum_logits : (B, 1), the inputs' dtype: ``-sum_t max_c inputs[t, b, c]`` over the valid frames
+    neg_sum_logits : (B, 1), the inputs' dtype (float32 for float16): ``-sum_t max_c inputs[t, b, c]`` over the
+        valid frames
     """
 
     decoded: List[SparseDecoded]
@@ -119,8 +120,8 @@ class BeamSearchDecoderResult(NamedTuple):
     """``(decoded, log_probabilities)`` as TF returns them; unpacks like a tuple.
 
     decoded : list of K :class:`SparseDecoded`, best first
-    log_probabilities : (B, K), the inputs' dtype: log probability of each returned sequence, summed over the
-        alignments the beam kept
+    log_probabilities : (B, K), the inputs' dtype (float32 for float16): log probability of each returned
+        sequence, summed over the alignments the beam kept
     """
 
     decoded: List[SparseDecoded]
@@ -172,7 +173,8 @@ def ctc_greedy_decoder(inputs, sequence_length, merge_repeated=True, blank_index
     -------
     GreedyDecoderResult
         ``(decoded, neg_sum_logits)``: ``decoded`` is a list holding one :class:`SparseDecoded`; ``neg_sum_logits``
-        (B, 1) is ``-sum_t max_c inputs[t, b, c]`` over the valid frames, on the raw inputs, in the inputs' dtype.
+        (B, 1) is ``-sum_t max_c inputs[t, b, c]`` over the valid frames, on the raw inputs, summed in float64 and
+        answered in the inputs' dtype (float32 for float16 inputs).
     """
     if array_module(inputs) is not np:  # CuPy logits: decoded on their device
         return _greedy_on_device(inputs, sequence_length, merge_repeated, blank_index, time_major)
@@ -184,7 +186,14 @@ def ctc_greedy_decoder(inputs, sequence_length, merge_repeated=True, blank_index
     nt = resolve_num_threads(num_threads)
     out, out_length, neg_sum = _greedy(x, length, blank, merge, nt)
     return GreedyDecoderResult([SparseDecoded._from_paths(out, out_length)],
-                               neg_sum.astype(dtype_out).reshape(B, 1))
+                               _scores(neg_sum, dtype_out).reshape(B, 1))
+
+
+def _scores(values, dtype_out):
+    """float64 scores in the dtype decoders answer in (float32 at least); a score beyond that dtype's range is
+    +-inf, as the dtype says, without a RuntimeWarning."""
+    with np.errstate(over="ignore"):
+        return values.astype(args.score_dtype(dtype_out))
 
 
 def _greedy_on_device(inputs, sequence_length, merge_repeated, blank_index, time_major):
@@ -239,8 +248,9 @@ def ctc_beam_search_decoder(inputs, sequence_length, beam_width=100, top_paths=1
     -------
     BeamSearchDecoderResult
         ``(decoded, log_probabilities)``: a list of ``top_paths`` :class:`SparseDecoded` (best first) and
-        (B, top_paths) log probabilities in the inputs' dtype. Where the beam holds fewer than ``top_paths``
-        prefixes (very short inputs; TF raises there), the missing paths are empty with log probability -inf.
+        (B, top_paths) log probabilities in the inputs' dtype (float32 for float16 inputs). Where the beam holds
+        fewer than ``top_paths`` prefixes (very short inputs; TF raises there), the missing paths are empty with log
+        probability -inf.
         An example whose valid frames hold NaN or +inf gets empty paths and NaN log probabilities.
     """
     x, dtype_out = args.float_frames(inputs, "inputs", args.as_flag(time_major, "time_major"))
@@ -251,7 +261,7 @@ def ctc_beam_search_decoder(inputs, sequence_length, beam_width=100, top_paths=1
     nt = resolve_num_threads(num_threads)
     paths, path_length, log_probs = _beam(x, length, C - 1, beam_width, top_paths, merge, nt)
     decoded = [SparseDecoded._from_paths(paths[:, k], path_length[:, k]) for k in range(top_paths)]
-    return BeamSearchDecoderResult(decoded, log_probs.astype(dtype_out))
+    return BeamSearchDecoderResult(decoded, _scores(log_probs, dtype_out))
 
 
 def ctc_decode(y_pred, input_length, greedy=True, beam_width=100, top_paths=1, *, num_threads=None):
@@ -266,7 +276,7 @@ def ctc_decode(y_pred, input_length, greedy=True, beam_width=100, top_paths=1, *
     y_pred : float16/32/64 (B, T, C)
         Softmax probabilities, batch-major; the blank is class C - 1.
     input_length : int (B,) or (B, 1)
-        Valid frames of each example, in [0, T].
+        Valid frames of each example, in [0, T] (floats holding whole numbers accepted, as Keras casts them).
     greedy : bool
     beam_width : int >= 1
         Beam width when ``greedy`` is False.
@@ -280,7 +290,7 @@ def ctc_decode(y_pred, input_length, greedy=True, beam_width=100, top_paths=1, *
         ``decoded``: list of int64 (B, T) arrays (one, or ``top_paths`` best first), padded with -1.
         ``log_prob``: greedy: (B, 1) holding ``-sum_t log(max_c y_pred[b, t, c] + 1e-7)`` -- Keras returns the
         greedy decoder's ``neg_sum_logits`` here, a positive number; beam: (B, top_paths) log probabilities.
-        Both in y_pred's dtype.
+        Both in y_pred's dtype (float32 for float16 inputs).
     """
     y = args.host(y_pred)
     if not isinstance(y, np.ndarray):
@@ -300,7 +310,7 @@ def ctc_decode(y_pred, input_length, greedy=True, beam_width=100, top_paths=1, *
         logp = np.log(y + y.dtype.type(KERAS_EPSILON))
     x, dtype_out = args.float_frames(logp, "y_pred", False)
     B, T, C = x.shape
-    length = args.lengths(input_length, "input_length", B, T)
+    length = args.lengths(whole_number_lengths(input_length, "input_length", B), "input_length", B, T)
     nt = resolve_num_threads(num_threads)
     if greedy:
         out, out_length, neg_sum = _greedy(x, length, C - 1, True, nt)
@@ -313,4 +323,4 @@ def ctc_decode(y_pred, input_length, greedy=True, beam_width=100, top_paths=1, *
         mask = np.arange(T) < path_length[:, k, None]
         dense[mask] = paths[:, k, :T][mask]
         decoded.append(dense)
-    return decoded, log_prob.astype(dtype_out)
+    return decoded, _scores(log_prob, dtype_out)

@@ -213,29 +213,41 @@ def ctc_batch_cost(y_true, y_pred, input_length, label_length, *, return_grad=Fa
     Parameters
     ----------
     y_true : int array (B, Lmax)
-        Labels (float arrays holding whole numbers are accepted, as Keras casts them); blank = C - 1.
+        Labels (float arrays holding whole numbers are accepted, as Keras casts them); blank = C - 1. Entries past
+        label_length are ignored (padding of any value, NaN included).
     y_pred : float array (B, T, C)
         Softmax probabilities, batch-major.
     input_length : int array (B, 1) or (B,)
-        Valid frames per example.
+        Valid frames per example (floats holding whole numbers accepted).
     label_length : int array (B, 1) or (B,)
-        Labels per example.
+        Labels per example (floats holding whole numbers accepted).
     return_grad, num_threads : as in ``ctc_loss``; the gradient is d loss / d y_pred.
 
     Returns
     -------
-    loss : (B, 1) in y_pred's dtype; with ``return_grad`` also grad (B, T, C).
+    loss : (B, 1) in y_pred's dtype; with ``return_grad`` also grad (B, T, C), exactly 0 on frames past
+        ``input_length`` (which are never read: NaN there is fine).
 
-    Keras's own rule is kept: the loss is TF1's CTC on log(y_pred + 1e-7) (epsilon added in y_pred's dtype), so
-    the effective per-frame distribution is (p + eps) / (1 + C * eps) and a frame costs at most ~16.1 nats.
+    Keras's own rule is kept: the loss is TF1's CTC on log(y_pred + 1e-7) (epsilon added in y_pred's dtype,
+    float16 included; the log and the CTC then run in float32 at least), so the effective per-frame distribution is
+    (p + eps) / (1 + C * eps) and a frame costs at most ~16.1 nats. Lengths and labels may be floats holding whole numbers (Keras casts them);
+    labels past label_length are never read. float16 answers: the loss and gradient are computed in float32 and
+    rounded to float16, so gradient entries beyond +-65504 (p below ~1.5e-5 on a frame the labels need) are
+    +-inf, without a warning.
     """
     xp = _args.array_module(y_pred)
     probs = _args.float_input(y_pred, "y_pred", 3, xp)
     _args.check_size(probs, "y_pred")
     dtype_out = np.dtype(getattr(y_pred, "dtype", probs.dtype))
-    y_true = _args.whole_number_labels(y_true, "y_true")
+    B, T = probs.shape[0], probs.shape[1]
+    input_length = _args.whole_number_lengths(input_length, "input_length", B)
+    label_length = _args.whole_number_lengths(label_length, "label_length", B)
+    y_true = _args.whole_number_labels(y_true, "y_true", label_length)
     return_grad = _args.as_flag(return_grad, "return_grad")
-    shifted = probs + probs.dtype.type(KERAS_EPSILON)
+    if dtype_out == np.float16:  # Keras adds epsilon in y_pred's own dtype (1e-7 is 1.19e-7 in float16)
+        shifted = (probs.astype(np.float16) + np.float16(KERAS_EPSILON)).astype(probs.dtype)
+    else:
+        shifted = probs + probs.dtype.type(KERAS_EPSILON)
     with np.errstate(divide="ignore", invalid="ignore"):  # negative "probabilities" give NaN losses, no warning
         z = xp.log(shifted)
     out = _loss_v1(y_true, z, input_length, False, True, False, False, label_length, return_grad, num_threads,
@@ -243,5 +255,15 @@ def ctc_batch_cost(y_true, y_pred, input_length, label_length, *, return_grad=Fa
     if not return_grad:
         return out.astype(dtype_out)[:, None]
     loss, gz = out
-    grad = gz / shifted
-    return loss.astype(dtype_out)[:, None], grad.astype(dtype_out)
+    # the chain rule through log only on valid frames: the padding (NaN from a masked softmax, say) is never read
+    # and its gradient is exactly 0
+    valid = (np.arange(T) < input_length[:, None])[:, :, None]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        if xp is np:
+            grad = np.divide(gz, shifted, out=np.zeros_like(gz), where=valid)
+        else:
+            valid = xp.asarray(valid)
+            grad = xp.where(valid, gz / xp.where(valid, shifted, 1), 0)
+        # float16 answers: entries beyond +-65504 (probabilities below ~1.5e-5 on frames the labels need) are
+        # +-inf, as the dtype says
+        return loss.astype(dtype_out)[:, None], grad.astype(dtype_out)

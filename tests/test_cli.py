@@ -257,10 +257,12 @@ def test_input_is_log_probs_and_probs(tmp_path):
 @needs_kaldiio
 def test_usage_errors(corpus, tmp_path, capsys):
     d, _, _ = corpus
-    assert _run("loss", f"{d}/feats.ark", f"ark:{d}/labels.ark", "ark,t:-") == 1
+    # a malformed specifier is a usage error (2), found before anything is read or written
+    assert _run("loss", f"{d}/feats.ark", f"ark:{d}/labels.ark", "ark,t:-") == 2
     assert "expected an rspecifier" in capsys.readouterr().err
-    assert _run("loss", f"ark:{d}/feats.ark", f"ark:{d}/labels.ark", f"ark,scp:{tmp_path}/a,{tmp_path}/b") == 1
+    assert _run("loss", f"ark:{d}/feats.ark", f"ark:{d}/labels.ark", f"ark,scp:{tmp_path}/a,{tmp_path}/b") == 2
     assert "not with an scp index" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
     assert _run("loss", "--num-threads", 0, f"ark:{d}/feats.ark", f"ark:{d}/labels.ark", "ark,t:-") == 2
     assert "--num-threads" in capsys.readouterr().err
     assert _run("loss", f"ark:{tmp_path}/nope.ark", f"ark:{d}/labels.ark", "ark,t:-") == 1

@@ -18,12 +18,15 @@ static int SFX(load_row)(const REAL *r, int C, int normalize, double *out)
     if (normalize) {
         if (m == NEG_INF)
             return 1;
+        /* (x - m) - log(s), never x - (m + log s): once |m| is large, m + log(s) rounds log(s) away (logits all
+         * 1e30 would look certain); x - m is exact near the maximum, so the result keeps its precision at any
+         * magnitude or shift */
         double sum = 0.0;
         for (int c = 0; c < C; c++)
             sum += exp(out[c] - m);
-        const double offset = m + log(sum);
+        const double log_sum = log(sum);
         for (int c = 0; c < C; c++)
-            out[c] -= offset;
+            out[c] = (out[c] - m) - log_sum;
     }
     return 0;
 }

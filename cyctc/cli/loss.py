@@ -1,8 +1,8 @@
 """``cyctc loss``: per-utterance CTC loss of Kaldi matrix archives, and optionally the gradient matrices."""
 import numpy as np
 
-from . import _cli_common as common
-from ._kaldi_io import MatrixWriter, ScalarWriter
+from . import common
+from .kaldi_io import MatrixWriter, ScalarWriter
 
 EXAMPLES = """\
 Computes -log p(labels | scores) for each utterance of <logits-rspecifier> (Kaldi float matrices, T x C) whose
@@ -16,7 +16,7 @@ log (written as 0 where a probability is exactly 0, where it is undefined). Infe
 than labels plus repeats) get loss inf and gradient 0; non-finite scores give nan.
 
 Utterances without labels (or with labels out of range, or equal to the blank) are reported and skipped; the
-exit status is 1 when none succeeded or an input archive is malformed.
+exit status is 1 when none succeeded or a file failed (a malformed input, a full disk), 2 for usage errors.
 
 examples:
   # labels from Kaldi's data/text through a symbol table; losses as text on stdout
@@ -69,13 +69,13 @@ def _compute(args, want_grad):
 
 def run(args):
     prog = "cyctc loss"
-    msg = common.check_common_options(args)
+    msg = common.check_common_options(args, (("loss_wspecifier", "loss-wspecifier", "scalar"),
+                                                 ("grad_wspecifier", "grad-wspecifier", "ark")))
     if msg:
         return common.usage_error(prog, msg)
     tally = common.Tally(prog)
-    labels, dup = common.load_labels(args.labels_rspecifier, args.symbol_table)
-    if dup:
-        tally.warn(f"{dup} duplicate utterance id(s) in the labels; the first of each was used")
+    labels, dup, labels_error = common.load_labels(args.labels_rspecifier, args.symbol_table)
+    common.report_labels(tally, dup, labels_error)
     want_grad = args.grad_wspecifier is not None
     loss_w = ScalarWriter(args.loss_wspecifier, "loss-wspecifier")
     grad_w = None
@@ -99,11 +99,9 @@ def run(args):
                 stats["sum"] += float(loss)
                 stats["frames"] += u.mat.shape[0]
 
-        common.run_loop(args, tally, labels, _compute(args, want_grad), write)
+        common.run_loop(args, tally, labels, _compute(args, want_grad), write, (loss_w, grad_w))
     finally:
-        loss_w.close()
-        if grad_w is not None:
-            grad_w.close()
+        common.close_outputs(tally, loss_w, grad_w)
     unused = len(labels) - tally.matched
     extra = (f"average loss per frame {stats['sum'] / stats['frames']:.6g} over {stats['frames']} frame(s)"
              if stats["frames"] else "")

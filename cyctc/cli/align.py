@@ -1,8 +1,8 @@
 """``cyctc align``: CTC forced alignment of Kaldi matrix archives to a Kaldi alignment archive and a CTM."""
 import numpy as np
 
-from . import _cli_common as common
-from ._kaldi_io import IntVectorWriter, SymbolTable, TextWriter
+from . import common
+from .kaldi_io import IntVectorWriter, SymbolTable, TextWriter
 
 EXAMPLES = """\
 For each utterance of <logits-rspecifier> (Kaldi float matrices, T x C) whose id is in <labels-rspecifier>, finds
@@ -13,7 +13,8 @@ blank frames included). With <ctm-wxfilename>, also writes one line per label se
 --symbol-table is given).
 
 Utterances without labels, with bad labels, or with no possible alignment (too few frames) are reported and
-skipped; the exit status is 1 when none succeeded or an input archive is malformed.
+skipped; the exit status is 1 when none succeeded or a file failed (a malformed input, a full disk), 2 for usage
+errors.
 
 examples:
   # alignments as a binary archive and a CTM of the tokens
@@ -55,16 +56,15 @@ def _time_format(frame_shift):
 def run(args):
     prog = "cyctc align"
     ctc_align, ctc_segments = common.import_api("align", ("ctc_align", "ctc_segments"), prog)
-    msg = common.check_common_options(args)
+    msg = common.check_common_options(args, (("alignment_wspecifier", "alignment-wspecifier", "ark"),))
     if msg is None and not args.frame_shift > 0:
         msg = f"--frame-shift must be > 0, got {args.frame_shift}"
     if msg:
         return common.usage_error(prog, msg)
     tally = common.Tally(prog)
     table = SymbolTable(args.symbol_table) if args.symbol_table else None
-    labels, dup = common.load_labels(args.labels_rspecifier, args.symbol_table)
-    if dup:
-        tally.warn(f"{dup} duplicate utterance id(s) in the labels; the first of each was used")
+    labels, dup, labels_error = common.load_labels(args.labels_rspecifier, args.symbol_table)
+    common.report_labels(tally, dup, labels_error)
     fmt = _time_format(args.frame_shift)
     stats = {"logp": 0.0, "frames": 0}
     ali_w = IntVectorWriter(args.alignment_wspecifier, "alignment-wspecifier")
@@ -99,11 +99,9 @@ def run(args):
             stats["frames"] += len(path)
             return True
 
-        common.run_loop(args, tally, labels, compute, write)
+        common.run_loop(args, tally, labels, compute, write, (ali_w, ctm_w))
     finally:
-        ali_w.close()
-        if ctm_w is not None:
-            ctm_w.close()
+        common.close_outputs(tally, ali_w, ctm_w)
     extra = (f"average log-probability per frame {stats['logp'] / stats['frames']:.6g} over "
              f"{stats['frames']} frame(s)" if stats["frames"] else "")
     return tally.finish(extra)

@@ -2,34 +2,24 @@
 
 Every subcommand lives in its own module exposing ``add_arguments(parser)`` and ``run(args) -> exit status``;
 this module only builds the argparse tree, dispatches, and turns the errors every subcommand shares into messages
-and exit statuses: 0 success, 1 failure (nothing succeeded, or an input could not be read), 2 usage error.
+and exit statuses: 0 success, 1 failure (nothing succeeded, or a file could not be read or written), 2 usage error
+(options, and malformed rspecifiers/wspecifiers).
 """
 import argparse
 import importlib
+import os
 import sys
 
-from . import __version__
+from .. import __version__
 
 # (name, module, one-line help); modules are imported when the parser is built, and import kaldiio only in run()
 COMMANDS = (
-    ("loss", "cyctc._cmd_loss", "per-utterance CTC loss (and gradient) of Kaldi matrix archives"),
-    ("align", "cyctc._cmd_align", "CTC forced alignment to a Kaldi alignment archive (and a CTM of labels)"),
-    ("decode", "cyctc._cmd_decode", "greedy or beam-search CTC decoding to Kaldi text"),
+    ("loss", "cyctc.cli.loss", "per-utterance CTC loss (and gradient) of Kaldi matrix archives"),
+    ("align", "cyctc.cli.align", "CTC forced alignment to a Kaldi alignment archive (and a CTM of labels)"),
+    ("decode", "cyctc.cli.decode", "greedy or beam-search CTC decoding to Kaldi text"),
     ("demo", "cyctc.demo", "train a small numpy model with cyctc's loss on synthetic data"),
-    ("config", "cyctc.cli", "print cyctc's build configuration"),
+    ("config", "cyctc.cli.config", "print cyctc's build configuration"),
 )
-
-
-def add_arguments(parser):
-    """``cyctc config`` has no options."""
-
-
-def run(args):
-    """``cyctc config``: print the version, OpenMP state, default thread count and backends."""
-    import cyctc
-
-    cyctc.show_config()
-    return 0
 
 
 def build_parser():
@@ -51,8 +41,8 @@ def build_parser():
 
 def main(argv=None):
     """Entry point of the ``cyctc`` script; returns the exit status."""
-    from ._cli_common import CommandError
-    from ._kaldi_io import KaldiIOError
+    from .common import CommandError
+    from .kaldi_io import KaldiIOError, SpecifierError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -60,14 +50,42 @@ def main(argv=None):
         parser.print_help(sys.stderr)
         return 2
     try:
-        return int(args.run(args) or 0)
+        rc = int(args.run(args) or 0)
+    except SpecifierError as e:
+        print(f"cyctc {args.command}: ERROR: {e}", file=sys.stderr)
+        rc = 2
     except (KaldiIOError, CommandError) as e:
         print(f"cyctc {args.command}: ERROR: {e}", file=sys.stderr)
-        return 1
+        rc = 1
     except BrokenPipeError:  # e.g. '... ark,t:- | head': the reader left
-        return 1
+        rc = 1
+    except OSError as e:  # any other output that fails (e.g. 'cyctc demo > /dev/full')
+        print(f"cyctc {args.command}: ERROR: {e.strerror or e}", file=sys.stderr)
+        rc = 1
     except KeyboardInterrupt:
         return 130
+    if not _settle_stdout() and rc == 0:
+        print(f"cyctc {args.command}: ERROR: cannot write to stdout (the output is incomplete)", file=sys.stderr)
+        rc = 1
+    return rc
+
+
+def _settle_stdout():
+    """Flush stdout now; True when that worked. When it cannot be written (a full disk, a reader that left), what
+    is still buffered is dropped, so that the interpreter does not fail on it again at exit (a failing archive on
+    stdout was reported with its output already)."""
+    try:
+        sys.stdout.flush()
+        return True
+    except (OSError, ValueError):
+        try:
+            fd = sys.stdout.fileno()
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, fd)
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):
+            pass
+        return False
 
 
 if __name__ == "__main__":

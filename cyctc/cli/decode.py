@@ -1,8 +1,8 @@
 """``cyctc decode``: greedy or beam-search CTC decoding of Kaldi matrix archives to Kaldi text."""
 import numpy as np
 
-from . import _cli_common as common
-from ._kaldi_io import IntVectorWriter, ScalarWriter, SymbolTable, TokenWriter
+from . import common
+from .kaldi_io import IntVectorWriter, ScalarWriter, SymbolTable, TokenWriter
 
 EXAMPLES = """\
 Decodes each utterance of <logits-rspecifier> (Kaldi float matrices, T x C) and writes 'utt-id id id ...' to
@@ -15,7 +15,7 @@ prefixes. The blank is --blank (default 0) for both. --scores-wspecifier writes 
 output: the beam's score, or for greedy the log-probability of the best path.
 
 Decoded ids missing from the symbol table are reported and their utterance skipped; the exit status is 1 when
-none succeeded or the input archive is malformed.
+none succeeded or a file failed (a malformed input, a full disk), 2 for usage errors.
 
 examples:
   # greedy decoding to words through the lexicon's symbol table
@@ -72,7 +72,8 @@ def _decoder(args):
 
 def run(args):
     prog = "cyctc decode"
-    msg = common.check_common_options(args)
+    msg = common.check_common_options(args, (("transcription_wspecifier", "transcription-wspecifier", "ark"),
+                                                 ("scores_wspecifier", "--scores-wspecifier", "scalar")))
     if msg is None and args.beam_width < 1:
         msg = f"--beam-width must be >= 1, got {args.beam_width}"
     if msg:
@@ -110,9 +111,7 @@ def run(args):
             stats["symbols"] += len(ids)
             return True
 
-        common.run_loop(args, tally, None, compute, write)
+        common.run_loop(args, tally, None, compute, write, (out_w, score_w))
     finally:
-        out_w.close()
-        if score_w is not None:
-            score_w.close()
+        common.close_outputs(tally, out_w, score_w)
     return tally.finish(f"{stats['symbols']} symbol(s) decoded")

@@ -23,6 +23,10 @@ class KaldiIOError(Exception):
     """An archive, specifier or table that cannot be used; the message names it."""
 
 
+class SpecifierError(KaldiIOError):
+    """A malformed rspecifier or wspecifier: a usage error (exit status 2), found before anything is read."""
+
+
 def kaldiio():
     """The kaldiio module, or KaldiIOError telling how to install it."""
     try:
@@ -41,9 +45,9 @@ def parse_rspecifier(spec, what):
     kind, opts, name = _split_specifier(spec, what)
     bad = opts - _READ_OPTIONS
     if bad:
-        raise KaldiIOError(f"{what}: unknown rspecifier option(s) {sorted(bad)} in {spec!r}")
+        raise SpecifierError(f"{what}: unknown rspecifier option(s) {sorted(bad)} in {spec!r}")
     if kind not in ("ark", "scp"):
-        raise KaldiIOError(f"{what}: expected an rspecifier 'ark:NAME' or 'scp:NAME', got {spec!r}")
+        raise SpecifierError(f"{what}: expected an rspecifier 'ark:NAME' or 'scp:NAME', got {spec!r}")
     return kind, name
 
 
@@ -51,16 +55,16 @@ def parse_wspecifier(spec, what):
     """(ark, scp, text) from a wspecifier such as ``ark:-``, ``ark,t:f.txt``, ``ark,scp:f.ark,f.scp``."""
     head, sep, rest = spec.partition(":")
     if not sep or not rest:
-        raise KaldiIOError(f"{what}: expected a wspecifier like 'ark:NAME', 'ark,t:NAME' or "
+        raise SpecifierError(f"{what}: expected a wspecifier like 'ark:NAME', 'ark,t:NAME' or "
                            f"'ark,scp:A.ark,A.scp', got {spec!r}")
     opts = head.split(",")
     bad = set(opts) - {"ark", "scp", "t", "b", "f", "nf", "p"}
     if bad or "ark" not in opts:
-        raise KaldiIOError(f"{what}: expected a wspecifier like 'ark:NAME', 'ark,t:NAME' or "
+        raise SpecifierError(f"{what}: expected a wspecifier like 'ark:NAME', 'ark,t:NAME' or "
                            f"'ark,scp:A.ark,A.scp', got {spec!r}")
     names = rest.split(",", 1) if "scp" in opts else [rest]
     if "scp" in opts and (len(names) != 2 or not all(names)):
-        raise KaldiIOError(f"{what}: 'ark,scp:' needs two names, 'ark,scp:A.ark,A.scp', got {spec!r}")
+        raise SpecifierError(f"{what}: 'ark,scp:' needs two names, 'ark,scp:A.ark,A.scp', got {spec!r}")
     # the order of the names follows the order of ark and scp in the options, as in Kaldi
     if "scp" in opts and opts.index("scp") < opts.index("ark"):
         names = names[::-1]
@@ -70,11 +74,11 @@ def parse_wspecifier(spec, what):
 def _split_specifier(spec, what):
     head, sep, name = spec.partition(":")
     if not sep or not name:
-        raise KaldiIOError(f"{what}: expected an rspecifier 'ark:NAME' or 'scp:NAME', got {spec!r}")
+        raise SpecifierError(f"{what}: expected an rspecifier 'ark:NAME' or 'scp:NAME', got {spec!r}")
     opts = set(head.split(","))
     kinds = opts & {"ark", "scp"}
     if len(kinds) != 1:
-        raise KaldiIOError(f"{what}: expected an rspecifier 'ark:NAME' or 'scp:NAME', got {spec!r}")
+        raise SpecifierError(f"{what}: expected an rspecifier 'ark:NAME' or 'scp:NAME', got {spec!r}")
     (kind,) = kinds
     return kind, opts - kinds, name
 
@@ -155,11 +159,15 @@ def iter_int_vectors(spec, what, symbols=None):
                 yield key, tokens
                 continue
             try:
-                yield key, np.array([int(t) for t in tokens], dtype=np.int32)
+                value = np.array([int(t) for t in tokens], dtype=np.int32)
             except (ValueError, OverflowError):
                 bad = next(t for t in tokens if not _is_int32(t))
                 raise KaldiIOError(f"{what}: utterance {key!r}: {bad!r} is not an int32 (for symbols give "
                                    f"--symbol-table)") from None
+            yield key, value
+    except KaldiIOError as e:
+        msg = str(e)
+        raise KaldiIOError(msg if msg.startswith(what) else f"{what}: {msg}") from None
     finally:
         f.close()
 
@@ -186,19 +194,52 @@ def _as_matrix(key, m):
 
 
 def _iter_scp(name, what, convert):
+    """(key, value) of each ``utt-id rxfilename`` line of the scp ``name``, in order. An entry that cannot be read
+    (its archive missing, truncated, or the offset pointing at no entry) raises KaldiIOError naming the utterance,
+    the file it points at and the scp."""
     mod = kaldiio()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+    f = _open(name, "rb", what)
+    open_arks = {}  # kaldiio's cache of open archives (consecutive entries of one ark share a descriptor)
+    try:
+        for n, raw in enumerate(f, 1):
+            line = raw.decode("utf-8", "replace").strip()
+            if not line:
+                continue
+            parts = line.split(None, 1)
+            if len(parts) != 2:
+                raise KaldiIOError(f"{what}: {name}:{n}: expected 'utt-id rxfilename', got {line!r}")
+            key, rx = parts
+            if len(open_arks) > 8:
+                _close_all(open_arks)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    value = mod.load_mat(rx, fd_dict=open_arks)
+                except OSError as e:
+                    missing = e.filename if e.filename is not None else rx
+                    raise KaldiIOError(f"{what}: utterance {key!r}: cannot read {missing!r} (listed in {name!r}): "
+                                       f"{e.strerror or e}") from None
+                except Exception as e:
+                    why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+                    raise KaldiIOError(f"{what}: utterance {key!r}: {rx!r} (listed in {name!r}) is truncated or "
+                                       f"holds no readable entry there ({why})") from None
+            try:
+                value = convert(key, value)
+            except KaldiIOError as e:
+                raise KaldiIOError(f"{what}: {e} (listed in {name!r})") from None
+            yield key, value
+    finally:
+        _close_all(open_arks)
+        f.close()
+
+
+def _close_all(files):
+    for fd in files.values():
         try:
-            gen = mod.load_scp_sequential(name)
-            for key, value in gen:
-                yield key, convert(key, value)
-        except KaldiIOError:
-            raise
-        except OSError as e:
-            raise KaldiIOError(f"{what}: cannot read {name!r}: {e.strerror or e}") from None
-        except Exception as e:
-            raise KaldiIOError(f"{what}: malformed scp or archive {name!r}: {type(e).__name__}: {e}") from None
+            fd.close()
+        except OSError:
+            pass
+    files.clear()
 
 
 def _read_text_matrix(f, first, key):
@@ -260,13 +301,73 @@ def iter_matrices(spec, what):
 
 
 # ------------------------------------------------------------------------------------------------------- writers
-class _ArkWriter:
+def write_failed(what, name, e):
+    """The KaldiIOError of an output that cannot be written (a full disk, a closed device); a reader that left a
+    pipe (BrokenPipeError) is passed on as it is: the command line ends quietly then."""
+    if isinstance(e, BrokenPipeError):
+        raise e
+    return KaldiIOError(f"{what}: cannot write {name!r}: {e.strerror or e} (the output is incomplete)")
+
+
+def _close_quietly(f):
+    """Close ``f`` after a failed write (what is still buffered cannot be written either)."""
+    try:
+        f.close()
+    except (OSError, ValueError):
+        pass
+
+
+class _Output:
+    """What every writer does with its streams: writes and closes that turn OSError into KaldiIOError naming the
+    output, once. After a failed write the streams are closed without another attempt to flush."""
+
+    def __init__(self, what):
+        self.what = what
+        self.failed = False
+
+    def _guard(self, name, fn, *args):
+        if self.failed:
+            raise KaldiIOError(f"{self.what}: {name!r} failed before")
+        try:
+            return fn(*args)
+        except OSError as e:
+            self.failed = True
+            raise write_failed(self.what, name, e) from None
+
+    def _flush_streams(self, streams):
+        for f, name in streams:
+            if f is not None:
+                self._guard(name, f.flush)
+
+    def _close_streams(self, streams):
+        """Flush and close (stream, name) pairs; KaldiIOError for the first that fails (all are closed)."""
+        error = None
+        for f, name in streams:
+            if f is None:
+                continue
+            if self.failed:
+                _close_quietly(f)
+                continue
+            try:
+                f.flush()
+                f.close()
+            except OSError as e:
+                self.failed = True
+                _close_quietly(f)
+                if isinstance(e, BrokenPipeError):
+                    raise
+                error = error or write_failed(self.what, name, e)
+        if error is not None:
+            raise error
+
+
+class _ArkWriter(_Output):
     """Common part of the writers: the ark stream (and its scp index), closed once."""
 
     def __init__(self, spec, what):
-        self.what = what
+        super().__init__(what)
         ark, scp, self.text = parse_wspecifier(spec, what)
-        self.ark_name = ark
+        self.ark_name, self.scp_name = ark, scp
         self.f = _open(ark, "wb", what)
         self.scp = _open(scp, "w", what) if scp is not None else None
         if self.scp is not None:
@@ -278,19 +379,18 @@ class _ArkWriter:
     def _entry(self, key, payload):
         if not key or any(c.isspace() for c in key):
             raise KaldiIOError(f"{self.what}: invalid utterance id {key!r}")
-        self.f.write(key.encode("utf-8") + b" ")
+        self._guard(self.ark_name, self.f.write, key.encode("utf-8") + b" ")
         if self.scp is not None:
-            self.scp.write(f"{key} {self.ark_name}:{self.f.tell()}\n")
-        self.f.write(payload)
+            self._guard(self.scp_name, self.scp.write, f"{key} {self.ark_name}:{self.f.tell()}\n")
+        self._guard(self.ark_name, self.f.write, payload)
+
+    def flush(self):
+        self._flush_streams([(self.f, self.ark_name), (self.scp, self.scp_name)])
 
     def close(self):
-        if self.f is not None:
-            self.f.flush()
-            self.f.close()
-            self.f = None
-        if self.scp is not None:
-            self.scp.close()
-            self.scp = None
+        streams = [(self.f, self.ark_name), (self.scp, self.scp_name)]
+        self.f = self.scp = None
+        self._close_streams(streams)
 
     def __enter__(self):
         return self
@@ -324,11 +424,8 @@ class ScalarWriter(_ArkWriter):
     """Kaldi BaseFloat archive: ``utt-id value`` lines (``ark,t:``), or binary float32 (``ark:``)."""
 
     def __init__(self, spec, what):
+        check_scalar_wspecifier(spec, what)
         super().__init__(spec, what)
-        if self.scp is not None:
-            self.close()
-            raise KaldiIOError(f"{what}: per-utterance values are written to an ark ('ark,t:loss.txt'), "
-                               f"not with an scp index")
 
     def write(self, key, value):
         if self.text:
@@ -337,16 +434,25 @@ class ScalarWriter(_ArkWriter):
             self._entry(key, b"\0B\4" + struct.pack("<f", float(value)))
 
 
+def check_scalar_wspecifier(spec, what):
+    """SpecifierError unless ``spec`` is a wspecifier of an ark without scp index (per-utterance values)."""
+    if parse_wspecifier(spec, what)[1] is not None:
+        raise SpecifierError(f"{what}: per-utterance values are written to an ark ('ark,t:loss.txt'), "
+                             f"not with an scp index")
+
+
 def format_float(value):
     """Shortest text that reads back as the same float32/float64 value (``inf``, ``nan`` as Kaldi prints them)."""
     return str(value if isinstance(value, (np.float32, np.float64)) else float(value))
 
 
-class MatrixWriter:
+class MatrixWriter(_Output):
     """Float matrix archive through kaldiio (``ark:``, ``ark,t:``, ``ark,scp:``, pipes)."""
 
     def __init__(self, spec, what):
-        parse_wspecifier(spec, what)
+        super().__init__(what)
+        ark, scp, _ = parse_wspecifier(spec, what)
+        self.names = (ark, scp)
         mod = kaldiio()
         try:
             with warnings.catch_warnings():
@@ -358,28 +464,37 @@ class MatrixWriter:
             raise KaldiIOError(f"{what}: {e}") from None
 
     def write(self, key, matrix):
-        self.helper(key, np.ascontiguousarray(matrix))
+        self._guard(self.names[0], self.helper, key, np.ascontiguousarray(matrix))
+
+    def flush(self):
+        if self.helper is not None:
+            self._flush_streams([(self.helper.fark, self.names[0]), (self.helper.fscp, self.names[1])])
 
     def close(self):
-        if self.helper is not None:
-            self.helper.close()
-            self.helper = None
+        if self.helper is None:
+            return
+        h, self.helper = self.helper, None
+        h.closed = True  # kaldiio's own close() is replaced by the guarded one below
+        self._close_streams([(h.fark, self.names[0]), (h.fscp, self.names[1])])
 
 
-class TextWriter:
+class TextWriter(_Output):
     """A plain text output (Kaldi wxfilename: a file, ``-`` for stdout, or ``| cmd``)."""
 
     def __init__(self, name, what):
+        super().__init__(what)
+        self.name = name
         self.f = _open(name, "wb", what)
 
     def write_line(self, line):
-        self.f.write((line + "\n").encode("utf-8"))
+        self._guard(self.name, self.f.write, (line + "\n").encode("utf-8"))
+
+    def flush(self):
+        self._flush_streams([(self.f, self.name)])
 
     def close(self):
-        if self.f is not None:
-            self.f.flush()
-            self.f.close()
-            self.f = None
+        f, self.f = self.f, None
+        self._close_streams([(f, self.name)])
 
 
 # ------------------------------------------------------------------------------------------------- symbol tables

@@ -5,7 +5,8 @@ import sys
 
 import numpy as np
 
-from ._kaldi_io import KaldiIOError, SymbolTable, iter_int_vectors, iter_matrices
+from .kaldi_io import (KaldiIOError, SpecifierError, SymbolTable, check_scalar_wspecifier, iter_int_vectors,
+                       iter_matrices, parse_rspecifier, parse_wspecifier)
 
 INPUT_KINDS = ("logits", "log-probs", "probs")
 
@@ -40,9 +41,26 @@ def add_score_options(p, batch_default=16):
                         "core count; results do not depend on it")
 
 
-def check_common_options(args):
-    """The usage error of the shared options (a message for ``usage_error``, exit status 2), or None."""
-    from ._threads import resolve_num_threads
+def check_common_options(args, outputs=()):
+    """The usage error of the shared options and of the specifiers (a message for ``usage_error``, exit status 2),
+    or None. ``outputs``: (attribute, name, kind) of the command's outputs, kind "scalar" (an ark of per-utterance
+    values, no scp index), "ark" (any wspecifier) or "file" (a wxfilename, not checked); absent ones are skipped."""
+    from .._threads import resolve_num_threads
+
+    try:
+        for attr, what in (("logits_rspecifier", "logits-rspecifier"), ("labels_rspecifier", "labels-rspecifier")):
+            if getattr(args, attr, None) is not None:
+                parse_rspecifier(getattr(args, attr), what)
+        for attr, what, kind in outputs:
+            spec = getattr(args, attr, None)
+            if spec is None or kind == "file":
+                continue
+            if kind == "scalar":
+                check_scalar_wspecifier(spec, what)
+            else:
+                parse_wspecifier(spec, what)
+    except SpecifierError as e:
+        return str(e)
 
     specs = [getattr(args, n, None) for n in ("logits_rspecifier", "labels_rspecifier")]
     if all(s is not None and s.partition(":")[2].strip() == "-" for s in specs):
@@ -125,7 +143,7 @@ def log_softmax(x):
     m = np.max(x64, axis=1, keepdims=True)
     m = np.where(np.isfinite(m), m, 0.0)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        out = x64 - m - np.log(np.sum(np.exp(x64 - m), axis=1, keepdims=True))
+        out = (x64 - m) - np.log(np.sum(np.exp(x64 - m), axis=1, keepdims=True))  # shift-invariant
     return out.astype(x.dtype)
 
 
@@ -146,21 +164,38 @@ def resolve_blank(blank, C):
 
 # -------------------------------------------------------------------------------------------------------- labels
 def load_labels(spec, symbol_table=None):
-    """{utt-id: int32 labels, or a str saying why that utterance's labels are unusable} from an rspecifier."""
+    """({utt-id: int32 labels, or a str saying why that utterance's labels are unusable}, number of duplicate ids
+    dropped (the first of each is kept), the KaldiIOError that ended the reading or None) from an rspecifier.
+
+    A damaged labels archive keeps what was read before the damage: the caller scores those utterances and
+    reports the error (exit status 1). When nothing was read (or the symbol table cannot be read) it raises."""
     table = SymbolTable(symbol_table) if symbol_table else None
     out = {}
     dup = 0
-    for key, value in iter_int_vectors(spec, "labels-rspecifier", symbols=table):
-        if key in out:
-            dup += 1
-            continue
-        if table is not None:
-            try:
-                value = table.ids(value)
-            except KeyError as e:
-                value = f"unknown symbol {e.args[0]!r} (not in {table.path})"
-        out[key] = value
-    return out, dup
+    try:
+        for key, value in iter_int_vectors(spec, "labels-rspecifier", symbols=table):
+            if key in out:
+                dup += 1
+                continue
+            if table is not None:
+                try:
+                    value = table.ids(value)
+                except KeyError as e:
+                    value = f"unknown symbol {e.args[0]!r} (not in {table.path})"
+            out[key] = value
+    except KaldiIOError as e:
+        if not out or isinstance(e, SpecifierError):
+            raise  # nothing to score
+        return out, dup, e
+    return out, dup, None
+
+
+def report_labels(tally, dup, error):
+    """Warn about duplicate label ids; report a damaged labels archive (the run goes on with what was read)."""
+    if dup:
+        tally.warn(f"{dup} duplicate utterance id(s) in the labels; the first of each was used")
+    if error is not None:
+        tally.error(f"{error}; scoring the utterances whose labels were read before it")
 
 
 def label_problem(labels, C, blank):
@@ -188,10 +223,16 @@ class Utt:
 def utterances(args, tally, labels=None):
     """Utt objects from ``args.logits_rspecifier``, each with its labels looked up by id when ``labels`` is given.
 
-    Utterances without labels, with a matrix that is not (T, C) float, a --blank that does not fit, or unusable
-    labels, are reported and skipped. A malformed archive raises KaldiIOError (after everything before it).
+    An utterance id seen before is reported and skipped (the first entry counts), and so are utterances without
+    labels, with a matrix that is not (T, C) float, a --blank that does not fit, or unusable labels. A malformed
+    archive raises KaldiIOError (after everything before it).
     """
+    seen = set()
     for key, mat in tally.progress(iter_matrices(args.logits_rspecifier, "logits-rspecifier")):
+        if key in seen:
+            tally.skip(key, "duplicate", "appears again in the scores (its first entry was used)")
+            continue
+        seen.add(key)
         if mat.ndim != 2 or mat.dtype.kind != "f":
             tally.skip(key, "bad input", f"expected a float matrix (T x C), got {mat.dtype} of shape {mat.shape}")
             continue
@@ -251,15 +292,30 @@ def pad_batch(batch):
     return x, T, lab, L
 
 
-def run_loop(args, tally, labels, compute, write):
+def close_outputs(tally, *writers):
+    """Close the writers (None skipped); an output that cannot be flushed (a full disk) is reported as an error of
+    the run, whose summary still follows."""
+    for w in writers:
+        if w is None:
+            continue
+        try:
+            w.close()
+        except KaldiIOError as e:
+            tally.error(str(e))
+
+
+def run_loop(args, tally, labels, compute, write, outputs):
     """Read, batch, ``compute(batch)`` (fills each Utt.out), ``write(utt)`` in input order (returning False when it
-    skipped the utterance); read errors are reported after everything before them is written. The tally holds the
-    outcome."""
+    skipped the utterance), then flush the ``outputs`` (writers, None skipped): an utterance counts as done once
+    its batch reached them all. Read errors are reported after everything before them is written; a write error
+    (a full disk) ends the loop with an error naming the output. The tally holds the outcome."""
+    outputs = [w for w in outputs if w is not None]
     try:
         for batch in batches(utterances(args, tally, labels), args.batch_size):
             compute(batch)
-            for u in batch:
-                if write(u) is not False:  # False: write() reported and skipped it
-                    tally.done += 1
+            written = sum(write(u) is not False for u in batch)  # False: write() reported and skipped it
+            for w in outputs:
+                w.flush()
+            tally.done += written
     except KaldiIOError as e:
         tally.error(str(e))
