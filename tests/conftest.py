@@ -5,6 +5,11 @@ import os
 import numpy as np
 import pytest
 
+try:  # every test needs cyctc: one clear message (e.g. run from the source tree, unbuilt) instead of one per module
+    import cyctc  # noqa: F401
+except ImportError as e:
+    pytest.exit(f"cannot import cyctc: {e}", returncode=pytest.ExitCode.USAGE_ERROR)
+
 DATA = os.path.join(os.path.dirname(__file__), "data")
 
 
