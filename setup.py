@@ -153,6 +153,9 @@ class BuildExt(build_ext):
         for ext in self.extensions:
             ext.extra_compile_args += flags + (omp[0] if omp else [])
             ext.extra_link_args += link_flags + (omp[1] if omp else [])
+        # the flags depend on the environment (CYCTC_*), which the "up to date" check cannot see: a build left in
+        # build/ by CYCTC_NO_OPENMP=1 must not be reused by the next plain build
+        self.force = True
         build_ext.build_extensions(self)
 
 
