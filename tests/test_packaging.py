@@ -172,3 +172,19 @@ def test_sdist_and_wheel_build_and_the_repaired_wheel_works_in_a_fresh_venv(tmp_
     assert "loss ok" in out
     if os.environ.get("CI") or _cpu.openmp_enabled():  # the compiler has OpenMP: the repaired wheel must keep it
         assert "openmp True" in out, out
+
+
+def test_a_source_build_without_a_compiler_says_a_compiler_is_needed(tmp_path):
+    if os.name == "nt":
+        pytest.skip("MSVC is found by the Windows registry, not by $CC")
+    if not os.path.isfile(os.path.join(ROOT, "setup.py")):
+        pytest.skip(f"{ROOT} is not a source tree (the tests were copied without it)")
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "CYCTC_NO_OPENMP")}
+    env["CC"] = str(tmp_path / "no-such-cc")
+    r = subprocess.run([sys.executable, "setup.py", "build_ext", "--build-temp", str(tmp_path / "t"),
+                        "--build-lib", str(tmp_path / "l")], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode != 0
+    assert "building from source needs a working C compiler" in r.stderr, r.stderr[-3000:]
+    assert "Wheels need no compiler" in r.stderr
+    assert "OpenMP" not in r.stderr.split("needs a working C compiler")[0]  # no misleading OpenMP message first
