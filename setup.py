@@ -162,6 +162,9 @@ class BuildExt(build_ext):
 for ext in EXTENSIONS:
     ext.include_dirs.append(np.get_include())
     ext.define_macros.append(("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"))
+    # built against numpy 2 (pyproject.toml), the extensions run on every numpy the package accepts (>= 1.21): numpy
+    # 2.4's headers would otherwise target numpy >= 1.23 only
+    ext.define_macros.append(("NPY_TARGET_VERSION", "NPY_1_21_API_VERSION"))
 
 setup(
     ext_modules=cythonize(EXTENSIONS, compiler_directives={"language_level": "3"}),
