@@ -113,8 +113,14 @@ def test_sdist_and_wheel_build_and_the_repaired_wheel_works_in_a_fresh_venv(tmp_
     if not os.path.isfile(os.path.join(ROOT, "setup.py")):
         pytest.skip(f"{ROOT} is not a source tree (the tests were copied without it)")
 
+    # build from a copy without earlier build products: setuptools puts every file an old cyctc.egg-info/SOURCES.txt
+    # lists into a new sdist, which would hide a file MANIFEST.in no longer includes
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+        "*.egg-info", "build", "dist", "wheelhouse", ".tox", ".git", ".venv*", "__pycache__", ".hypothesis",
+        ".pytest_cache", "*.so", "*.pyd"))
     dist = tmp_path / "dist"
-    r = _run([sys.executable, "-m", "build", "--outdir", str(dist), ROOT], env=env, timeout=1200)
+    r = _run([sys.executable, "-m", "build", "--outdir", str(dist), str(src)], env=env, timeout=1200)
     log = r.stdout + r.stderr
     assert "DeprecationWarning" not in log, [line for line in log.splitlines() if "Deprecation" in line]
     assert "without OpenMP" not in log or not _cpu.openmp_enabled()
