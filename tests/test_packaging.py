@@ -183,24 +183,41 @@ def test_sdist_and_wheel_build_and_the_repaired_wheel_works_in_a_fresh_venv(tmp_
         assert "openmp True" in out, out
 
 
-def test_a_source_build_without_a_compiler_says_a_compiler_is_needed(tmp_path):
-    if os.name == "nt":
-        pytest.skip("MSVC is found by the Windows registry, not by $CC")
+def _failed_build_ext(tmp_path, **env_vars):
+    """Run setup.py build_ext from the source tree with these environment variables; it must fail: its stderr."""
     if not os.path.isfile(os.path.join(ROOT, "setup.py")):
         pytest.skip(f"{ROOT} is not a source tree (the tests were copied without it)")
     try:
         import Cython  # noqa: F401
         import setuptools
     except ImportError as e:
-        toolchain_unavailable("the no-compiler test", f"{e.name} is not installed (the test extra has it)")
+        toolchain_unavailable("the setup.py tests", f"{e.name} is not installed (the test extra has it)")
     if int(setuptools.__version__.split(".")[0]) < 77:
-        toolchain_unavailable("the no-compiler test", f"setuptools {setuptools.__version__} < 77 (the test extra has it)")
-    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", "CYCTC_NO_OPENMP")}
-    env["CC"] = str(tmp_path / "no-such-cc")
+        toolchain_unavailable("the setup.py tests", f"setuptools {setuptools.__version__} < 77 (the test extra has it)")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("LD_PRELOAD", "CYCTC_NO_OPENMP", "CYCTC_SANITIZE") and not k.startswith("CYCTC_OPENMP_")}
     r = subprocess.run([sys.executable, "setup.py", "build_ext", "--build-temp", str(tmp_path / "t"),
-                        "--build-lib", str(tmp_path / "l")], cwd=ROOT, env=env, capture_output=True, text=True,
-                       timeout=600)
-    assert r.returncode != 0
-    assert "building from source needs a working C compiler" in r.stderr, r.stderr[-3000:]
-    assert "Wheels need no compiler" in r.stderr
-    assert "OpenMP" not in r.stderr.split("needs a working C compiler")[0]  # no misleading OpenMP message first
+                        "--build-lib", str(tmp_path / "l")], cwd=ROOT, env=dict(env, **env_vars),
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode != 0, r.stdout[-3000:]
+    return r.stderr
+
+
+@pytest.mark.parametrize("env_vars, why", [
+    ({"CYCTC_NO_OPENMP": "1"}, "CYCTC_NO_OPENMP is set"),
+    # the override replaces the flags setup.py would try: a flag no compiler knows leaves no OpenMP
+    ({"CYCTC_OPENMP_CFLAGS": "-fno-such-openmp-flag", "CYCTC_OPENMP_LDFLAGS": ""}, "cannot build an OpenMP program"),
+], ids=["no-openmp-asked", "override-flags-fail"])
+def test_require_openmp_turns_a_build_without_openmp_into_an_error(tmp_path, env_vars, why):
+    if os.name == "nt":
+        pytest.skip("the override flags above are GCC/Clang spellings")
+    err = _failed_build_ext(tmp_path, CYCTC_REQUIRE_OPENMP="1", **env_vars)
+    assert "CYCTC_REQUIRE_OPENMP is set but OpenMP is unavailable" in err and why in err, err[-3000:]
+
+
+def test_a_source_build_without_a_compiler_says_a_compiler_is_needed(tmp_path):
+    if os.name == "nt":
+        pytest.skip("MSVC is found by the Windows registry, not by $CC")
+    err = _failed_build_ext(tmp_path, CC=str(tmp_path / "no-such-cc"))
+    assert "building from source needs a working C compiler" in err and "Wheels need no compiler" in err, err[-3000:]
+    assert "OpenMP" not in err.split("needs a working C compiler")[0]  # no misleading OpenMP message first
