@@ -97,7 +97,8 @@ def _openmp_candidates(ctype):
     plain = (["-fopenmp"], ["-fopenmp"])
     if sys.platform != "darwin":
         return [plain]
-    # Apple clang: the driver rejects -fopenmp but passes it to the compiler proper, and libomp comes separately.
+    # Apple clang: its driver rejects -fopenmp, which -Xpreprocessor hands to the compiler proper; the runtime
+    # (libomp) comes separately.
     # The rpath lets a source build find a libomp whose install name is @rpath/libomp.dylib (conda's); delocate
     # copies libomp into release wheels and removes the rpath.
     apple = [(["-Xpreprocessor", "-fopenmp", f"-I{p}/include"], [f"-L{p}/lib", "-lomp", f"-Wl,-rpath,{p}/lib"])
