@@ -1,6 +1,37 @@
 """cyctc: fast, exact CTC loss, gradient, decoding and alignment for numpy and CuPy arrays."""
 import os as _os
 
+
+def _load_extensions():
+    """Import the compiled extensions first, so that a cyctc without them fails with one clear message (not a
+    circular-import error from whichever module needed them first), and warn once when they have no OpenMP."""
+    try:
+        from . import _cpu, _decode  # noqa: F401
+    except ImportError:
+        from importlib.machinery import EXTENSION_SUFFIXES
+
+        here = _os.path.dirname(_os.path.abspath(__file__))
+        built = any(_os.path.isfile(_os.path.join(here, "_cpu" + s)) for s in EXTENSION_SUFFIXES)
+        if built or not _os.path.isfile(_os.path.join(here, "..", "pyproject.toml")):
+            raise  # extensions that exist but cannot load (or an installed cyctc without them): the error says why
+        raise ImportError(
+            f"cyctc was imported from its source tree ({_os.path.dirname(here)}), where its compiled extensions "
+            "(cyctc/_cpu, cyctc/_decode) have not been built. Python imports this folder before any installed cyctc "
+            "when it is the current directory (or on PYTHONPATH). Either run Python (or `pytest tests`) from another "
+            "folder, so that the installed cyctc is used (`pip install .` installs it), or build the extensions in "
+            "place with `pip install -e .`.") from None
+    if not _cpu.openmp_enabled() and _os.environ.get("CYCTC_NO_OPENMP", "") in ("", "0"):
+        import warnings
+
+        warnings.warn(
+            "cyctc was built without OpenMP (the compiler had none, or CYCTC_NO_OPENMP=1 was set at build time): "
+            "every call runs on one thread. The wheels from PyPI have OpenMP; see README, Install. Set "
+            "CYCTC_NO_OPENMP=1 to silence this warning when single-threaded is what you want.",
+            RuntimeWarning, stacklevel=3)
+
+
+_load_extensions()
+
 from .align import ctc_align, ctc_segments
 from .decode import ctc_beam_search_decoder, ctc_decode, ctc_greedy_decoder
 from .labels import ctc_unique_labels

@@ -1,4 +1,5 @@
-"""The build really has OpenMP, and the configuration report says so."""
+"""The build's OpenMP state: on wherever the compiler has it (CI demands it), off only in a build without it, which
+then says so (at import and in show_config) and runs everything on one thread."""
 import os
 import re
 import subprocess
@@ -7,25 +8,49 @@ import sys
 import numpy as np
 
 import cyctc
-from cyctc import _cpu
+from cyctc import _cpu, _decode
 from cyctc._threads import resolve_num_threads, usable_cores
 
 
-def test_openmp_is_on():
-    # every supported build machine (gcc) has OpenMP; a build without it is a regression here
-    assert _cpu.openmp_enabled()
+OPENMP = _cpu.openmp_enabled()
+# CYCTC_NO_OPENMP=1 builds without OpenMP; set when testing such a build, it says no OpenMP is expected
+NO_OPENMP_ASKED = os.environ.get("CYCTC_NO_OPENMP", "") not in ("", "0")
+
+
+def test_openmp_state():
+    assert _decode.openmp_enabled() == OPENMP  # both extensions are built with the same flags
+    if NO_OPENMP_ASKED:
+        assert not OPENMP
+    elif os.environ.get("CI"):
+        # CI's compiler (gcc) has OpenMP: a build without it is a regression there
+        assert OPENMP, "built without OpenMP"
+
+
+def test_import_warns_exactly_when_built_without_openmp(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k not in ("CYCTC_NO_OPENMP", "PYTHONWARNINGS")}
+    run = [sys.executable, "-W", "default", "-c", "import cyctc"]
+    err = subprocess.run(run, env=env, cwd=tmp_path, capture_output=True, text=True, check=True).stderr
+    assert ("RuntimeWarning: cyctc was built without OpenMP" in err) == (not OPENMP), err
+    # CYCTC_NO_OPENMP=1 at run time: single-threaded is what the user wants, nothing to warn about
+    err = subprocess.run(run, env=dict(env, CYCTC_NO_OPENMP="1"), cwd=tmp_path, capture_output=True, text=True,
+                         check=True).stderr
+    assert "OpenMP" not in err, err
 
 
 def test_show_config_reports(capsys):
     cyctc.show_config()
     out = capsys.readouterr().out
-    assert cyctc.__version__ in out and "OpenMP: on" in out
+    assert cyctc.__version__ in out
+    assert ("OpenMP: on" if OPENMP else "OpenMP: off (built without OpenMP: single-threaded)") in out
     assert re.search(r"default num_threads: \d+", out)
     assert "backend cpu: available" in out and "backend cuda:" in out
 
 
 def test_thread_rule():
     n = usable_cores()
+    if not OPENMP:  # without OpenMP every call runs on one thread, whatever it asks for
+        assert {resolve_num_threads(k) for k in (1, 5, -1, -n - 5, None)} == {1}
+        return
     assert resolve_num_threads(1) == 1 and resolve_num_threads(5) == 5
     assert resolve_num_threads(-1) == n and resolve_num_threads(-n - 5) == 1
     assert 1 <= resolve_num_threads(None) <= n

@@ -24,6 +24,13 @@
 #else
 #define CYCTC_OMP(directive)
 #endif
+/* a flag every thread may set: `atomic write` needs OpenMP 3.1; MSVC's /openmp is 2.0 (_OPENMP 200203), where a
+ * named critical section does the same */
+#if defined(_OPENMP) && _OPENMP >= 201107
+#define CYCTC_OMP_SET_FLAG CYCTC_OMP(atomic write)
+#else
+#define CYCTC_OMP_SET_FLAG CYCTC_OMP(critical(cyctc_flag))
+#endif
 
 const char *cyctc_status_string(int status)
 {

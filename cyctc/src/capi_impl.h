@@ -21,7 +21,7 @@ static int SFX(capi_run)(const REAL *x, ptrdiff_t xsb, ptrdiff_t xst, REAL *g, i
             occ = (double *)malloc(sizeof(double) * (size_t)C);
             tscr = (double *)malloc(sizeof(double) * (size_t)tscr_size);
             if (occ == NULL || tscr == NULL) {
-                CYCTC_OMP(atomic write)
+                CYCTC_OMP_SET_FLAG
                 failed = 1;
             }
         }
