@@ -218,12 +218,15 @@ def _loss_v1(labels, inputs, sequence_length, preprocess_collapse_repeated, ctc_
         a.labels, a.label_length = _collapse_repeats(a.labels, a.label_length)
     nt = resolve_num_threads(num_threads)
     any_too_long = bool(too_long.any())
-    scale = None
-    if return_grad and (any_too_long or a.xp is np):
-        scale = (~too_long).astype(np.float64)
-    loss, grad = compute(a, merge, return_grad, scale, nt)
-    if any_too_long:  # host mask: an indexed assignment on the device would wait for it (CuPy syncs on masks)
-        loss = a.xp.where(a.xp.asarray(too_long), 0.0, loss) if a.xp is not np else np.where(too_long, 0.0, loss)
+    keep = None  # 1.0 / 0.0 per example: the gradient scale, and the mask of the losses set to 0
+    if any_too_long or (return_grad and a.xp is np):
+        keep = (~too_long).astype(np.float64)
+        if any_too_long and a.xp is not np:
+            with a.x.device:
+                keep = a.xp.asarray(keep)
+    loss, grad = compute(a, merge, return_grad, keep if return_grad else None, nt)
+    if any_too_long:  # not loss[mask] = 0: CuPy waits for the device on a boolean-mask assignment
+        loss = a.xp.where(keep == 0.0, 0.0, loss)
     return finish(loss, grad, a, "none", False, return_grad)
 
 
