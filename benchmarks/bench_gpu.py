@@ -3,6 +3,7 @@
 
     python benchmarks/bench_gpu.py [--shapes tiny ocr ...] [--rounds 7] [--json out.json] [--budget-s 200]
     python benchmarks/bench_gpu.py --dry-run [--shapes tiny]     # no GPU: the same code paths on the CPU
+    python benchmarks/bench_gpu.py --glue-overhead                # no GPU: Python cost of the CuPy glue per call
 
 float32, loss + gradient with respect to the logits, blank 0, the problems of ``_problems.py`` (bench_cpu.py's) plus
 a training batch; inputs are moved to the device once, outside the timing. Exits 0 with a message when there is no
@@ -68,6 +69,9 @@ def parse_args(argv=None):
                     help="stop starting new shapes after this many seconds (0: no limit)")
     ap.add_argument("--json", help="write every result (and the environment) to this JSON file")
     ap.add_argument("--no-torch", action="store_true", help="time cyctc alone")
+    ap.add_argument("--glue-overhead", action="store_true",
+                    help="no GPU: time the Python glue of each public CuPy entry with tests/fake_cupy.py standing "
+                         "in for CuPy and the kernels stubbed; print syncs and transfers per call")
     ap.add_argument("--dry-run", action="store_true",
                     help="no GPU: run the same code paths with numpy arrays and the CPU backend, host timers")
     args = ap.parse_args(argv)
@@ -392,11 +396,66 @@ def environment(dev, torch):
     return env
 
 
+def glue_overhead(repeats=9, calls=300, patch=None):
+    """Per public entry, with tests/fake_cupy.py standing in for CuPy (numpy data; each CuPy operation then costs
+    about a numpy call instead of a kernel launch) and the kernels stubbed: host time per call (best of
+    ``repeats``), and the syncs, host-to-device copies and device operations the call asks CuPy for. No GPU.
+    ``patch``: what installs the stand-ins (pytest's monkeypatch in tests; by default they stay for the process)."""
+    sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
+    import fake_cupy
+    from cuda_calls import is_blank_last, problem, public_calls
+
+    from cyctc.cuda import _backend
+
+    class _Patch:  # for good (a benchmark process); tests pass pytest's monkeypatch
+        def setitem(self, d, k, v):
+            d[k] = v
+
+        def setattr(self, obj, name, v):
+            setattr(obj, name, v)
+    patch = patch or _Patch()
+    fake_cupy.install(patch)
+    patch.setattr(_backend, "get_function", lambda *a, **k: (lambda *args, **kw: None))
+    rows = []
+    for small_on_device in (False, True):
+        for name, _ in public_calls(*problem()):
+            if small_on_device and name.endswith("no lengths"):
+                continue
+            x, labels, ll, tl = problem(blank=6 if is_blank_last(name) else 0)
+            fn = dict(public_calls(x, labels, ll, tl))[name]
+            cache = {}
+
+            def dev(v):
+                if id(v) not in cache:
+                    cache[id(v)] = (v, fake_cupy.asarray(v))
+                return cache[id(v)][1]
+            small = dev if small_on_device else (lambda v: v)
+            fn(small, dev)
+            fake_cupy.reset()
+            fn(small, dev)
+            counts = dict(fake_cupy.COUNTS)
+            best = float("inf")
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    fn(small, dev)
+                best = min(best, (time.perf_counter() - t0) / calls)
+            rows.append((name, "cupy" if small_on_device else "numpy", best, counts))
+    print("Host time per call of the CuPy glue (fake CuPy, kernels stubbed, best of repeats) and what it asks of CuPy")
+    print(f"{'entry':<36}{'lengths':>8}{'us/call':>9}{'syncs':>7}{'H2D':>5}{'device ops':>12}")
+    for name, kind, t, c in rows:
+        print(f"{name:<36}{kind:>8}{t * 1e6:>9.1f}{c['syncs']:>7}{c['h2d']:>5}{c['ops']:>12}")
+    return rows
+
+
 def main(argv=None):
     args = parse_args(argv)
 
     def log(msg=""):
         print(msg, flush=True)
+    if args.glue_overhead:
+        glue_overhead()
+        return 0
     if args.dry_run:
         dev = DryDevice()
     else:

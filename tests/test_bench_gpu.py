@@ -77,6 +77,15 @@ def test_cudnn_conditions_follow_pytorch(labels, inputs, T, blank, dtype, ok, wh
         assert why in reason
 
 
+def test_glue_overhead_mode(monkeypatch, capsys):
+    rows = bench_gpu.glue_overhead(repeats=1, calls=1, patch=monkeypatch)
+    assert {kind for _, kind, _, _ in rows} == {"numpy", "cupy"}
+    for name, kind, seconds, counts in rows:
+        assert seconds > 0 and counts["syncs"] == (1 if kind == "cupy" else 0), (name, kind, counts)
+        assert counts["h2d"] <= 2
+    assert "ctc_greedy_decoder" in capsys.readouterr().out
+
+
 def test_format_table_ratios():
     g = {k: dict(median=m, host_per_call=2e-5) for k, m in
          (("cyctc", 1e-3), ("torch-native", 3e-3), ("cyctc-allT", 1e-3), ("torch-cudnn", 2.5e-3))}
