@@ -344,10 +344,14 @@ def _torch_variant(torch, p, cudnn):
         tl = [int(v) for v in p.label_length]
 
     def call():
-        with torch.backends.cudnn.flags(enabled=cudnn, deterministic=True):
+        was = torch.backends.cudnn.enabled  # PyTorch always asks cuDNN for its deterministic CTC algorithm
+        torch.backends.cudnn.enabled = cudnn
+        try:
             xt.grad = None
             loss = F.ctc_loss(xt.log_softmax(-1), tgt, il, tl, blank=0, reduction="none")
             loss.sum().backward()
+        finally:
+            torch.backends.cudnn.enabled = was
         return loss, xt.grad
     try:
         loss, _ = call()

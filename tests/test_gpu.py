@@ -73,7 +73,9 @@ def test_public_api_on_cupy_matches_cpu(dtype, time_major):
     loss_g, grad_g = cyctc.ctc_loss(cp.asarray(labels), cp.asarray(raw), cp.asarray(ll), cp.asarray(tl), **kw)
     assert isinstance(loss_g, cp.ndarray) and isinstance(grad_g, cp.ndarray)
     assert grad_g.shape == raw.shape and grad_g.dtype == raw.dtype
-    tol = 1e-5 if dtype == np.float32 else 1e-10
+    # float32 on the GPU: loss within 1e-6 relative and gradient within 1e-5 of exact (issue 10); the CPU adds its
+    # own float32 rounding, hence 2e-5
+    tol = 2e-5 if dtype == np.float32 else 1e-10
     np.testing.assert_allclose(cp.asnumpy(loss_g), loss_c, rtol=tol)
     np.testing.assert_allclose(cp.asnumpy(grad_g), grad_c, rtol=0, atol=tol)
 
