@@ -60,3 +60,8 @@ def public_calls(x, labels, ll, tl):
 
 
 CALL_NAMES = [c[0] for c in public_calls(*problem())]
+# entries that take no labels or lengths: nothing to put on the device
+NO_SMALL_ARRAYS = {"ctc_greedy_decoder no lengths"}
+# (entry, labels/lengths on the device?) pairs that the synchronisation tests check
+SYNC_CASES = [(n, d) for n in CALL_NAMES for d in (False, True) if not (d and n in NO_SMALL_ARRAYS)]
+SYNC_IDS = [f"{n}-{'device' if d else 'host'}-lengths" for n, d in SYNC_CASES]

@@ -68,7 +68,7 @@ def device(request, fcp, monkeypatch):
     return request.param
 
 
-from cuda_calls import CALL_NAMES, is_blank_last as _is_v1  # noqa: E402
+from cuda_calls import CALL_NAMES, SYNC_CASES, SYNC_IDS, is_blank_last as _is_v1  # noqa: E402
 
 
 def _run(name, small_on_device, blank_last):
@@ -81,13 +81,10 @@ def _run(name, small_on_device, blank_last):
     return out, dict(fake_cupy.COUNTS)
 
 
-@pytest.mark.parametrize("name", CALL_NAMES)
-@pytest.mark.parametrize("small_on_device", [False, True], ids=["host-lengths", "device-lengths"])
+@pytest.mark.parametrize("name, small_on_device", SYNC_CASES, ids=SYNC_IDS)
 def test_sync_count(device, name, small_on_device):
     """0 syncs with host labels/lengths, exactly 1 (the batched copy) with CuPy ones; at most 2 host-to-device
-    copies of small arrays (labels + lengths in one, the mean's weights in another)."""
-    if name == "ctc_greedy_decoder no lengths" and small_on_device:
-        pytest.skip("no small arrays")
+    copies of small arrays (labels + lengths in one, the mean's weights or the v1 keep-mask in another)."""
     out, counts = _run(name, small_on_device, _is_v1(name))
     assert counts["syncs"] == (1 if small_on_device else 0), counts
     assert _glue_h2d(name, small_on_device) <= 2

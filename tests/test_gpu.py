@@ -15,7 +15,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cuda_emu import cases  # noqa: E402
-from cuda_calls import CALL_NAMES, C, is_blank_last, problem, public_calls  # noqa: E402
+from cuda_calls import CALL_NAMES, SYNC_CASES, SYNC_IDS, C, is_blank_last, problem, public_calls  # noqa: E402
 
 from cyctc import _args, decode  # noqa: E402
 from cyctc.cuda import _backend  # noqa: E402
@@ -237,8 +237,7 @@ def _quiet_no_sync():
     return stack
 
 
-@pytest.mark.parametrize("name", CALL_NAMES)
-@pytest.mark.parametrize("small_on_device", [False, True], ids=["host-lengths", "device-lengths"])
+@pytest.mark.parametrize("name, small_on_device", SYNC_CASES, ids=SYNC_IDS)
 def test_sync_rules(name, small_on_device, monkeypatch):
     """No sync with host labels/lengths; with CuPy ones exactly one, inside _args.fetch_small (the one batched
     device-to-host copy): everything else runs under cupyx.allow_synchronize(False)."""
