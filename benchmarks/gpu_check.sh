@@ -13,8 +13,8 @@
 #   3. benchmark: benchmarks/bench_gpu.py (stops starting new shapes when its budget is spent)
 # Exit status: 0 all good; 1 a GPU test failed or none ran; 2 cyctc could not be installed; 3 the benchmark
 # failed or found cyctc's GPU results wrong. Later phases run even when an earlier one failed (except after 2).
-# Settings (environment): PYTHON (python3), OUT, GPU_CHECK_INSTALL_S (180), GPU_CHECK_TEST_S (150),
-# GPU_CHECK_BENCH_S (210), GPU_CHECK_BENCH_BUDGET_S (140), GPU_CHECK_SHAPES (space-separated; default all).
+# Settings (environment): PYTHON (python3), OUT, GPU_CHECK_INSTALL_S (120), GPU_CHECK_TEST_S (150),
+# GPU_CHECK_BENCH_S (180), GPU_CHECK_BENCH_BUDGET_S (120), GPU_CHECK_SHAPES (space-separated; default all).
 
 set -u -o pipefail
 
@@ -22,10 +22,10 @@ here=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
 root=$(dirname -- "$here")
 py=${PYTHON:-python3}
 outdir=${OUT:-$root/benchmarks/results}
-install_s=${GPU_CHECK_INSTALL_S:-180}
+install_s=${GPU_CHECK_INSTALL_S:-120}
 test_s=${GPU_CHECK_TEST_S:-150}
-bench_s=${GPU_CHECK_BENCH_S:-210}
-budget_s=${GPU_CHECK_BENCH_BUDGET_S:-140}
+bench_s=${GPU_CHECK_BENCH_S:-180}
+budget_s=${GPU_CHECK_BENCH_BUDGET_S:-120}
 shapes=${GPU_CHECK_SHAPES:-}
 
 mkdir -p -- "$outdir" || { echo "gpu_check: cannot create $outdir" >&2; exit 2; }
@@ -92,10 +92,12 @@ EOF
 phase "1. install cyctc from the checkout"
 installed=0
 cd -- "$root" || exit 2
+install_end=$((SECONDS + install_s))
+left() { local n=$((install_end - SECONDS)); [ "$n" -gt 10 ] && echo "$n" || echo 10; }  # the phase's time left
 pip_install=("$py" -m pip install --no-build-isolation --no-deps --no-index)
-if bounded "$install_s" "${pip_install[@]}" .; then
+if bounded "$(left)" "${pip_install[@]}" .; then
     installed=1
-elif bounded "$install_s" "${pip_install[@]}" --user --break-system-packages .; then
+elif bounded "$(left)" "${pip_install[@]}" --user --break-system-packages .; then
     installed=1
 else
     echo "gpu_check: pip could not install the checkout; building a private in-place copy instead"
@@ -105,7 +107,7 @@ else
     else
         cp -r -- "$root/." "$work/src"
     fi
-    if (cd -- "$work/src" && bounded "$install_s" "$py" setup.py build_ext --inplace -q); then
+    if (cd -- "$work/src" && bounded "$(left)" "$py" setup.py build_ext --inplace -q); then
         export PYTHONPATH="$work/src${PYTHONPATH:+:$PYTHONPATH}"
         installed=1
     fi
