@@ -426,13 +426,18 @@ def fetch_small(values, names, like=None):
     else:
         import cupy
 
+        same = all(v.dtype == arrays[0].dtype for v in arrays)
         with arrays[0].device:
-            flat = [cupy.ascontiguousarray(v).reshape(-1).view(cupy.uint8) for v in arrays]
-            buf = cupy.concatenate(flat).get()  # the one device-to-host copy (and so the one sync)
+            if same:  # the usual case (all int32 or all int64): one concatenation, no byte views
+                flat = cupy.concatenate([v.ravel() for v in arrays])
+            else:
+                flat = cupy.concatenate([cupy.ascontiguousarray(v).reshape(-1).view(cupy.uint8) for v in arrays])
+            buf = flat.get()  # the one device-to-host copy (and so the one sync)
         host, off = [], 0
         for v in arrays:
-            n = v.size * v.dtype.itemsize
-            host.append(buf[off:off + n].view(v.dtype).reshape(v.shape))
+            n = v.size if same else v.size * v.dtype.itemsize
+            h = buf[off:off + n]
+            host.append((h if same else h.view(v.dtype)).reshape(v.shape))
             off += n
     parts = {}
     for (i, sparse, _), h in zip(dev, host):

@@ -196,7 +196,8 @@ def test_bad_device_labels_named_after_one_copy(device):
         cyctc.ctc_loss(labels, fake_cupy.asarray(x), ll, fake_cupy.asarray(tl + T))
 
 
-@pytest.mark.parametrize("dtypes", [("int64", "int32", "uint8"), ("int16", "bool", "float64"), ("int64",)])
+@pytest.mark.parametrize("dtypes", [("int64", "int32", "uint8"), ("int16", "bool", "float64"), ("int64",),
+                                    ("int32", "int32")])
 def test_fetch_small_is_one_exact_copy(fcp, dtypes):
     rng = np.random.default_rng(5)
     host = [rng.integers(-2**40, 2**40, (3, 4)).astype(dt) if dt != "bool" else rng.integers(0, 2, 7).astype(bool)
