@@ -150,6 +150,10 @@ class CupyDevice:
     def sync(self):
         self.cp.cuda.Device().synchronize()
 
+    def release(self):
+        """Hand CuPy's cached blocks back to the driver (PyTorch's allocator needs them on the next shape)."""
+        self.cp.get_default_memory_pool().free_all_blocks()
+
     def events(self):
         e = (self.cp.cuda.Event(), self.cp.cuda.Event())
         return e[0].record, e[1].record, lambda: (e[1].synchronize(), self.cp.cuda.get_elapsed_time(*e))[1] / 1e3
@@ -177,6 +181,9 @@ class DryDevice:
         return np.asarray(a)
 
     def sync(self):
+        pass
+
+    def release(self):
         pass
 
     def events(self):
@@ -508,6 +515,9 @@ def main(argv=None):
             results.append(dict(shape=name, B=dims[0], T=dims[1], C=dims[2], L=dims[3],
                                 skipped=f"{type(e).__name__}: {e}"))
             log(f"{name}: FAILED {type(e).__name__}: {e}")
+        dev.release()
+        if torch is not None:
+            torch.cuda.empty_cache()
     log()
     log(format_table(results))
     log("ms per loss+gradient call (median, CUDA events); cuDNN compared on the copy with all logit lengths = T")
