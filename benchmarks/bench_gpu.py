@@ -527,7 +527,10 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(environment=env, results=results), f, indent=1, default=str)
-    return 1 if any(m.split(":")[1].startswith("cyctc") for m in mismatches) else 0
+    failed = [r["shape"] for r in results if "skipped" in r and not r["skipped"].startswith("time budget")]
+    if failed:
+        log("FAILED shapes: " + ", ".join(failed))
+    return 1 if failed or any(m.split(":")[1].startswith("cyctc") for m in mismatches) else 0
 
 
 if __name__ == "__main__":

@@ -47,6 +47,20 @@ def test_budget_skips_the_remaining_shapes(capsys):
     assert "| ocr | skipped: time budget of 0 s spent |" in text
 
 
+def test_a_failing_shape_is_reported_and_fails_the_run(monkeypatch, capsys):
+    real = bench_gpu.run_shape
+
+    def run_shape(name, *a):
+        if name == "ocr":
+            raise MemoryError("out of device memory")
+        return real(name, *a)
+    monkeypatch.setattr(bench_gpu, "run_shape", run_shape)
+    assert bench_gpu.main(["--dry-run", "--shapes", "tiny", "ocr", "--rounds", "1", "--min-sample-ms", "1"]) == 1
+    text = capsys.readouterr().out
+    assert "| ocr | skipped: MemoryError: out of device memory |" in text and "FAILED shapes: ocr" in text
+    assert "| tiny (1, 50, 20, 10) | " in text
+
+
 def test_parse_shapes():
     assert bench_gpu.parse_shapes(["tiny", "x=1,2,3,4"]) == [("tiny", (1, 50, 20, 10)), ("x", (1, 2, 3, 4))]
     assert [n for n, _ in bench_gpu.parse_shapes(None)][-1] == "training"
