@@ -56,7 +56,8 @@ H100 = dict(
     dep_cycles_mufu=20,       # per FP32 transcendental
     launch_gap_us=1.5,        # device-side gap between dependent back-to-back kernels
     host_us_per_launch=5.0,   # host cost of one kernel launch (CuPy RawKernel / PyTorch op)
-    host_us_cyctc=35.0,       # cyctc's Python glue per call (measured: README, Performance)
+    host_us_cyctc=60.0,       # cyctc's Python glue per call (bench_gpu.py --glue-overhead: 55-115 us with a numpy
+                              # stand-in for CuPy; real CuPy operations cost more, the count of them less)
     host_us_torch=60.0,       # PyTorch dispatcher + autograd per call beyond the per-op launches (estimate)
 )
 
