@@ -23,9 +23,14 @@ def problem(seed=0, blank=0):
     return x, labels, ll, tl
 
 
+def keras_probs(x):
+    """The (B, T, C) softmax probabilities the ctc_batch_cost entries get for the time-major logits x."""
+    return np.exp(x - np.logaddexp.reduce(x, axis=-1, keepdims=True)).swapaxes(0, 1).copy()
+
+
 def public_calls(x, labels, ll, tl):
     """Every public entry that runs on the device, as (name, function of (to_device(small), to_device(big)))."""
-    probs = np.exp(x - np.logaddexp.reduce(x, axis=-1, keepdims=True)).swapaxes(0, 1).copy()
+    probs = keras_probs(x)
     tl_short = tl.copy()
     tl_short[1] = 2  # example 1 has more labels than frames: ignored by ctc_loss_v1
     uniq = cyctc.ctc_unique_labels(labels)

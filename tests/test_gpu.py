@@ -15,7 +15,8 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from cuda_emu import cases  # noqa: E402
-from cuda_calls import CALL_NAMES, SYNC_CASES, SYNC_IDS, C, is_blank_last, problem, public_calls  # noqa: E402
+from cuda_calls import (CALL_NAMES, SYNC_CASES, SYNC_IDS, C, is_blank_last, keras_probs, problem,  # noqa: E402
+                        public_calls)
 
 from cyctc import _args, decode  # noqa: E402
 from cyctc.cuda import _backend  # noqa: E402
@@ -96,6 +97,7 @@ def test_public_api_variants_on_cupy(call):
     B, T, C, Lmax = 6, 30, 9, 8
     raw, labels, ll, tl = cases.random_case(rng, B, T, C, Lmax, dtype=np.float32, blank=C - 1)
     labels = np.where(labels == C - 1, 0, labels)
+    probs = np.exp(raw - np.logaddexp.reduce(raw, axis=-1, keepdims=True)).astype(np.float32)
 
     def run(xp):
         a = (lambda v: cp.asarray(v)) if xp is cp else (lambda v: v)
@@ -113,13 +115,16 @@ def test_public_api_variants_on_cupy(call):
             return cyctc.ctc_loss_v1(a(labels), a(raw), a(tl), ctc_merge_repeated=False,
                                      ignore_longer_outputs_than_inputs=True, time_major=False, label_length=a(ll),
                                      return_grad=True)
-        probs = np.exp(raw - np.logaddexp.reduce(raw, axis=-1, keepdims=True)).astype(np.float32)
-        return cyctc.ctc_batch_cost(a(labels), a(probs), a(tl), a(ll), return_grad=True)
+        # Keras (TF1) refuses labels longer than their input: give those examples enough frames
+        return cyctc.ctc_batch_cost(a(labels), a(probs), a(np.maximum(tl, ll)), a(ll), return_grad=True)
 
     want, got = run(np), run(cp)
     assert isinstance(got[1], cp.ndarray)
-    for w, g in zip(want, _to_host(got)):
+    for k, (w, g) in enumerate(zip(want, _to_host(got))):
         assert g.dtype == w.dtype and g.shape == w.shape
+        if call == "batch_cost" and k == 1:  # compare d loss / d z = grad * (p + 1e-7): see _comparable
+            shifted = probs + np.float32(1e-7)
+            w, g = w * shifted, g * shifted
         np.testing.assert_allclose(g, w, rtol=2e-5, atol=2e-5)
 
 
@@ -201,6 +206,16 @@ def _entry(name):
     return dict(public_calls(x, labels, ll, tl))[name]
 
 
+def _comparable(name, a):
+    """Keras's gradient is d loss / d p = g_z / (p + 1e-7): an absolute error of the logits' gradient g_z (within
+    1e-5 of exact in float32 on the GPU) is amplified by 1 / (p + 1e-7), so the two are compared as g_z."""
+    if name.startswith("ctc_batch_cost") and a.ndim == 3:
+        x, _, _, _ = problem(blank=C - 1)
+        p = keras_probs(x)
+        return a * (p + np.float32(1e-7))
+    return a
+
+
 @pytest.mark.parametrize("name", CALL_NAMES)
 @pytest.mark.parametrize("small_on_device", [False, True], ids=["host-lengths", "device-lengths"])
 def test_public_entry_matches_cpu_bit_identical_on_repeat(name, small_on_device):
@@ -219,7 +234,7 @@ def test_public_entry_matches_cpu_bit_identical_on_repeat(name, small_on_device)
         assert gh.dtype == w.dtype and gh.shape == w.shape
         assert gh.tobytes() == g2h.tobytes(), f"{name}: repeated calls differ"
         if w.dtype.kind == "f":
-            np.testing.assert_allclose(gh, w, rtol=2e-5, atol=2e-5)
+            np.testing.assert_allclose(_comparable(name, gh), _comparable(name, w), rtol=2e-5, atol=2e-5)
         else:
             np.testing.assert_array_equal(gh, w)
 
@@ -302,7 +317,6 @@ def test_public_entries_on_a_second_device():
             ref = [cp.asnumpy(a) for a, _ in _flatten(fn(lambda v: v, cp.asarray))]
         with cp.cuda.Device(1):
             out = _flatten(fn(cp.asarray, cp.asarray))
-        cp.cuda.Device(0).use()
         for (a, on_device), r in zip(out, ref):
             if on_device:
                 assert a.device.id == 1, name
