@@ -268,6 +268,10 @@ def normalize_loss_args(labels, logits, label_length, logit_length, logits_time_
     [0, C), ``time_major``, ``dtype_out`` (the logits' own float dtype) and ``xp`` (numpy or cupy).
     """
     xp = array_module(logits)
+    if (type(labels).__module__.startswith("cupy") or type(label_length).__module__.startswith("cupy")
+            or type(logit_length).__module__.startswith("cupy") or unique is not None):
+        labels, label_length, logit_length, unique = fetch_small_args(
+            labels, label_length, logit_length, unique, logits, labels_name, logit_length_name)
     dtype_out = getattr(logits, "dtype", None)
     x = float_input(logits, logits_name, 3, xp)
     if dtype_out is None or np.dtype(dtype_out).kind != "f":
@@ -315,6 +319,34 @@ def normalize_loss_args(labels, logits, label_length, logit_length, logits_time_
     a.x, a.labels, a.label_length, a.logit_length, a.blank = x, lab, ll.astype(np.int32, copy=False), tl, blank
     a.B, a.T, a.C, a.time_major, a.dtype_out, a.xp = B, T, C, time_major, np.dtype(dtype_out), xp
     return a
+
+
+def upload_small(arrays, like):
+    """Device copies, on the device of the CuPy array ``like``, of small host arrays of one dtype (labels and
+    lengths) made with ONE host-to-device copy: CuPy copies the concatenation asynchronously (staged through
+    pinned memory: no sync) and each result is a view of the device buffer."""
+    import cupy
+
+    flat = np.concatenate([np.ravel(a) for a in arrays])
+    with like.device:
+        dev = cupy.asarray(flat)
+    out, o = [], 0
+    for a in arrays:
+        n = a.size
+        v = dev[o:o + n]
+        out.append(v if a.ndim == 1 else v.reshape(a.shape))
+        o += n
+    return out
+
+
+def fetch_small_args(labels, label_length, logit_length, unique, logits, labels_name="labels",
+                     logit_length_name="logit_length"):
+    """``fetch_small`` for the loss functions' (labels, label_length, logit_length, unique pair)."""
+    pair = isinstance(unique, (tuple, list)) and len(unique) == 2
+    vals = [labels, label_length, logit_length] + (list(unique) if pair else [unique])
+    names = [labels_name, "label_length", logit_length_name, "unique[0] (unique_y)", "unique[1] (unique_idx)"]
+    vals = fetch_small(vals, names, like=logits)
+    return vals[0], vals[1], vals[2], (tuple(vals[3:]) if pair else vals[3])
 
 
 def whole_number_labels(labels, name, label_length=None):
@@ -365,6 +397,86 @@ def _host(v):
     if type(v).__module__.startswith("cupy"):
         return v.get()
     return v
+
+
+def _is_device_array(v):
+    return type(v).__module__.startswith("cupy") and hasattr(v, "device") and hasattr(v, "get")
+
+
+def _sparse_parts(sp):
+    """The component arrays of a cupyx.scipy.sparse matrix (csr/csc: data, indices, indptr; coo: data, row, col)."""
+    fmt = sp.format
+    if fmt == "coo":
+        return fmt, (sp.data, sp.row, sp.col)
+    if fmt in ("csr", "csc"):
+        return fmt, (sp.data, sp.indices, sp.indptr)
+    raise TypeError(f"cupyx.scipy.sparse {fmt} matrices are not supported as labels (use csr, csc or coo)")
+
+
+def _sparse_from_parts(fmt, shape, parts):
+    import scipy.sparse
+
+    if fmt == "coo":
+        data, row, col = parts
+        return scipy.sparse.coo_matrix((data, (row, col)), shape=shape)
+    make = scipy.sparse.csr_matrix if fmt == "csr" else scipy.sparse.csc_matrix
+    return make(tuple(parts), shape=shape)
+
+
+def fetch_small(values, names, like=None):
+    """Host (numpy) copies of the CuPy arrays among ``values`` -- labels, lengths: what validation reads -- made
+    with ONE device-to-host transfer, however many of them there are; other values are returned unchanged.
+
+    This is the only place where the loss and decoder glue waits for the device (a call without CuPy small
+    arrays never does). The arrays' bytes are gathered on the device into one buffer (one small kernel), copied
+    once, and split on the host: exact for every dtype. cupyx.scipy.sparse labels travel as their component arrays
+    in the same copy. When ``like`` (the logits) is a CuPy array, every CuPy value must be on its device, else a
+    ValueError names the value. Returns a list like ``values``.
+    """
+    out = list(values)
+    dev = []  # (slot, array) or (slot, (fmt, shape, n_parts)) followed by its parts
+    for i, v in enumerate(values):
+        if _is_device_array(v):
+            dev.append((i, None, v))
+        elif type(v).__module__.startswith("cupyx.scipy.sparse"):
+            fmt, parts = _sparse_parts(v)
+            for k, p in enumerate(parts):
+                dev.append((i, (fmt, tuple(v.shape), k, len(parts)), p))
+    if not dev:
+        return out
+    if like is not None and _is_device_array(like):
+        want = like.device.id
+        for i, _, v in dev:
+            if v.device.id != want:
+                raise ValueError(f"{names[i]} is on CUDA device {v.device.id} but the logits are on device {want}")
+    arrays = [v for _, _, v in dev]
+    if len(arrays) == 1:
+        host = [arrays[0].get()]
+    else:
+        import cupy
+
+        same = all(v.dtype == arrays[0].dtype for v in arrays)
+        with arrays[0].device:
+            if same:  # the usual case (all int32 or all int64): one concatenation, no byte views
+                flat = cupy.concatenate([v.ravel() for v in arrays])
+            else:
+                flat = cupy.concatenate([cupy.ascontiguousarray(v).reshape(-1).view(cupy.uint8) for v in arrays])
+            buf = flat.get()  # the one device-to-host copy (and so the one sync)
+        host, off = [], 0
+        for v in arrays:
+            n = v.size if same else v.size * v.dtype.itemsize
+            h = buf[off:off + n]
+            host.append((h if same else h.view(v.dtype)).reshape(v.shape))
+            off += n
+    parts = {}
+    for (i, sparse, _), h in zip(dev, host):
+        if sparse is None:
+            out[i] = h
+        else:
+            parts.setdefault(i, (sparse[0], sparse[1], []))[2].append(h)
+    for i, (fmt, shape, ps) in parts.items():
+        out[i] = _sparse_from_parts(fmt, shape, ps)
+    return out
 
 
 REDUCTIONS = ("none", "sum", "mean")

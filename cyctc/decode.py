@@ -40,29 +40,70 @@ class SparseDecoded:
         ``(B, longest decoded sequence in the batch)``.
     """
 
-    __slots__ = ("indices", "values", "dense_shape")
+    __slots__ = ("_indices", "_values", "_dense_shape", "_paths", "_path_length")
 
     def __init__(self, indices, values, dense_shape):
-        self.indices = indices
-        self.values = values
-        self.dense_shape = dense_shape
+        self._indices = indices
+        self._values = values
+        self._dense_shape = dense_shape
+        self._paths = self._path_length = None
 
     @classmethod
     def _from_paths(cls, paths, path_length):
-        """From int32 paths (B, Tp) whose row b holds path_length[b] symbols (numpy, or CuPy: the indices and
-        values then stay on the device; dense_shape is always a small host array, as TF's)."""
-        xp = array_module(paths)
+        """From int32 paths (B, Tp) whose row b holds path_length[b] symbols. numpy: built now. CuPy: the result
+        keeps the padded paths on the device and builds indices/values there at first use (``indices``,
+        ``values``, ``dense_shape``, ``to_dense``, ...), with one device-to-host copy of the lengths: the decoder
+        call itself never waits for the device. dense_shape is always a small host array, as TF's."""
+        if array_module(paths) is not np:
+            out = cls(None, None, None)
+            out._paths, out._path_length = paths, path_length
+            return out
         B, Tp = paths.shape
-        mask = xp.arange(Tp) < path_length[:, None]
-        rows, cols = xp.nonzero(mask)
-        indices = xp.stack([rows, cols], axis=1).astype(np.int64).reshape(-1, 2)
+        mask = np.arange(Tp) < path_length[:, None]
+        rows, cols = np.nonzero(mask)
+        indices = np.stack([rows, cols], axis=1).astype(np.int64).reshape(-1, 2)
         values = paths[mask].astype(np.int64)
         longest = int(path_length.max()) if B else 0
         return cls(indices, values, np.array([B, longest], dtype=np.int64))
 
+    def _build(self):
+        """Indices and values of a device result (see ``_from_paths``): the lengths come to the host (one copy),
+        the (row, column) pairs are formed there and go back in one copy, the values are gathered on the device."""
+        if self._paths is None:
+            return
+        xp = array_module(self._paths)
+        n = host(self._path_length).astype(np.int64)
+        B = n.shape[0]
+        starts = np.cumsum(n) - n
+        rows = np.repeat(np.arange(B, dtype=np.int64), n)
+        cols = np.arange(rows.shape[0], dtype=np.int64) - np.repeat(starts, n)
+        with self._paths.device:
+            indices = xp.asarray(np.stack([rows, cols], axis=1).reshape(-1, 2))
+            values = self._paths[indices[:, 0], indices[:, 1]].astype(np.int64)
+        self._indices, self._values = indices, values
+        self._dense_shape = np.array([B, int(n.max()) if B else 0], dtype=np.int64)
+        self._paths = self._path_length = None
+
+    @property
+    def indices(self):
+        self._build()
+        return self._indices
+
+    @property
+    def values(self):
+        self._build()
+        return self._values
+
+    @property
+    def dense_shape(self):
+        self._build()
+        return self._dense_shape
+
     @property
     def lengths(self):
         """int64 (B,): the length of each decoded sequence."""
+        if self._paths is not None:  # a device result not built yet: the lengths are at hand
+            return self._path_length.astype(np.int64)
         xp = array_module(self.values)
         return xp.bincount(self.indices[:, 0], minlength=int(self.dense_shape[0])).astype(np.int64)
 
@@ -200,10 +241,12 @@ def _greedy_on_device(inputs, sequence_length, merge_repeated, blank_index, time
     """ctc_greedy_decoder for CuPy logits: the same checks, the arg-max kernel of cyctc/cuda/greedy.cu."""
     import cupy
 
-    from ._args import float_input, kernel_view
+    from ._args import fetch_small, float_input, kernel_view
     from .cuda import _backend
 
     dtype_out = np.dtype(inputs.dtype)
+    # CuPy lengths come to the host for validation: the call's only sync (none with host lengths)
+    sequence_length, = fetch_small([sequence_length], ["sequence_length"], like=inputs)
     x = float_input(inputs, "inputs", 3, cupy)
     if x.shape[2] < 1:
         raise ValueError("inputs has an empty class axis (C = 0)")
@@ -216,7 +259,7 @@ def _greedy_on_device(inputs, sequence_length, merge_repeated, blank_index, time
     blank = args.blank_class(blank_index, C, default=C - 1)
     out, out_length, neg_sum = _backend.greedy_decode(x, length, blank, merge)
     return GreedyDecoderResult([SparseDecoded._from_paths(out, out_length)],
-                               neg_sum.astype(dtype_out).reshape(B, 1))
+                               neg_sum.astype(args.score_dtype(dtype_out)).reshape(B, 1))
 
 
 def ctc_beam_search_decoder(inputs, sequence_length, beam_width=100, top_paths=1, *, merge_repeated=False,

@@ -7,7 +7,7 @@ from ._threads import resolve_num_threads
 
 def compute(a, merge_repeated, want_grad, grad_scale, num_threads):
     """Run the backend that owns ``a.x`` on normalised arguments ``a`` (see ``_args.LossArgs``) with a thread count
-    already resolved by ``resolve_num_threads``.
+    already resolved by ``resolve_num_threads``. CuPy logits: ``a``'s labels and lengths are on the device after.
 
     Returns (loss float64 (B,), grad or None); grad has the layout of the user's logits (time-major when
     ``a.time_major``) and the dtype of ``a.x``; its rows t >= logit_length are 0.
@@ -15,7 +15,7 @@ def compute(a, merge_repeated, want_grad, grad_scale, num_threads):
     if a.xp is not np:
         from .cuda import _backend
 
-        return _backend.loss_and_grad(a, merge_repeated, want_grad, grad_scale)
+        return _backend.loss_and_grad(a, merge_repeated, want_grad, _on_device(a, grad_scale))
     grad = grad_view = None
     if want_grad:
         shape = (a.T, a.B, a.C) if a.time_major else (a.B, a.T, a.C)
@@ -26,26 +26,38 @@ def compute(a, merge_repeated, want_grad, grad_scale, num_threads):
     return loss, grad
 
 
+def _on_device(a, grad_scale):
+    """Move ``a``'s labels and lengths (validated int32 host arrays) to the logits' device in place, with one
+    host-to-device copy (asynchronous: no sync); returns ``grad_scale`` (None, or float64 (B,)) on the device."""
+    a.labels, a.label_length, a.logit_length = _args.upload_small([a.labels, a.label_length, a.logit_length], a.x)
+    if grad_scale is not None:
+        with a.x.device:
+            grad_scale = a.xp.asarray(grad_scale)
+    return grad_scale
+
+
 def _mean_weights(label_length, B, xp=np):
     """1 / (max(label_length, 1) * B): the per-example weights of reduction "mean" (PyTorch's)."""
     return 1.0 / (xp.maximum(xp.asarray(label_length, dtype=np.float64), 1.0) * max(B, 1))
 
 
-def reduce_loss(loss, label_length, reduction, zero_infinity, xp=np):
-    """Apply zero_infinity and the reduction to float64 per-example losses."""
+def reduce_loss(loss, label_length, reduction, zero_infinity, xp=np, weights=None):
+    """Apply zero_infinity and the reduction to float64 per-example losses (``weights``: the mean's, if at hand)."""
     if zero_infinity:
         loss = xp.where(xp.isposinf(loss), 0.0, loss)
     B = loss.shape[0]
     if reduction == "mean":
-        return (loss * _mean_weights(label_length, B, xp)).sum() if B else xp.asarray(np.nan)
+        if weights is None:
+            weights = _mean_weights(label_length, B, xp)
+        return (loss * weights).sum() if B else xp.asarray(np.nan)
     if reduction == "sum":
         return loss.sum()
     return loss
 
 
-def finish(loss, grad, a, reduction, zero_infinity, return_grad):
+def finish(loss, grad, a, reduction, zero_infinity, return_grad, weights=None):
     """Shape the backend's output as the public functions return it."""
-    out = reduce_loss(loss, a.label_length, reduction, zero_infinity, a.xp)
+    out = reduce_loss(loss, a.label_length, reduction, zero_infinity, a.xp, weights)
     with np.errstate(over="ignore"):  # float16 answers: a loss above 65504 is inf, as the dtype says
         if reduction == "none" or a.xp is not np:
             out = out.astype(a.dtype_out)  # CuPy keeps 0-d arrays on the device
@@ -59,10 +71,11 @@ def finish(loss, grad, a, reduction, zero_infinity, return_grad):
 
 
 def gradient_scale(a, reduction):
-    """float64 (B,) factors that turn d loss_b / d logits into d(returned loss) / d logits."""
+    """float64 (B,) factors that turn d loss_b / d logits into d(returned loss) / d logits (None on the device
+    where they are all 1: the backend then needs no copy of them)."""
     if reduction == "mean":
         return _mean_weights(a.label_length, a.B)
-    return np.ones(a.B, dtype=np.float64)
+    return np.ones(a.B, dtype=np.float64) if a.xp is np else None
 
 
 def ctc_loss(labels, logits, label_length=None, logit_length=None, logits_time_major=True, unique=None,
@@ -119,9 +132,15 @@ def ctc_loss(labels, logits, label_length=None, logit_length=None, logits_time_m
     zero_infinity = _args.as_flag(zero_infinity, "zero_infinity")
     return_grad = _args.as_flag(return_grad, "return_grad")
     nt = resolve_num_threads(num_threads)
-    scale = gradient_scale(a, reduction) if return_grad else None
+    weights = None
+    if reduction == "mean":  # formed once on the host; on the device, one copy serves gradient and reduction
+        weights = _mean_weights(a.label_length, a.B)
+        if a.xp is not np:
+            with a.x.device:
+                weights = a.xp.asarray(weights)
+    scale = (weights if weights is not None else gradient_scale(a, reduction)) if return_grad else None
     loss, grad = compute(a, True, return_grad, scale, nt)
-    return finish(loss, grad, a, reduction, zero_infinity, return_grad)
+    return finish(loss, grad, a, reduction, zero_infinity, return_grad, weights)
 
 
 def _collapse_repeats(labels, label_length):
@@ -198,9 +217,16 @@ def _loss_v1(labels, inputs, sequence_length, preprocess_collapse_repeated, ctc_
     if collapse:
         a.labels, a.label_length = _collapse_repeats(a.labels, a.label_length)
     nt = resolve_num_threads(num_threads)
-    scale = (~too_long).astype(np.float64) if return_grad else None
-    loss, grad = compute(a, merge, return_grad, scale, nt)
-    loss[a.xp.asarray(too_long)] = 0.0
+    any_too_long = bool(too_long.any())
+    keep = None  # 1.0 / 0.0 per example: the gradient scale, and the mask of the losses set to 0
+    if any_too_long or (return_grad and a.xp is np):
+        keep = (~too_long).astype(np.float64)
+        if any_too_long and a.xp is not np:
+            with a.x.device:
+                keep = a.xp.asarray(keep)
+    loss, grad = compute(a, merge, return_grad, keep if return_grad else None, nt)
+    if any_too_long:  # not loss[mask] = 0: CuPy waits for the device on a boolean-mask assignment
+        loss = a.xp.where(keep == 0.0, 0.0, loss)
     return finish(loss, grad, a, "none", False, return_grad)
 
 
@@ -236,6 +262,9 @@ def ctc_batch_cost(y_true, y_pred, input_length, label_length, *, return_grad=Fa
     +-inf, without a warning.
     """
     xp = _args.array_module(y_pred)
+    # CuPy labels and lengths come to the host for validation in one copy (the only sync of a CuPy call)
+    y_true, input_length, label_length = _args.fetch_small(
+        [y_true, input_length, label_length], ["y_true", "input_length", "label_length"], like=y_pred)
     probs = _args.float_input(y_pred, "y_pred", 3, xp)
     _args.check_size(probs, "y_pred")
     dtype_out = np.dtype(getattr(y_pred, "dtype", probs.dtype))
