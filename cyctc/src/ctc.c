@@ -16,7 +16,7 @@
 int64_t cyctc_work_size(int T, int L, int with_grad)
 {
     if (with_grad) /* skip weights, T + 1 rows, the two lost-mass rows */
-        return 2 * ((int64_t)L + 1) + ((int64_t)T + 3) * row_width(L);
+        return 2 * ((int64_t)L + 1) + ((int64_t)T + 1) * row_width(L);
     return 2 * ((int64_t)L + 1) + 2 * scratch_size(L);
 }
 
@@ -37,6 +37,7 @@ void cyctc_prepare(const cyctc_seq *q, const double *norm, double *work, cyctc_s
 {
     st->flags = st->flags_fwd = st->flags_bwd = 0;
     st->lost_fwd = st->lost_bwd = 0;
+    st->lost_row_fwd = st->lost_row_bwd = NULL;
     st->M = 0;
     st->loss = 0.0;
     st->log_mid = 0.0;
@@ -62,7 +63,8 @@ void cyctc_prepare(const cyctc_seq *q, const double *norm, double *work, cyctc_s
     fill_class_map(q, classmap_of(work, q->L));
 }
 
-void cyctc_meet(const cyctc_seq *q, double *work, int with_grad, cyctc_state *st)
+/* the meeting proper (cyctc_meet frees the lost-mass rows of gradient calls around it) */
+static void meet(const cyctc_seq *q, double *work, int with_grad, cyctc_state *st)
 {
     if (st->flags)
         return;
@@ -80,24 +82,23 @@ void cyctc_meet(const cyctc_seq *q, double *work, int with_grad, cyctc_state *st
         a = scratch_of(loss_scratch_of(work, L), L, 0);
         b = scratch_of(loss_scratch_of(work, L), L, 1);
     }
-    const double z = dot(a, b, 2 * L + 3);
-    /* products under the normal range inside this dot lose at most (2L + 3) * 2^-1022: negligible against z */
-    if (!(z >= ldexp(2.0 * L + 3.0, -960))) {
+    const double z = dot(a, b, row_states(L));
+    /* products under the normal range inside this dot lose at most (2L + 2) * 2^-1022: negligible against z */
+    if (!(z >= ldexp(2.0 * L + 2.0, -960))) {
         st->flags |= CYCTC_LOGSPACE;
         return;
     }
     const double ea = a[exp_off(L)], eb = b[exp_off(L)];
     if (st->lost_fwd | st->lost_bwd) {
         /* how much of P the flushed products can have taken (ctc_common.h, "Lost mass"), log2 */
-        double *scr = with_grad ? NULL : loss_scratch_of(work, L);
-        const double *la = NULL, *lb = NULL;
+        const double *la, *lb;
         double worst = -INFINITY;
         if (with_grad) {
-            la = rows_of(work, L) + ((int64_t)q->T + 1) * W;
-            lb = la + W;
+            la = st->lost_row_fwd;
+            lb = st->lost_row_bwd;
         } else {
-            la = lost_of(scratch_of(scr, L, 0), L);
-            lb = lost_of(scratch_of(scr, L, 1), L);
+            la = lost_of(scratch_of(loss_scratch_of(work, L), L, 0), L);
+            lb = lost_of(scratch_of(loss_scratch_of(work, L), L, 1), L);
         }
         if (st->lost_fwd)
             worst = fmax(worst, log2_dot_bound(la, b, L) + la[exp_off(L)] + eb);
@@ -115,6 +116,14 @@ void cyctc_meet(const cyctc_seq *q, double *work, int with_grad, cyctc_state *st
     st->e_mid = (int64_t)ea + (int64_t)eb;
     /* P <= 1: a result a rounding error below 0 (P ~ 1) is reported as 0 */
     st->loss = fmax(0.0, -(st->log_mid + (double)st->e_mid * CYCTC_LN2));
+}
+
+void cyctc_meet(const cyctc_seq *q, double *work, int with_grad, cyctc_state *st)
+{
+    meet(q, work, with_grad, st);
+    free(st->lost_row_fwd);
+    free(st->lost_row_bwd);
+    st->lost_row_fwd = st->lost_row_bwd = NULL;
 }
 
 #define REAL float

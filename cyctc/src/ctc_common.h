@@ -2,9 +2,10 @@
  *
  * State rows. The S = 2L + 1 extended states are kept as two arrays so that every update is a contiguous,
  * branch-free loop the compiler vectorises: the L + 1 blank states (state 2k is blank k) and the L label states
- * (state 2k + 1 is label k). A row of width W = 2L + 4 doubles holds
- *     [blank 0..L] [0] [label 0..L-1] [0] [binary exponent of the row]
- * with the label array at offset L + 2, so label[-1] and label[L] read as the zero pads.
+ * (state 2k + 1 is label k). A row of width W = 2L + 3 doubles holds
+ *     [blank 0..L] [0] [label 0..L-1] [binary exponent of the row]
+ * with the label array at offset L + 2, so label[-1] reads as the zero pad; the loops over a row's states cover its
+ * first 2L + 2 slots (row_states).
  *
  * Work space of one sequence (doubles):
  *   [skip weights: L + 1]  skipw[k] = 1 when label state k may be entered from label state k - 1 (skipping the
@@ -19,9 +20,9 @@
  *   loss only:  [forward scratch: 2 rows, 2 lost-mass rows, label probabilities P (L + 1: blank, then labels),
  *                temporaries q (L + 1) and u (L + 2)] [backward scratch: the same]   (the last row and lost-mass
  *               row of each half must survive until the meeting)
- *   gradient:   [rows: (T + 1) rows] [lost-mass rows: 2 (forward, backward)]; the scratch then comes from the
- *               thread running the task (per-thread buffers of cyctc_thread_scratch_size(Lmax) doubles), as it
- *               lives only within one call.
+ *   gradient:   [rows: (T + 1) rows]; the scratch then comes from the thread running the task (per-thread
+ *               buffers of cyctc_thread_scratch_size(Lmax) doubles), as it lives only within one call; a task
+ *               that flushed a product keeps its last lost-mass row in a row of its own (malloc) until the meeting.
  *               Stage 1 stores alpha[t] in row t (t < M) and
  *                          beta[t] in row t + 1 (t >= M - 1); stage 2 overwrites each with gamma, so the state
  *                          posteriors of frame t end in row row_index(t, M) = t + (t >= M - 1).
@@ -76,9 +77,10 @@
 #endif
 #define AHEAD 4 /* frames ahead whose label columns the recursion prefetches */
 
-static inline int64_t row_width(int L) { return 2 * (int64_t)L + 4; }
+static inline int64_t row_width(int L) { return 2 * (int64_t)L + 3; }
+static inline int row_states(int L) { return 2 * L + 2; } /* blank part, pad, label part */
 static inline int64_t lab_off(int L) { return (int64_t)L + 2; }
-static inline int64_t exp_off(int L) { return 2 * (int64_t)L + 3; }
+static inline int64_t exp_off(int L) { return 2 * (int64_t)L + 2; }
 static inline int64_t scratch_size(int L) { return 4 * row_width(L) + 3 * ((int64_t)L + 1) + 1; }
 static inline double *skipw_of(double *work) { return work; }
 #define CYCTC_DEDUP_MAX 64 /* distinct classes searched for repeats (a linear search per label) */
@@ -240,7 +242,6 @@ static inline int fwd_step(int L, double stay, const double *skipw, const double
         nl[k] = v;
     }
     nb[L + 1] = 0.0;
-    nl[L] = 0.0;
     return flushed;
 }
 
@@ -262,7 +263,6 @@ static inline void fwd_lost_step(int L, double stay, const double *skipw, const 
         nl[k] = (stay * ll[k] + lb[k] + skipw[k] * ll[k - 1]) * pl[k] + (((s > 0.0) & (v < CYCTC_FLUSH)) ? inj : 0.0);
     }
     nb[L + 1] = 0.0;
-    nl[L] = 0.0;
 }
 
 /* n = beta[t - 1] from b = beta[t] and frame t's probabilities P; q: L + 1 temporaries. Returns 1 when a product
@@ -287,7 +287,6 @@ static inline int bwd_step(int L, double stay, const double *skipw, const double
     for (int k = 0; k < L; k++)
         nl[k] = stay * q[k] + pb * bb[k + 1] + skipw[k + 1] * q[k + 1];
     nb[L + 1] = 0.0;
-    nl[L] = 0.0;
     return flushed;
 }
 
@@ -314,7 +313,6 @@ static inline void bwd_lost_step(int L, double stay, const double *skipw, const 
     for (int k = 0; k < L; k++)
         nl[k] = stay * q[k] + u[k + 1] + skipw[k + 1] * q[k + 1];
     nb[L + 1] = 0.0;
-    nl[L] = 0.0;
 }
 
 static inline double vsum(const double *a, int n)
@@ -334,7 +332,7 @@ static inline double vsum(const double *a, int n)
  * Returns CYCTC_LOGSPACE when the row has lost its range. */
 static inline int normalise(double *r, int L, double exponent_before)
 {
-    const int n = 2 * L + 3; /* blank part, pad, label part (pads are 0) */
+    const int n = row_states(L); /* blank part, pad (0), label part */
     const double m = vsum(r, n);
     if (!(m >= CYCTC_TINY)) {
         r[exp_off(L)] = exponent_before;
@@ -369,7 +367,7 @@ static inline double lost_injection(double *lp, int L, double src_exp, int *acti
 /* log2 of an upper bound of sum a * b over a row pair (products that underflow inside the dot included) */
 static inline double log2_dot_bound(const double *a, const double *b, int L)
 {
-    const int n = 2 * L + 3;
+    const int n = row_states(L);
     return log2(dot(a, b, n) + (double)n * CYCTC_FLUSH);
 }
 
@@ -384,7 +382,7 @@ static inline void mul_scale_inplace(double *CYCTC_RESTRICT dst, const double *C
 /* a * b / sum(a * b), written over a (out == a) or over b (out == b); checks the frame's mass against P */
 static inline int posterior(double *a, double *b, int L, const cyctc_state *st, double *out)
 {
-    const int n = 2 * L + 3;
+    const int n = row_states(L);
     const double z = dot(a, b, n);
     if (!(z >= CYCTC_TINY))
         return CYCTC_LOGSPACE;

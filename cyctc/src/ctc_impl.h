@@ -87,16 +87,6 @@ CYCTC_HOT void SFX(cyctc_row_norm)(const REAL *x, int C, REAL *softmax, double *
     norm[1] = log(s);    /* NaN when a value is NaN */
 }
 
-/* the lost-mass row of direction `backward` that the meeting reads (see ctc_common.h, "Lost mass") */
-static inline double *SFX(final_lost_row)(double *work, double *scratch, const cyctc_seq *q, int with_grad,
-                                          int backward)
-{
-    const int L = q->L;
-    if (with_grad)
-        return rows_of(work, L) + ((int64_t)q->T + 1 + backward) * row_width(L);
-    return lost_of(scratch_of(scratch, L, backward), L);
-}
-
 CYCTC_HOT void SFX(cyctc_stage1)(const cyctc_seq *q, const REAL *x, const double *norm, double *work,
                                  double *scratch, int with_grad, int backward, cyctc_state *st)
 {
@@ -164,10 +154,29 @@ CYCTC_HOT void SFX(cyctc_stage1)(const cyctc_seq *q, const REAL *x, const double
     }
     if (!with_grad && cur != sc)
         memcpy(sc, cur, sizeof(double) * W);
-    if (lost_on) {
-        double *dst = SFX(final_lost_row)(work, scratch, q, with_grad, backward);
-        if (dst != lost + li * W)
+    if (lost_on) { /* keep the lost-mass row for the meeting: in the sequence's scratch, or (gradient calls,
+                    * whose scratch is the thread's) in a row of its own that cyctc_meet frees */
+        double *dst = lost;
+        if (with_grad) {
+            dst = (double *)malloc(sizeof(double) * (size_t)W);
+            if (dst == NULL) { /* cannot bound the loss: log space decides */
+                lost_on = 0;
+                if (backward)
+                    st->flags_bwd |= CYCTC_LOGSPACE;
+                else
+                    st->flags_fwd |= CYCTC_LOGSPACE;
+            } else if (backward) {
+                st->lost_row_bwd = dst;
+            } else {
+                st->lost_row_fwd = dst;
+            }
+        }
+        if (dst != NULL && dst != lost + li * W)
             memcpy(dst, lost + li * W, sizeof(double) * W);
+        if (backward)
+            st->lost_bwd = lost_on;
+        else
+            st->lost_fwd = lost_on;
     }
 }
 
