@@ -146,6 +146,8 @@ class BuildExt(build_ext):
                 flags += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer", "-fno-sanitize-recover=undefined",
                           "-O1"]
                 link_flags += ["-fsanitize=address,undefined"]
+            elif _env_flag("CYCTC_PROFILE"):
+                pass  # keep debug information and symbols, for profilers (callgrind, perf); same code otherwise
             else:
                 # release: no debug information (Python's CFLAGS carry -g), and the symbol table stripped at link
                 flags.append("-g0")

@@ -17,8 +17,8 @@
  *                          the gradient rows touch each class once. Sequences with more than CYCTC_DEDUP_MAX
  *                          distinct classes keep the identity map (dist = blank, labels; stored as -nd, since
  *                          dist may then repeat a class).
- *   loss only:  [forward scratch: 2 rows, 2 lost-mass rows, label probabilities P (L + 1: blank, then labels),
- *                temporaries q (L + 1) and u (L + 2)] [backward scratch: the same]   (the last row and lost-mass
+ *   loss only:  [forward scratch: 2 rows, 2 lost-mass rows, label probabilities P (L + 1: blank, then labels;
+ *                L + 4 slots), temporaries q (L + 4) and u (L + 4)] [backward scratch: the same]   (the last row and lost-mass
  *               row of each half must survive until the meeting)
  *   gradient:   [rows: (T + 1) rows]; the scratch then comes from the thread running the task (per-thread
  *               buffers of cyctc_thread_scratch_size(Lmax) doubles), as it lives only within one call; a task
@@ -81,7 +81,7 @@ static inline int64_t row_width(int L) { return 2 * (int64_t)L + 3; }
 static inline int row_states(int L) { return 2 * L + 2; } /* blank part, pad, label part */
 static inline int64_t lab_off(int L) { return (int64_t)L + 2; }
 static inline int64_t exp_off(int L) { return 2 * (int64_t)L + 2; }
-static inline int64_t scratch_size(int L) { return 4 * row_width(L) + 3 * ((int64_t)L + 1) + 1; }
+static inline int64_t scratch_size(int L) { return 4 * row_width(L) + 3 * ((int64_t)L + 4); }
 static inline double *skipw_of(double *work) { return work; }
 #define CYCTC_DEDUP_MAX 64 /* distinct classes searched for repeats (a linear search per label) */
 static inline int32_t *classmap_of(double *work, int L) { return (int32_t *)(work + (L + 1)); }
@@ -94,8 +94,9 @@ static inline const int32_t *map_of(const int32_t *cm, int L) { return cm + 2 + 
 static inline double *scratch_of(double *scratch, int L, int backward) { return scratch + backward * scratch_size(L); }
 static inline double *lost_of(double *scratch, int L) { return scratch + 2 * row_width(L); }
 static inline double *probs_of(double *scratch, int L) { return scratch + 4 * row_width(L); }
-static inline double *tmp_of(double *scratch, int L) { return scratch + 4 * row_width(L) + L + 1; }
-static inline double *tmp2_of(double *scratch, int L) { return scratch + 4 * row_width(L) + 2 * ((int64_t)L + 1); }
+/* P and tmp hold L + 4 doubles: the exponentials run over whole vectors of 4 (padding slots are scratch) */
+static inline double *tmp_of(double *scratch, int L) { return scratch + 4 * row_width(L) + L + 4; }
+static inline double *tmp2_of(double *scratch, int L) { return scratch + 4 * row_width(L) + 2 * ((int64_t)L + 4); }
 static inline double *rows_of(double *work, int L) { return work + 2 * ((int64_t)L + 1); }
 static inline double *loss_scratch_of(double *work, int L) { return work + 2 * ((int64_t)L + 1); }
 static inline int row_index(int t, int M) { return t + (t >= M - 1); }

@@ -4,21 +4,31 @@
 
 /* P[0] = p(blank), P[1 + k] = p(label k) at frame x (tmp: L + 1 temporaries), one exp per distinct class (cm:
  * the class map); flags a needed class too improbable for linear space */
-static CYCTC_HOT CYCTC_NOINLINE int SFX(label_probs)(const int32_t *cm, int L, const REAL *x, const double *norm,
-                                                     double *P, double *tmp, const REAL *ahead)
+static CYCTC_HOT CYCTC_NOINLINE int SFX(label_probs)(const int32_t *cm, int L, int C, const REAL *x,
+                                                     const double *norm, double *P, double *tmp, const REAL *ahead)
 {
     const int nd = nd_of(cm);
+    const int nd4 = (nd + 3) & ~3; /* whole vectors of 4: no scalar tail (slots past nd are scratch) */
     const int32_t *dist = dist_of(cm);
-    /* the recursion walks frames that sit far apart in memory: fetch a later frame's label columns now */
-    if (ahead)
-        for (int j = 0; j < nd; j++)
-            CYCTC_PREFETCH(ahead + dist[j]);
+    /* the recursion walks frames that sit far apart in memory: fetch a later frame's label columns now (the
+     * whole row when it spans fewer cache lines than there are columns) */
+    if (ahead) {
+        const int64_t bytes = (int64_t)C * (int64_t)sizeof(REAL);
+        if (bytes <= 64 * (int64_t)nd)
+            for (int64_t i = 0; i < bytes; i += 64)
+                CYCTC_PREFETCH((const char *)ahead + i);
+        else
+            for (int j = 0; j < nd; j++)
+                CYCTC_PREFETCH(ahead + dist[j]);
+    }
     /* (x - m) - log s: shift invariant at any magnitude (x - m is exact for float logits) */
     const double m = norm[0], ls = norm[1];
     for (int j = 0; j < nd; j++)
         tmp[j] = ((double)x[dist[j]] - m) - ls;
+    for (int j = nd; j < nd4; j++)
+        tmp[j] = 0.0;
     double *E = nd == L + 1 ? P : tmp; /* identity map: straight into P */
-    for (int j = 0; j < nd; j++)
+    for (int j = 0; j < nd4; j++)
         E[j] = cyctc_exp(tmp[j]);
     /* cyctc_exp returns exactly 0 below -708, so a probability under exp(floor) flags the frame */
     int low = 0;
@@ -105,7 +115,7 @@ CYCTC_HOT void SFX(cyctc_stage1)(const cyctc_seq *q, const REAL *x, const double
     double *cur;
     if (!backward) {
         cur = with_grad ? rows : sc;
-        bad |= SFX(label_probs)(cm, L, x, norm, P, tmp, NULL);
+        bad |= SFX(label_probs)(cm, L, q->C, x, norm, P, tmp, NULL);
         memset(cur, 0, sizeof(double) * W);
         cur[0] = P[0];
         if (L > 0)
@@ -113,7 +123,7 @@ CYCTC_HOT void SFX(cyctc_stage1)(const cyctc_seq *q, const REAL *x, const double
         bad |= normalise(cur, L, 0.0);
         for (int t = 1; t < M; t++) {
             double *nxt = with_grad ? rows + t * W : sc + (t & 1) * W;
-            bad |= SFX(label_probs)(cm, L, x + t * q->xs, norm + 2 * t, P, tmp,
+            bad |= SFX(label_probs)(cm, L, q->C, x + t * q->xs, norm + 2 * t, P, tmp,
                                     t + AHEAD < M ? x + (t + AHEAD) * q->xs : NULL);
             const int flushed = fwd_step(L, stay, skipw, cur, P, nxt);
             if (flushed | lost_on) {
@@ -136,7 +146,7 @@ CYCTC_HOT void SFX(cyctc_stage1)(const cyctc_seq *q, const REAL *x, const double
             cur[lab_off(L) + L - 1] = 1.0; /* last label */
         for (int t = T - 2; t >= M - 1; t--) {
             double *nxt = with_grad ? rows + (int64_t)(t + 1) * W : sc + ((T - 1 - t) & 1) * W;
-            bad |= SFX(label_probs)(cm, L, x + (t + 1) * q->xs, norm + 2 * (t + 1), P, tmp,
+            bad |= SFX(label_probs)(cm, L, q->C, x + (t + 1) * q->xs, norm + 2 * (t + 1), P, tmp,
                                     t + 1 - AHEAD >= M ? x + (t + 1 - AHEAD) * q->xs : NULL);
             const int flushed = bwd_step(L, stay, skipw, cur, P, tmp, nxt);
             if (flushed | lost_on) {
@@ -198,7 +208,7 @@ CYCTC_HOT void SFX(cyctc_stage2)(const cyctc_seq *q, const REAL *x, const double
         const double *prev = rows + (int64_t)(M - 1) * W; /* alpha[M-1], read-only here and in the other task */
         for (int t = M; t < T && !bad; t++) {
             double *n = sc + ((t - M) & 1) * W;
-            bad |= SFX(label_probs)(cm, L, x + t * q->xs, norm + 2 * t, P, tmp, t + AHEAD < T ? x + (t + AHEAD) * q->xs : NULL);
+            bad |= SFX(label_probs)(cm, L, q->C, x + t * q->xs, norm + 2 * t, P, tmp, t + AHEAD < T ? x + (t + AHEAD) * q->xs : NULL);
             fwd_step(L, stay, skipw, prev, P, n); /* what flushes here is caught by the posterior check against P */
             bad |= normalise(n, L, prev[E]);
             double *b = rows + (int64_t)(t + 1) * W; /* beta[t], becomes gamma[t] */
@@ -214,7 +224,7 @@ CYCTC_HOT void SFX(cyctc_stage2)(const cyctc_seq *q, const REAL *x, const double
             double *nxt = NULL;
             if (t > 0) {
                 nxt = sc + ((M - 1 - t) & 1) * W;
-                bad |= SFX(label_probs)(cm, L, x + t * q->xs, norm + 2 * t, P, tmp, t - AHEAD > 0 ? x + (t - AHEAD) * q->xs : NULL);
+                bad |= SFX(label_probs)(cm, L, q->C, x + t * q->xs, norm + 2 * t, P, tmp, t - AHEAD > 0 ? x + (t - AHEAD) * q->xs : NULL);
                 bwd_step(L, stay, skipw, cur, P, tmp, nxt);
                 bad |= normalise(nxt, L, cur[E]);
             }
