@@ -29,7 +29,7 @@ from typing import Optional, Sequence, Tuple
 __all__ = [
     "Launch", "Plan", "launch_config", "greedy_launch_config", "kernel_source", "name_expressions", "SOURCES",
     "NVRTC_OPTIONS", "nvrtc_options", "load_nvrtc", "get_function", "available", "reason", "ctc_loss_grad",
-    "loss_and_grad", "greedy_decode",
+    "loss_and_grad", "greedy_decode", "launch_plan_summary", "OLD_DESIGN",
 ]
 
 # kernel name expressions per source file; "{T}" is replaced by the C type of the input dtype
@@ -190,6 +190,60 @@ def launch_config(B: int, T: int, C: int, Lmax: int, dtype, x_strides: Sequence[
             ("i32", C), ("buf", "lmap"), ("buf", "loss"), ("buf", "grad_scale"), ("buf", "grad"), ("i64", sgb),
             ("i64", sgt))))
     return Plan(workspaces, tuple(launches))
+
+
+def _isz(dtype: str) -> int:
+    return 4 if dtype == "float32" else 8
+
+
+def _old_kernel_costs(name, B, T, C, S, isz, with_grad):
+    """Per-launch costs of the first-generation kernels (log-space double recursion, FP64 row kernels)."""
+    rows = B * T
+    if name.startswith("cyctc_row_lse"):
+        return dict(barrier_steps=0, bytes_read=rows * C * isz + B * 4, bytes_written=rows * 8,
+                    fp64_ops=rows * C * 4, fp32_ops=0, transcendentals=rows * (C + 1))
+    if name.startswith("cyctc_alpha_beta"):
+        passes = 2 if with_grad else 1
+        steps = passes * T + 2
+        # per state and frame: 2-3 log-adds (exp + log1p each) in double, the label logit and lse loads
+        return dict(barrier_steps=steps, bytes_read=passes * rows * S * (isz + 8) + (rows * S * 8 if with_grad else 0),
+                    bytes_written=(2 * rows * S * 8 if with_grad else 0) + B * 8,
+                    fp64_ops=passes * rows * S * 10, fp32_ops=0, transcendentals=passes * rows * S * 4)
+    if name.startswith("cyctc_grad"):
+        return dict(barrier_steps=0, bytes_read=rows * (C * isz + S * 8 + 8), bytes_written=rows * C * isz,
+                    fp64_ops=rows * (C + S) * 4, fp32_ops=0, transcendentals=rows * (C + S + 2))
+    raise KeyError(name)
+
+
+def _summarise(plan: "Plan", costs, B, T, C, S, isz, with_grad):
+    out = []
+    for ln in plan.launches:
+        d = {"kernel": ln.kernel, "grid": tuple(ln.grid), "block": tuple(ln.block), "shared_bytes": ln.shared_bytes}
+        d.update(costs(ln.kernel, B, T, C, S, isz, with_grad))
+        out.append(d)
+    return out
+
+
+def launch_plan_summary(B, T, C, Lmax, dtype="float32", with_grad=True, x_strides=None, blank=0,
+                        label_lengths=None, logit_lengths=None):
+    """One dict per kernel launch of a ``ctc_loss`` call (reduction="none"), in order, from the real plan.
+
+    Keys: ``kernel``, ``grid``, ``block``, ``shared_bytes`` (dynamic), ``barrier_steps`` (barrier-separated steps
+    on the critical path of the longest-running block), ``bytes_read`` / ``bytes_written`` (global memory, estimated
+    from the plan, all examples at full length unless ``label_lengths`` / ``logit_lengths`` say otherwise),
+    ``fp64_ops`` / ``fp32_ops`` (arithmetic operations executed, estimated) and ``transcendentals``.
+    Pure Python (no CuPy): the cost model in ``benchmarks/gpu_model.py`` is built on it.
+    """
+    dtype = _dtype_name(dtype)
+    B, T, C, Lmax = int(B), int(T), int(C), max(1, int(Lmax))
+    if x_strides is None:
+        x_strides = (T * C, C)
+    plan = launch_config(B, T, C, Lmax, dtype, x_strides, blank=blank, merge_repeated=True,
+                         grad_strides=x_strides if with_grad else None)
+    return _summarise(plan, _old_kernel_costs, B, T, C, 2 * Lmax + 1, _isz(dtype), with_grad)
+
+
+OLD_DESIGN = launch_plan_summary  # the first-generation kernels are today's; replaced as the kernels change
 
 
 def greedy_launch_config(B: int, T: int, C: int, dtype, x_strides: Sequence[int], *, blank: int,
