@@ -249,7 +249,7 @@ def test_matches_the_cpu_core_including_non_finite_logits(dtype, merge, drivers,
 
 @pytest.mark.parametrize("shared_limit", [_backend.SHARED_LIMIT, 0], ids=["rows-in-shared", "rows-in-global"])
 def test_labels_longer_than_a_block_are_tiled(shared_limit, drivers, tmp_path):
-    """Lmax = 700: S = 1401 states on 512 threads (3 tiles); no label-length limit as in warp-ctc (639) or cuDNN."""
+    """Lmax = 700: S = 1401 states on 1024 threads (2 tiles); no label-length limit as in warp-ctc (639) or cuDNN."""
     rng = np.random.default_rng(5)
     B, T, C, Lmax = 2, 760, 6, 700
     labels = rng.integers(1, C, size=(B, Lmax)).astype(np.int32)
@@ -263,8 +263,8 @@ def test_labels_longer_than_a_block_are_tiled(shared_limit, drivers, tmp_path):
     raw = rng.standard_normal((B, T, C))
     plan = _backend.launch_config(B, T, C, Lmax, raw.dtype, (T * C, C), blank=0, merge_repeated=True,
                                   grad_strides=(T * C, C), shared_limit=shared_limit)
-    ab = next(ln for ln in plan.launches if "alpha_beta" in ln.kernel)
-    assert ab.block[0] == 512 and 2 * Lmax + 1 > 2 * ab.block[0]
+    ab = next(ln for ln in plan.launches if "chain" in ln.kernel)
+    assert ab.block[0] == 1024 and 2 * Lmax + 1 > ab.block[0]
     assert (ab.shared_bytes > 0) == (shared_limit > 0)
     res = harness.loss_run(str(tmp_path / "r"), raw, False, labels, ll, tl, 0, True, shared_limit=shared_limit)(
         drivers["plain"], "FIBER_RAND", 11)
@@ -303,40 +303,68 @@ def test_emulation_catches_a_deleted_barrier(drivers, tmp_path):
             cases.check_loss_grad(case, res["loss"], harness.grad_view(res, case.time_major))
     proc = run(drivers["tsan"], "THREADS", 0, env=TSAN_ENV, check=False)
     assert proc.returncode == 66 and "ThreadSanitizer: data race" in proc.stderr, proc.stderr[-3000:]
-    assert "cyctc_alpha_beta" in proc.stderr
+    assert "cyctc_chain" in proc.stderr
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # 3. the pure-Python side of the glue
 
+# the GPU benchmark shapes (benchmarks/bench_gpu.py): B, T, C, Lmax
+BENCH_SHAPES = {"tiny": (1, 50, 20, 10), "ocr": (64, 32, 80, 10), "speech-char": (32, 400, 29, 60),
+                "speech-bpe": (16, 200, 1000, 40), "large-vocab": (8, 150, 5000, 30), "long": (4, 1500, 29, 300),
+                "one-long": (1, 3000, 29, 600), "many-short": (256, 100, 40, 20), "training": (64, 1000, 5000, 200)}
+EXTRA_SHAPES = [(1, 1, 2, 1), (4, 1500, 29, 300), (2, 10, 5, 3000), (2, 10, 5, 2000), (3, 10000, 29, 2000),
+                (2, 10, 5, 1500), (2, 10, 5, 1499)]  # the last two: both sides of the shared-memory limit (float64)
+LAUNCH_BOUNDS = {"cyctc_rows": 256, "cyctc_chain": 1024, "cyctc_grad": 256}
+
+
+def _launch_bounds_in_source():
+    src = _backend.kernel_source("ctc.cu")
+    return {name: int(n) for n, name in re.findall(r"__launch_bounds__\((\d+)\)\s*\n\s*(cyctc_\w+)\(", src)}
+
+
 def test_launch_plans_respect_cuda_limits():
-    for B, T, C, Lmax in [(1, 1, 2, 1), (64, 32, 80, 10), (4, 1500, 29, 300), (8, 150, 5000, 30), (2, 10, 5, 3000),
-                          (2, 10, 5, 1528), (2, 10, 5, 1527)]:  # the last two: both sides of the shared-memory limit
-        for grad in (None, (T * C, C)):
-            plan = _backend.launch_config(B, T, C, Lmax, "float32", (T * C, C), blank=0, merge_repeated=True,
-                                          grad_strides=grad)
-            names = [ln.kernel for ln in plan.launches]
-            assert names[0] == "cyctc_row_lse<float>" and names[1] == "cyctc_alpha_beta<float>"
-            assert ("cyctc_grad<float>" in names) == (grad is not None)
-            for ln in plan.launches:
-                assert ln.block[0] % 32 == 0 and 32 <= ln.block[0] <= 1024
-                assert ln.shared_bytes <= _backend.SHARED_LIMIT
-                assert 1 <= ln.grid[0] < 2 ** 31
-                assert all(k in ("buf", "i32", "i64", "f64") for k, _ in ln.args)
-                assert all(-2 ** 31 <= v < 2 ** 31 for k, v in ln.args if k == "i32")
-            rows = [ln for ln in plan.launches if ln.kernel.startswith("cyctc_row_lse")][0]
-            assert rows.grid[0] * rows.block[0] // 32 >= B * T  # one warp per row
-            ab = plan.launches[1]
-            assert ab.grid[0] == B and ab.block[0] <= 512
-            assert (ab.shared_bytes == 0) == (16 * (2 * Lmax + 1) + _backend.STATIC_SHARED > _backend.SHARED_LIMIT)
-            assert ab.shared_bytes + _backend.STATIC_SHARED <= _backend.SHARED_LIMIT
-            sizes = dict((n, c) for n, _, c in plan.workspaces)
-            assert sizes["post"] == (B * T * (2 * Lmax + 1) if grad else 1)
+    """Every plan (benchmark shapes and edge shapes, both dtypes, loss only and with gradient): at most 3 launches,
+    blocks within the kernels' __launch_bounds__ (read from ctc.cu), shared memory within the 48 KiB a launch gets
+    without the opt-in attribute (rows move to global memory beyond), grid within CUDA's limits, and the chain's
+    critical path at most T + 2 barrier steps (T + 1 with the scaled recursion)."""
+    assert _launch_bounds_in_source() == LAUNCH_BOUNDS
+    for B, T, C, Lmax in list(BENCH_SHAPES.values()) + EXTRA_SHAPES:
+        for dtype in ("float32", "float64"):
+            for grad in (None, (T * C, C)):
+                plan = _backend.launch_config(B, T, C, Lmax, dtype, (T * C, C), blank=0, merge_repeated=True,
+                                              grad_strides=grad)
+                ct = _backend.CTYPES[dtype]
+                names = [ln.kernel for ln in plan.launches]
+                assert names == [f"cyctc_rows<{ct}>", f"cyctc_chain<{ct}>"] + ([f"cyctc_grad<{ct}>"] if grad else [])
+                for ln in plan.launches:
+                    bound = LAUNCH_BOUNDS[ln.kernel.split("<")[0]]
+                    assert ln.block[0] % 32 == 0 and 32 <= ln.block[0] <= bound and ln.block[1:] == (1, 1)
+                    assert ln.shared_bytes + _backend.STATIC_SHARED <= _backend.SHARED_LIMIT
+                    assert 1 <= ln.grid[0] < 2 ** 31 and 1 <= ln.grid[1] <= 65535 and ln.grid[2] == 1
+                    assert all(k in ("buf", "i32", "i64", "f64") for k, _ in ln.args)
+                    assert all(-2 ** 31 <= v < 2 ** 31 for k, v in ln.args if k == "i32")
+                rows, chain = plan.launches[0], plan.launches[1]
+                assert rows.grid[0] * rows.block[0] // 32 >= B * T  # one warp per row
+                S = 2 * Lmax + 1
+                assert chain.grid == (B, 2 if grad else 1, 1) and chain.block[0] == min(1024, (S + 31) // 32 * 32)
+                fits = _backend.chain_shared_bytes(S, dtype) + _backend.STATIC_SHARED <= _backend.SHARED_LIMIT
+                assert (chain.shared_bytes > 0) == fits
+                sizes = dict((n, c) for n, _, c in plan.workspaces)
+                assert sizes["arows"] == sizes["brows"] == (B * T * S if grad else 1)
+                assert sizes["work"] == (1 if fits else (2 if grad else 1) * B * 4 * S)
+                summary = _backend.launch_plan_summary(B, T, C, Lmax, dtype, with_grad=grad is not None)
+                assert [d["kernel"] for d in summary] == names
+                assert max(d["barrier_steps"] for d in summary) == T + 1 <= T + 2
+                assert [(d["grid"], d["block"], d["shared_bytes"]) for d in summary] == \
+                    [(ln.grid, ln.block, ln.shared_bytes) for ln in plan.launches]
+                if dtype == "float32":  # FP64 only for per-example / per-row scalars (loss, gradient scale)
+                    assert sum(d["fp64_ops"] for d in summary) <= 3 * B * T + 12 * B
     empty = _backend.launch_config(0, 5, 3, 1, "float64", (15, 3), blank=0, merge_repeated=True)
     assert empty.launches == ()
     no_frames = _backend.launch_config(3, 0, 3, 1, "float64", (0, 3), blank=0, merge_repeated=True,
                                        grad_strides=(0, 3))
-    assert [ln.kernel for ln in no_frames.launches] == ["cyctc_alpha_beta<double>"]
+    assert [ln.kernel for ln in no_frames.launches] == ["cyctc_chain<double>"]
     with pytest.raises(TypeError, match="float32 or float64"):
         _backend.launch_config(1, 1, 2, 1, "float16", (2, 2), blank=0, merge_repeated=True)
 
@@ -429,7 +457,7 @@ def test_cupy_glue_passes_what_the_plan_says(monkeypatch):
                 assert type(got) is kinds[kind] and got == value, (name, kind, value, got)
     calls.clear()
     loss, grad = _backend.loss_and_grad(A, False, False, None)
-    assert grad is None and [c[0] for c in calls] == ["cyctc_row_lse<float>", "cyctc_alpha_beta<float>"]
+    assert grad is None and [c[0] for c in calls] == ["cyctc_rows<float>", "cyctc_chain<float>"]
     other = wrap(case.labels)
     other.device = _FakeDevice(1)
     with pytest.raises(ValueError, match="device 1"):

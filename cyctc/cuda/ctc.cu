@@ -4,24 +4,43 @@
 // stride of the state buffers; example b uses its first 2*L_b + 1 states: blank, l1, blank, ..., lL, blank).
 // x is a (B, T, C) view whose class axis is contiguous; sx_b / sx_t are its batch / frame strides in elements
 // (time-major input arrives as a strided view, never copied). grad has the same kind of view.
+// Every kernel computes in the input's own precision R (float for float32, double for float64); float32 kernels use
+// double only for a few per-example scalars (the loss, the log-space fallback's row offsets, the gradient scale).
 //
-// Pipeline (launched in this order by cyctc/cuda/_backend.py, which decides every size in launch_config()):
-//   1. cyctc_row_lse<T>     one warp per (b, t) row: lse = logsumexp_c x[b,t,c] in double, one pass (online max/sum,
-//                           shuffle reduction). NaN when the row holds a NaN or +inf, or only -inf.
-//   2. cyctc_alpha_beta<T>  one block per example, threads over the states in tiles of blockDim (no label-length
-//                           limit), __syncthreads() between frames. Log-space, double. Forward: alpha rows double-
-//                           buffered in `work` (dynamic shared memory when it fits, else global scratch), stored
-//                           to `post` (B, T, S) when a gradient is wanted; loss = -log(alpha[T-1,S-1] +
-//                           alpha[T-1,S-2]). Backward (only when a gradient is wanted and the loss is finite): beta
-//                           rows in the same double buffer; `post` is overwritten in place with the log state
-//                           posteriors alpha + beta - log P.
-//                           It also builds the per-example class -> states map used by step 3 (lmap).
-//   3. cyctc_grad<T>        one warp per (b, t) row: grad = grad_scale[b] * (softmax - occupancy). Occupancy of a
-//                           class is a fixed-order sum over the states that carry it (blank: lane partials and a
-//                           shuffle tree; a label class: walk of the chain of equal labels, done by the lane owning
-//                           its first occurrence). No atomics: identical bits on every call. Rows t >= logit_length and
-//                           examples with an infinite loss get exactly 0; valid rows of a NaN loss get NaN.
-// No #include: NVRTC is given no include path. INFINITY is not defined under NVRTC: see cyctc_ctc::neg_inf().
+// Pipeline (three launches, in this order, planned by cyctc/cuda/_backend.py launch_config()):
+//   1. cyctc_rows<T>   one warp per valid (b, t) row, fully parallel: m = max_c x, s = sum_c exp(x - m) (one read of
+//                      the row), and the probabilities p = exp(x - m) / s of the example's blank and label classes
+//                      (prob, (B, T, Lmax + 1): [0] blank, [1 + k] label k). A class of nonzero probability whose p
+//                      falls below TH (4 x the smallest normal, exp flushed to 0 under -ftz included) is stored as
+//                      the marker MARK = TH / 4, so that every product the recursion forms with it is a detected
+//                      flush (below). A row holding NaN or +inf, or only -inf, is marked non-finite (m = NaN).
+//   2. cyctc_chain<T>  grid (B, 2): block (b, 0) runs the forward chain of example b, block (b, 1) the backward chain,
+//                      concurrently, each with up to 1024 threads over the states (tiles beyond that), one
+//                      __syncthreads() per frame: T barrier steps per block. The backward chain is the forward
+//                      chain run on the reversed frames and the reversed extended label, so one code path serves
+//                      both. Scaled linear space: each step reads the previous row, scales it by an exact power of
+//                      two (2^-e, e the binary exponent of the previous row's maximum, from per-warp maxima written
+//                      before the barrier: no second barrier), sums the allowed predecessors and multiplies by the
+//                      frame's probability, already in memory (no transcendental in the chain). The integer
+//                      exponents are carried per block.
+//                      Flushes: a product with nonzero inputs whose result is below TH is a flush; its state is set to
+//                      exactly 0 (so FTZ and IEEE subnormals behave identically) and 4 TH (an upper bound of what was
+//                      lost, in the row's units) is injected into a shadow row, which runs the same recursion with
+//                      its own exponent, rounding every nonzero-input product up to at least TH: an upper bound of
+//                      the lost mass. By linearity, the shadow's end mass bounds sum_s lost_t(s) * other_t(s) at every
+//                      frame t (other = the opposite direction's exact variables), so when it is at most
+//                      P * 2^-TOL_BITS (32 float, 50 double), both the loss and every frame's posteriors are exact
+//                      to that; otherwise this direction (only) is recomputed in log space (values relative to a
+//                      lagged row maximum, offsets accumulated in double): T more barrier steps for that example.
+//                      Forward blocks write the loss; with a gradient, forward rows alpha_t(s) go to arows and
+//                      backward rows beta_t(s) (the sum of the successors, before frame t's probability) to brows,
+//                      each in its own unknown per-row scale, and fmt[dir, b] says linear (0) or log (1).
+//   3. cyctc_grad<T>   one warp per (b, t) row: gamma_t(s) = alpha beta / sum_s alpha beta (normalised per frame,
+//                      so the rows' scales cancel), grad = grad_scale[b] * (exp(x - m) / s - occupancy). Occupancy
+//                      of a class is a fixed-order sum over the states that carry it (class -> states map lmap,
+//                      built by the forward blocks). No atomics: identical bits on every call. Rows t >=
+//                      logit_length and examples with an infinite loss get exactly 0; valid rows of a NaN loss NaN.
+// No #include: NVRTC is given no include path. INFINITY is not defined under NVRTC: see cyctc_ctc::inf<R>().
 
 #ifndef DYNAMIC_SHARED
 #define DYNAMIC_SHARED(T, name)                                  \
@@ -31,107 +50,173 @@
 
 namespace cyctc_ctc {
 
-__device__ __forceinline__ double neg_inf() { return __longlong_as_double(0xfff0000000000000LL); }
-__device__ __forceinline__ double pos_inf() { return __longlong_as_double(0x7ff0000000000000LL); }
-__device__ __forceinline__ double qnan() { return __longlong_as_double(0x7ff8000000000000LL); }
+// ---- precision-dependent constants and helpers (R = float or double) ----
+template <typename R> struct Num;
+template <> struct Num<float> {
+  static __device__ __forceinline__ float inf() { return __int_as_float(0x7f800000); }
+  static __device__ __forceinline__ float nan() { return __int_as_float(0x7fc00000); }
+  static __device__ __forceinline__ float th() { return __int_as_float(3 << 23); }    // 2^-124 = 4 x FLT_MIN
+  static __device__ __forceinline__ float mark() { return __int_as_float(1 << 23); }  // 2^-126 = FLT_MIN
+  static constexpr int tol_bits = 32;
+  // binary exponent e of v > 0 (v = f 2^e, f in [0.5, 1)); 0 for v == 0. v is never subnormal here.
+  static __device__ __forceinline__ int expo(float v) { return v > 0.f ? ((__float_as_int(v) >> 23) & 0xff) - 126 : 0; }
+  static __device__ __forceinline__ float pow2(int e) { return __int_as_float((e + 127) << 23); }  // |e| <= 126
+  static __device__ __forceinline__ float ldx(float v, int e) { return ldexpf(v, e); }
+  static __device__ __forceinline__ float frx(float v, int* e) { return frexpf(v, e); }
+  static __device__ __forceinline__ float ex(float v) { return expf(v); }
+  static __device__ __forceinline__ float lg(float v) { return logf(v); }
+  static __device__ __forceinline__ float lg1p(float v) { return log1pf(v); }
+};
+template <> struct Num<double> {
+  static __device__ __forceinline__ double inf() { return __longlong_as_double(0x7ff0000000000000LL); }
+  static __device__ __forceinline__ double nan() { return __longlong_as_double(0x7ff8000000000000LL); }
+  static __device__ __forceinline__ double th() { return __longlong_as_double(3LL << 52); }    // 2^-1020
+  static __device__ __forceinline__ double mark() { return __longlong_as_double(1LL << 52); }  // 2^-1022
+  static constexpr int tol_bits = 50;
+  static __device__ __forceinline__ int expo(double v) {
+    return v > 0.0 ? (int)((__double_as_longlong(v) >> 52) & 0x7ff) - 1022 : 0;
+  }
+  static __device__ __forceinline__ double pow2(int e) { return __longlong_as_double((long long)(e + 1023) << 52); }
+  static __device__ __forceinline__ double ldx(double v, int e) { return ldexp(v, e); }
+  static __device__ __forceinline__ double frx(double v, int* e) { return frexp(v, e); }
+  static __device__ __forceinline__ double ex(double v) { return exp(v); }
+  static __device__ __forceinline__ double lg(double v) { return log(v); }
+  static __device__ __forceinline__ double lg1p(double v) { return log1p(v); }
+};
 
-// log(exp(a) + exp(b)): -inf with -inf gives -inf; a NaN operand gives NaN.
-__device__ __forceinline__ double log_add(double a, double b) {
-  const double m = a > b ? a : b;
-  const double d = a > b ? b - a : a - b;
-  if (m == neg_inf()) return m;
-  return m + log1p(exp(d));
+// log(exp(a) + exp(b)) in R; -inf with -inf gives -inf
+template <typename R>
+__device__ __forceinline__ R log_add(R a, R b) {
+  const R m = a > b ? a : b;
+  const R d = a > b ? b - a : a - b;
+  if (m == -Num<R>::inf()) return m;
+  return m + Num<R>::lg1p(Num<R>::ex(d));
 }
 
-// Extended-label helpers. State s is blank when even, label (s - 1) / 2 when odd.
-__device__ __forceinline__ int state_class(const int* lab, int blank, int s) { return (s & 1) ? lab[s >> 1] : blank; }
-// May state s be entered from s - 2? (label states only; TF1 ctc_merge_repeated=False always allows it)
-__device__ __forceinline__ bool skip_ok(const int* lab, int merge_repeated, int s) {
-  return (s & 1) && s >= 3 && (!merge_repeated || lab[s >> 1] != lab[(s >> 1) - 1]);
-}
-// May state s repeat itself on the next frame? (blanks always; labels only when merging repeats)
-__device__ __forceinline__ bool stay_ok(int merge_repeated, int s) { return merge_repeated || !(s & 1); }
-
-// Warp sum / block sum in a fixed order (deterministic for a fixed blockDim).
-__device__ __forceinline__ double warp_sum(double v) {
-  for (int d = 16; d > 0; d >>= 1) v += __shfl_down_sync(0xffffffffu, v, d);
+template <typename R>
+__device__ __forceinline__ R warp_max(R v) {
+  for (int d = 16; d > 0; d >>= 1) {
+    const R o = __shfl_xor_sync(0xffffffffu, v, d);
+    v = o > v ? o : v;
+  }
   return v;
+}
+template <typename R>
+__device__ __forceinline__ R warp_sum(R v) {
+  for (int d = 16; d > 0; d >>= 1) v += __shfl_down_sync(0xffffffffu, v, d);
+  return __shfl_sync(0xffffffffu, v, 0);
+}
+__device__ __forceinline__ int warp_max_int(int v) {
+  for (int d = 16; d > 0; d >>= 1) {
+    const int o = __shfl_xor_sync(0xffffffffu, v, d);
+    v = o > v ? o : v;
+  }
+  return v;
+}
+
+// Smallest number of frames an alignment of the example's labels needs.
+__device__ __forceinline__ int min_frames(const int* lab, int L, int merge_repeated) {
+  int n = L;
+  if (merge_repeated)
+    for (int k = 1; k < L; ++k) n += lab[k] == lab[k - 1];
+  return n;
 }
 
 }  // namespace cyctc_ctc
 
 // ---------------------------------------------------------------------------------------------------------------
-// 1. Row normalisation. blockDim.x a multiple of 32; one warp per row r = b * T + t; grid = ceil(B*T / warps).
+// 1. Rows. blockDim.x a multiple of 32; one warp per row r = b * T + t; grid = ceil(B*T / warps). rinfo (B, T, 2):
+// m and s; prob (B, T, Lmax + 1). Rows t >= logit_length[b] are left untouched (never read).
 template <typename T>
 __global__ void __launch_bounds__(256)
-cyctc_row_lse(const T* __restrict__ x, long long sx_b, long long sx_t, const int* __restrict__ logit_length,
-              int B, int T_, int C, double* __restrict__ lse) {
+cyctc_rows(const T* __restrict__ x, long long sx_b, long long sx_t, const int* __restrict__ labels, int Lmax,
+           const int* __restrict__ label_length, const int* __restrict__ logit_length, int blank, int B, int T_, int C,
+           T* __restrict__ rinfo, T* __restrict__ prob) {
   using namespace cyctc_ctc;
+  typedef Num<T> N;
   const long long row = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (row >= (long long)B * T_) return;  // whole warps leave together
   const int b = (int)(row / T_), t = (int)(row % T_);
-  if (t >= logit_length[b]) {
-    if (lane == 0) lse[row] = 0.0;
-    return;
-  }
+  if (t >= logit_length[b]) return;
   const T* xr = x + b * sx_b + t * sx_t;
-  // running (max, sum of exp(v - max)). -inf is a class of probability 0; NaN or +inf turns the pair into
-  // (+inf, NaN), which every merge below keeps, so the row's lse becomes NaN (as it does for a row of only -inf)
-  double m = neg_inf(), s = 0.0;
+  // running (max, sum of exp(v - max)) per lane. -inf is a class of probability 0; NaN or +inf turns the pair into
+  // (+inf, NaN), which every merge below keeps
+  T m = -N::inf(), s = 0;
   for (int c = lane; c < C; c += 32) {
-    const double v = (double)xr[c];
-    if (!(v < pos_inf())) {
-      m = pos_inf();
-      s = qnan();
+    const T v = xr[c];
+    if (!(v < N::inf())) {
+      m = N::inf();
+      s = N::nan();
     } else if (v > m) {
-      s = s * exp(m - v) + 1.0;  // m may be -inf: exp(-inf) = 0
+      s = s * N::ex(m - v) + T(1);  // m may be -inf: exp(-inf) = 0
       m = v;
-    } else if (v != neg_inf()) {
-      s += exp(v - m);
+    } else if (v != -N::inf()) {
+      s += N::ex(v - m);
     }
   }
-  for (int d = 16; d > 0; d >>= 1) {  // merge (m, s) pairs
-    const double mo = __shfl_down_sync(0xffffffffu, m, d);
-    const double so = __shfl_down_sync(0xffffffffu, s, d);
-    if (mo > m) {
-      s = s * exp(m - mo) + so;  // m may be -inf here: exp(-inf) = 0
+  for (int d = 16; d > 0; d >>= 1) {  // merge (m, s) pairs in a fixed order
+    const T mo = __shfl_xor_sync(0xffffffffu, m, d);
+    const T so = __shfl_xor_sync(0xffffffffu, s, d);
+    if (mo > m || (mo == m && lane > (lane ^ d))) {  // the same result on both lanes of the pair
+      const T ml = m, sl = s;
       m = mo;
-    } else if (mo != neg_inf()) {
-      s += so * exp(mo - m);
+      s = so;
+      if (ml != -N::inf()) s += sl * N::ex(ml - mo);
+    } else if (mo != -N::inf()) {
+      s += so * N::ex(mo - m);
     }
   }
-  if (lane == 0) lse[row] = m == neg_inf() ? qnan() : m + log(s);
+  m = __shfl_sync(0xffffffffu, m, 0);  // every lane uses lane 0's bits
+  s = __shfl_sync(0xffffffffu, s, 0);
+  const bool finite = m > -N::inf() && m < N::inf() && s == s;
+  if (!finite) m = s = N::nan();
+  T* ri = rinfo + row * 2;
+  if (lane == 0) {
+    ri[0] = m;
+    ri[1] = s;
+  }
+  const int L = label_length[b];
+  const int* lab = labels + (long long)b * Lmax;
+  T* pr = prob + row * (Lmax + 1);
+  for (int k = lane; k <= L; k += 32) {
+    const T v = xr[k == 0 ? blank : lab[k - 1]];
+    T p = N::ex(v - m) / s;  // (x - m) first: shift-invariant at any magnitude
+    if (v > -N::inf() && !(p >= N::th())) p = N::mark();  // nonzero probability below the range: marked
+    pr[k] = finite ? p : N::nan();
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// 2. Forward/backward recursion, one block per example. S_stride = 2*Lmax + 1. `work`: 2 * S_stride doubles per
-// example in global memory, used only when use_shared == 0 (then dynamic shared memory is not needed).
-// post: (B, T_, S_stride). lmap: (B, 2, Lmax) ints: [0] next position with the same label or -1, [1] 1 when first
-// occurrence of its label. loss: (B,) float64, -log p(labels | x); +inf when no alignment exists.
+// 2. The chains. grid (B, ndir): ndir = 2 with a gradient (forward and backward), 1 for a loss only. Block
+// blockDim.x (a multiple of 32, <= 1024) threads over the states of one example. Shared (or, when use_shared == 0,
+// global `work`: 4 * S_stride values of R per block): two main rows and two shadow rows.
+// arows / brows: (B, T_, S_stride) R (gradient only); fmt: (2, B) int; lmap: (B, 2, Lmax) int: [0] next position
+// with the same label or -1, [1] 1 at a label's first occurrence; loss: (B,) double, -log p(labels | x).
 template <typename T>
-__global__ void __launch_bounds__(512)
-cyctc_alpha_beta(const T* __restrict__ x, long long sx_b, long long sx_t, const int* __restrict__ labels, int Lmax,
-                 const int* __restrict__ label_length, const int* __restrict__ logit_length, int blank,
-                 int merge_repeated, const double* __restrict__ lse, int T_, double* __restrict__ post,
-                 double* __restrict__ work, int use_shared, int* __restrict__ lmap, int want_grad,
-                 double* __restrict__ loss) {
+__global__ void __launch_bounds__(1024)
+cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* __restrict__ labels, int Lmax,
+            const int* __restrict__ label_length, const int* __restrict__ logit_length, int blank,
+            int merge_repeated, const T* __restrict__ rinfo, const T* __restrict__ prob, int T_,
+            T* __restrict__ arows, T* __restrict__ brows, int* __restrict__ fmt, T* __restrict__ work,
+            int use_shared, int* __restrict__ lmap, int want_grad, double* __restrict__ loss) {
   using namespace cyctc_ctc;
-  DYNAMIC_SHARED(double, smem);
-  __shared__ double s_loss;
-  const int b = blockIdx.x;
+  typedef Num<T> N;
+  DYNAMIC_SHARED(T, smem);
+  __shared__ T s_wmax[2][32], s_wlmax[2][32];  // per-warp maxima of the last two main / shadow rows
+  const int b = blockIdx.x, dir = blockIdx.y, B = gridDim.x;
   const int S_stride = 2 * Lmax + 1;
   const int L = label_length[b], Tb = logit_length[b], S = 2 * L + 1;
   const int* lab = labels + (long long)b * Lmax;
-  const T* xb = x + b * sx_b;
-  const double* lse_b = lse + (long long)b * T_;
-  double* post_b = post + (long long)b * T_ * S_stride;
-  double* buf = use_shared ? smem : work + (long long)b * 2 * S_stride;
+  const int tid = threadIdx.x, nthr = blockDim.x, warp = tid / 32, nwarps = (nthr + 31) / 32;
+  T* rows = use_shared ? smem : work + ((long long)dir * B + b) * 4 * S_stride;
+  T* main_row[2] = {rows, rows + S_stride};
+  T* shad_row[2] = {rows + 2 * S_stride, rows + 3 * S_stride};
 
-  if (want_grad) {  // class -> states map for cyctc_grad: chains of equal labels, in increasing position
+  if (want_grad && dir == 0) {  // class -> states map for cyctc_grad: chains of equal labels, in increasing position
     int* nxt = lmap + (long long)b * 2 * Lmax;
     int* first = nxt + Lmax;
-    for (int i = threadIdx.x; i < L; i += blockDim.x) {
+    for (int i = tid; i < L; i += nthr) {
       const int c = lab[i];
       int j = i + 1;
       while (j < L && lab[j] != c) ++j;
@@ -141,118 +226,305 @@ cyctc_alpha_beta(const T* __restrict__ x, long long sx_b, long long sx_t, const 
       first[i] = k < 0;
     }
   }
-
-  // log p of state s at frame t
-#define CYCTC_LP(t, s) ((double)xb[(t) * sx_t + state_class(lab, blank, (s))] - lse_b[(t)])
-
-  // forward
-  if (Tb > 0) {
-    for (int s = threadIdx.x; s < S; s += blockDim.x) {
-      const double a = s < 2 ? CYCTC_LP(0, s) : neg_inf();
-      buf[s] = a;
-      if (want_grad) post_b[s] = a;
-    }
+  if (Tb < min_frames(lab, L, merge_repeated) || Tb == 0) {  // uniform over the block
+    if (dir == 0 && tid == 0) loss[b] = L == 0 && Tb == 0 ? 0.0 : Num<double>::inf();
+    return;
   }
-  for (int t = 1; t < Tb; ++t) {
-    __syncthreads();
-    const double* prev = buf + ((t - 1) & 1) * S_stride;
-    double* cur = buf + (t & 1) * S_stride;
-    for (int s = threadIdx.x; s < S; s += blockDim.x) {
-      double v = stay_ok(merge_repeated, s) ? prev[s] : neg_inf();
-      if (s >= 1) v = log_add(v, prev[s - 1]);
-      if (skip_ok(lab, merge_repeated, s)) v = log_add(v, prev[s - 2]);
-      v += CYCTC_LP(t, s);
-      cur[s] = v;
-      if (want_grad) post_b[(long long)t * S_stride + s] = v;
+  // Frame of step i, and the probability row of that frame. The backward chain walks the frames downwards and the
+  // states in reverse order (state r of the chain is extended state S - 1 - r), i.e. it is the forward chain of the
+  // reversed label: its value at (t, r) is p_t(s) beta_t(s), beta_t(s) the sum over the successors of s at t + 1.
+  const T* prob_b = prob + (long long)b * T_ * (Lmax + 1);
+  const T* rinfo_b = rinfo + (long long)b * T_ * 2;
+  T* store = dir == 0 ? arows : brows;
+  store += (long long)b * T_ * S_stride;
+  const int ntile = (S + nthr - 1) / nthr;
+  // label index k (0: blank) and transitions of chain state r
+#define CYCTC_STATE(r) ((dir == 0 ? (r) : S - 1 - (r)))
+#define CYCTC_KIDX(r) (((r) & 1) ? 1 + (CYCTC_STATE(r) >> 1) : 0)
+#define CYCTC_LABEL_AT(r) (lab[CYCTC_STATE(r) >> 1])
+  // may chain state r repeat itself / be entered from r - 2?
+#define CYCTC_STAY(r) (merge_repeated || !((r) & 1))
+#define CYCTC_SKIP(r) (((r) & 1) && (r) >= 3 && (!merge_repeated || CYCTC_LABEL_AT(r) != CYCTC_LABEL_AT((r) - 2)))
+
+  // ---- scaled linear space ----
+  int E = 0, El = -64;  // binary exponents of the current main and shadow rows (uniform over the block)
+  int nonfinite = 0;  // a valid frame holds NaN or inf
+  for (int t = tid; t < Tb; t += nthr) nonfinite |= !(rinfo_b[2 * t] == rinfo_b[2 * t]);
+  for (int i = 0; i < Tb; ++i) {
+    const int t = dir == 0 ? i : Tb - 1 - i;
+    const T* pt = prob_b + (long long)t * (Lmax + 1);
+    T* prev = main_row[(i + 1) & 1];
+    T* prevl = shad_row[(i + 1) & 1];
+    T* cur = main_row[i & 1];
+    T* curl = shad_row[i & 1];
+    // scales from the previous rows' maxima (written before the barrier that ended step i - 1)
+    T sc = 1, scl = 0;
+    int El_new = El;
+    if (i > 0) {
+      T mx = 0, mxl = 0;
+      for (int w = 0; w < nwarps; ++w) {
+        const T a = s_wmax[(i + 1) & 1][w], c = s_wlmax[(i + 1) & 1][w];
+        mx = a > mx ? a : mx;
+        mxl = c > mxl ? c : mxl;
+      }
+      const int e = N::expo(mx);
+      sc = N::pow2(-e);
+      E += e;
+      // The shadow follows its own maximum; an empty shadow, or one fallen more than 2^96 below the main row (so
+      // that an injection would leave the range), is rebased to 2^-64 of the main row's units (the few values of
+      // an old shadow that this pushes below TH are rounded up to TH: it stays an upper bound).
+      El_new = mxl > T(0) ? El + N::expo(mxl) : E - 64;
+      if (El_new < E - 96) El_new = E - 64;
+      scl = N::ldx(T(1), El - El_new);
     }
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    double l;
-    if (Tb == 0) {
-      l = L == 0 ? 0.0 : pos_inf();
+    // injection of one flush (4 TH in the main row's units) in the shadow row's units, at least TH
+    T inj = N::ldx(T(4) * N::th(), E - El_new);
+    inj = inj >= N::th() ? inj : N::th();
+    T lmax = 0, lmaxl = 0;
+    for (int j = 0; j < ntile; ++j) {
+      const int r = tid + j * nthr;
+      if (r >= S) break;
+      T in, inl_raw;
+      if (i == 0) {
+        in = r < 2 ? T(1) : T(0);
+        inl_raw = 0;
+      } else {
+        in = CYCTC_STAY(r) ? prev[r] : T(0);
+        T inl = CYCTC_STAY(r) ? prevl[r] : T(0);
+        if (r >= 1) {
+          in += prev[r - 1];
+          inl += prevl[r - 1];
+        }
+        if (CYCTC_SKIP(r)) {
+          in += prev[r - 2];
+          inl += prevl[r - 2];
+        }
+        in *= sc;
+        inl_raw = inl;
+      }
+      // a state that cannot reach the chain's end in the frames left (at most two states a frame) has no weight in
+      // P or in any posterior: it is dropped exactly, so the row's scale follows the states that matter
+      const T p = r + 2 * (Tb - 1 - i) >= S - 2 ? pt[CYCTC_KIDX(r)] : T(0);
+      T n = in * p;
+      bool flush = false;
+      if (!(n >= N::th())) {
+        flush = in > T(0) && p > T(0);
+        n = 0;
+      }
+      T nl = (inl_raw * scl) * (p >= N::th() ? p : N::th());  // p: an upper bound of the true probability
+      if (inl_raw > T(0) && p > T(0) && !(nl >= N::th())) nl = N::th();
+      if (!(p > T(0))) nl = 0;
+      if (flush) nl += inj;
+      cur[r] = n;
+      curl[r] = nl;
+      if (want_grad) store[(long long)t * S_stride + CYCTC_STATE(r)] = dir == 0 ? n : in;
+      lmax = n > lmax ? n : lmax;
+      lmaxl = nl > lmaxl ? nl : lmaxl;
+    }
+    El = El_new;
+    lmax = warp_max(lmax);
+    lmaxl = warp_max(lmaxl);
+    if (tid % 32 == 0) {
+      s_wmax[i & 1][warp] = lmax;
+      s_wlmax[i & 1][warp] = lmaxl;
+    }
+    if (i == 0) {
+      if (__syncthreads_or(nonfinite)) {  // a valid frame holds NaN or inf: loss NaN (uniform)
+        if (dir == 0 && tid == 0) loss[b] = Num<double>::nan();
+        return;
+      }
     } else {
-      const double* last = buf + ((Tb - 1) & 1) * S_stride;
-      l = -(S >= 2 ? log_add(last[S - 1], last[S - 2]) : last[0]);
+      __syncthreads();
     }
-    s_loss = l;
-    loss[b] = l;
   }
-  __syncthreads();
-  const double nll = s_loss;
-  if (!want_grad || Tb == 0 || nll == pos_inf()) return;  // uniform over the block
-
-  // backward: buf rows hold beta[t, s] + log p(t, s); post[t, s] becomes alpha + beta + loss
+  // P (the chain's end mass) and the shadow's bound, read by every thread from the last rows: a uniform decision
   {
-    const int t = Tb - 1;
-    double* cur = buf + (t & 1) * S_stride;
-    for (int s = threadIdx.x; s < S; s += blockDim.x) {
-      const double beta = s >= S - 2 ? 0.0 : neg_inf();
-      cur[s] = beta + CYCTC_LP(t, s);
-      double* p = post_b + (long long)t * S_stride + s;
-      *p = *p + beta + nll;
+    const T* last = main_row[(Tb - 1) & 1];
+    const T* lastl = shad_row[(Tb - 1) & 1];
+    const T P = S >= 2 ? last[S - 1] + last[S - 2] : last[0];
+    const T Bd = S >= 2 ? lastl[S - 1] + lastl[S - 2] : lastl[0];
+    const bool dead = !(P > T(0)) && !(Bd > T(0));  // no alignment has any probability: loss +inf
+    const bool exact = P > T(0) && (!(Bd > T(0)) || N::expo(Bd) + 1 + El <= N::expo(P) - 1 + E - N::tol_bits);
+    if (exact || dead) {
+      if (dir == 0 && tid == 0) {
+        double l = Num<double>::inf();
+        if (!dead) l = -((double)N::lg(P) + (double)E * 0.69314718055994530942);
+        loss[b] = l > 0.0 ? l : 0.0;  // P <= 1: a rounding error below 0 is reported as 0
+      }
+      if (want_grad && tid == 0) fmt[dir * B + b] = 0;
+      return;
     }
   }
-  for (int t = Tb - 2; t >= 0; --t) {
+  __syncthreads();  // everyone has read the last rows: they are reused below
+
+  // ---- log space (this direction only, when its shadow bound failed) ----
+  // Values are logs relative to a lagged row maximum; the maxima are accumulated in double (off).
+  const T* xb = x + b * sx_b;
+  double off = 0.0;
+  for (int i = 0; i < Tb; ++i) {
+    const int t = dir == 0 ? i : Tb - 1 - i;
+    const T* prev = main_row[(i + 1) & 1];
+    T* cur = main_row[i & 1];
+    T sh = 0;
+    if (i > 0) {
+      T mx = -N::inf();
+      for (int w = 0; w < nwarps; ++w) {
+        const T a = s_wmax[(i + 1) & 1][w];
+        mx = a > mx ? a : mx;
+      }
+      sh = mx > -N::inf() ? mx : T(0);
+      off += (double)sh;
+    }
+    const T mt = rinfo_b[2 * t], log_s = N::lg(rinfo_b[2 * t + 1]);
+    const T* xt = xb + t * sx_t;
+    T lmax = -N::inf();
+    for (int j = 0; j < ntile; ++j) {
+      const int r = tid + j * nthr;
+      if (r >= S) break;
+      T in;
+      if (i == 0) {
+        in = r < 2 ? T(0) : -N::inf();
+      } else {
+        in = CYCTC_STAY(r) ? prev[r] : -N::inf();
+        if (r >= 1) in = log_add(in, prev[r - 1]);
+        if (CYCTC_SKIP(r)) in = log_add(in, prev[r - 2]);
+        in -= sh;
+      }
+      const int s = CYCTC_STATE(r);
+      const T xv = xt[(s & 1) ? lab[s >> 1] : blank];
+      const T n = in + ((xv - mt) - log_s);  // (x - m) - log s: shift-invariant
+      cur[r] = n;
+      if (want_grad) store[(long long)t * S_stride + s] = dir == 0 ? n : in;
+      lmax = n > lmax ? n : lmax;
+    }
+    lmax = warp_max(lmax);
+    if (tid % 32 == 0) s_wmax[i & 1][warp] = lmax;
     __syncthreads();
-    const double* nb = buf + ((t + 1) & 1) * S_stride;
-    double* cur = buf + (t & 1) * S_stride;
-    for (int s = threadIdx.x; s < S; s += blockDim.x) {
-      double beta = stay_ok(merge_repeated, s) ? nb[s] : neg_inf();
-      if (s + 1 < S) beta = log_add(beta, nb[s + 1]);
-      if (s + 2 < S && skip_ok(lab, merge_repeated, s + 2)) beta = log_add(beta, nb[s + 2]);
-      cur[s] = beta + CYCTC_LP(t, s);
-      double* p = post_b + (long long)t * S_stride + s;
-      *p = *p + beta + nll;
-    }
   }
-#undef CYCTC_LP
+  if (tid == 0) {
+    const T* last = main_row[(Tb - 1) & 1];
+    const T lp = S >= 2 ? log_add(last[S - 1], last[S - 2]) : last[0];
+    if (dir == 0) {
+      const double l = lp == -N::inf() ? Num<double>::inf() : -(off + (double)lp);
+      loss[b] = l > 0.0 ? l : 0.0;
+    }
+    if (want_grad) fmt[dir * B + b] = 1;
+  }
+#undef CYCTC_STATE
+#undef CYCTC_KIDX
+#undef CYCTC_LABEL_AT
+#undef CYCTC_STAY
+#undef CYCTC_SKIP
 }
 
 // ---------------------------------------------------------------------------------------------------------------
 // 3. Gradient, one warp per row r = b * T + t (all B*T rows: padding rows are zeroed); blockDim.x a multiple of 32,
 // grid = ceil(B*T / warps per block). No shared memory, no block barrier.
+namespace cyctc_ctc {
+// Unnormalised posterior weight of extended state s: linear rows (both fmt 0) as mantissa products rescaled by
+// 2^(ea + eb - kmax) (kmax the row's largest exponent sum, so nothing meaningful flushes), else exp(u - umax) with
+// u = log alpha + log beta.
+template <typename R>
+struct Posterior {
+  const R *a, *b;
+  bool lin, a_log, b_log;  // both rows linear / each row in log space
+  int kmax;
+  R umax;
+  __device__ __forceinline__ void key(int s, int* k, R* m, R* u) const {
+    const R va = a[s], vb = b[s];
+    if (lin) {
+      if (va > R(0) && vb > R(0)) {
+        int ea, eb;
+        const R ma = Num<R>::frx(va, &ea), mb = Num<R>::frx(vb, &eb);
+        *k = ea + eb;
+        *m = ma * mb;
+      } else {
+        *k = -0x40000000;
+        *m = 0;
+      }
+    } else {
+      *u = (a_log ? va : Num<R>::lg(va)) + (b_log ? vb : Num<R>::lg(vb));  // log 0 = -inf
+    }
+  }
+  __device__ __forceinline__ R weight(int s) const {
+    int k = 0;
+    R m = 0, u = 0;
+    key(s, &k, &m, &u);
+    if (lin) return m > R(0) ? Num<R>::ldx(m, k - kmax) : R(0);
+    return u > -Num<R>::inf() ? Num<R>::ex(u - umax) : R(0);
+  }
+};
+}  // namespace cyctc_ctc
+
 template <typename T>
 __global__ void __launch_bounds__(256)
 cyctc_grad(const T* __restrict__ x, long long sx_b, long long sx_t, const int* __restrict__ labels, int Lmax,
            const int* __restrict__ label_length, const int* __restrict__ logit_length, int blank,
-           const double* __restrict__ lse, const double* __restrict__ post, int B, int T_, int C,
-           const int* __restrict__ lmap, const double* __restrict__ loss, const double* __restrict__ grad_scale,
-           T* __restrict__ grad, long long sg_b, long long sg_t) {
+           const T* __restrict__ rinfo, const T* __restrict__ arows, const T* __restrict__ brows,
+           const int* __restrict__ fmt, int B, int T_, int C, const int* __restrict__ lmap,
+           const double* __restrict__ loss, const double* __restrict__ grad_scale, T* __restrict__ grad, long long sg_b,
+           long long sg_t) {
   using namespace cyctc_ctc;
+  typedef Num<T> N;
   const long long row = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   if (row >= (long long)B * T_) return;  // whole warps leave together
   const int b = (int)(row / T_), t = (int)(row % T_);
   T* g = grad + b * sg_b + t * sg_t;
   const double lb = loss[b];
-  if (t >= logit_length[b] || lb == pos_inf() || lb != lb) {  // uniform over the warp
-    const T fill = (T)(lb != lb && t < logit_length[b] ? qnan() : 0.0);  // NaN loss: NaN on every valid frame
+  if (t >= logit_length[b] || lb == Num<double>::inf() || lb != lb) {  // uniform over the warp
+    const T fill = lb != lb && t < logit_length[b] ? N::nan() : T(0);  // NaN loss: NaN on every valid frame
     for (int c = lane; c < C; c += 32) g[c] = fill;
     return;
   }
   const int S_stride = 2 * Lmax + 1;
-  const int L = label_length[b];
+  const int L = label_length[b], S = 2 * L + 1;
   const int* lab = labels + (long long)b * Lmax;
   const int* nxt = lmap + (long long)b * 2 * Lmax;
   const int* first = nxt + Lmax;
   const T* xr = x + b * sx_b + t * sx_t;
-  const double* pr = post + row * S_stride;
-  const double lz = lse[row], scale = grad_scale[b];
+  const T m = rinfo[2 * row], inv_s = T(1) / rinfo[2 * row + 1];
+  const T scale = (T)grad_scale[b];
 
-  for (int c = lane; c < C; c += 32) g[c] = (T)(scale * exp((double)xr[c] - lz));
-  // blank occupancy: sum over the even states in a fixed order (lane-strided partials, then a shuffle tree)
-  double part = 0.0;
-  for (int k = lane; k <= L; k += 32) part += exp(pr[2 * k]);
-  part = warp_sum(part);
+  Posterior<T> post;
+  post.a = arows + row * S_stride;
+  post.b = brows + row * S_stride;
+  post.a_log = fmt[b] != 0;
+  post.b_log = fmt[B + b] != 0;
+  post.lin = !post.a_log && !post.b_log;
+  post.kmax = 0;
+  post.umax = 0;
+  {  // the row's largest key
+    int kmax = -0x40000000;
+    T umax = -N::inf();
+    for (int s = lane; s < S; s += 32) {
+      int k = 0;
+      T mm = 0, u = 0;
+      post.key(s, &k, &mm, &u);
+      kmax = k > kmax ? k : kmax;
+      umax = u > umax ? u : umax;
+    }
+    post.kmax = warp_max_int(kmax);
+    post.umax = warp_max(umax);
+  }
+  T part = 0, blank_part = 0;
+  for (int s = lane; s < S; s += 32) {
+    const T w = post.weight(s);
+    part += w;
+    if (!(s & 1)) blank_part += w;
+  }
+  const T inv_z = T(1) / warp_sum(part);
+  blank_part = warp_sum(blank_part);
+
+  for (int c = lane; c < C; c += 32) g[c] = scale * (N::ex(xr[c] - m) * inv_s);
   __syncwarp();  // the softmax writes above happen before the corrections below
-  if (lane == 0) g[blank] = (T)(scale * (exp((double)xr[blank] - lz) - part));
+  if (lane == 0) g[blank] = scale * (N::ex(xr[blank] - m) * inv_s - blank_part * inv_z);
   // label classes: the lane of a label's first occurrence sums the chain of its equal labels, in label order
   for (int i = lane; i < L; i += 32) {
     if (!first[i]) continue;
-    double occ = 0.0;
-    for (int j = i; j >= 0; j = nxt[j]) occ += exp(pr[2 * j + 1]);
+    T occ = 0;
+    for (int j = i; j >= 0; j = nxt[j]) occ += post.weight(2 * j + 1);
     const int c = lab[i];
-    g[c] = (T)(scale * (exp((double)xr[c] - lz) - occ));
+    g[c] = scale * (N::ex(xr[c] - m) * inv_s - occ * inv_z);
   }
 }

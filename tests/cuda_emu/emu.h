@@ -12,8 +12,13 @@
 // Checked launch limits: <= 1024 threads per block, static + dynamic shared memory <= 48 KiB (the amount a CUDA
 // launch gets without an opt-in attribute), grid.y / grid.z <= 65535. A deadlock (a thread waiting at a barrier that
 // can never complete) aborts with a message.
+// __syncthreads_or is a barrier like __syncthreads. emu::max_block_barriers: after a launch, the most block barriers
+// any thread of any block passed (the critical path in barrier steps; the driver reports it).
+// Flush-to-zero: the driver can set the x86 MXCSR FTZ and DAZ bits (environment EMU_FTZ=1), which fibres and threads
+// inherit: float arithmetic then flushes subnormal results and inputs to 0 as nvcc's -ftz=true does (double
+// arithmetic too, which the GPU does not flush: use it for float32 plans only).
 // Not emulated: warp-synchronous code without __syncwarp / shuffles, shuffle masks (the whole warp must call),
-// flush-to-zero and fast-math intrinsics (host libm stands in), memory-model effects beyond barriers.
+// fast-math intrinsics (host libm stands in), memory-model effects beyond barriers.
 #pragma once
 #include <math.h>
 
@@ -50,6 +55,7 @@ struct dim3 {
 #define gridDim emu::gDim
 #define warpSize 32
 #define __syncthreads() emu::block_sync()
+#define __syncthreads_or(pred) emu::block_sync_or(pred)
 #define __syncwarp(...) emu::warp_sync()
 #define __expf(x) expf(x)
 #define __logf(x) logf(x)
@@ -109,6 +115,14 @@ inline std::vector<unsigned> shfl_calls;     // per thread: shuffles done in thi
 inline std::unique_ptr<Barrier<>> bbar;
 inline std::vector<std::unique_ptr<Barrier<>>> wbar;
 inline std::function<void()> body;
+// barrier accounting: __syncthreads (and __syncthreads_or) passed per thread in the running block; the largest
+// count over the threads of each block, and the largest over the blocks of the launch (emu::max_block_barriers)
+inline std::vector<int> barriers_passed;
+inline int max_block_barriers = 0;
+// __syncthreads_or: three rotating slots (slot k % 3 is written before barrier k, read after it, and cleared after
+// barrier k + 1, by which time every thread has read it and none can write it again before barrier k + 2)
+inline std::atomic<int> or_slot[3];
+inline std::vector<unsigned> or_calls;
 
 [[noreturn]] inline void fail(const char* what) {
   std::fprintf(stderr, "emu: %s\n", what);
@@ -196,7 +210,23 @@ inline void fiber_wait(int g) {
   release(g);
   to_scheduler();
 }
-inline void block_sync() { mode == THREADS ? bbar->arrive_and_wait() : fiber_wait(0); }
+inline void block_sync() {
+  ++barriers_passed[tid];
+  mode == THREADS ? bbar->arrive_and_wait() : fiber_wait(0);
+}
+inline int block_sync_or(int pred) {
+  const unsigned k = or_calls[tid]++;
+  if (pred) or_slot[k % 3].store(1, std::memory_order_relaxed);
+  block_sync();
+  const int r = or_slot[k % 3].load(std::memory_order_relaxed);
+  or_slot[(k + 2) % 3].store(0, std::memory_order_relaxed);
+  return r;
+}
+inline void finish_block() {  // record the block's barrier count
+  int m = 0;
+  for (int c : barriers_passed) m = c > m ? c : m;
+  max_block_barriers = m > max_block_barriers ? m : max_block_barriers;
+}
 inline void warp_sync() { mode == THREADS ? wbar[tid / 32]->arrive_and_wait() : fiber_wait(1 + tid / 32); }
 inline void fiber_entry() {  // exited threads leave their groups
   body();
@@ -297,6 +327,9 @@ inline void prepare_block(dim3 b, std::size_t dyn_bytes) {
   if (__start_emu_shared) std::memset(__start_emu_shared, 0xFF, __stop_emu_shared - __start_emu_shared);
   std::fill(xch.begin(), xch.end(), ~0ull);
   std::fill(shfl_calls.begin(), shfl_calls.end(), 0u);
+  std::fill(barriers_passed.begin(), barriers_passed.end(), 0);
+  std::fill(or_calls.begin(), or_calls.end(), 0u);
+  for (auto& o : or_slot) o.store(0, std::memory_order_relaxed);
 }
 
 template <class K, class... A>
@@ -310,6 +343,9 @@ void launch(K kernel, dim3 grid, dim3 block, std::size_t dyn_bytes, A... args) {
   if (static_bytes + dyn_bytes > 48 * 1024) fail("more than 48 KiB of shared memory");
   xch.assign(2 * (std::size_t)nthr, 0);
   shfl_calls.assign(nthr, 0);
+  barriers_passed.assign(nthr, 0);
+  or_calls.assign(nthr, 0);
+  max_block_barriers = 0;
   body = [&] { kernel(args...); };
   if (mode == THREADS) {
     // one pool for the whole launch; the completion step of the pool barrier sets up the next block
@@ -318,6 +354,7 @@ void launch(K kernel, dim3 grid, dim3 block, std::size_t dyn_bytes, A... args) {
     std::size_t next = 0;
     bool stop = false;
     auto next_block = [&]() noexcept {
+      if (next > 0) finish_block();
       if (next == blocks.size()) {
         stop = true;
         return;
@@ -344,6 +381,7 @@ void launch(K kernel, dim3 grid, dim3 block, std::size_t dyn_bytes, A... args) {
     for_blocks(grid, [&](dim3 b) {
       prepare_block(b, dyn_bytes);
       run_block_fibers(rng);
+      finish_block();
     });
   }
 }
