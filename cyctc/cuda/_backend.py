@@ -45,7 +45,7 @@ SHARED_LIMIT = 48 * 1024  # shared memory (static + dynamic) any CUDA launch may
 STATIC_SHARED = 512       # bytes kept for the kernels' own __shared__ variables (cyctc_chain<double> uses 512)
 
 _ROW_BLOCK = 256       # row kernels (rows, gradient, argmax): 8 warps per block, one warp per (b, t) row
-_RECURSION_MAX = 1024  # cyctc_chain: at most this many threads over the states of one example (one chain)
+_RECURSION_MAX = {"float32": 1024, "float64": 512}  # cyctc_chain: threads over the states of one chain
 
 
 def nvrtc_options(arch: str) -> Tuple[str, ...]:
@@ -183,7 +183,7 @@ def launch_config(B: int, T: int, C: int, Lmax: int, dtype, x_strides: Sequence[
         grid, block = _rows_grid(B * T)
         launches.append(Launch("ctc.cu", f"cyctc_rows<{T_}>", grid, block, 0, common + (
             ("i32", B), ("i32", T), ("i32", C), ("buf", "rinfo"), ("buf", "prob"))))
-    launches.append(Launch("ctc.cu", f"cyctc_chain<{T_}>", (B, ndir, 1), (chain_threads(S), 1, 1),
+    launches.append(Launch("ctc.cu", f"cyctc_chain<{T_}>", (B, ndir, 1), (chain_threads(S, dtype), 1, 1),
                            chain_shared_bytes(S, dtype) if use_shared else 0, common + (
         ("i32", int(bool(merge_repeated))), ("buf", "rinfo"), ("buf", "prob"), ("i32", T), ("buf", "arows"),
         ("buf", "brows"), ("buf", "fmt"), ("buf", "work"), ("i32", int(use_shared)), ("buf", "lmap"),
@@ -198,9 +198,10 @@ def launch_config(B: int, T: int, C: int, Lmax: int, dtype, x_strides: Sequence[
     return Plan(workspaces, tuple(launches))
 
 
-def chain_threads(S: int) -> int:
-    """Threads of a cyctc_chain block for S extended states (a multiple of 32, at most 1024; tiles beyond)."""
-    return _round_warp(S, 32, _RECURSION_MAX)
+def chain_threads(S: int, dtype="float32") -> int:
+    """Threads of a cyctc_chain block for S extended states (a multiple of 32, at most 1024 for float32 and 512 for
+    float64, the kernel's __launch_bounds__; tiles beyond)."""
+    return _round_warp(S, 32, _RECURSION_MAX[_dtype_name(dtype)])
 
 
 def chain_shared_bytes(S: int, dtype) -> int:
@@ -229,8 +230,8 @@ def _kernel_costs(name, B, T, C, S, isz, with_grad):
         return dict(barrier_steps=0, bytes_read=rows * (C + L1) * isz + rows * 8 + B * 8,
                     bytes_written=rows * (2 + L1) * isz, transcendentals=rows * (C + L1), **ops(0, rows * (C * 4 + L1 * 3)))
     if name.startswith("cyctc_chain"):
-        # T barrier steps of the recursion + 1 (the meeting of the non-finite check with step 0 is one of them)
-        return dict(barrier_steps=T + 1, bytes_read=ndir * (rows * S * isz + rows * 2 * isz) + B * 12,
+        # one barrier step per frame (the non-finite check shares step 0's); forward and backward run concurrently
+        return dict(barrier_steps=T, bytes_read=ndir * (rows * S * isz + rows * 2 * isz) + B * 12,
                     bytes_written=(ndir * rows * S * isz + B * 2 * (S // 2) * 4 + 2 * B * 4 if with_grad else 0) + B * 8,
                     transcendentals=B * 2, **ops(ndir * B * 6, ndir * rows * S * _CHAIN_OPS))
     if name.startswith("cyctc_grad"):

@@ -62,7 +62,6 @@ template <> struct Num<float> {
   static __device__ __forceinline__ int expo(float v) { return v > 0.f ? ((__float_as_int(v) >> 23) & 0xff) - 126 : 0; }
   static __device__ __forceinline__ float pow2(int e) { return __int_as_float((e + 127) << 23); }  // |e| <= 126
   static __device__ __forceinline__ float ldx(float v, int e) { return ldexpf(v, e); }
-  static __device__ __forceinline__ float frx(float v, int* e) { return frexpf(v, e); }
   static __device__ __forceinline__ float ex(float v) { return expf(v); }
   static __device__ __forceinline__ float lg(float v) { return logf(v); }
   static __device__ __forceinline__ float lg1p(float v) { return log1pf(v); }
@@ -78,7 +77,6 @@ template <> struct Num<double> {
   }
   static __device__ __forceinline__ double pow2(int e) { return __longlong_as_double((long long)(e + 1023) << 52); }
   static __device__ __forceinline__ double ldx(double v, int e) { return ldexp(v, e); }
-  static __device__ __forceinline__ double frx(double v, int* e) { return frexp(v, e); }
   static __device__ __forceinline__ double ex(double v) { return exp(v); }
   static __device__ __forceinline__ double lg(double v) { return log(v); }
   static __device__ __forceinline__ double lg1p(double v) { return log1p(v); }
@@ -193,8 +191,9 @@ cyctc_rows(const T* __restrict__ x, long long sx_b, long long sx_t, const int* _
 // global `work`: 4 * S_stride values of R per block): two main rows and two shadow rows.
 // arows / brows: (B, T_, S_stride) R (gradient only); fmt: (2, B) int; lmap: (B, 2, Lmax) int: [0] next position
 // with the same label or -1, [1] 1 at a label's first occurrence; loss: (B,) double, -log p(labels | x).
+// threads per chain block: 1024 for float, 512 for double (the register file holds 64 per thread at 1024)
 template <typename T>
-__global__ void __launch_bounds__(1024)
+__global__ void __launch_bounds__(sizeof(T) == 4 ? 1024 : 512)
 cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* __restrict__ labels, int Lmax,
             const int* __restrict__ label_length, const int* __restrict__ logit_length, int blank,
             int merge_repeated, const T* __restrict__ rinfo, const T* __restrict__ prob, int T_,
@@ -434,8 +433,9 @@ struct Posterior {
     const R va = a[s], vb = b[s];
     if (lin) {
       if (va > R(0) && vb > R(0)) {
-        int ea, eb;
-        const R ma = Num<R>::frx(va, &ea), mb = Num<R>::frx(vb, &eb);
+        // stored values are 0 or at least TH (normal): exponent from the bits, mantissa scaled exactly
+        const int ea = Num<R>::expo(va), eb = Num<R>::expo(vb);
+        const R ma = va * Num<R>::pow2(-ea), mb = vb * Num<R>::pow2(-eb);
         *k = ea + eb;
         *m = ma * mb;
       } else {
