@@ -320,7 +320,7 @@ BENCH_SHAPES = {"tiny": (1, 50, 20, 10), "ocr": (64, 32, 80, 10), "speech-char":
                 "one-long": (1, 3000, 29, 600), "many-short": (256, 100, 40, 20), "training": (64, 1000, 5000, 200)}
 EXTRA_SHAPES = [(1, 1, 2, 1), (4, 1500, 29, 300), (2, 10, 5, 3000), (2, 10, 5, 2000), (3, 10000, 29, 2000),
                 (2, 10, 5, 1500), (2, 10, 5, 1499)]  # the last two: both sides of the shared-memory limit (float64)
-LAUNCH_BOUNDS = {"cyctc_rows": "256", "cyctc_chain": "sizeof(T) == 4 ? 1024 : 512", "cyctc_grad": "256"}
+LAUNCH_BOUNDS = {"cyctc_rows": "256", "cyctc_chain": "sizeof(T) == 4 ? 1024 : 512", "cyctc_grad": "256, 1"}
 
 
 def _launch_bounds_in_source():

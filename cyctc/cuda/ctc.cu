@@ -23,9 +23,10 @@
 //                      before the barrier: no second barrier), sums the allowed predecessors and multiplies by the
 //                      frame's probability, already in memory (no transcendental in the chain). The integer
 //                      exponents are carried per block.
-//                      Flushes: a product with nonzero inputs whose result is below TH is a flush; its state is set to
-//                      exactly 0 (so FTZ and IEEE subnormals behave identically) and 4 TH (an upper bound of what was
-//                      lost, in the row's units) is injected into a shadow row, which runs the same recursion with
+//                      Flushes: a product with nonzero inputs whose result is below TH, or any product with a marked
+//                      probability, is a flush; its state is set to exactly 0 (so FTZ and IEEE subnormals behave
+//                      identically) and an upper bound of what was lost (2 TH, or 2 TH x the sum for a marked
+//                      probability, in the row's units) is injected into a shadow row, which runs the same recursion with
 //                      its own exponent, rounding every nonzero-input product up to at least TH: an upper bound of
 //                      the lost mass. By linearity, the shadow's end mass bounds sum_s lost_t(s) * other_t(s) at every
 //                      frame t (other = the opposite direction's exact variables), so when it is at most
@@ -58,6 +59,8 @@ template <> struct Num<float> {
   static __device__ __forceinline__ float th() { return __int_as_float(3 << 23); }    // 2^-124 = 4 x FLT_MIN
   static __device__ __forceinline__ float mark() { return __int_as_float(1 << 23); }  // 2^-126 = FLT_MIN
   static constexpr int tol_bits = 32;
+  static constexpr int head = 120;
+  static constexpr int min_exp = -126;  // pow2's smallest argument  // rows are scaled so that their maximum lies in [2^119, 2^120)
   // binary exponent e of v > 0 (v = f 2^e, f in [0.5, 1)); 0 for v == 0. v is never subnormal here.
   static __device__ __forceinline__ int expo(float v) { return v > 0.f ? ((__float_as_int(v) >> 23) & 0xff) - 126 : 0; }
   static __device__ __forceinline__ float pow2(int e) { return __int_as_float((e + 127) << 23); }  // |e| <= 126
@@ -72,6 +75,8 @@ template <> struct Num<double> {
   static __device__ __forceinline__ double th() { return __longlong_as_double(3LL << 52); }    // 2^-1020
   static __device__ __forceinline__ double mark() { return __longlong_as_double(1LL << 52); }  // 2^-1022
   static constexpr int tol_bits = 50;
+  static constexpr int head = 1000;
+  static constexpr int min_exp = -1022;
   static __device__ __forceinline__ int expo(double v) {
     return v > 0.0 ? (int)((__double_as_longlong(v) >> 52) & 0x7ff) - 1022 : 0;
   }
@@ -246,7 +251,9 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
 #define CYCTC_SKIP(r) (((r) & 1) && (r) >= 3 && (!merge_repeated || CYCTC_LABEL_AT(r) != CYCTC_LABEL_AT((r) - 2)))
 
   // ---- scaled linear space ----
-  int E = 0, El = -64;  // binary exponents of the current main and shadow rows (uniform over the block)
+  // binary exponents of the current main and shadow rows (uniform over the block). A main row's maximum is kept
+  // near 2^head (not 1): its states then have the whole range down to TH, 2^-244 (float) below the maximum
+  int E = -N::head, El = -64 - N::head;
   int nonfinite = 0;  // a valid frame holds NaN or inf
   for (int t = tid; t < Tb; t += nthr) nonfinite |= !(rinfo_b[2 * t] == rinfo_b[2 * t]);
   for (int i = 0; i < Tb; ++i) {
@@ -267,25 +274,25 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
         mxl = c > mxl ? c : mxl;
       }
       const int e = N::expo(mx);
-      sc = N::pow2(-e);
-      E += e;
-      // The shadow follows its own maximum; an empty shadow, or one fallen more than 2^96 below the main row (so
-      // that an injection would leave the range), is rebased to 2^-64 of the main row's units (the few values of
-      // an old shadow that this pushes below TH are rounded up to TH: it stays an upper bound).
+      sc = N::ldx(T(1), N::head - e);  // e in [-123, 123]: 2^(head - e) may leave pow2's range
+      E += e - N::head;
+      // The shadow follows its own maximum (scaled to [0.5, 1)); an empty shadow, or one fallen more than 2^96
+      // below the main row's units (so that an injection would leave the range), is rebased to 2^-64 of them (the
+      // few values of an old shadow that this pushes below TH are rounded up to TH: it stays an upper bound).
       El_new = mxl > T(0) ? El + N::expo(mxl) : E - 64;
       if (El_new < E - 96) El_new = E - 64;
       scl = N::ldx(T(1), El - El_new);
     }
-    // injection of one flush (4 TH in the main row's units) in the shadow row's units, at least TH
-    T inj = N::ldx(T(4) * N::th(), E - El_new);
-    inj = inj >= N::th() ? inj : N::th();
+    // 2 TH of the main row's units in the shadow row's units: a flush loses less than TH (a product that fell
+    // below TH), or less than in * TH (a marked probability, below TH itself); the factor 2 covers rounding
+    const T inj = N::ldx(T(2) * N::th(), E - El_new);
     T lmax = 0, lmaxl = 0;
     for (int j = 0; j < ntile; ++j) {
       const int r = tid + j * nthr;
       if (r >= S) break;
       T in, inl_raw;
       if (i == 0) {
-        in = r < 2 ? T(1) : T(0);
+        in = r < 2 ? N::pow2(N::head) : T(0);
         inl_raw = 0;
       } else {
         in = CYCTC_STAY(r) ? prev[r] : T(0);
@@ -304,7 +311,8 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
       // a state that cannot reach the chain's end in the frames left (at most two states a frame) has no weight in
       // P or in any posterior: it is dropped exactly, so the row's scale follows the states that matter
       const T p = r + 2 * (Tb - 1 - i) >= S - 2 ? pt[CYCTC_KIDX(r)] : T(0);
-      T n = in * p;
+      const bool marked = p > T(0) && p < N::th();
+      T n = marked ? T(0) : in * p;
       bool flush = false;
       if (!(n >= N::th())) {
         flush = in > T(0) && p > T(0);
@@ -313,7 +321,10 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
       T nl = (inl_raw * scl) * (p >= N::th() ? p : N::th());  // p: an upper bound of the true probability
       if (inl_raw > T(0) && p > T(0) && !(nl >= N::th())) nl = N::th();
       if (!(p > T(0))) nl = 0;
-      if (flush) nl += inj;
+      if (flush) {
+        const T lost = marked ? in * inj : inj;
+        nl += lost >= N::th() ? lost : N::th();
+      }
       cur[r] = n;
       curl[r] = nl;
       if (want_grad) store[(long long)t * S_stride + CYCTC_STATE(r)] = dir == 0 ? n : in;
@@ -450,14 +461,16 @@ struct Posterior {
     int k = 0;
     R m = 0, u = 0;
     key(s, &k, &m, &u);
-    if (lin) return m > R(0) ? Num<R>::ldx(m, k - kmax) : R(0);
+    // m in [0.25, 1), k - kmax <= 0: a weight below the smallest normal is dropped (it is below 2^-126 of the row's)
+    if (lin) return m > R(0) && k - kmax >= Num<R>::min_exp ? m * Num<R>::pow2(k - kmax) : R(0);
     return u > -Num<R>::inf() ? Num<R>::ex(u - umax) : R(0);
   }
 };
 }  // namespace cyctc_ctc
 
+// (256, 1): with (256) alone ptxas holds the double instantiation to 64 registers and spills
 template <typename T>
-__global__ void __launch_bounds__(256)
+__global__ void __launch_bounds__(256, 1)
 cyctc_grad(const T* __restrict__ x, long long sx_b, long long sx_t, const int* __restrict__ labels, int Lmax,
            const int* __restrict__ label_length, const int* __restrict__ logit_length, int blank,
            const T* __restrict__ rinfo, const T* __restrict__ arows, const T* __restrict__ brows,
