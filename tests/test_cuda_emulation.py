@@ -146,6 +146,8 @@ def test_reference_cases_are_found():
 @pytest.mark.parametrize("path", LOSS_FILES, ids=os.path.basename)
 def test_reference_loss_and_grad(path, mode, seed, drivers, runs):
     case = cases.load_loss_case(path)
+    if mode == "THREADS" and case.x.shape[1] >= 200:  # hundreds of OS threads x 2T barriers: minutes on 2 cores
+        pytest.skip("long cases run in the fibre modes (THREADS mode is covered by the other cases)")
     if case.name not in runs["runs"]:
         runs["runs"][case.name] = harness.loss_run(
             os.path.join(runs["dir"], case.name), case.raw, case.time_major, case.labels, case.label_length,
@@ -320,7 +322,7 @@ BENCH_SHAPES = {"tiny": (1, 50, 20, 10), "ocr": (64, 32, 80, 10), "speech-char":
                 "one-long": (1, 3000, 29, 600), "many-short": (256, 100, 40, 20), "training": (64, 1000, 5000, 200)}
 EXTRA_SHAPES = [(1, 1, 2, 1), (4, 1500, 29, 300), (2, 10, 5, 3000), (2, 10, 5, 2000), (3, 10000, 29, 2000),
                 (2, 10, 5, 1500), (2, 10, 5, 1499)]  # the last two: both sides of the shared-memory limit (float64)
-LAUNCH_BOUNDS = {"cyctc_rows": "256", "cyctc_chain": "sizeof(T) == 4 ? 1024 : 512", "cyctc_grad": "256, 1"}
+LAUNCH_BOUNDS = {"cyctc_rows": "256", "cyctc_chain": "sizeof(T) == 4 ? 1024 : 512, 1", "cyctc_grad": "256, 1"}
 
 
 def _launch_bounds_in_source():
@@ -581,9 +583,7 @@ def test_flushes_are_accounted_for(case, dtype, drivers, tmp_path):
     ref_loss, ref_grad = cases.numpy_ctc(raw, labels, ll, tl, blank)
     if dtype == np.float64:
         np.testing.assert_allclose(ref_loss, [exact], rtol=1e-7)  # the oracle agrees with the brute force
-    # float32: an example whose rows leave float32's range is recomputed in float32 log space, where a log value
-    # holds ~2^-24 of its magnitude (up to about the loss): that bounds its gradient error
-    rtol, atol = (1e-12, 1e-10) if dtype == np.float64 else (1e-6, max(1e-5, 2.0 ** -24 * (np.abs(x).max() + exact)))
+    rtol, atol = (1e-12, 1e-10) if dtype == np.float64 else (1e-6, 1e-5)
     for want_grad in (False, True):
         res = harness.loss_run(str(tmp_path / str(want_grad)), raw, False, labels, ll, tl, blank, True,
                                want_grad=want_grad)(drivers["plain"], "FIBER_RAND", 3)
@@ -629,7 +629,7 @@ def test_extreme_magnitudes(dtype, drivers, tmp_path):
 def test_long_inputs_float32(kind, drivers, tmp_path):
     """T = 10000, L = 2000 (S = 4001 states: 4 tiles of 1024 threads, rows in global memory) and T = 3000, float32
     through the emulation with flush-to-zero, against the float64 CPU core: loss within 1e-4 absolute (losses are
-    above 100) and the gradient within 1e-5 (log-space fallback: 2^-24 x the loss)."""
+    above 100) and the gradient within 1e-5."""
     from cyctc import _cpu
 
     rng = np.random.default_rng(10)
@@ -646,10 +646,7 @@ def test_long_inputs_float32(kind, drivers, tmp_path):
     ref_loss = _cpu.ctc_loss_grad(x64, labels, ll, tl, 0, True, g64, np.ones(len(ll)), 1)
     assert (ref_loss > 100).all()
     cases.assert_loss_close(res["loss"], ref_loss, 1e-6)
-    # random logits over 3000 frames leave float32's range: that example runs in float32 log space, whose log
-    # values hold ~2^-24 of their magnitude (up to about the loss); the confident one stays on the scaled path
-    atol = 1e-5 if kind == "confident" else max(1e-5, 2.0 ** -24 * ref_loss.max())
-    np.testing.assert_allclose(res["grad"], g64, rtol=0, atol=atol)
+    np.testing.assert_allclose(res["grad"], g64, rtol=0, atol=1e-5)
 
 
 def test_flush_to_zero_does_not_change_the_decisions(drivers, tmp_path):

@@ -151,7 +151,8 @@ def launch_config(B: int, T: int, C: int, Lmax: int, dtype, x_strides: Sequence[
     Plan
         Inputs the launches name: ``x``, ``labels`` (int32 (B, Lmax) C-contiguous), ``label_length``,
         ``logit_length`` (int32 (B,)), ``grad_scale`` (float64 (B,)) and ``grad`` (when planned); output ``loss``
-        (float64 (B,)); workspaces ``rinfo``, ``prob``, ``arows``, ``brows``, ``fmt``, ``work``, ``lmap``.
+        (float64 (B,)); workspaces ``rinfo``, ``prob``, ``arows``, ``brows``, ``alo``, ``blo``, ``fmt``, ``work``,
+        ``lmap``.
         Launches: ``cyctc_rows`` (one warp per row), ``cyctc_chain`` (grid (B, 2): forward and backward chains
         concurrently; (B, 1) for a loss only), ``cyctc_grad`` (one warp per row, gradient only).
     """
@@ -170,6 +171,9 @@ def launch_config(B: int, T: int, C: int, Lmax: int, dtype, x_strides: Sequence[
         ("prob", dtype, max(1, B * T * (Lmax + 1))),
         ("arows", dtype, max(1, B * T * S) if want_grad else 1),
         ("brows", dtype, max(1, B * T * S) if want_grad else 1),
+        # low parts of the log-space fallback's rows (float32 only; written only for examples that fall back)
+        ("alo", dtype, max(1, B * T * S) if want_grad and dtype == "float32" else 1),
+        ("blo", dtype, max(1, B * T * S) if want_grad and dtype == "float32" else 1),
         ("fmt", "int32", max(1, 2 * B)),
         ("work", dtype, 1 if use_shared else max(1, ndir * B * 4 * S)),
         ("lmap", "int32", max(1, 2 * B * Lmax) if want_grad else 1),
@@ -186,13 +190,14 @@ def launch_config(B: int, T: int, C: int, Lmax: int, dtype, x_strides: Sequence[
     launches.append(Launch("ctc.cu", f"cyctc_chain<{T_}>", (B, ndir, 1), (chain_threads(S, dtype), 1, 1),
                            chain_shared_bytes(S, dtype) if use_shared else 0, common + (
         ("i32", int(bool(merge_repeated))), ("buf", "rinfo"), ("buf", "prob"), ("i32", T), ("buf", "arows"),
-        ("buf", "brows"), ("buf", "fmt"), ("buf", "work"), ("i32", int(use_shared)), ("buf", "lmap"),
+        ("buf", "brows"), ("buf", "alo"), ("buf", "blo"), ("buf", "fmt"), ("buf", "work"), ("i32", int(use_shared)), ("buf", "lmap"),
         ("i32", int(want_grad)), ("buf", "loss"))))
     if want_grad and T > 0:
         sgb, sgt = _strides(grad_strides)
         grid, block = _rows_grid(B * T)
         launches.append(Launch("ctc.cu", f"cyctc_grad<{T_}>", grid, block, 0, common + (
-            ("buf", "rinfo"), ("buf", "arows"), ("buf", "brows"), ("buf", "fmt"), ("i32", B), ("i32", T),
+            ("buf", "rinfo"), ("buf", "arows"), ("buf", "brows"), ("buf", "alo"), ("buf", "blo"), ("buf", "fmt"),
+            ("i32", B), ("i32", T),
             ("i32", C), ("buf", "lmap"), ("buf", "loss"), ("buf", "grad_scale"), ("buf", "grad"), ("i64", sgb),
             ("i64", sgt))))
     return Plan(workspaces, tuple(launches))

@@ -87,13 +87,35 @@ template <> struct Num<double> {
   static __device__ __forceinline__ double lg1p(double v) { return log1p(v); }
 };
 
-// log(exp(a) + exp(b)) in R; -inf with -inf gives -inf
+// Unevaluated sums h + l (|l| <= ulp(h) / 2 after each operation), -inf as (-inf, 0): the log-space fallback.
 template <typename R>
-__device__ __forceinline__ R log_add(R a, R b) {
-  const R m = a > b ? a : b;
-  const R d = a > b ? b - a : a - b;
-  if (m == -Num<R>::inf()) return m;
-  return m + Num<R>::lg1p(Num<R>::ex(d));
+struct Pair {
+  R h, l;
+};
+// (a + b) as a pair, exactly (Knuth's two-sum); a = -inf gives (-inf, 0)
+template <typename R>
+__device__ __forceinline__ Pair<R> two_sum(R a, R b) {
+  const R s = a + b;
+  if (!(s > -Num<R>::inf())) return Pair<R>{s, R(0)};
+  const R bb = s - a;
+  return Pair<R>{s, (a - (s - bb)) + (b - bb)};
+}
+template <typename R>
+__device__ __forceinline__ Pair<R> add(Pair<R> a, R b) {
+  const Pair<R> s = two_sum(a.h, b);
+  if (!(s.h > -Num<R>::inf())) return s;
+  return two_sum(s.h, s.l + a.l);  // renormalised
+}
+template <typename R>
+__device__ __forceinline__ Pair<R> log_add(Pair<R> a, Pair<R> b) {
+  if (a.h < b.h) {
+    const Pair<R> t = a;
+    a = b;
+    b = t;
+  }
+  if (b.h == -Num<R>::inf()) return a;
+  const R d = (b.h - a.h) + (b.l - a.l);  // <= 0 up to rounding; only needed to R's relative precision
+  return add(a, Num<R>::lg1p(Num<R>::ex(d)));
 }
 
 template <typename R>
@@ -196,13 +218,15 @@ cyctc_rows(const T* __restrict__ x, long long sx_b, long long sx_t, const int* _
 // global `work`: 4 * S_stride values of R per block): two main rows and two shadow rows.
 // arows / brows: (B, T_, S_stride) R (gradient only); fmt: (2, B) int; lmap: (B, 2, Lmax) int: [0] next position
 // with the same label or -1, [1] 1 at a label's first occurrence; loss: (B,) double, -log p(labels | x).
-// threads per chain block: 1024 for float, 512 for double (the register file holds 64 per thread at 1024)
+// threads per chain block: 1024 for float, 512 for double (the register file holds 64 per thread at 1024); the
+// minimum of 1 block per multiprocessor keeps ptxas from capping the double instantiation at 64 registers (spills)
 template <typename T>
-__global__ void __launch_bounds__(sizeof(T) == 4 ? 1024 : 512)
+__global__ void __launch_bounds__(sizeof(T) == 4 ? 1024 : 512, 1)
 cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* __restrict__ labels, int Lmax,
             const int* __restrict__ label_length, const int* __restrict__ logit_length, int blank,
             int merge_repeated, const T* __restrict__ rinfo, const T* __restrict__ prob, int T_,
-            T* __restrict__ arows, T* __restrict__ brows, int* __restrict__ fmt, T* __restrict__ work,
+            T* __restrict__ arows, T* __restrict__ brows, T* __restrict__ alo, T* __restrict__ blo,
+            int* __restrict__ fmt, T* __restrict__ work,
             int use_shared, int* __restrict__ lmap, int want_grad, double* __restrict__ loss) {
   using namespace cyctc_ctc;
   typedef Num<T> N;
@@ -214,8 +238,9 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
   const int* lab = labels + (long long)b * Lmax;
   const int tid = threadIdx.x, nthr = blockDim.x, warp = tid / 32, nwarps = (nthr + 31) / 32;
   T* rows = use_shared ? smem : work + ((long long)dir * B + b) * 4 * S_stride;
-  T* main_row[2] = {rows, rows + S_stride};
-  T* shad_row[2] = {rows + 2 * S_stride, rows + 3 * S_stride};
+  // main rows 0 and 1, then shadow rows 0 and 1 (no arrays of pointers: they would live in local memory)
+#define main_row(k) (rows + (k) * S_stride)
+#define shad_row(k) (rows + (2 + (k)) * S_stride)
 
   if (want_grad && dir == 0) {  // class -> states map for cyctc_grad: chains of equal labels, in increasing position
     int* nxt = lmap + (long long)b * 2 * Lmax;
@@ -259,10 +284,10 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
   for (int i = 0; i < Tb; ++i) {
     const int t = dir == 0 ? i : Tb - 1 - i;
     const T* pt = prob_b + (long long)t * (Lmax + 1);
-    T* prev = main_row[(i + 1) & 1];
-    T* prevl = shad_row[(i + 1) & 1];
-    T* cur = main_row[i & 1];
-    T* curl = shad_row[i & 1];
+    T* prev = main_row((i + 1) & 1);
+    T* prevl = shad_row((i + 1) & 1);
+    T* cur = main_row(i & 1);
+    T* curl = shad_row(i & 1);
     // scales from the previous rows' maxima (written before the barrier that ended step i - 1)
     T sc = 1, scl = 0;
     int El_new = El;
@@ -349,8 +374,8 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
   }
   // P (the chain's end mass) and the shadow's bound, read by every thread from the last rows: a uniform decision
   {
-    const T* last = main_row[(Tb - 1) & 1];
-    const T* lastl = shad_row[(Tb - 1) & 1];
+    const T* last = main_row((Tb - 1) & 1);
+    const T* lastl = shad_row((Tb - 1) & 1);
     const T P = S >= 2 ? last[S - 1] + last[S - 2] : last[0];
     const T Bd = S >= 2 ? lastl[S - 1] + lastl[S - 2] : lastl[0];
     const bool dead = !(P > T(0)) && !(Bd > T(0));  // no alignment has any probability: loss +inf
@@ -358,7 +383,10 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
     if (exact || dead) {
       if (dir == 0 && tid == 0) {
         double l = Num<double>::inf();
-        if (!dead) l = -((double)N::lg(P) + (double)E * 0.69314718055994530942);
+        if (!dead) {  // log of P's mantissa (in [0.5, 1): small, precise) plus its binary exponent
+          const int eP = N::expo(P);
+          l = -((double)N::lg(P * N::pow2(-eP)) + (double)(E + eP) * 0.69314718055994530942);
+        }
         loss[b] = l > 0.0 ? l : 0.0;  // P <= 1: a rounding error below 0 is reported as 0
       }
       if (want_grad && tid == 0) fmt[dir * B + b] = 0;
@@ -368,13 +396,19 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
   __syncthreads();  // everyone has read the last rows: they are reused below
 
   // ---- log space (this direction only, when its shadow bound failed) ----
-  // Values are logs relative to a lagged row maximum; the maxima are accumulated in double (off).
+  // Values are logs relative to a lagged row maximum (the maxima accumulated in double, off), each held as an
+  // unevaluated pair hi + lo of R values (hi in the main rows, lo in the shadow rows): a log value as large as the
+  // loss then keeps ~2^-48 of its magnitude in float32. Stored: hi to arows / brows, lo to alo / blo (float32 only:
+  // double's hi alone is precise enough).
   const T* xb = x + b * sx_b;
+  T* store_lo = (dir == 0 ? alo : blo) + (sizeof(T) == 4 ? (long long)b * T_ * S_stride : 0);
   double off = 0.0;
   for (int i = 0; i < Tb; ++i) {
     const int t = dir == 0 ? i : Tb - 1 - i;
-    const T* prev = main_row[(i + 1) & 1];
-    T* cur = main_row[i & 1];
+    const T* prev = main_row((i + 1) & 1);
+    const T* prevl = shad_row((i + 1) & 1);
+    T* cur = main_row(i & 1);
+    T* curl = shad_row(i & 1);
     T sh = 0;
     if (i > 0) {
       T mx = -N::inf();
@@ -391,35 +425,44 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
     for (int j = 0; j < ntile; ++j) {
       const int r = tid + j * nthr;
       if (r >= S) break;
-      T in;
+      Pair<T> in;
       if (i == 0) {
-        in = r < 2 ? T(0) : -N::inf();
+        in = Pair<T>{r < 2 ? T(0) : -N::inf(), T(0)};
       } else {
-        in = CYCTC_STAY(r) ? prev[r] : -N::inf();
-        if (r >= 1) in = log_add(in, prev[r - 1]);
-        if (CYCTC_SKIP(r)) in = log_add(in, prev[r - 2]);
-        in -= sh;
+        in = Pair<T>{CYCTC_STAY(r) ? prev[r] : -N::inf(), CYCTC_STAY(r) ? prevl[r] : T(0)};
+        if (r >= 1) in = log_add(in, Pair<T>{prev[r - 1], prevl[r - 1]});
+        if (CYCTC_SKIP(r)) in = log_add(in, Pair<T>{prev[r - 2], prevl[r - 2]});
+        in = add(in, -sh);
       }
       const int s = CYCTC_STATE(r);
       const T xv = xt[(s & 1) ? lab[s >> 1] : blank];
-      const T n = in + ((xv - mt) - log_s);  // (x - m) - log s: shift-invariant
-      cur[r] = n;
-      if (want_grad) store[(long long)t * S_stride + s] = dir == 0 ? n : in;
-      lmax = n > lmax ? n : lmax;
+      const Pair<T> n = add(add(add(in, xv), -mt), -log_s);  // + (x - m) - log s: shift-invariant
+      cur[r] = n.h;
+      curl[r] = n.l;
+      if (want_grad) {
+        const Pair<T> v = dir == 0 ? n : in;
+        store[(long long)t * S_stride + s] = v.h;
+        if (sizeof(T) == 4) store_lo[(long long)t * S_stride + s] = v.l;
+      }
+      lmax = n.h > lmax ? n.h : lmax;
     }
     lmax = warp_max(lmax);
     if (tid % 32 == 0) s_wmax[i & 1][warp] = lmax;
     __syncthreads();
   }
   if (tid == 0) {
-    const T* last = main_row[(Tb - 1) & 1];
-    const T lp = S >= 2 ? log_add(last[S - 1], last[S - 2]) : last[0];
+    const T* last = main_row((Tb - 1) & 1);
+    const T* lastl = shad_row((Tb - 1) & 1);
+    const Pair<T> lp = S >= 2 ? log_add(Pair<T>{last[S - 1], lastl[S - 1]}, Pair<T>{last[S - 2], lastl[S - 2]})
+                              : Pair<T>{last[0], lastl[0]};
     if (dir == 0) {
-      const double l = lp == -N::inf() ? Num<double>::inf() : -(off + (double)lp);
+      const double l = lp.h == -N::inf() ? Num<double>::inf() : -((off + (double)lp.h) + (double)lp.l);
       loss[b] = l > 0.0 ? l : 0.0;
     }
     if (want_grad) fmt[dir * B + b] = 1;
   }
+#undef main_row
+#undef shad_row
 #undef CYCTC_STATE
 #undef CYCTC_KIDX
 #undef CYCTC_LABEL_AT
@@ -436,8 +479,8 @@ namespace cyctc_ctc {
 // u = log alpha + log beta.
 template <typename R>
 struct Posterior {
-  const R *a, *b;
-  bool lin, a_log, b_log;  // both rows linear / each row in log space
+  const R *a, *b, *alo, *blo;  // alo / blo: the low parts of log-space rows (float only)
+  bool lin, a_log, b_log;       // both rows linear / each row in log space
   int kmax;
   R umax;
   __device__ __forceinline__ void key(int s, int* k, R* m, R* u) const {
@@ -454,16 +497,27 @@ struct Posterior {
         *m = 0;
       }
     } else {
-      *u = (a_log ? va : Num<R>::lg(va)) + (b_log ? vb : Num<R>::lg(vb));  // log 0 = -inf
+      *u = log_pair(s).h;
     }
   }
+  // log alpha + log beta as a pair (a linear row's log: log of the value, low part 0; log 0 = -inf)
+  __device__ __forceinline__ Pair<R> log_pair(int s) const {
+    const bool f = sizeof(R) == 4;
+    const R ah = a_log ? a[s] : Num<R>::lg(a[s]), al = a_log && f ? alo[s] : R(0);
+    const R bh = b_log ? b[s] : Num<R>::lg(b[s]), bl = b_log && f ? blo[s] : R(0);
+    const Pair<R> u = two_sum(ah, bh);
+    return Pair<R>{u.h, u.l + (al + bl)};
+  }
   __device__ __forceinline__ R weight(int s) const {
+    if (!lin) {
+      const Pair<R> u = log_pair(s);
+      return u.h > -Num<R>::inf() ? Num<R>::ex((u.h - umax) + u.l) : R(0);
+    }
     int k = 0;
     R m = 0, u = 0;
     key(s, &k, &m, &u);
     // m in [0.25, 1), k - kmax <= 0: a weight below the smallest normal is dropped (it is below 2^-126 of the row's)
-    if (lin) return m > R(0) && k - kmax >= Num<R>::min_exp ? m * Num<R>::pow2(k - kmax) : R(0);
-    return u > -Num<R>::inf() ? Num<R>::ex(u - umax) : R(0);
+    return m > R(0) && k - kmax >= Num<R>::min_exp ? m * Num<R>::pow2(k - kmax) : R(0);
   }
 };
 }  // namespace cyctc_ctc
@@ -474,7 +528,7 @@ __global__ void __launch_bounds__(256, 1)
 cyctc_grad(const T* __restrict__ x, long long sx_b, long long sx_t, const int* __restrict__ labels, int Lmax,
            const int* __restrict__ label_length, const int* __restrict__ logit_length, int blank,
            const T* __restrict__ rinfo, const T* __restrict__ arows, const T* __restrict__ brows,
-           const int* __restrict__ fmt, int B, int T_, int C, const int* __restrict__ lmap,
+           const T* __restrict__ alo, const T* __restrict__ blo, const int* __restrict__ fmt, int B, int T_, int C, const int* __restrict__ lmap,
            const double* __restrict__ loss, const double* __restrict__ grad_scale, T* __restrict__ grad, long long sg_b,
            long long sg_t) {
   using namespace cyctc_ctc;
@@ -502,6 +556,8 @@ cyctc_grad(const T* __restrict__ x, long long sx_b, long long sx_t, const int* _
   Posterior<T> post;
   post.a = arows + row * S_stride;
   post.b = brows + row * S_stride;
+  post.alo = alo + (sizeof(T) == 4 ? row * S_stride : 0);  // float64 plans allocate no low parts
+  post.blo = blo + (sizeof(T) == 4 ? row * S_stride : 0);
   post.a_log = fmt[b] != 0;
   post.b_log = fmt[B + b] != 0;
   post.lin = !post.a_log && !post.b_log;
