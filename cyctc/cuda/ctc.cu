@@ -12,8 +12,9 @@
 //                      the row), and the probabilities p = exp(x - m) / s of the example's blank and label classes
 //                      (prob, (B, T, Lmax + 1): [0] blank, [1 + k] label k). A class of nonzero probability whose p
 //                      falls below TH (4 x the smallest normal, exp flushed to 0 under -ftz included) is stored as
-//                      the marker MARK = TH / 4, so that every product the recursion forms with it is a detected
-//                      flush (below). A row holding NaN or +inf, or only -inf, is marked non-finite (m = NaN).
+//                      a negative marker ep (an integer, p < 2^ep), so that every product the recursion forms with
+//                      it is a detected flush (below). A row holding NaN or +inf, or only -inf, is marked
+//                      non-finite (m = NaN).
 //   2. cyctc_chain<T>  grid (B, 2): block (b, 0) runs the forward chain of example b, block (b, 1) the backward chain,
 //                      concurrently, each with up to 1024 threads over the states (tiles beyond that), one
 //                      __syncthreads() per frame: T barrier steps per block. The backward chain is the forward
@@ -25,8 +26,8 @@
 //                      exponents are carried per block.
 //                      Flushes: a product with nonzero inputs whose result is below TH, or any product with a marked
 //                      probability, is a flush; its state is set to exactly 0 (so FTZ and IEEE subnormals behave
-//                      identically) and an upper bound of what was lost (2 TH, or 2 TH x the sum for a marked
-//                      probability, in the row's units) is injected into a shadow row, which runs the same recursion with
+//                      identically) and an upper bound of what was lost (2^(exponent of the sum + exponent of p),
+//                      from the exponents alone) is injected into a shadow row, which runs the same recursion with
 //                      its own exponent, rounding every nonzero-input product up to at least TH: an upper bound of
 //                      the lost mass. By linearity, the shadow's end mass bounds sum_s lost_t(s) * other_t(s) at every
 //                      frame t (other = the opposite direction's exact variables), so when it is at most
@@ -57,7 +58,6 @@ template <> struct Num<float> {
   static __device__ __forceinline__ float inf() { return __int_as_float(0x7f800000); }
   static __device__ __forceinline__ float nan() { return __int_as_float(0x7fc00000); }
   static __device__ __forceinline__ float th() { return __int_as_float(3 << 23); }    // 2^-124 = 4 x FLT_MIN
-  static __device__ __forceinline__ float mark() { return __int_as_float(1 << 23); }  // 2^-126 = FLT_MIN
   static constexpr int tol_bits = 32;
   static constexpr int head = 120;
   static constexpr int min_exp = -126;  // pow2's smallest argument  // rows are scaled so that their maximum lies in [2^119, 2^120)
@@ -73,7 +73,6 @@ template <> struct Num<double> {
   static __device__ __forceinline__ double inf() { return __longlong_as_double(0x7ff0000000000000LL); }
   static __device__ __forceinline__ double nan() { return __longlong_as_double(0x7ff8000000000000LL); }
   static __device__ __forceinline__ double th() { return __longlong_as_double(3LL << 52); }    // 2^-1020
-  static __device__ __forceinline__ double mark() { return __longlong_as_double(1LL << 52); }  // 2^-1022
   static constexpr int tol_bits = 50;
   static constexpr int head = 1000;
   static constexpr int min_exp = -1022;
@@ -207,7 +206,10 @@ cyctc_rows(const T* __restrict__ x, long long sx_b, long long sx_t, const int* _
   for (int k = lane; k <= L; k += 32) {
     const T v = xr[k == 0 ? blank : lab[k - 1]];
     T p = N::ex(v - m) / s;  // (x - m) first: shift-invariant at any magnitude
-    if (v > -N::inf() && !(p >= N::th())) p = N::mark();  // nonzero probability below the range: marked
+    if (v > -N::inf() && !(p >= N::th())) {  // nonzero probability below the range: marked by a bound 2^ep, ep < 0
+      const T ep = ceil(((v - m) - N::lg(s)) * T(1.4426950408889634)) + T(1);
+      p = ep < T(-1) ? (ep > T(-1e9) ? ep : T(-1e9)) : T(-1);
+    }
     pr[k] = finite ? p : N::nan();
   }
 }
@@ -281,6 +283,7 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
   int E = -N::head, El = -64 - N::head;
   int nonfinite = 0;  // a valid frame holds NaN or inf
   for (int t = tid; t < Tb; t += nthr) nonfinite |= !(rinfo_b[2 * t] == rinfo_b[2 * t]);
+  bool hopeless = false;  // the lost mass already rivals the row: go to log space now (a uniform decision)
   for (int i = 0; i < Tb; ++i) {
     const int t = dir == 0 ? i : Tb - 1 - i;
     const T* pt = prob_b + (long long)t * (Lmax + 1);
@@ -299,6 +302,10 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
         mxl = c > mxl ? c : mxl;
       }
       const int e = N::expo(mx);
+      if (mxl > T(0) && El + N::expo(mxl) > E + e - N::tol_bits / 2) {
+        hopeless = true;
+        break;
+      }
       sc = N::ldx(T(1), N::head - e);  // e in [-123, 123]: 2^(head - e) may leave pow2's range
       E += e - N::head;
       // The shadow follows its own maximum (scaled to [0.5, 1)); an empty shadow, or one fallen more than 2^96
@@ -308,9 +315,9 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
       if (El_new < E - 96) El_new = E - 64;
       scl = N::ldx(T(1), El - El_new);
     }
-    // 2 TH of the main row's units in the shadow row's units: a flush loses less than TH (a product that fell
-    // below TH), or less than in * TH (a marked probability, below TH itself); the factor 2 covers rounding
-    const T inj = N::ldx(T(2) * N::th(), E - El_new);
+    // a flush at state r loses less than 2^(expo(in) + ep) of the main row's units (p < 2^ep): in the shadow's
+    // units 2^(expo(in) + ep + dE), and at least TH there
+    const int dE = E - El_new;
     T lmax = 0, lmaxl = 0;
     for (int j = 0; j < ntile; ++j) {
       const int r = tid + j * nthr;
@@ -335,19 +342,22 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
       }
       // a state that cannot reach the chain's end in the frames left (at most two states a frame) has no weight in
       // P or in any posterior: it is dropped exactly, so the row's scale follows the states that matter
-      const T p = r + 2 * (Tb - 1 - i) >= S - 2 ? pt[CYCTC_KIDX(r)] : T(0);
-      const bool marked = p > T(0) && p < N::th();
-      T n = marked ? T(0) : in * p;
+      const T pr = r + 2 * (Tb - 1 - i) >= S - 2 ? pt[CYCTC_KIDX(r)] : T(0);
+      const bool marked = pr < T(0), nonzero = pr != T(0);  // marked: p < 2^pr, below TH
+      const int ep = marked ? (int)pr : N::expo(pr);
+      const T p = marked ? T(0) : pr;
+      T n = in * p;
       bool flush = false;
       if (!(n >= N::th())) {
-        flush = in > T(0) && p > T(0);
+        flush = in > T(0) && nonzero;
         n = 0;
       }
-      T nl = (inl_raw * scl) * (p >= N::th() ? p : N::th());  // p: an upper bound of the true probability
-      if (inl_raw > T(0) && p > T(0) && !(nl >= N::th())) nl = N::th();
-      if (!(p > T(0))) nl = 0;
+      // shadow: the same step with an upper bound of p, every nonzero-input product at least TH
+      T nl = (inl_raw * scl) * (marked ? N::ldx(T(1), ep) : p);
+      if (inl_raw > T(0) && nonzero && !(nl >= N::th())) nl = N::th();
+      if (!nonzero) nl = 0;
       if (flush) {
-        const T lost = marked ? in * inj : inj;
+        const T lost = N::ldx(T(1), N::expo(in) + ep + dE);
         nl += lost >= N::th() ? lost : N::th();
       }
       cur[r] = n;
@@ -373,7 +383,7 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
     }
   }
   // P (the chain's end mass) and the shadow's bound, read by every thread from the last rows: a uniform decision
-  {
+  if (!hopeless) {
     const T* last = main_row((Tb - 1) & 1);
     const T* lastl = shad_row((Tb - 1) & 1);
     const T P = S >= 2 ? last[S - 1] + last[S - 2] : last[0];
