@@ -101,7 +101,9 @@ class Plan:
 
 
 def _dtype_name(dtype) -> str:
-    name = getattr(dtype, "name", None) or str(dtype)
+    name = getattr(dtype, "name", None) or getattr(dtype, "__name__", None) or str(dtype)  # dtype, type or str
+    if not isinstance(name, str):
+        name = str(name)
     if name not in CTYPES:
         raise TypeError(f"logits must be float32 or float64 for the CUDA backend, got {name}")
     return name
@@ -235,8 +237,13 @@ def _kernel_costs(name, B, T, C, S, isz, with_grad):
         return dict(barrier_steps=0, bytes_read=rows * (C + L1) * isz + rows * 8 + B * 8,
                     bytes_written=rows * (2 + L1) * isz, transcendentals=rows * (C + L1), **ops(0, rows * (C * 4 + L1 * 3)))
     if name.startswith("cyctc_chain"):
-        # one barrier step per frame (the non-finite check shares step 0's); forward and backward run concurrently
-        return dict(barrier_steps=T, bytes_read=ndir * (rows * S * isz + rows * 2 * isz) + B * 12,
+        # one barrier step per frame (the non-finite check shares step 0's); forward and backward run concurrently.
+        # "fallback": what one direction of one example adds when it is recomputed in log space (pairs hi + lo: two
+        # exp/log1p per predecessor, ~40 operations per state and frame)
+        return dict(barrier_steps=T, fallback=dict(barrier_steps=T + 1, transcendentals=T * S * 5,
+                                                   fp32_ops=T * S * 40, fp64_ops=T + 4,
+                                                   bytes_read=T * (S + 2) * isz,
+                                                   bytes_written=(2 if f32 else 1) * T * S * isz if with_grad else 0), bytes_read=ndir * (rows * S * isz + rows * 2 * isz) + B * 12,
                     bytes_written=(ndir * rows * S * isz + B * 2 * (S // 2) * 4 + 2 * B * 4 if with_grad else 0) + B * 8,
                     transcendentals=B * 2, **ops(ndir * B * 6, ndir * rows * S * _CHAIN_OPS))
     if name.startswith("cyctc_grad"):
@@ -281,8 +288,10 @@ def launch_plan_summary(B, T, C, Lmax, dtype="float32", with_grad=True, x_stride
     on the critical path of the longest-running block), ``bytes_read`` / ``bytes_written`` (global memory, estimated
     from the plan), ``fp64_ops`` / ``fp32_ops`` (arithmetic operations executed, estimated) and
     ``transcendentals``. Every example is taken at full length (``label_lengths`` / ``logit_lengths`` are accepted
-    for the interface and not used yet) and on the scaled recursion: an example whose direction falls back to log
-    space adds T barrier steps and about S * T transcendentals to that direction.
+    for the interface and not used yet) and on the scaled recursion. The chain's dict also holds ``fallback``: what
+    one direction of one example adds when it leaves the scaled recursion's range and is recomputed in log space
+    (float32: peaked logits, labels far below the frame's maximum, random logits over ~1000 frames or more; float64:
+    only adversarial inputs), at worst all 2B directions.
     Pure Python (no CuPy): the cost model in ``benchmarks/gpu_model.py`` is built on it.
     """
     dtype = _dtype_name(dtype)
