@@ -267,7 +267,7 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
   const T* prob_b = prob + (long long)b * T_ * (Lmax + 1);
   const T* rinfo_b = rinfo + (long long)b * T_ * 2;
   T* store = dir == 0 ? arows : brows;
-  store += (long long)b * T_ * S_stride;
+  if (want_grad) store += (long long)b * T_ * S_stride;  // loss-only plans allocate no rows
   const int ntile = (S + nthr - 1) / nthr;
   // label index k (0: blank) and transitions of chain state r
 #define CYCTC_STATE(r) ((dir == 0 ? (r) : S - 1 - (r)))
@@ -411,7 +411,7 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
   // loss then keeps ~2^-48 of its magnitude in float32. Stored: hi to arows / brows, lo to alo / blo (float32 only:
   // double's hi alone is precise enough).
   const T* xb = x + b * sx_b;
-  T* store_lo = (dir == 0 ? alo : blo) + (sizeof(T) == 4 ? (long long)b * T_ * S_stride : 0);
+  T* store_lo = (dir == 0 ? alo : blo) + (want_grad && sizeof(T) == 4 ? (long long)b * T_ * S_stride : 0);
   double off = 0.0;
   for (int i = 0; i < Tb; ++i) {
     const int t = dir == 0 ? i : Tb - 1 - i;
