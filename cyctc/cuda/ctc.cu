@@ -22,7 +22,8 @@
 //                      both. Scaled linear space: each step reads the previous row, scales it by an exact power of
 //                      two (2^-e, e the binary exponent of the previous row's maximum, from per-warp maxima written
 //                      before the barrier: no second barrier), sums the allowed predecessors and multiplies by the
-//                      frame's probability, already in memory (no transcendental in the chain). The integer
+//                      frame's probability from the row pass, loaded before the previous barrier (the first 4 tiles
+//                      of states; no transcendental in the chain). The integer
 //                      exponents are carried per block.
 //                      Flushes: a product with nonzero inputs whose result is below TH, or any product with a marked
 //                      probability, is a flush; its state is set to exactly 0 (so FTZ and IEEE subnormals behave
@@ -43,6 +44,12 @@
 //                      built by the forward blocks). No atomics: identical bits on every call. Rows t >=
 //                      logit_length and examples with an infinite loss get exactly 0; valid rows of a NaN loss NaN.
 // No #include: NVRTC is given no include path. INFINITY is not defined under NVRTC: see cyctc_ctc::inf<R>().
+
+#if defined(__CUDACC__)
+#define CYCTC_UNROLL _Pragma("unroll")
+#else  // host C++ (tests/cuda_emu): the compiler unrolls as it likes
+#define CYCTC_UNROLL
+#endif
 
 #ifndef DYNAMIC_SHARED
 #define DYNAMIC_SHARED(T, name)                                  \
@@ -276,6 +283,7 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
   // may chain state r repeat itself / be entered from r - 2?
 #define CYCTC_STAY(r) (merge_repeated || !((r) & 1))
 #define CYCTC_SKIP(r) (((r) & 1) && (r) >= 3 && (!merge_repeated || CYCTC_LABEL_AT(r) != CYCTC_LABEL_AT((r) - 2)))
+#define CYCTC_PRE 4  // tiles whose probabilities are loaded a step ahead, in registers
 
   // ---- scaled linear space ----
   // binary exponents of the current main and shadow rows (uniform over the block). A main row's maximum is kept
@@ -284,9 +292,21 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
   int nonfinite = 0;  // a valid frame holds NaN or inf
   for (int t = tid; t < Tb; t += nthr) nonfinite |= !(rinfo_b[2 * t] == rinfo_b[2 * t]);
   bool hopeless = false;  // the lost mass already rivals the row: go to log space now (a uniform decision)
+  // probability of chain state r at step ii; 0 for a state that cannot reach the chain's end in the frames left
+  // (at most two states a frame): it has no weight in P or in any posterior, and dropping it exactly lets the row's
+  // scale follow the states that matter
+  auto prob_of = [&](int ii, int r) -> T {
+    const int tt = dir == 0 ? ii : Tb - 1 - ii;
+    return r + 2 * (Tb - 1 - ii) >= S - 2 ? prob_b[(long long)tt * (Lmax + 1) + CYCTC_KIDX(r)] : T(0);
+  };
+  T p_next[CYCTC_PRE];
+CYCTC_UNROLL
+  for (int j = 0; j < CYCTC_PRE; ++j) {
+    const int r = tid + j * nthr;
+    p_next[j] = r < S ? prob_of(0, r) : T(0);
+  }
   for (int i = 0; i < Tb; ++i) {
     const int t = dir == 0 ? i : Tb - 1 - i;
-    const T* pt = prob_b + (long long)t * (Lmax + 1);
     T* prev = main_row((i + 1) & 1);
     T* prevl = shad_row((i + 1) & 1);
     T* cur = main_row(i & 1);
@@ -295,12 +315,10 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
     T sc = 1, scl = 0;
     int El_new = El;
     if (i > 0) {
-      T mx = 0, mxl = 0;
-      for (int w = 0; w < nwarps; ++w) {
-        const T a = s_wmax[(i + 1) & 1][w], c = s_wlmax[(i + 1) & 1][w];
-        mx = a > mx ? a : mx;
-        mxl = c > mxl ? c : mxl;
-      }
+      // every warp reduces the per-warp maxima itself (lane w reads warp w's): no second barrier
+      const int lane = tid % 32;
+      const T mx = warp_max(lane < nwarps ? s_wmax[(i + 1) & 1][lane] : T(0));
+      const T mxl = warp_max(lane < nwarps ? s_wlmax[(i + 1) & 1][lane] : T(0));
       const int e = N::expo(mx);
       if (mxl > T(0) && El + N::expo(mxl) > E + e - N::tol_bits / 2) {
         hopeless = true;
@@ -319,9 +337,8 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
     // units 2^(expo(in) + ep + dE), and at least TH there
     const int dE = E - El_new;
     T lmax = 0, lmaxl = 0;
-    for (int j = 0; j < ntile; ++j) {
-      const int r = tid + j * nthr;
-      if (r >= S) break;
+    // one state of the step; pr: its probability (loaded before the barrier for the first tiles)
+    auto step = [&](int r, T pr) {
       T in, inl_raw;
       if (i == 0) {
         in = r < 2 ? N::pow2(N::head) : T(0);
@@ -340,9 +357,6 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
         in *= sc;
         inl_raw = inl;
       }
-      // a state that cannot reach the chain's end in the frames left (at most two states a frame) has no weight in
-      // P or in any posterior: it is dropped exactly, so the row's scale follows the states that matter
-      const T pr = r + 2 * (Tb - 1 - i) >= S - 2 ? pt[CYCTC_KIDX(r)] : T(0);
       const bool marked = pr < T(0), nonzero = pr != T(0);  // marked: p < 2^pr, below TH
       const int ep = marked ? (int)pr : N::expo(pr);
       const T p = marked ? T(0) : pr;
@@ -365,6 +379,21 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
       if (want_grad) store[(long long)t * S_stride + CYCTC_STATE(r)] = dir == 0 ? n : in;
       lmax = n > lmax ? n : lmax;
       lmaxl = nl > lmaxl ? nl : lmaxl;
+    };
+CYCTC_UNROLL
+    for (int j = 0; j < CYCTC_PRE; ++j) {
+      const int r = tid + j * nthr;
+      if (r < S) step(r, p_next[j]);
+    }
+    for (int j = CYCTC_PRE; j < ntile; ++j) {
+      const int r = tid + j * nthr;
+      if (r < S) step(r, prob_of(i, r));
+    }
+    // the next frame's probabilities of the first tiles: loads in flight across the barrier
+CYCTC_UNROLL
+    for (int j = 0; j < CYCTC_PRE; ++j) {
+      const int r = tid + j * nthr;
+      p_next[j] = i + 1 < Tb && r < S ? prob_of(i + 1, r) : T(0);
     }
     El = El_new;
     lmax = warp_max(lmax);
@@ -421,11 +450,8 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
     T* curl = shad_row(i & 1);
     T sh = 0;
     if (i > 0) {
-      T mx = -N::inf();
-      for (int w = 0; w < nwarps; ++w) {
-        const T a = s_wmax[(i + 1) & 1][w];
-        mx = a > mx ? a : mx;
-      }
+      const int lane = tid % 32;
+      const T mx = warp_max(lane < nwarps ? s_wmax[(i + 1) & 1][lane] : -N::inf());
       sh = mx > -N::inf() ? mx : T(0);
       off += (double)sh;
     }
@@ -478,6 +504,7 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
 #undef CYCTC_LABEL_AT
 #undef CYCTC_STAY
 #undef CYCTC_SKIP
+#undef CYCTC_PRE
 }
 
 // ---------------------------------------------------------------------------------------------------------------
