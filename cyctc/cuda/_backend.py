@@ -153,8 +153,8 @@ def launch_config(B: int, T: int, C: int, Lmax: int, dtype, x_strides: Sequence[
     Plan
         Inputs the launches name: ``x``, ``labels`` (int32 (B, Lmax) C-contiguous), ``label_length``,
         ``logit_length`` (int32 (B,)), ``grad_scale`` (float64 (B,)) and ``grad`` (when planned); output ``loss``
-        (float64 (B,)); workspaces ``rinfo``, ``prob``, ``arows``, ``brows``, ``alo``, ``blo``, ``fmt``, ``work``,
-        ``lmap``.
+        (float64 (B,)); workspaces ``rinfo``, ``prob``, ``arows``, ``brows``, ``alo``, ``blo``, ``aexp``, ``bexp``,
+        ``fmt``, ``work``, ``lmap``.
         Launches: ``cyctc_rows`` (one warp per row), ``cyctc_chain`` (grid (B, 2): forward and backward chains
         concurrently; (B, 1) for a loss only), ``cyctc_grad`` (one warp per row, gradient only).
     """
@@ -168,6 +168,7 @@ def launch_config(B: int, T: int, C: int, Lmax: int, dtype, x_strides: Sequence[
     S = 2 * Lmax + 1
     ndir = 2 if want_grad else 1
     use_shared = chain_shared_bytes(S, dtype) + STATIC_SHARED <= shared_limit
+    nseg = (S + 31) // 32
     workspaces = (
         ("rinfo", dtype, max(1, 2 * B * T)),
         ("prob", dtype, max(1, B * T * (Lmax + 1))),
@@ -176,8 +177,11 @@ def launch_config(B: int, T: int, C: int, Lmax: int, dtype, x_strides: Sequence[
         # low parts of the log-space fallback's rows (float32 only; written only for examples that fall back)
         ("alo", dtype, max(1, B * T * S) if want_grad and dtype == "float32" else 1),
         ("blo", dtype, max(1, B * T * S) if want_grad and dtype == "float32" else 1),
+        # exponents of the stored rows' 32-state segments
+        ("aexp", "int32", max(1, B * T * nseg) if want_grad else 1),
+        ("bexp", "int32", max(1, B * T * nseg) if want_grad else 1),
         ("fmt", "int32", max(1, 2 * B)),
-        ("work", dtype, 1 if use_shared else max(1, ndir * B * 4 * S)),
+        ("work", dtype, 1 if use_shared else max(1, ndir * B * _chain_work(S))),
         ("lmap", "int32", max(1, 2 * B * Lmax) if want_grad else 1),
     )
     launches = []
@@ -192,13 +196,14 @@ def launch_config(B: int, T: int, C: int, Lmax: int, dtype, x_strides: Sequence[
     launches.append(Launch("ctc.cu", f"cyctc_chain<{T_}>", (B, ndir, 1), (chain_threads(S, dtype), 1, 1),
                            chain_shared_bytes(S, dtype) if use_shared else 0, common + (
         ("i32", int(bool(merge_repeated))), ("buf", "rinfo"), ("buf", "prob"), ("i32", T), ("buf", "arows"),
-        ("buf", "brows"), ("buf", "alo"), ("buf", "blo"), ("buf", "fmt"), ("buf", "work"), ("i32", int(use_shared)), ("buf", "lmap"),
+        ("buf", "brows"), ("buf", "alo"), ("buf", "blo"), ("buf", "aexp"), ("buf", "bexp"), ("buf", "fmt"), ("buf", "work"), ("i32", int(use_shared)), ("buf", "lmap"),
         ("i32", int(want_grad)), ("buf", "loss"))))
     if want_grad and T > 0:
         sgb, sgt = _strides(grad_strides)
         grid, block = _rows_grid(B * T)
         launches.append(Launch("ctc.cu", f"cyctc_grad<{T_}>", grid, block, 0, common + (
-            ("buf", "rinfo"), ("buf", "arows"), ("buf", "brows"), ("buf", "alo"), ("buf", "blo"), ("buf", "fmt"),
+            ("buf", "rinfo"), ("buf", "arows"), ("buf", "brows"), ("buf", "alo"), ("buf", "blo"), ("buf", "aexp"),
+            ("buf", "bexp"), ("buf", "fmt"),
             ("i32", B), ("i32", T),
             ("i32", C), ("buf", "lmap"), ("buf", "loss"), ("buf", "grad_scale"), ("buf", "grad"), ("i64", sgb),
             ("i64", sgt))))
@@ -211,9 +216,15 @@ def chain_threads(S: int, dtype="float32") -> int:
     return _round_warp(S, 32, _RECURSION_MAX[_dtype_name(dtype)])
 
 
+def _chain_work(S: int) -> int:
+    """Values a cyctc_chain block keeps (ctc.cu chain_work): four rows of S, and per 32-state segment the maxima
+    and exponents of two main and two shadow rows."""
+    return 4 * S + 8 * ((S + 31) // 32)
+
+
 def chain_shared_bytes(S: int, dtype) -> int:
-    """Dynamic shared memory of a cyctc_chain block: two main and two shadow rows of S values."""
-    return 4 * S * _isz(_dtype_name(dtype))
+    """Dynamic shared memory of a cyctc_chain block: two main and two shadow rows of S values, segment data."""
+    return _chain_work(S) * _isz(_dtype_name(dtype))
 
 
 def _isz(dtype: str) -> int:

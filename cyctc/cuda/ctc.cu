@@ -145,6 +145,10 @@ __device__ __forceinline__ int warp_max_int(int v) {
   return v;
 }
 
+// Values of R a chain block keeps (shared memory, or `work`): four rows, then per 32-state segment the maxima and
+// exponents (int) of two main and two shadow rows.
+__device__ __forceinline__ int chain_work(int S_stride) { return 4 * S_stride + 8 * ((S_stride + 31) / 32); }
+
 // Smallest number of frames an alignment of the example's labels needs.
 __device__ __forceinline__ int min_frames(const int* lab, int L, int merge_repeated) {
   int n = L;
@@ -235,18 +239,20 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
             const int* __restrict__ label_length, const int* __restrict__ logit_length, int blank,
             int merge_repeated, const T* __restrict__ rinfo, const T* __restrict__ prob, int T_,
             T* __restrict__ arows, T* __restrict__ brows, T* __restrict__ alo, T* __restrict__ blo,
-            int* __restrict__ fmt, T* __restrict__ work,
+            int* __restrict__ aexp, int* __restrict__ bexp, int* __restrict__ fmt, T* __restrict__ work,
             int use_shared, int* __restrict__ lmap, int want_grad, double* __restrict__ loss) {
   using namespace cyctc_ctc;
   typedef Num<T> N;
   DYNAMIC_SHARED(T, smem);
-  __shared__ T s_wmax[2][32], s_wlmax[2][32];  // per-warp maxima of the last two main / shadow rows
+  __shared__ T s_wmax[2][32];  // per-warp maxima of the last two rows (log space)
+  // per-warp largest (segment exponent + exponent of the segment's maximum) of the last two main / shadow rows
+  __shared__ int s_wexp[2][32], s_wlexp[2][32];
   const int b = blockIdx.x, dir = blockIdx.y, B = gridDim.x;
   const int S_stride = 2 * Lmax + 1;
   const int L = label_length[b], Tb = logit_length[b], S = 2 * L + 1;
   const int* lab = labels + (long long)b * Lmax;
   const int tid = threadIdx.x, nthr = blockDim.x, warp = tid / 32, nwarps = (nthr + 31) / 32;
-  T* rows = use_shared ? smem : work + ((long long)dir * B + b) * 4 * S_stride;
+  T* rows = use_shared ? smem : work + ((long long)dir * B + b) * chain_work(S_stride);
   // main rows 0 and 1, then shadow rows 0 and 1 (no arrays of pointers: they would live in local memory)
 #define main_row(k) (rows + (k) * S_stride)
 #define shad_row(k) (rows + (2 + (k)) * S_stride)
@@ -283,79 +289,109 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
   // may chain state r repeat itself / be entered from r - 2?
 #define CYCTC_STAY(r) (merge_repeated || !((r) & 1))
 #define CYCTC_SKIP(r) (((r) & 1) && (r) >= 3 && (!merge_repeated || CYCTC_LABEL_AT(r) != CYCTC_LABEL_AT((r) - 2)))
-#define CYCTC_PRE 4  // tiles whose probabilities are loaded a step ahead, in registers
+#define CYCTC_PRE 1  // tiles whose probabilities are loaded a step ahead, in registers
 
   // ---- scaled linear space ----
-  // binary exponents of the current main and shadow rows (uniform over the block). A main row's maximum is kept
-  // near 2^head (not 1): its states then have the whole range down to TH, 2^-244 (float) below the maximum
-  int E = -N::head, El = -64 - N::head;
-  int nonfinite = 0;  // a valid frame holds NaN or inf
+  // Each segment of 32 chain states (g = r / 32: the states of one warp in one tile) has its own binary exponent: a
+  // row's values are v * 2^E_g, each segment's maximum kept near 2^head (not 1), so that a segment's states have the
+  // whole range down to TH (2^-244 of its maximum in float) and the row as a whole any range (alpha rows of long
+  // inputs span more than float32's range; a segment spans far less). The shadow row has segments of its own.
+  // Segment maxima and exponents of the last two rows live after the four rows (exponents as int).
+  const int nseg = (S_stride + 31) / 32;
+  T* segmax = rows + 4 * S_stride;                                     // [2][nseg]
+  int* segE = reinterpret_cast<int*>(rows + 4 * S_stride + 2 * nseg);  // [2][nseg]
+  T* lsegmax = rows + 4 * S_stride + 4 * nseg;                         // shadow: [2][nseg]
+  int* lsegE = reinterpret_cast<int*>(rows + 4 * S_stride + 6 * nseg);
+  int* rexp = dir == 0 ? aexp : bexp;  // (B, T_, nseg): segment exponents of the stored rows (gradient only)
+  if (want_grad) rexp += (long long)b * T_ * nseg;
+  const int lane = tid % 32;
+  int Emax = -N::head;     // the previous row's largest segment exponent plus its maximum's (uniform)
+  int nonfinite = 0;       // a valid frame holds NaN or inf
   for (int t = tid; t < Tb; t += nthr) nonfinite |= !(rinfo_b[2 * t] == rinfo_b[2 * t]);
   bool hopeless = false;  // the lost mass already rivals the row: go to log space now (a uniform decision)
   // probability of chain state r at step ii; 0 for a state that cannot reach the chain's end in the frames left
-  // (at most two states a frame): it has no weight in P or in any posterior, and dropping it exactly lets the row's
-  // scale follow the states that matter
+  // (at most two states a frame): it has no weight in P or in any posterior, and dropping it exactly lets the
+  // scales follow the states that matter
   auto prob_of = [&](int ii, int r) -> T {
     const int tt = dir == 0 ? ii : Tb - 1 - ii;
-    return r + 2 * (Tb - 1 - ii) >= S - 2 ? prob_b[(long long)tt * (Lmax + 1) + CYCTC_KIDX(r)] : T(0);
+    return r < S && r + 2 * (Tb - 1 - ii) >= S - 2 ? prob_b[(long long)tt * (Lmax + 1) + CYCTC_KIDX(r)] : T(0);
   };
   T p_next[CYCTC_PRE];
-CYCTC_UNROLL
-  for (int j = 0; j < CYCTC_PRE; ++j) {
-    const int r = tid + j * nthr;
-    p_next[j] = r < S ? prob_of(0, r) : T(0);
-  }
+  CYCTC_UNROLL
+  for (int j = 0; j < CYCTC_PRE; ++j) p_next[j] = prob_of(0, tid + j * nthr);
+  const int none = -0x40000000;  // "no exponent": an empty segment
   for (int i = 0; i < Tb; ++i) {
     const int t = dir == 0 ? i : Tb - 1 - i;
-    T* prev = main_row((i + 1) & 1);
-    T* prevl = shad_row((i + 1) & 1);
-    T* cur = main_row(i & 1);
-    T* curl = shad_row(i & 1);
-    // scales from the previous rows' maxima (written before the barrier that ended step i - 1)
-    T sc = 1, scl = 0;
-    int El_new = El;
-    if (i > 0) {
-      // every warp reduces the per-warp maxima itself (lane w reads warp w's): no second barrier
-      const int lane = tid % 32;
-      const T mx = warp_max(lane < nwarps ? s_wmax[(i + 1) & 1][lane] : T(0));
-      const T mxl = warp_max(lane < nwarps ? s_wlmax[(i + 1) & 1][lane] : T(0));
-      const int e = N::expo(mx);
-      if (mxl > T(0) && El + N::expo(mxl) > E + e - N::tol_bits / 2) {
+    const int pb = (i + 1) & 1, cb = i & 1;  // buffers of the previous and current rows
+    const T* prev = main_row(pb);
+    const T* prevl = shad_row(pb);
+    T* cur = main_row(cb);
+    T* curl = shad_row(cb);
+    if (i > 0) {  // from the previous rows' per-warp exponents (written before the barrier that ended step i - 1)
+      Emax = warp_max_int(lane < nwarps ? s_wexp[pb][lane] : none);
+      const int Elmax = warp_max_int(lane < nwarps ? s_wlexp[pb][lane] : none);
+      if (Elmax != none && Elmax > Emax - N::tol_bits / 2) {
         hopeless = true;
         break;
       }
-      sc = N::ldx(T(1), N::head - e);  // e in [-123, 123]: 2^(head - e) may leave pow2's range
-      E += e - N::head;
-      // The shadow follows its own maximum (scaled to [0.5, 1)); an empty shadow, or one fallen more than 2^96
-      // below the main row's units (so that an injection would leave the range), is rebased to 2^-64 of them (the
-      // few values of an old shadow that this pushes below TH are rounded up to TH: it stays an upper bound).
-      El_new = mxl > T(0) ? El + N::expo(mxl) : E - 64;
-      if (El_new < E - 96) El_new = E - 64;
-      scl = N::ldx(T(1), El - El_new);
     }
-    // a flush at state r loses less than 2^(expo(in) + ep) of the main row's units (p < 2^ep): in the shadow's
-    // units 2^(expo(in) + ep + dE), and at least TH there
-    const int dE = E - El_new;
-    T lmax = 0, lmaxl = 0;
-    // one state of the step; pr: its probability (loaded before the barrier for the first tiles)
-    auto step = [&](int r, T pr) {
-      T in, inl_raw;
-      if (i == 0) {
-        in = r < 2 ? N::pow2(N::head) : T(0);
-        inl_raw = 0;
+    int lexp = none, lexpl = none;
+    // one tile of states (a whole warp: every lane calls, lanes past S with r >= S); pr: the state's probability
+    auto step = [&](int j, T pr) {
+      const int r = tid + j * nthr, g = r / 32;
+      const bool valid = r < S;
+      T in = 0, inl = 0, inl_raw = 0;
+      int Eg_new = -N::head, Lg_new = -N::head - 64;
+      bool scale_flush = false;
+      if (i > 0 && g < nseg) {
+        // the segment's new exponent: its own maximum, or the left neighbour's (whose last states flow in), the
+        // larger; an empty pair keeps the old one
+        const int Eg = segE[pb * nseg + g];
+        const T mg = segmax[pb * nseg + g];
+        const int Tg = mg > T(0) ? Eg + N::expo(mg) - N::head : none;
+        int Eg1 = Eg, Tg1 = none;
+        if (g > 0) {
+          Eg1 = segE[pb * nseg + g - 1];
+          const T mg1 = segmax[pb * nseg + g - 1];
+          Tg1 = mg1 > T(0) ? Eg1 + N::expo(mg1) - N::head : none;
+        }
+        Eg_new = Tg > Tg1 ? Tg : Tg1;
+        if (Eg_new == none) Eg_new = Eg;
+        // the shadow segment likewise, its maximum scaled to [0.5, 1); an empty one, or one fallen more than 2^96
+        // below the main segment's units (an injection would leave the range), is rebased to 2^-64 of them
+        // (values this pushes below TH are rounded up to TH below: it stays an upper bound)
+        const int Lg = lsegE[pb * nseg + g];
+        const T ml = lsegmax[pb * nseg + g];
+        const int TLg = ml > T(0) ? Lg + N::expo(ml) : none;
+        int Lg1 = Lg, TLg1 = none;
+        if (g > 0) {
+          Lg1 = lsegE[pb * nseg + g - 1];
+          const T ml1 = lsegmax[pb * nseg + g - 1];
+          TLg1 = ml1 > T(0) ? Lg1 + N::expo(ml1) : none;
+        }
+        Lg_new = TLg > TLg1 ? TLg : TLg1;
+        if (Lg_new < Eg_new - 96) Lg_new = Eg_new - 64;  // "none" included
+        if (valid) {
+          T own = CYCTC_STAY(r) ? prev[r] : T(0), left = 0;
+          T ownl = CYCTC_STAY(r) ? prevl[r] : T(0), leftl = 0;
+          if (r >= 1) {
+            const bool same = (r - 1) / 32 == g;
+            (same ? own : left) += prev[r - 1];
+            (same ? ownl : leftl) += prevl[r - 1];
+          }
+          if (CYCTC_SKIP(r)) {
+            const bool same = (r - 2) / 32 == g;
+            (same ? own : left) += prev[r - 2];
+            (same ? ownl : leftl) += prevl[r - 2];
+          }
+          const T so = N::ldx(own, Eg - Eg_new), sl = left > T(0) ? N::ldx(left, Eg1 - Eg_new) : T(0);
+          scale_flush = (own > T(0) && !(so >= N::th())) || (left > T(0) && !(sl >= N::th()));
+          in = (so >= N::th() ? so : T(0)) + (sl >= N::th() ? sl : T(0));
+          inl_raw = ownl + leftl;
+          inl = N::ldx(ownl, Lg - Lg_new) + (leftl > T(0) ? N::ldx(leftl, Lg1 - Lg_new) : T(0));
+        }
       } else {
-        in = CYCTC_STAY(r) ? prev[r] : T(0);
-        T inl = CYCTC_STAY(r) ? prevl[r] : T(0);
-        if (r >= 1) {
-          in += prev[r - 1];
-          inl += prevl[r - 1];
-        }
-        if (CYCTC_SKIP(r)) {
-          in += prev[r - 2];
-          inl += prevl[r - 2];
-        }
-        in *= sc;
-        inl_raw = inl;
+        in = r < 2 ? N::pow2(N::head) : T(0);
       }
       const bool marked = pr < T(0), nonzero = pr != T(0);  // marked: p < 2^pr, below TH
       const int ep = marked ? (int)pr : N::expo(pr);
@@ -367,40 +403,48 @@ CYCTC_UNROLL
         n = 0;
       }
       // shadow: the same step with an upper bound of p, every nonzero-input product at least TH
-      T nl = (inl_raw * scl) * (marked ? N::ldx(T(1), ep) : p);
+      T nl = inl * (marked ? N::ldx(T(1), ep) : p);
       if (inl_raw > T(0) && nonzero && !(nl >= N::th())) nl = N::th();
       if (!nonzero) nl = 0;
+      // a lost product is below 2^(expo(in) + ep) of the segment's units; an input lost in rescaling below TH
+      // (times p < 2^ep); in the shadow's units, and at least TH there
+      const int dE = Eg_new - Lg_new;
       if (flush) {
         const T lost = N::ldx(T(1), N::expo(in) + ep + dE);
         nl += lost >= N::th() ? lost : N::th();
       }
-      cur[r] = n;
-      curl[r] = nl;
-      if (want_grad) store[(long long)t * S_stride + CYCTC_STATE(r)] = dir == 0 ? n : in;
-      lmax = n > lmax ? n : lmax;
-      lmaxl = nl > lmaxl ? nl : lmaxl;
+      if (scale_flush && nonzero) {
+        const T lost = N::ldx(N::th(), ep + dE);
+        nl += lost >= N::th() ? lost : N::th();
+      }
+      if (valid) {
+        cur[r] = n;
+        curl[r] = nl;
+        if (want_grad) store[(long long)t * S_stride + CYCTC_STATE(r)] = dir == 0 ? n : in;
+      }
+      const T m = warp_max(n), mlg = warp_max(nl);  // the segment's maxima (the warp is the segment)
+      if (m > T(0)) lexp = lexp > Eg_new + N::expo(m) ? lexp : Eg_new + N::expo(m);
+      if (mlg > T(0)) lexpl = lexpl > Lg_new + N::expo(mlg) ? lexpl : Lg_new + N::expo(mlg);
+      if (lane == 0 && g < nseg) {
+        segmax[cb * nseg + g] = m;
+        segE[cb * nseg + g] = Eg_new;
+        lsegmax[cb * nseg + g] = mlg;
+        lsegE[cb * nseg + g] = Lg_new;
+        if (want_grad) rexp[(long long)t * nseg + g] = Eg_new;  // g in chain order
+      }
     };
-CYCTC_UNROLL
-    for (int j = 0; j < CYCTC_PRE; ++j) {
-      const int r = tid + j * nthr;
-      if (r < S) step(r, p_next[j]);
-    }
-    for (int j = CYCTC_PRE; j < ntile; ++j) {
-      const int r = tid + j * nthr;
-      if (r < S) step(r, prob_of(i, r));
-    }
+    CYCTC_UNROLL
+    for (int j = 0; j < CYCTC_PRE; ++j)
+      if (j < ntile) step(j, p_next[j]);
+    for (int j = CYCTC_PRE; j < ntile; ++j) step(j, prob_of(i, tid + j * nthr));
     // the next frame's probabilities of the first tiles: loads in flight across the barrier
-CYCTC_UNROLL
-    for (int j = 0; j < CYCTC_PRE; ++j) {
-      const int r = tid + j * nthr;
-      p_next[j] = i + 1 < Tb && r < S ? prob_of(i + 1, r) : T(0);
-    }
-    El = El_new;
-    lmax = warp_max(lmax);
-    lmaxl = warp_max(lmaxl);
-    if (tid % 32 == 0) {
-      s_wmax[i & 1][warp] = lmax;
-      s_wlmax[i & 1][warp] = lmaxl;
+    CYCTC_UNROLL
+    for (int j = 0; j < CYCTC_PRE; ++j) p_next[j] = i + 1 < Tb ? prob_of(i + 1, tid + j * nthr) : T(0);
+    lexp = warp_max_int(lexp);
+    lexpl = warp_max_int(lexpl);
+    if (lane == 0) {
+      s_wexp[cb][warp] = lexp;
+      s_wlexp[cb][warp] = lexpl;
     }
     if (i == 0) {
       if (__syncthreads_or(nonfinite)) {  // a valid frame holds NaN or inf: loss NaN (uniform)
@@ -413,18 +457,27 @@ CYCTC_UNROLL
   }
   // P (the chain's end mass) and the shadow's bound, read by every thread from the last rows: a uniform decision
   if (!hopeless) {
-    const T* last = main_row((Tb - 1) & 1);
-    const T* lastl = shad_row((Tb - 1) & 1);
-    const T P = S >= 2 ? last[S - 1] + last[S - 2] : last[0];
-    const T Bd = S >= 2 ? lastl[S - 1] + lastl[S - 2] : lastl[0];
+    const int lb = (Tb - 1) & 1;
+    const T* last = main_row(lb);
+    const T* lastl = shad_row(lb);
+    // P = v1 2^E1 + v2 2^E2 (the last two chain states, maybe in two segments), as P 2^EP
+    const int g1 = (S - 1) / 32, g2 = S >= 2 ? (S - 2) / 32 : g1;
+    const int E1 = segE[lb * nseg + g1], E2 = segE[lb * nseg + g2];
+    const T v1 = last[S - 1], v2 = S >= 2 ? last[S - 2] : T(0);
+    const int EP = E1 > E2 ? E1 : E2;
+    const T P = N::ldx(v1, E1 - EP) + N::ldx(v2, E2 - EP);
+    const int L1 = lsegE[lb * nseg + g1], L2 = lsegE[lb * nseg + g2];
+    const int EB = L1 > L2 ? L1 : L2;
+    const T Bd = N::ldx(lastl[S - 1], L1 - EB) + (S >= 2 ? N::ldx(lastl[S - 2], L2 - EB) : T(0));
     const bool dead = !(P > T(0)) && !(Bd > T(0));  // no alignment has any probability: loss +inf
-    const bool exact = P > T(0) && (!(Bd > T(0)) || N::expo(Bd) + 1 + El <= N::expo(P) - 1 + E - N::tol_bits);
+    // Bd may be rounded down by ldx: at most one ulp of each term, far inside the bound's factor 2
+    const bool exact = P > T(0) && (!(Bd > T(0)) || N::expo(Bd) + 1 + EB <= N::expo(P) - 1 + EP - N::tol_bits);
     if (exact || dead) {
       if (dir == 0 && tid == 0) {
         double l = Num<double>::inf();
         if (!dead) {  // log of P's mantissa (in [0.5, 1): small, precise) plus its binary exponent
           const int eP = N::expo(P);
-          l = -((double)N::lg(P * N::pow2(-eP)) + (double)(E + eP) * 0.69314718055994530942);
+          l = -((double)N::lg(P * N::pow2(-eP)) + (double)(EP + eP) * 0.69314718055994530942);
         }
         loss[b] = l > 0.0 ? l : 0.0;  // P <= 1: a rounding error below 0 is reported as 0
       }
@@ -450,7 +503,6 @@ CYCTC_UNROLL
     T* curl = shad_row(i & 1);
     T sh = 0;
     if (i > 0) {
-      const int lane = tid % 32;
       const T mx = warp_max(lane < nwarps ? s_wmax[(i + 1) & 1][lane] : -N::inf());
       sh = mx > -N::inf() ? mx : T(0);
       off += (double)sh;
@@ -517,7 +569,21 @@ namespace cyctc_ctc {
 template <typename R>
 struct Posterior {
   const R *a, *b, *alo, *blo;  // alo / blo: the low parts of log-space rows (float only)
+  const int *ea, *eb;           // segment exponents of linear rows (segments of 32 states in chain order)
+  int S;
   bool lin, a_log, b_log;       // both rows linear / each row in log space
+  __device__ __forceinline__ int seg_a(int s) const { return s / 32; }
+  __device__ __forceinline__ int seg_b(int s) const { return (S - 1 - s) / 32; }
+  // log of a linear row's value: log v + (segment exponent - the row's first segment's) ln 2, as a pair
+  __device__ __forceinline__ Pair<R> lin_log(R v, int d) const {
+    // ln 2 = c1 + c2 + c3, c1 and c2 of 8 significant bits: d * c1 and d * c2 are exact for |d| < 2^16
+    const R c1 = R(0.69140625), c2 = R(0.001739501953125), c3 = R(1.428606765330187e-06);
+    if (!(v > R(0))) return Pair<R>{-Num<R>::inf(), R(0)};
+    const int x = Num<R>::expo(v);  // log of the mantissa (in [0.5, 1): small, precise) + the exponents' multiple
+    d += x;
+    const Pair<R> u = add(two_sum(Num<R>::lg(v * Num<R>::pow2(-x)), R(d) * c1), R(d) * c2);
+    return Pair<R>{u.h, u.l + R(d) * c3};
+  }
   int kmax;
   R umax;
   __device__ __forceinline__ void key(int s, int* k, R* m, R* u) const {
@@ -525,9 +591,9 @@ struct Posterior {
     if (lin) {
       if (va > R(0) && vb > R(0)) {
         // stored values are 0 or at least TH (normal): exponent from the bits, mantissa scaled exactly
-        const int ea = Num<R>::expo(va), eb = Num<R>::expo(vb);
-        const R ma = va * Num<R>::pow2(-ea), mb = vb * Num<R>::pow2(-eb);
-        *k = ea + eb;
+        const int xa = Num<R>::expo(va), xb = Num<R>::expo(vb);
+        const R ma = va * Num<R>::pow2(-xa), mb = vb * Num<R>::pow2(-xb);
+        *k = xa + ea[seg_a(s)] + xb + eb[seg_b(s)];
         *m = ma * mb;
       } else {
         *k = -0x40000000;
@@ -540,10 +606,10 @@ struct Posterior {
   // log alpha + log beta as a pair (a linear row's log: log of the value, low part 0; log 0 = -inf)
   __device__ __forceinline__ Pair<R> log_pair(int s) const {
     const bool f = sizeof(R) == 4;
-    const R ah = a_log ? a[s] : Num<R>::lg(a[s]), al = a_log && f ? alo[s] : R(0);
-    const R bh = b_log ? b[s] : Num<R>::lg(b[s]), bl = b_log && f ? blo[s] : R(0);
-    const Pair<R> u = two_sum(ah, bh);
-    return Pair<R>{u.h, u.l + (al + bl)};
+    const Pair<R> la = a_log ? Pair<R>{a[s], f ? alo[s] : R(0)} : lin_log(a[s], ea[seg_a(s)] - ea[0]);
+    const Pair<R> lb = b_log ? Pair<R>{b[s], f ? blo[s] : R(0)} : lin_log(b[s], eb[seg_b(s)] - eb[0]);
+    const Pair<R> u = two_sum(la.h, lb.h);
+    return Pair<R>{u.h, u.l + (la.l + lb.l)};
   }
   __device__ __forceinline__ R weight(int s) const {
     if (!lin) {
@@ -565,7 +631,8 @@ __global__ void __launch_bounds__(256, 1)
 cyctc_grad(const T* __restrict__ x, long long sx_b, long long sx_t, const int* __restrict__ labels, int Lmax,
            const int* __restrict__ label_length, const int* __restrict__ logit_length, int blank,
            const T* __restrict__ rinfo, const T* __restrict__ arows, const T* __restrict__ brows,
-           const T* __restrict__ alo, const T* __restrict__ blo, const int* __restrict__ fmt, int B, int T_, int C, const int* __restrict__ lmap,
+           const T* __restrict__ alo, const T* __restrict__ blo, const int* __restrict__ aexp,
+           const int* __restrict__ bexp, const int* __restrict__ fmt, int B, int T_, int C, const int* __restrict__ lmap,
            const double* __restrict__ loss, const double* __restrict__ grad_scale, T* __restrict__ grad, long long sg_b,
            long long sg_t) {
   using namespace cyctc_ctc;
@@ -593,6 +660,10 @@ cyctc_grad(const T* __restrict__ x, long long sx_b, long long sx_t, const int* _
   Posterior<T> post;
   post.a = arows + row * S_stride;
   post.b = brows + row * S_stride;
+  const int nseg = (S_stride + 31) / 32;
+  post.ea = aexp + row * nseg;
+  post.eb = bexp + row * nseg;
+  post.S = S;
   post.alo = alo + (sizeof(T) == 4 ? row * S_stride : 0);  // float64 plans allocate no low parts
   post.blo = blo + (sizeof(T) == 4 ? row * S_stride : 0);
   post.a_log = fmt[b] != 0;

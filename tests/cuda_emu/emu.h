@@ -5,8 +5,9 @@
 //   THREADS     a pool of nthr std::threads per launch, emu::Barrier for __syncthreads / warp syncs: real
 //               concurrency, so ThreadSanitizer names racing lines (exited threads drop out of barriers, as sm_70+).
 //   FIBER_FWD / FIBER_REV / FIBER_RAND   one OS thread, fibres (a small stack switch on x86-64, ucontext elsewhere)
-//               run barrier to barrier in forward, reverse or seeded random order (emu::seed): deterministic;
-//               FWD + RAND catch missing barriers.
+//               run barrier to barrier, a warp at a time (the first, last or a seeded random warp; a warp runs on
+//               through warp barriers up to the next block barrier), threads in forward, reverse or random order:
+//               deterministic; FWD + RAND catch missing barriers.
 // __shared__ = static storage in ELF section emu_shared; it and dynamic shared memory are poisoned with 0xFF bytes
 // (NaN for floating types, -1 for ints) before every block so that stale values cannot hide a race.
 // Checked launch limits: <= 1024 threads per block, static + dynamic shared memory <= 48 KiB (the amount a CUDA
@@ -287,16 +288,23 @@ inline void run_block_fibers(std::mt19937& rng) {
     fib[t].on = -1;
     start_fiber(fib[t]);
   }
-  std::vector<int> ready;
+  std::vector<int> ready, run;
   for (;;) {
     ready.clear();
     for (int t = 0; t < nthr; ++t)
       if (fib[t].state == 0) ready.push_back(t);
     if (ready.empty()) break;
-    // run every ready fibre to its next barrier, in the chosen order (a fibre woken meanwhile waits for next round)
-    if (mode == FIBER_REV) std::reverse(ready.begin(), ready.end());
-    if (mode == FIBER_RAND) std::shuffle(ready.begin(), ready.end(), rng);
+    // Warp at a time: one warp (the first, last or a random one with a ready thread) runs its ready fibres to their
+    // next barrier, in the chosen order; it is picked again while it only passes warp barriers, so a warp runs ahead
+    // of the others up to the next block barrier (as a GPU warp may): a missing __syncthreads shows.
+    const int pick = mode == FIBER_FWD ? ready.front() : mode == FIBER_REV ? ready.back()
+                   : ready[std::uniform_int_distribution<int>(0, (int)ready.size() - 1)(rng)];
+    run.clear();
     for (int t : ready)
+      if (t / 32 == pick / 32) run.push_back(t);
+    if (mode == FIBER_REV) std::reverse(run.begin(), run.end());
+    if (mode == FIBER_RAND) std::shuffle(run.begin(), run.end(), rng);
+    for (int t : run)
       if (fib[t].state == 0) resume(t);
   }
   for (int t = 0; t < nthr; ++t)
