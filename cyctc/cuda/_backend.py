@@ -232,7 +232,8 @@ def _isz(dtype: str) -> int:
 
 
 # Operation counts per element used by the cost estimates below (from the kernels' inner loops).
-_CHAIN_OPS = 14  # per state and step: main (3 adds, scale, multiply, checks) and shadow row (the same, rounded up)
+# per state and step: main and shadow rows (2 adds, 2 segment rescalings, a multiply, the flush checks each)
+_CHAIN_OPS = 30
 
 
 def _kernel_costs(name, B, T, C, S, isz, with_grad):
