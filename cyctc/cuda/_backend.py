@@ -238,7 +238,7 @@ _CHAIN_OPS = 30
 
 def _kernel_costs(name, B, T, C, S, isz, with_grad):
     """Per-launch costs of the kernels in ctc.cu (all examples at full length, scaled recursion, no fallback)."""
-    rows, L1 = B * T, (S - 1) // 2 + 1
+    rows, L1, nseg = B * T, (S - 1) // 2 + 1, (S + 31) // 32
     f32 = isz == 4
     ndir = 2 if with_grad else 1
 
@@ -256,10 +256,11 @@ def _kernel_costs(name, B, T, C, S, isz, with_grad):
                                                    fp32_ops=T * S * 40, fp64_ops=T + 4,
                                                    bytes_read=T * (S + 2) * isz,
                                                    bytes_written=(2 if f32 else 1) * T * S * isz if with_grad else 0), bytes_read=ndir * (rows * S * isz + rows * 2 * isz) + B * 12,
-                    bytes_written=(ndir * rows * S * isz + B * 2 * (S // 2) * 4 + 2 * B * 4 if with_grad else 0) + B * 8,
+                    bytes_written=(ndir * rows * (S * isz + nseg * 4) + B * 2 * (S // 2) * 4 + 2 * B * 4
+                                   if with_grad else 0) + B * 8,
                     transcendentals=B * 2, **ops(ndir * B * 6, ndir * rows * S * _CHAIN_OPS))
     if name.startswith("cyctc_grad"):
-        return dict(barrier_steps=0, bytes_read=rows * (C * isz + 2 * S * isz + 2 * isz + 24),
+        return dict(barrier_steps=0, bytes_read=rows * (C * isz + 2 * S * isz + 2 * nseg * 4 + 2 * isz + 24),
                     bytes_written=rows * C * isz, transcendentals=rows * C, **ops(rows * 3, rows * (C * 3 + S * 10)))
     raise KeyError(name)
 
