@@ -344,33 +344,35 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
       int Eg_new = -N::head, Lg_new = -N::head - 64;
       bool scale_flush = false;
       if (i > 0 && g < nseg) {
-        // the segment's new exponent: its own maximum, or the left neighbour's (whose last states flow in), the
-        // larger; an empty pair keeps the old one
+        // the segment's new exponent: from its own maximum, or from the left neighbour's last two states (which
+        // flow in), the larger; an empty pair keeps the old one
         const int Eg = segE[pb * nseg + g];
         const T mg = segmax[pb * nseg + g];
         const int Tg = mg > T(0) ? Eg + N::expo(mg) - N::head : none;
         int Eg1 = Eg, Tg1 = none;
-        if (g > 0) {
+        if (g > 0) {  // what flows in from the left: the left segment's last two states
           Eg1 = segE[pb * nseg + g - 1];
-          const T mg1 = segmax[pb * nseg + g - 1];
+          const T a1 = prev[32 * g - 1], a2 = prev[32 * g - 2], mg1 = a1 > a2 ? a1 : a2;
           Tg1 = mg1 > T(0) ? Eg1 + N::expo(mg1) - N::head : none;
         }
         Eg_new = Tg > Tg1 ? Tg : Tg1;
-        if (Eg_new == none) Eg_new = Eg;
+        const bool live = Eg_new != none;  // the main segment has (or receives) mass
+        if (!live) Eg_new = Eg;
         // the shadow segment likewise, its maximum scaled to [0.5, 1); an empty one, or one fallen more than 2^96
-        // below the main segment's units (an injection would leave the range), is rebased to 2^-64 of them
-        // (values this pushes below TH are rounded up to TH below: it stays an upper bound)
+        // below a live main segment's units (an injection would leave the range), is rebased to 2^-64 of them
+        // (values this pushes below TH are rounded up to TH below: it stays an upper bound). Where the main
+        // segment is empty nothing is injected: the shadow follows its own maximum.
         const int Lg = lsegE[pb * nseg + g];
         const T ml = lsegmax[pb * nseg + g];
         const int TLg = ml > T(0) ? Lg + N::expo(ml) : none;
         int Lg1 = Lg, TLg1 = none;
         if (g > 0) {
           Lg1 = lsegE[pb * nseg + g - 1];
-          const T ml1 = lsegmax[pb * nseg + g - 1];
+          const T a1 = prevl[32 * g - 1], a2 = prevl[32 * g - 2], ml1 = a1 > a2 ? a1 : a2;
           TLg1 = ml1 > T(0) ? Lg1 + N::expo(ml1) : none;
         }
         Lg_new = TLg > TLg1 ? TLg : TLg1;
-        if (Lg_new < Eg_new - 96) Lg_new = Eg_new - 64;  // "none" included
+        if (Lg_new == none || (live && Lg_new < Eg_new - 96)) Lg_new = Eg_new - 64;
         if (valid) {
           T own = CYCTC_STAY(r) ? prev[r] : T(0), left = 0;
           T ownl = CYCTC_STAY(r) ? prevl[r] : T(0), leftl = 0;
