@@ -137,13 +137,21 @@ __device__ __forceinline__ R warp_sum(R v) {
   for (int d = 16; d > 0; d >>= 1) v += __shfl_down_sync(0xffffffffu, v, d);
   return __shfl_sync(0xffffffffu, v, 0);
 }
+// Warp maximum of an int, and of a non-negative value: one redux instruction on sm_80 and newer (a non-negative
+// float orders as its bits), shuffles before (and for double).
 __device__ __forceinline__ int warp_max_int(int v) {
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+  return __reduce_max_sync(0xffffffffu, v);
+#else
   for (int d = 16; d > 0; d >>= 1) {
     const int o = __shfl_xor_sync(0xffffffffu, v, d);
     v = o > v ? o : v;
   }
   return v;
+#endif
 }
+__device__ __forceinline__ float warp_max_nonneg(float v) { return __int_as_float(warp_max_int(__float_as_int(v))); }
+__device__ __forceinline__ double warp_max_nonneg(double v) { return warp_max(v); }
 
 // Values of R a chain block keeps (shared memory, or `work`): four rows, then per 32-state segment the maxima and
 // exponents (int) of two main and two shadow rows.
@@ -424,7 +432,7 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
         curl[r] = nl;
         if (want_grad) store[(long long)t * S_stride + CYCTC_STATE(r)] = dir == 0 ? n : in;
       }
-      const T m = warp_max(n), mlg = warp_max(nl);  // the segment's maxima (the warp is the segment)
+      const T m = warp_max_nonneg(n), mlg = warp_max_nonneg(nl);  // the segment's maxima (the warp is the segment)
       if (m > T(0)) lexp = lexp > Eg_new + N::expo(m) ? lexp : Eg_new + N::expo(m);
       if (mlg > T(0)) lexpl = lexpl > Lg_new + N::expo(mlg) ? lexpl : Lg_new + N::expo(mlg);
       if (lane == 0 && g < nseg) {

@@ -426,6 +426,22 @@ template <class T>
 T __shfl_sync(unsigned, T v, int s, int w = 32) {
   return emu::shfl(v, [&](int) { return s % w; }, w);
 }
+// __reduce_max_sync (sm_80 redux.sync): one exchange through the shuffle slots (one warp barrier), the whole warp
+// calling; each lane then reads the slots of all its warp's lanes
+inline int __reduce_max_sync(unsigned, int v) {
+  using namespace emu;
+  const int lane = tid % 32, base = tid - lane;
+  unsigned long long* slots = xch.data() + (shfl_calls[tid]++ & 1) * nthr;
+  std::memcpy(&slots[tid], &v, sizeof v);
+  warp_sync();
+  int m = v;
+  for (int l = 0; l < 32 && base + l < nthr; ++l) {
+    int o;
+    std::memcpy(&o, &slots[base + l], sizeof o);
+    m = o > m ? o : m;
+  }
+  return m;
+}
 template <class T> T atomicAdd(T* p, T v) { return std::atomic_ref<T>(*p).fetch_add(v); }
 template <class T> T atomicExch(T* p, T v) { return std::atomic_ref<T>(*p).exchange(v); }
 template <class T> T atomicCAS(T* p, T cmp, T v) { std::atomic_ref<T>(*p).compare_exchange_strong(cmp, v); return cmp; }
