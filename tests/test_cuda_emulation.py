@@ -142,8 +142,14 @@ def test_reference_cases_are_found():
     assert len(LOSS_FILES) >= 35 and len(GREEDY_NAMES) >= 5, cases.data_dir()
 
 
-@pytest.mark.parametrize("mode,seed", MODE_RUNS, ids=MODE_IDS)
-@pytest.mark.parametrize("path", LOSS_FILES, ids=os.path.basename)
+# every case in every mode, except the long cases (T >= 200) with real threads: hundreds of OS threads passing 2T
+# barriers take minutes on 2 cores, and THREADS mode is covered by every other case
+REFERENCE_RUNS = [pytest.param(p, m, sd, id=f"{os.path.basename(p)}-{i}")
+                  for p in LOSS_FILES for (m, sd), i in zip(MODE_RUNS, MODE_IDS)
+                  if not (m == "THREADS" and cases.load_loss_case(p).x.shape[1] >= 200)]
+
+
+@pytest.mark.parametrize("path,mode,seed", REFERENCE_RUNS)
 def test_reference_loss_and_grad(path, mode, seed, drivers, runs):
     case = cases.load_loss_case(path)
     if case.name not in runs["runs"]:
@@ -249,7 +255,7 @@ def test_matches_the_cpu_core_including_non_finite_logits(dtype, merge, drivers,
 
 @pytest.mark.parametrize("shared_limit", [_backend.SHARED_LIMIT, 0], ids=["rows-in-shared", "rows-in-global"])
 def test_labels_longer_than_a_block_are_tiled(shared_limit, drivers, tmp_path):
-    """Lmax = 700: S = 1401 states on 512 threads (3 tiles); no label-length limit as in warp-ctc (639) or cuDNN."""
+    """Lmax = 700, float64: S = 1401 states on 512 threads (3 tiles); no label-length limit as in warp-ctc (639) or cuDNN."""
     rng = np.random.default_rng(5)
     B, T, C, Lmax = 2, 760, 6, 700
     labels = rng.integers(1, C, size=(B, Lmax)).astype(np.int32)
@@ -263,7 +269,7 @@ def test_labels_longer_than_a_block_are_tiled(shared_limit, drivers, tmp_path):
     raw = rng.standard_normal((B, T, C))
     plan = _backend.launch_config(B, T, C, Lmax, raw.dtype, (T * C, C), blank=0, merge_repeated=True,
                                   grad_strides=(T * C, C), shared_limit=shared_limit)
-    ab = next(ln for ln in plan.launches if "alpha_beta" in ln.kernel)
+    ab = next(ln for ln in plan.launches if "chain" in ln.kernel)
     assert ab.block[0] == 512 and 2 * Lmax + 1 > 2 * ab.block[0]
     assert (ab.shared_bytes > 0) == (shared_limit > 0)
     res = harness.loss_run(str(tmp_path / "r"), raw, False, labels, ll, tl, 0, True, shared_limit=shared_limit)(
@@ -275,9 +281,9 @@ def test_labels_longer_than_a_block_are_tiled(shared_limit, drivers, tmp_path):
 
 def test_thread_sanitizer_reports_nothing(drivers, tmp_path):
     """THREADS mode under -fsanitize=thread: small cases covering both dtypes, merge_repeated=False, time-major
-    strides, zero lengths, infeasible examples and the greedy decoder."""
-    picks = [p for p in LOSS_FILES if os.path.basename(p)[:3] in ("003", "010", "031")]
-    assert len(picks) == 3
+    strides, zero lengths, infeasible examples, the log-space fallback and the greedy decoder."""
+    picks = [p for p in LOSS_FILES if os.path.basename(p)[:3] in ("003", "010", "031", "024")]
+    assert len(picks) == 4  # 024: float32 peaked logits, every direction in the log-space fallback
     for path in picks:
         case = cases.load_loss_case(path)
         run = harness.loss_run(str(tmp_path / case.name), case.raw, case.time_major, case.labels, case.label_length,
@@ -293,8 +299,13 @@ def test_thread_sanitizer_reports_nothing(drivers, tmp_path):
 def test_emulation_catches_a_deleted_barrier(drivers, tmp_path):
     """The harness is not blind: the driver also holds a copy of ctc.cu without the __syncthreads() between frames
     of the forward recursion (harness.MUTANTS), which then reads rows that other threads have not written yet. The
-    fibre schedules give wrong results and ThreadSanitizer names the race."""
+    fibre schedules give wrong results and ThreadSanitizer names the race. (Labels of 20: several warps per chain;
+    within one warp the shuffles of the row maxima keep the lanes in step.)"""
     case = cases.load_loss_case(next(p for p in LOSS_FILES if os.path.basename(p).startswith("003")))
+    rng = np.random.default_rng(4)
+    raw, labels, ll, tl = _confident_case(rng, 2, 60, 7, 20, np.float64, peak=1.0)
+    ref_loss, ref_grad = cases.numpy_ctc(raw, labels, ll, tl, 0)
+    case = cases.LossCase("mutant", raw, False, labels, ll, tl, 0, True, ref_loss, ref_grad, 1e-10, 1e-10)
     run = harness.loss_run(str(tmp_path), case.raw, case.time_major, case.labels, case.label_length,
                            case.logit_length, case.blank, case.merge_repeated, mutant="no_frame_barrier")
     for mode, seed in (("FIBER_FWD", 0), ("FIBER_RAND", 1)):
@@ -303,40 +314,70 @@ def test_emulation_catches_a_deleted_barrier(drivers, tmp_path):
             cases.check_loss_grad(case, res["loss"], harness.grad_view(res, case.time_major))
     proc = run(drivers["tsan"], "THREADS", 0, env=TSAN_ENV, check=False)
     assert proc.returncode == 66 and "ThreadSanitizer: data race" in proc.stderr, proc.stderr[-3000:]
-    assert "cyctc_alpha_beta" in proc.stderr
+    assert "cyctc_chain" in proc.stderr
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # 3. the pure-Python side of the glue
 
+# the GPU benchmark shapes (benchmarks/bench_gpu.py): B, T, C, Lmax
+BENCH_SHAPES = {"tiny": (1, 50, 20, 10), "ocr": (64, 32, 80, 10), "speech-char": (32, 400, 29, 60),
+                "speech-bpe": (16, 200, 1000, 40), "large-vocab": (8, 150, 5000, 30), "long": (4, 1500, 29, 300),
+                "one-long": (1, 3000, 29, 600), "many-short": (256, 100, 40, 20), "training": (64, 1000, 5000, 200)}
+EXTRA_SHAPES = [(1, 1, 2, 1), (4, 1500, 29, 300), (2, 10, 5, 3000), (2, 10, 5, 2000), (3, 10000, 29, 2000),
+                (2, 10, 5, 1500), (2, 10, 5, 1499)]  # the last two: both sides of the shared-memory limit (float64)
+LAUNCH_BOUNDS = {"cyctc_rows": "256", "cyctc_chain": "sizeof(T) == 4 ? 1024 : 512, 1", "cyctc_grad": "256, 1"}
+
+
+def _launch_bounds_in_source():
+    src = _backend.kernel_source("ctc.cu")
+    return dict((name, n) for n, name in re.findall(r"__launch_bounds__\((.*)\)\s*\n\s*(cyctc_\w+)\(", src))
+
+
 def test_launch_plans_respect_cuda_limits():
-    for B, T, C, Lmax in [(1, 1, 2, 1), (64, 32, 80, 10), (4, 1500, 29, 300), (8, 150, 5000, 30), (2, 10, 5, 3000),
-                          (2, 10, 5, 1528), (2, 10, 5, 1527)]:  # the last two: both sides of the shared-memory limit
-        for grad in (None, (T * C, C)):
-            plan = _backend.launch_config(B, T, C, Lmax, "float32", (T * C, C), blank=0, merge_repeated=True,
-                                          grad_strides=grad)
-            names = [ln.kernel for ln in plan.launches]
-            assert names[0] == "cyctc_row_lse<float>" and names[1] == "cyctc_alpha_beta<float>"
-            assert ("cyctc_grad<float>" in names) == (grad is not None)
-            for ln in plan.launches:
-                assert ln.block[0] % 32 == 0 and 32 <= ln.block[0] <= 1024
-                assert ln.shared_bytes <= _backend.SHARED_LIMIT
-                assert 1 <= ln.grid[0] < 2 ** 31
-                assert all(k in ("buf", "i32", "i64", "f64") for k, _ in ln.args)
-                assert all(-2 ** 31 <= v < 2 ** 31 for k, v in ln.args if k == "i32")
-            rows = [ln for ln in plan.launches if ln.kernel.startswith("cyctc_row_lse")][0]
-            assert rows.grid[0] * rows.block[0] // 32 >= B * T  # one warp per row
-            ab = plan.launches[1]
-            assert ab.grid[0] == B and ab.block[0] <= 512
-            assert (ab.shared_bytes == 0) == (16 * (2 * Lmax + 1) + _backend.STATIC_SHARED > _backend.SHARED_LIMIT)
-            assert ab.shared_bytes + _backend.STATIC_SHARED <= _backend.SHARED_LIMIT
-            sizes = dict((n, c) for n, _, c in plan.workspaces)
-            assert sizes["post"] == (B * T * (2 * Lmax + 1) if grad else 1)
+    """Every plan (benchmark shapes and edge shapes, both dtypes, loss only and with gradient): at most 3 launches,
+    blocks within the kernels' __launch_bounds__ (read from ctc.cu), shared memory within the 48 KiB a launch gets
+    without the opt-in attribute (rows move to global memory beyond), grid within CUDA's limits, and the chain's
+    critical path at most T + 2 barrier steps (T with the scaled recursion)."""
+    assert _launch_bounds_in_source() == LAUNCH_BOUNDS
+    for B, T, C, Lmax in list(BENCH_SHAPES.values()) + EXTRA_SHAPES:
+        for dtype in ("float32", "float64"):
+            for grad in (None, (T * C, C)):
+                plan = _backend.launch_config(B, T, C, Lmax, dtype, (T * C, C), blank=0, merge_repeated=True,
+                                              grad_strides=grad)
+                ct = _backend.CTYPES[dtype]
+                names = [ln.kernel for ln in plan.launches]
+                assert names == [f"cyctc_rows<{ct}>", f"cyctc_chain<{ct}>"] + ([f"cyctc_grad<{ct}>"] if grad else [])
+                for ln in plan.launches:
+                    kname = ln.kernel.split("<")[0]
+                    bound = (1024 if dtype == "float32" else 512) if kname == "cyctc_chain" else 256
+                    assert ln.block[0] % 32 == 0 and 32 <= ln.block[0] <= bound and ln.block[1:] == (1, 1)
+                    assert ln.shared_bytes + _backend.STATIC_SHARED <= _backend.SHARED_LIMIT
+                    assert 1 <= ln.grid[0] < 2 ** 31 and 1 <= ln.grid[1] <= 65535 and ln.grid[2] == 1
+                    assert all(k in ("buf", "i32", "i64", "f64") for k, _ in ln.args)
+                    assert all(-2 ** 31 <= v < 2 ** 31 for k, v in ln.args if k == "i32")
+                rows, chain = plan.launches[0], plan.launches[1]
+                assert rows.grid[0] * rows.block[0] // 32 >= B * T  # one warp per row
+                S = 2 * Lmax + 1
+                cap = 1024 if dtype == "float32" else 512
+                assert chain.grid == (B, 2 if grad else 1, 1) and chain.block[0] == min(cap, (S + 31) // 32 * 32)
+                fits = _backend.chain_shared_bytes(S, dtype) + _backend.STATIC_SHARED <= _backend.SHARED_LIMIT
+                assert (chain.shared_bytes > 0) == fits
+                sizes = dict((n, c) for n, _, c in plan.workspaces)
+                assert sizes["arows"] == sizes["brows"] == (B * T * S if grad else 1)
+                assert sizes["work"] == (1 if fits else (2 if grad else 1) * B * _backend._chain_work(S))
+                summary = _backend.launch_plan_summary(B, T, C, Lmax, dtype, with_grad=grad is not None)
+                assert [d["kernel"] for d in summary] == names
+                assert max(d["barrier_steps"] for d in summary) == T <= T + 2
+                assert [(d["grid"], d["block"], d["shared_bytes"]) for d in summary] == \
+                    [(ln.grid, ln.block, ln.shared_bytes) for ln in plan.launches]
+                if dtype == "float32":  # FP64 only for per-example / per-row scalars (loss, gradient scale)
+                    assert sum(d["fp64_ops"] for d in summary) <= 3 * B * T + 12 * B
     empty = _backend.launch_config(0, 5, 3, 1, "float64", (15, 3), blank=0, merge_repeated=True)
     assert empty.launches == ()
     no_frames = _backend.launch_config(3, 0, 3, 1, "float64", (0, 3), blank=0, merge_repeated=True,
                                        grad_strides=(0, 3))
-    assert [ln.kernel for ln in no_frames.launches] == ["cyctc_alpha_beta<double>"]
+    assert [ln.kernel for ln in no_frames.launches] == ["cyctc_chain<double>"]
     with pytest.raises(TypeError, match="float32 or float64"):
         _backend.launch_config(1, 1, 2, 1, "float16", (2, 2), blank=0, merge_repeated=True)
 
@@ -429,7 +470,7 @@ def test_cupy_glue_passes_what_the_plan_says(monkeypatch):
                 assert type(got) is kinds[kind] and got == value, (name, kind, value, got)
     calls.clear()
     loss, grad = _backend.loss_and_grad(A, False, False, None)
-    assert grad is None and [c[0] for c in calls] == ["cyctc_row_lse<float>", "cyctc_alpha_beta<float>"]
+    assert grad is None and [c[0] for c in calls] == ["cyctc_rows<float>", "cyctc_chain<float>"]
     other = wrap(case.labels)
     other.device = _FakeDevice(1)
     with pytest.raises(ValueError, match="device 1"):
@@ -456,3 +497,177 @@ def test_reason_is_a_sentence():
     r = _backend.reason()
     assert r == "ok" or "cupy" in r or "device" in r
     assert _backend.available() == (r == "ok")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 4. second-generation properties: FP32 hot path, critical path, flush accounting, magnitudes, long inputs
+
+_F64_OP = re.compile(r"^\s*(?:@%p\d+\s+)?(?!ld|st|mov|cvta)([a-z0-9]+)(?:\.[a-z0-9]+)*\.f64\b")
+
+
+def test_float32_kernels_have_few_fp64_instructions():
+    """The PTX of the float32 loss/gradient kernels (only their instantiations compiled) holds at most 32 FP64
+    arithmetic instructions (any instruction on .f64 but loads, stores and moves, conversions included): FP64 is
+    left for per-example scalars (first generation: 661)."""
+    nvrtc = _nvrtc()
+    names = [n for n in _backend.name_expressions("ctc.cu", "float32")]
+    prog = nvrtc.createProgram(_backend.kernel_source("ctc.cu"), "ctc.cu", (), ())
+    try:
+        for n in names:
+            nvrtc.addNameExpression(prog, n)
+        nvrtc.compileProgram(prog, _backend.nvrtc_options("compute_80"))
+        ptx = nvrtc.getPTX(prog).decode()
+    finally:
+        nvrtc.destroyProgram(prog)
+    f64 = [ln.strip() for ln in ptx.splitlines() if _F64_OP.match(ln)]
+    assert ".entry" in ptx and "f32" in ptx
+    assert len(f64) <= 32, f"{len(f64)} FP64 instructions:\n" + "\n".join(f64)
+
+
+def _confident_case(rng, B, T, C, Lmax, dtype, peak=4.0):
+    """Logits of a fairly confident model: a random alignment of each example's labels gets +peak."""
+    raw = rng.standard_normal((B, T, C)).astype(np.float64)
+    labels = np.zeros((B, Lmax), np.int32)
+    ll = np.full(B, Lmax, np.int32)
+    tl = np.full(B, T, np.int32)
+    for b in range(B):
+        lab = rng.integers(1, C, size=Lmax)
+        for i in range(1, Lmax):
+            while lab[i] == lab[i - 1]:
+                lab[i] = rng.integers(1, C)
+        labels[b] = lab
+        cuts = np.sort(rng.choice(np.arange(1, T), size=Lmax, replace=False))
+        for k, (a, e) in enumerate(zip(cuts, list(cuts[1:]) + [T])):
+            raw[b, a:a + max(1, (e - a) // 2), lab[k]] += peak
+        raw[b, :, 0] += peak / 2
+    return raw.astype(dtype), labels, ll, tl
+
+
+@pytest.mark.parametrize("shape", ["tiny", "ocr", "many-short"])
+def test_emulated_barrier_steps_match_the_plan(shape, drivers, tmp_path):
+    """The emulation counts the __syncthreads every block passes: the chain's longest block passes exactly the
+    plan's barrier_steps = T (forward and backward chains are separate, concurrent blocks), the row kernels
+    none; and the results match the float64 oracle. (Big shapes: see test_launch_plans_respect_cuda_limits.)"""
+    B, T, C, Lmax = BENCH_SHAPES[shape]
+    B = min(B, 8)  # the same per-block critical path, fewer blocks to emulate
+    rng = np.random.default_rng(3)
+    raw, labels, ll, tl = _confident_case(rng, B, T, C, Lmax, np.float32)
+    res = harness.loss_run(str(tmp_path), raw, False, labels, ll, tl, 0, True)(drivers["plain"], "FIBER_RAND", 5)
+    summary = {d["kernel"]: d["barrier_steps"] for d in _backend.launch_plan_summary(B, T, C, Lmax, "float32")}
+    assert res["_barriers"] == summary
+    assert summary["cyctc_chain<float>"] == T
+    ref_loss, ref_grad = cases.numpy_ctc(raw, labels, ll, tl, 0)
+    cases.assert_loss_close(res["loss"], ref_loss, 1e-6)
+    np.testing.assert_allclose(res["grad"], ref_grad, rtol=0, atol=1e-5)
+
+
+# Issue 13, item 0: states lost to underflow although each factor passed a floor check (exact values by brute force)
+FLUSH_REPRODUCERS = [
+    ("tf_ctc_loss_T11", np.array(
+        [[187.292, -308.093, 133.245, -248.7], [-121.211, 192.276, -13.805, -113.947],
+         [-69.146, -320.739, 238.4, 428.951], [191.474, -101.569, 14.989, 152.551],
+         [273.506, 109.306, -197.408, -131.477], [-422.437, -193.609, -259.169, 127.967],
+         [-276.368, 242.886, -8.738, -73.873], [16.32, -30.761, -477.759, 170.307],
+         [-99.03, 103.508, 427.885, -202.38], [358.645, -132.95, 87.087, -280.634],
+         [-129.116, -57.678, 26.461, 85.819]]), [3], 0, 1808.73730),
+    ("keras_confident_wrong", np.log(np.eye(3)[[0] * 50 + [1] * 60 + [0] * 60] + 1e-7), [1, 0], 2, 801.9730),
+    ("tied_masses", np.array([[0, 600], [300, -300], [-300, 0], [300, 0], [0, 600]], np.float64), [1], 0, 898.6137),
+]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("case", FLUSH_REPRODUCERS, ids=[c[0] for c in FLUSH_REPRODUCERS])
+def test_flushes_are_accounted_for(case, dtype, drivers, tmp_path):
+    """Loss-only and gradient calls both give the exact loss (and gradient) where a scaled recursion without
+    rigorous flush accounting silently loses the dominant path."""
+    name, x, lab, blank, exact = case
+    raw = x.astype(dtype)[None]
+    labels = np.array([lab], np.int32)
+    ll, tl = np.array([len(lab)], np.int32), np.array([x.shape[0]], np.int32)
+    ref_loss, ref_grad = cases.numpy_ctc(raw, labels, ll, tl, blank)
+    if dtype == np.float64:
+        np.testing.assert_allclose(ref_loss, [exact], rtol=1e-7)  # the oracle agrees with the brute force
+    rtol, atol = (1e-12, 1e-10) if dtype == np.float64 else (1e-6, 1e-5)
+    for want_grad in (False, True):
+        res = harness.loss_run(str(tmp_path / str(want_grad)), raw, False, labels, ll, tl, blank, True,
+                               want_grad=want_grad)(drivers["plain"], "FIBER_RAND", 3)
+        cases.assert_loss_close(res["loss"], ref_loss, rtol)
+        if want_grad:
+            np.testing.assert_allclose(res["grad"], ref_grad, rtol=0, atol=atol)
+        # these inputs leave the scaled range: the critical path is the plan's plus the fallback's, at most
+        chain = next(d for d in _backend.launch_plan_summary(1, x.shape[0], x.shape[1], len(lab), dtype,
+                                                             with_grad=want_grad) if "chain" in d["kernel"])
+        assert res["_barriers"][chain["kernel"]] <= chain["barrier_steps"] + chain["fallback"]["barrier_steps"]
+    if name == "tied_masses":
+        np.testing.assert_allclose(res["grad"][0, :, 0], [-.5, .25, -.5, .5, -.25], atol=max(atol, 1e-9))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_extreme_magnitudes(dtype, drivers, tmp_path):
+    """Issue 13 items 1-2: logits all equal to 1e30 give the uniform-softmax loss; logits shifted by 1e8 (float64)
+    keep full accuracy; classes at -1e10, -1e30 or -inf give each frame a gradient that sums to 0 and matches."""
+    T, C = 6, 4
+    base = np.random.default_rng(8).standard_normal((4, T, C))
+    raw = np.empty((4, T, C))
+    raw[0] = 1e30
+    raw[1] = base[1] + (1e8 if dtype == np.float64 else 1e3)
+    raw[2] = base[2]
+    raw[2][:, 2] = -1e30
+    raw[3] = base[3]
+    raw[3][:, 3] = -np.inf
+    raw[3][2, 2] = -1e10
+    raw = raw.astype(dtype)
+    labels = np.array([[1, 2], [1, 2], [1, 1], [1, 2]], np.int32)
+    labels[2] = [1, 0]
+    ll = np.array([2, 2, 1, 2], np.int32)
+    tl = np.full(4, T, np.int32)
+    exact_x = raw.astype(np.float64)
+    exact_x = exact_x - np.where(np.isfinite(exact_x), exact_x, -np.inf).max(axis=-1, keepdims=True)  # exact shifts
+    ref_loss, ref_grad = cases.numpy_ctc(exact_x, labels, ll, tl, 0)
+    uniform, _ = cases.numpy_ctc(np.zeros((1, T, C)), labels[:1], ll[:1], tl[:1], 0)
+    np.testing.assert_allclose(ref_loss[0], uniform[0], rtol=1e-15)
+    res = harness.loss_run(str(tmp_path), raw, False, labels, ll, tl, 0, True)(drivers["plain"], "FIBER_FWD", 0)
+    rtol, atol = (1e-13, 1e-13) if dtype == np.float64 else (1e-6, 1e-5)
+    cases.assert_loss_close(res["loss"], ref_loss, rtol)
+    np.testing.assert_allclose(res["grad"], ref_grad, rtol=0, atol=atol)
+    np.testing.assert_allclose(res["grad"].astype(np.float64).sum(-1), 0, atol=atol)
+
+
+@pytest.mark.parametrize("kind", ["confident", "random"])
+def test_long_inputs_float32(kind, drivers, tmp_path):
+    """T = 10000, L = 2000 (S = 4001 states: 4 tiles of 1024 threads, rows in global memory) and T = 3000, float32
+    through the emulation with flush-to-zero, against the float64 CPU core: loss within 1e-4 absolute (losses are
+    above 100) and the gradient within 1e-5, without a log-space pass."""
+    from cyctc import _cpu
+
+    rng = np.random.default_rng(10)
+    if kind == "confident":
+        raw, labels, ll, tl = _confident_case(rng, 1, 10000, 29, 2000, np.float32, peak=3.0)
+    else:
+        raw, labels, ll, tl = _confident_case(rng, 2, 3000, 29, 300, np.float32, peak=0.0)
+        ll[1], tl[1] = 200, 2500
+        labels[1, 200:] = 0
+    run = harness.loss_run(str(tmp_path), raw, False, labels, ll, tl, 0, True)
+    res = run(drivers["plain"], "FIBER_FWD", 0)
+    x64 = raw.astype(np.float64)
+    g64 = np.empty_like(x64)
+    ref_loss = _cpu.ctc_loss_grad(x64, labels, ll, tl, 0, True, g64, np.ones(len(ll)), 1)
+    assert (ref_loss > 100).all()
+    cases.assert_loss_close(res["loss"], ref_loss, 1e-6)
+    # both stay on the scaled path (segment exponents give rows any range): T barrier steps, no log-space pass
+    assert res["_barriers"]["cyctc_chain<float>"] == raw.shape[1]
+    np.testing.assert_allclose(res["grad"], g64, rtol=0, atol=1e-5)
+
+
+def test_flush_to_zero_does_not_change_the_decisions(drivers, tmp_path):
+    """The float32 kernels give the same losses with and without flush-to-zero (they zero every product below the
+    normal range themselves, so the flush detection never relies on subnormals existing)."""
+    case = cases.load_loss_case(next(p for p in LOSS_FILES if os.path.basename(p).startswith("013")))
+    out = []
+    for ftz in (True, False):
+        run = harness.loss_run(str(tmp_path / str(ftz)), case.raw, case.time_major, case.labels, case.label_length,
+                               case.logit_length, case.blank, case.merge_repeated, ftz=ftz)
+        res = run(drivers["plain"], "FIBER_FWD", 0)
+        cases.check_loss_grad(case, res["loss"], harness.grad_view(res, case.time_major))
+        out.append(res["loss"])
+    assert _same_bits(out[0], out[1])

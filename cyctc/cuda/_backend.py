@@ -29,12 +29,12 @@ from typing import Optional, Sequence, Tuple
 __all__ = [
     "Launch", "Plan", "launch_config", "greedy_launch_config", "kernel_source", "name_expressions", "SOURCES",
     "NVRTC_OPTIONS", "nvrtc_options", "load_nvrtc", "get_function", "available", "reason", "ctc_loss_grad",
-    "loss_and_grad", "greedy_decode",
+    "loss_and_grad", "greedy_decode", "launch_plan_summary", "OLD_DESIGN",
 ]
 
 # kernel name expressions per source file; "{T}" is replaced by the C type of the input dtype
 SOURCES = {
-    "ctc.cu": ("cyctc_row_lse<{T}>", "cyctc_alpha_beta<{T}>", "cyctc_grad<{T}>"),
+    "ctc.cu": ("cyctc_rows<{T}>", "cyctc_chain<{T}>", "cyctc_grad<{T}>"),
     "greedy.cu": ("cyctc_greedy_argmax<{T}>", "cyctc_greedy_collapse"),
 }
 CTYPES = {"float32": "float", "float64": "double"}
@@ -42,10 +42,10 @@ CTYPES = {"float32": "float", "float64": "double"}
 # itself (nvrtc_options() spells the full list out for the NVRTC tests).
 NVRTC_OPTIONS = ("--std=c++17",)
 SHARED_LIMIT = 48 * 1024  # shared memory (static + dynamic) any CUDA launch may use without an opt-in attribute
-STATIC_SHARED = 256       # bytes kept for the kernels' own __shared__ variables (cyctc_alpha_beta uses 16)
+STATIC_SHARED = 512       # bytes kept for the kernels' own __shared__ variables (cyctc_chain<double> uses 512)
 
-_ROW_BLOCK = 256      # row kernels (lse, gradient, argmax): 8 warps per block, one warp per (b, t) row
-_RECURSION_MAX = 512  # alpha/beta: at most this many threads over the states of one example
+_ROW_BLOCK = 256       # row kernels (rows, gradient, argmax): 8 warps per block, one warp per (b, t) row
+_RECURSION_MAX = {"float32": 1024, "float64": 512}  # cyctc_chain: threads over the states of one chain
 
 
 def nvrtc_options(arch: str) -> Tuple[str, ...]:
@@ -101,7 +101,9 @@ class Plan:
 
 
 def _dtype_name(dtype) -> str:
-    name = getattr(dtype, "name", None) or str(dtype)
+    name = getattr(dtype, "name", None) or getattr(dtype, "__name__", None) or str(dtype)  # dtype, type or str
+    if not isinstance(name, str):
+        name = str(name)
     if name not in CTYPES:
         raise TypeError(f"logits must be float32 or float64 for the CUDA backend, got {name}")
     return name
@@ -142,15 +144,19 @@ def launch_config(B: int, T: int, C: int, Lmax: int, dtype, x_strides: Sequence[
     grad_strides : (int, int) or None
         Batch and frame strides of the (B, T, C) gradient view in elements; None plans a loss-only call.
     shared_limit : int
-        Bytes of shared memory a launch may use; when the two state rows of the recursion (16 * S bytes, plus
-        STATIC_SHARED) do not fit, they live in a global workspace instead (tests lower it to exercise that path).
+        Bytes of shared memory a launch may use; when the four state rows of a chain (4 * S values of the input's
+        dtype, plus STATIC_SHARED) do not fit, they live in a global workspace instead (tests lower it to exercise
+        that path).
 
     Returns
     -------
     Plan
         Inputs the launches name: ``x``, ``labels`` (int32 (B, Lmax) C-contiguous), ``label_length``,
         ``logit_length`` (int32 (B,)), ``grad_scale`` (float64 (B,)) and ``grad`` (when planned); output ``loss``
-        (float64 (B,)); workspaces ``lse``, ``post``, ``work``, ``lmap``.
+        (float64 (B,)); workspaces ``rinfo``, ``prob``, ``arows``, ``brows``, ``alo``, ``blo``, ``aexp``, ``bexp``,
+        ``fmt``, ``work``, ``lmap``.
+        Launches: ``cyctc_rows`` (one warp per row), ``cyctc_chain`` (grid (B, 2): forward and backward chains
+        concurrently; (B, 1) for a loss only), ``cyctc_grad`` (one warp per row, gradient only).
     """
     dtype = _dtype_name(dtype)
     T_ = CTYPES[dtype]
@@ -160,36 +166,171 @@ def launch_config(B: int, T: int, C: int, Lmax: int, dtype, x_strides: Sequence[
     sxb, sxt = _strides(x_strides)
     want_grad = grad_strides is not None
     S = 2 * Lmax + 1
-    use_shared = 16 * S + STATIC_SHARED <= shared_limit
+    ndir = 2 if want_grad else 1
+    use_shared = chain_shared_bytes(S, dtype) + STATIC_SHARED <= shared_limit
+    nseg = (S + 31) // 32
     workspaces = (
-        ("lse", "float64", max(1, B * T)),
-        ("post", "float64", max(1, B * T * S) if want_grad else 1),
-        ("work", "float64", 1 if use_shared else max(1, 2 * B * S)),
+        ("rinfo", dtype, max(1, 2 * B * T)),
+        ("prob", dtype, max(1, B * T * (Lmax + 1))),
+        ("arows", dtype, max(1, B * T * S) if want_grad else 1),
+        ("brows", dtype, max(1, B * T * S) if want_grad else 1),
+        # low parts of the log-space fallback's rows (float32 only; written only for examples that fall back)
+        ("alo", dtype, max(1, B * T * S) if want_grad and dtype == "float32" else 1),
+        ("blo", dtype, max(1, B * T * S) if want_grad and dtype == "float32" else 1),
+        # exponents of the stored rows' 32-state segments
+        ("aexp", "int32", max(1, B * T * nseg) if want_grad else 1),
+        ("bexp", "int32", max(1, B * T * nseg) if want_grad else 1),
+        ("fmt", "int32", max(1, 2 * B)),
+        ("work", dtype, 1 if use_shared else max(1, ndir * B * _chain_work(S))),
         ("lmap", "int32", max(1, 2 * B * Lmax) if want_grad else 1),
     )
     launches = []
     if B == 0:
         return Plan(workspaces, ())
+    common = (("buf", "x"), ("i64", sxb), ("i64", sxt), ("buf", "labels"), ("i32", Lmax), ("buf", "label_length"),
+              ("buf", "logit_length"), ("i32", int(blank)))
     if T > 0:
         grid, block = _rows_grid(B * T)
-        launches.append(Launch("ctc.cu", f"cyctc_row_lse<{T_}>", grid, block, 0, (
-            ("buf", "x"), ("i64", sxb), ("i64", sxt), ("buf", "logit_length"), ("i32", B), ("i32", T), ("i32", C),
-            ("buf", "lse"))))
-    launches.append(Launch("ctc.cu", f"cyctc_alpha_beta<{T_}>", (B, 1, 1), (_round_warp(S, 32, _RECURSION_MAX), 1, 1),
-                           16 * S if use_shared else 0, (
-        ("buf", "x"), ("i64", sxb), ("i64", sxt), ("buf", "labels"), ("i32", Lmax), ("buf", "label_length"),
-        ("buf", "logit_length"), ("i32", int(blank)), ("i32", int(bool(merge_repeated))), ("buf", "lse"), ("i32", T),
-        ("buf", "post"), ("buf", "work"), ("i32", int(use_shared)), ("buf", "lmap"), ("i32", int(want_grad)),
-        ("buf", "loss"))))
+        launches.append(Launch("ctc.cu", f"cyctc_rows<{T_}>", grid, block, 0, common + (
+            ("i32", B), ("i32", T), ("i32", C), ("buf", "rinfo"), ("buf", "prob"))))
+    launches.append(Launch("ctc.cu", f"cyctc_chain<{T_}>", (B, ndir, 1), (chain_threads(S, dtype), 1, 1),
+                           chain_shared_bytes(S, dtype) if use_shared else 0, common + (
+        ("i32", int(bool(merge_repeated))), ("buf", "rinfo"), ("buf", "prob"), ("i32", T), ("buf", "arows"),
+        ("buf", "brows"), ("buf", "alo"), ("buf", "blo"), ("buf", "aexp"), ("buf", "bexp"), ("buf", "fmt"), ("buf", "work"), ("i32", int(use_shared)), ("buf", "lmap"),
+        ("i32", int(want_grad)), ("buf", "loss"))))
     if want_grad and T > 0:
         sgb, sgt = _strides(grad_strides)
         grid, block = _rows_grid(B * T)
-        launches.append(Launch("ctc.cu", f"cyctc_grad<{T_}>", grid, block, 0, (
-            ("buf", "x"), ("i64", sxb), ("i64", sxt), ("buf", "labels"), ("i32", Lmax), ("buf", "label_length"),
-            ("buf", "logit_length"), ("i32", int(blank)), ("buf", "lse"), ("buf", "post"), ("i32", B), ("i32", T),
+        launches.append(Launch("ctc.cu", f"cyctc_grad<{T_}>", grid, block, 0, common + (
+            ("buf", "rinfo"), ("buf", "arows"), ("buf", "brows"), ("buf", "alo"), ("buf", "blo"), ("buf", "aexp"),
+            ("buf", "bexp"), ("buf", "fmt"),
+            ("i32", B), ("i32", T),
             ("i32", C), ("buf", "lmap"), ("buf", "loss"), ("buf", "grad_scale"), ("buf", "grad"), ("i64", sgb),
             ("i64", sgt))))
     return Plan(workspaces, tuple(launches))
+
+
+def chain_threads(S: int, dtype="float32") -> int:
+    """Threads of a cyctc_chain block for S extended states (a multiple of 32, at most 1024 for float32 and 512 for
+    float64, the kernel's __launch_bounds__; tiles beyond)."""
+    return _round_warp(S, 32, _RECURSION_MAX[_dtype_name(dtype)])
+
+
+def _chain_work(S: int) -> int:
+    """Values a cyctc_chain block keeps (ctc.cu chain_work): four rows of S, and per 32-state segment the maxima
+    and exponents of two main and two shadow rows."""
+    return 4 * S + 8 * ((S + 31) // 32)
+
+
+def chain_shared_bytes(S: int, dtype) -> int:
+    """Dynamic shared memory of a cyctc_chain block: two main and two shadow rows of S values, segment data."""
+    return _chain_work(S) * _isz(_dtype_name(dtype))
+
+
+def _isz(dtype: str) -> int:
+    return 4 if dtype == "float32" else 8
+
+
+# Operation counts per element used by the cost estimates below (from the kernels' inner loops).
+# per state and step: main and shadow rows (2 adds, 2 segment rescalings, a multiply, the flush checks each)
+_CHAIN_OPS = 30
+
+
+def _kernel_costs(name, B, T, C, S, isz, with_grad):
+    """Per-launch costs of the kernels in ctc.cu (all examples at full length, scaled recursion, no fallback)."""
+    rows, L1, nseg = B * T, (S - 1) // 2 + 1, (S + 31) // 32
+    f32 = isz == 4
+    ndir = 2 if with_grad else 1
+
+    def ops(n64, n32):
+        return dict(fp64_ops=n64 if f32 else n64 + n32, fp32_ops=n32 if f32 else 0)
+
+    if name.startswith("cyctc_rows"):
+        return dict(barrier_steps=0, bytes_read=rows * (C + L1) * isz + rows * 8 + B * 8,
+                    bytes_written=rows * (2 + L1) * isz, transcendentals=rows * (C + L1), **ops(0, rows * (C * 4 + L1 * 3)))
+    if name.startswith("cyctc_chain"):
+        # one barrier step per frame (the non-finite check shares step 0's); forward and backward run concurrently.
+        # "fallback": what one direction of one example adds when it is recomputed in log space (pairs hi + lo: two
+        # exp/log1p per predecessor, ~40 operations per state and frame)
+        return dict(barrier_steps=T, fallback=dict(barrier_steps=T + 1, transcendentals=T * S * 5,
+                                                   fp32_ops=T * S * 40, fp64_ops=T + 4,
+                                                   bytes_read=T * (S + 2) * isz,
+                                                   bytes_written=(2 if f32 else 1) * T * S * isz if with_grad else 0), bytes_read=ndir * (rows * S * isz + rows * 2 * isz) + B * 12,
+                    bytes_written=(ndir * rows * (S * isz + nseg * 4) + B * 2 * (S // 2) * 4 + 2 * B * 4
+                                   if with_grad else 0) + B * 8,
+                    transcendentals=B * 2, **ops(ndir * B * 6, ndir * rows * S * _CHAIN_OPS))
+    if name.startswith("cyctc_grad"):
+        return dict(barrier_steps=0, bytes_read=rows * (C * isz + 2 * S * isz + 2 * nseg * 4 + 2 * isz + 24),
+                    bytes_written=rows * C * isz, transcendentals=rows * C, **ops(rows * 3, rows * (C * 3 + S * 10)))
+    raise KeyError(name)
+
+
+def _old_kernel_costs(name, B, T, C, S, isz, with_grad):
+    """Per-launch costs of the first-generation kernels (log-space double recursion, FP64 row kernels)."""
+    rows = B * T
+    if name.startswith("cyctc_row_lse"):
+        return dict(barrier_steps=0, bytes_read=rows * C * isz + B * 4, bytes_written=rows * 8,
+                    fp64_ops=rows * C * 4, fp32_ops=0, transcendentals=rows * (C + 1))
+    if name.startswith("cyctc_alpha_beta"):
+        passes = 2 if with_grad else 1
+        # forward then backward in one block: 2T barrier steps; per state and frame 2-3 log-adds (exp + log1p)
+        return dict(barrier_steps=passes * T + 2,
+                    bytes_read=passes * rows * S * (isz + 8) + (rows * S * 8 if with_grad else 0),
+                    bytes_written=(2 * rows * S * 8 if with_grad else 0) + B * 8,
+                    fp64_ops=passes * rows * S * 10, fp32_ops=0, transcendentals=passes * rows * S * 4)
+    if name.startswith("cyctc_grad"):
+        return dict(barrier_steps=0, bytes_read=rows * (C * isz + S * 8 + 8), bytes_written=rows * C * isz,
+                    fp64_ops=rows * (C + S) * 4, fp32_ops=0, transcendentals=rows * (C + S + 2))
+    raise KeyError(name)
+
+
+def _summary_rows(launches, costs, B, T, C, S, isz, with_grad):
+    out = []
+    for kernel, grid, block, shared in launches:
+        d = {"kernel": kernel, "grid": tuple(grid), "block": tuple(block), "shared_bytes": shared}
+        d.update(costs(kernel, B, T, C, S, isz, with_grad))
+        out.append(d)
+    return out
+
+
+def launch_plan_summary(B, T, C, Lmax, dtype="float32", with_grad=True, x_strides=None, blank=0,
+                        label_lengths=None, logit_lengths=None):
+    """One dict per kernel launch of a ``ctc_loss`` call (reduction="none"), in order, from the real plan.
+
+    Keys: ``kernel``, ``grid``, ``block``, ``shared_bytes`` (dynamic), ``barrier_steps`` (barrier-separated steps
+    on the critical path of the longest-running block), ``bytes_read`` / ``bytes_written`` (global memory, estimated
+    from the plan), ``fp64_ops`` / ``fp32_ops`` (arithmetic operations executed, estimated) and
+    ``transcendentals``. Every example is taken at full length (``label_lengths`` / ``logit_lengths`` are accepted
+    for the interface and not used yet) and on the scaled recursion. The chain's dict also holds ``fallback``: what
+    one direction of one example adds when it leaves the scaled recursion's range and is recomputed in log space
+    (float32: peaked logits, labels far below the frame's maximum, random logits over ~1000 frames or more; float64:
+    only adversarial inputs), at worst all 2B directions.
+    Pure Python (no CuPy): the cost model in ``benchmarks/gpu_model.py`` is built on it.
+    """
+    dtype = _dtype_name(dtype)
+    B, T, C, Lmax = int(B), int(T), int(C), max(1, int(Lmax))
+    if x_strides is None:
+        x_strides = (T * C, C)
+    plan = launch_config(B, T, C, Lmax, dtype, x_strides, blank=blank, merge_repeated=True,
+                         grad_strides=x_strides if with_grad else None)
+    launches = [(ln.kernel, ln.grid, ln.block, ln.shared_bytes) for ln in plan.launches]
+    return _summary_rows(launches, _kernel_costs, B, T, C, 2 * Lmax + 1, _isz(dtype), with_grad)
+
+
+def OLD_DESIGN(B, T, C, Lmax, dtype="float32", with_grad=True, x_strides=None, blank=0, label_lengths=None,
+               logit_lengths=None):
+    """The same summary for the first-generation design (commit a5fe765: log-space double recursion, forward then
+    backward in one block of at most 512 threads, FP64 row kernels), from its launch rules."""
+    dtype = _dtype_name(dtype)
+    B, T, C, Lmax = int(B), int(T), int(C), max(1, int(Lmax))
+    S, ct = 2 * Lmax + 1, CTYPES[dtype]
+    grid, block = _rows_grid(B * T)
+    launches = [(f"cyctc_row_lse<{ct}>", grid, block, 0)] if T > 0 else []
+    launches.append((f"cyctc_alpha_beta<{ct}>", (B, 1, 1), (_round_warp(S, 32, 512), 1, 1),
+                     16 * S if 16 * S + 256 <= SHARED_LIMIT else 0))
+    if with_grad and T > 0:
+        launches.append((f"cyctc_grad<{ct}>", grid, block, 0))
+    return _summary_rows(launches, _old_kernel_costs, B, T, C, S, _isz(dtype), with_grad)
 
 
 def greedy_launch_config(B: int, T: int, C: int, dtype, x_strides: Sequence[int], *, blank: int,

@@ -137,9 +137,9 @@ def load_loss_case(path: str) -> Optional[LossCase]:
         else:
             assert np.isfinite(exp_loss[b]), f"{name}[{b}]: no finite reference"
             ref_loss[b], ref_grad[b] = exp_loss[b], exp_grad[b]
-    long = raw.shape[0 if time_major else 1] >= 200
     if dtype == np.float32:
-        loss_rtol, grad_atol = 1e-5, (1e-4 if long else 1e-5)
+        # loss 1e-6 relative (1e-4 absolute above 100, see assert_loss_close); gradient 1e-5 absolute
+        loss_rtol, grad_atol = 1e-6, 1e-5
     elif use_check[np.isfinite(ref_loss)].all():
         loss_rtol, grad_atol = 1e-10, 1e-10
     else:  # float64 values of TF's sparse / v1 / keras kernels
@@ -154,12 +154,20 @@ def loss_cases():
     return [c for c in (load_loss_case(p) for p in all_case_files()) if c is not None]
 
 
+def assert_loss_close(loss, ref, rtol):
+    """|loss - ref| <= rtol |ref|, or <= 1e-4 for losses above 100 (float32's accumulated rounding over long inputs)."""
+    loss, ref = np.asarray(loss, np.float64), np.asarray(ref, np.float64)
+    tol = np.maximum(rtol * np.abs(ref), np.where(np.abs(ref) > 100, 1e-4, 0.0))
+    bad = ~(np.abs(loss - ref) <= tol)
+    assert not bad.any(), f"losses {loss[bad]} differ from {ref[bad]} by more than {tol[bad]}"
+
+
 def check_loss_grad(case: LossCase, loss: np.ndarray, grad_x: Optional[np.ndarray]):
     """Assert the backend's loss (float64 (B,)) and (B, T, C) gradient w.r.t. x match the case."""
     loss = np.asarray(loss, np.float64)
     inf = np.isinf(case.ref_loss)
     assert np.all(np.isposinf(loss[inf])), f"infeasible examples must give +inf, got {loss[inf]}"
-    np.testing.assert_allclose(loss[~inf], case.ref_loss[~inf], rtol=case.loss_rtol, atol=0)
+    assert_loss_close(loss[~inf], case.ref_loss[~inf], case.loss_rtol)
     if grad_x is None:
         return
     assert grad_x.dtype == case.dtype

@@ -12,8 +12,15 @@
 //                                      the kernel's C++ signature (kind, width, pointee type), so a plan that does
 //                                      not match the kernel fails here instead of corrupting memory on a GPU
 //   output NAME FILE                   write the buffer's raw bytes after all launches
-// With EMU_TIMING set in the environment, the time of each launch goes to stderr.
+// With EMU_TIMING set in the environment, the time of each launch goes to stderr. Every launch also writes
+//   emu-barriers KERNEL N            N: the most __syncthreads any thread of any block passed (emu::max_block_barriers)
+// to stderr. EMU_FTZ=1: flush float subnormals to zero (MXCSR FTZ + DAZ), as CUDA's -ftz=true.
 #include "emu.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <xmmintrin.h>
+#define EMU_HAVE_MXCSR 1
+#endif
 
 #include <chrono>
 #include <fstream>
@@ -114,6 +121,13 @@ int main(int argc, char** argv) {
   emu::mode = m == "THREADS" ? emu::THREADS : m == "FIBER_FWD" ? emu::FIBER_FWD : m == "FIBER_REV" ? emu::FIBER_REV
             : m == "FIBER_RAND" ? emu::FIBER_RAND : (die("unknown mode " + m), emu::THREADS);
   if (argc > 3) emu::seed = (unsigned)std::stoul(argv[3]);
+  if (const char* f = std::getenv("EMU_FTZ"); f && std::string(f) == "1") {
+#ifdef EMU_HAVE_MXCSR
+    _mm_setcsr(_mm_getcsr() | 0x8040);
+#else
+    die("EMU_FTZ=1 needs x86 (MXCSR)");
+#endif
+  }
   std::ifstream plan(argv[1]);
   if (!plan) die(std::string("cannot read ") + argv[1]);
   Buffers bufs;
@@ -154,6 +168,7 @@ int main(int argc, char** argv) {
       if (it == kernels().end()) die("kernel " + name + " is not in the table");
       const auto t0 = std::chrono::steady_clock::now();
       it->second(name, dim3(gx, gy, gz), dim3(bx, by, bz), shm, args, bufs);
+      std::fprintf(stderr, "emu-barriers %s %d\n", name.c_str(), emu::max_block_barriers);
       if (std::getenv("EMU_TIMING"))
         std::fprintf(stderr, "%s: %.3f s\n", name.c_str(),
                      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());

@@ -5,15 +5,21 @@
 //   THREADS     a pool of nthr std::threads per launch, emu::Barrier for __syncthreads / warp syncs: real
 //               concurrency, so ThreadSanitizer names racing lines (exited threads drop out of barriers, as sm_70+).
 //   FIBER_FWD / FIBER_REV / FIBER_RAND   one OS thread, fibres (a small stack switch on x86-64, ucontext elsewhere)
-//               run barrier to barrier in forward, reverse or seeded random order (emu::seed): deterministic;
-//               FWD + RAND catch missing barriers.
+//               run barrier to barrier, a warp at a time (the first, last or a seeded random warp; a warp runs on
+//               through warp barriers up to the next block barrier), threads in forward, reverse or random order:
+//               deterministic; FWD + RAND catch missing barriers.
 // __shared__ = static storage in ELF section emu_shared; it and dynamic shared memory are poisoned with 0xFF bytes
 // (NaN for floating types, -1 for ints) before every block so that stale values cannot hide a race.
 // Checked launch limits: <= 1024 threads per block, static + dynamic shared memory <= 48 KiB (the amount a CUDA
 // launch gets without an opt-in attribute), grid.y / grid.z <= 65535. A deadlock (a thread waiting at a barrier that
 // can never complete) aborts with a message.
+// __syncthreads_or is a barrier like __syncthreads. emu::max_block_barriers: after a launch, the most block barriers
+// any thread of any block passed (the critical path in barrier steps; the driver reports it).
+// Flush-to-zero: the driver can set the x86 MXCSR FTZ and DAZ bits (environment EMU_FTZ=1), which fibres and threads
+// inherit: float arithmetic then flushes subnormal results and inputs to 0 as nvcc's -ftz=true does (double
+// arithmetic too, which the GPU does not flush: use it for float32 plans only).
 // Not emulated: warp-synchronous code without __syncwarp / shuffles, shuffle masks (the whole warp must call),
-// flush-to-zero and fast-math intrinsics (host libm stands in), memory-model effects beyond barriers.
+// fast-math intrinsics (host libm stands in), memory-model effects beyond barriers.
 #pragma once
 #include <math.h>
 
@@ -50,6 +56,7 @@ struct dim3 {
 #define gridDim emu::gDim
 #define warpSize 32
 #define __syncthreads() emu::block_sync()
+#define __syncthreads_or(pred) emu::block_sync_or(pred)
 #define __syncwarp(...) emu::warp_sync()
 #define __expf(x) expf(x)
 #define __logf(x) logf(x)
@@ -109,6 +116,14 @@ inline std::vector<unsigned> shfl_calls;     // per thread: shuffles done in thi
 inline std::unique_ptr<Barrier<>> bbar;
 inline std::vector<std::unique_ptr<Barrier<>>> wbar;
 inline std::function<void()> body;
+// barrier accounting: __syncthreads (and __syncthreads_or) passed per thread in the running block; the largest
+// count over the threads of each block, and the largest over the blocks of the launch (emu::max_block_barriers)
+inline std::vector<int> barriers_passed;
+inline int max_block_barriers = 0;
+// __syncthreads_or: three rotating slots (slot k % 3 is written before barrier k, read after it, and cleared after
+// barrier k + 1, by which time every thread has read it and none can write it again before barrier k + 2)
+inline std::atomic<int> or_slot[3];
+inline std::vector<unsigned> or_calls;
 
 [[noreturn]] inline void fail(const char* what) {
   std::fprintf(stderr, "emu: %s\n", what);
@@ -196,7 +211,23 @@ inline void fiber_wait(int g) {
   release(g);
   to_scheduler();
 }
-inline void block_sync() { mode == THREADS ? bbar->arrive_and_wait() : fiber_wait(0); }
+inline void block_sync() {
+  ++barriers_passed[tid];
+  mode == THREADS ? bbar->arrive_and_wait() : fiber_wait(0);
+}
+inline int block_sync_or(int pred) {
+  const unsigned k = or_calls[tid]++;
+  if (pred) or_slot[k % 3].store(1, std::memory_order_relaxed);
+  block_sync();
+  const int r = or_slot[k % 3].load(std::memory_order_relaxed);
+  or_slot[(k + 2) % 3].store(0, std::memory_order_relaxed);
+  return r;
+}
+inline void finish_block() {  // record the block's barrier count
+  int m = 0;
+  for (int c : barriers_passed) m = c > m ? c : m;
+  max_block_barriers = m > max_block_barriers ? m : max_block_barriers;
+}
 inline void warp_sync() { mode == THREADS ? wbar[tid / 32]->arrive_and_wait() : fiber_wait(1 + tid / 32); }
 inline void fiber_entry() {  // exited threads leave their groups
   body();
@@ -257,16 +288,23 @@ inline void run_block_fibers(std::mt19937& rng) {
     fib[t].on = -1;
     start_fiber(fib[t]);
   }
-  std::vector<int> ready;
+  std::vector<int> ready, run;
   for (;;) {
     ready.clear();
     for (int t = 0; t < nthr; ++t)
       if (fib[t].state == 0) ready.push_back(t);
     if (ready.empty()) break;
-    // run every ready fibre to its next barrier, in the chosen order (a fibre woken meanwhile waits for next round)
-    if (mode == FIBER_REV) std::reverse(ready.begin(), ready.end());
-    if (mode == FIBER_RAND) std::shuffle(ready.begin(), ready.end(), rng);
+    // Warp at a time: one warp (the first, last or a random one with a ready thread) runs its ready fibres to their
+    // next barrier, in the chosen order; it is picked again while it only passes warp barriers, so a warp runs ahead
+    // of the others up to the next block barrier (as a GPU warp may): a missing __syncthreads shows.
+    const int pick = mode == FIBER_FWD ? ready.front() : mode == FIBER_REV ? ready.back()
+                   : ready[std::uniform_int_distribution<int>(0, (int)ready.size() - 1)(rng)];
+    run.clear();
     for (int t : ready)
+      if (t / 32 == pick / 32) run.push_back(t);
+    if (mode == FIBER_REV) std::reverse(run.begin(), run.end());
+    if (mode == FIBER_RAND) std::shuffle(run.begin(), run.end(), rng);
+    for (int t : run)
       if (fib[t].state == 0) resume(t);
   }
   for (int t = 0; t < nthr; ++t)
@@ -297,6 +335,9 @@ inline void prepare_block(dim3 b, std::size_t dyn_bytes) {
   if (__start_emu_shared) std::memset(__start_emu_shared, 0xFF, __stop_emu_shared - __start_emu_shared);
   std::fill(xch.begin(), xch.end(), ~0ull);
   std::fill(shfl_calls.begin(), shfl_calls.end(), 0u);
+  std::fill(barriers_passed.begin(), barriers_passed.end(), 0);
+  std::fill(or_calls.begin(), or_calls.end(), 0u);
+  for (auto& o : or_slot) o.store(0, std::memory_order_relaxed);
 }
 
 template <class K, class... A>
@@ -310,6 +351,9 @@ void launch(K kernel, dim3 grid, dim3 block, std::size_t dyn_bytes, A... args) {
   if (static_bytes + dyn_bytes > 48 * 1024) fail("more than 48 KiB of shared memory");
   xch.assign(2 * (std::size_t)nthr, 0);
   shfl_calls.assign(nthr, 0);
+  barriers_passed.assign(nthr, 0);
+  or_calls.assign(nthr, 0);
+  max_block_barriers = 0;
   body = [&] { kernel(args...); };
   if (mode == THREADS) {
     // one pool for the whole launch; the completion step of the pool barrier sets up the next block
@@ -318,6 +362,7 @@ void launch(K kernel, dim3 grid, dim3 block, std::size_t dyn_bytes, A... args) {
     std::size_t next = 0;
     bool stop = false;
     auto next_block = [&]() noexcept {
+      if (next > 0) finish_block();
       if (next == blocks.size()) {
         stop = true;
         return;
@@ -344,6 +389,7 @@ void launch(K kernel, dim3 grid, dim3 block, std::size_t dyn_bytes, A... args) {
     for_blocks(grid, [&](dim3 b) {
       prepare_block(b, dyn_bytes);
       run_block_fibers(rng);
+      finish_block();
     });
   }
 }
@@ -379,6 +425,22 @@ T __shfl_xor_sync(unsigned, T v, int m, int w = 32) {
 template <class T>
 T __shfl_sync(unsigned, T v, int s, int w = 32) {
   return emu::shfl(v, [&](int) { return s % w; }, w);
+}
+// __reduce_max_sync (sm_80 redux.sync): one exchange through the shuffle slots (one warp barrier), the whole warp
+// calling; each lane then reads the slots of all its warp's lanes
+inline int __reduce_max_sync(unsigned, int v) {
+  using namespace emu;
+  const int lane = tid % 32, base = tid - lane;
+  unsigned long long* slots = xch.data() + (shfl_calls[tid]++ & 1) * nthr;
+  std::memcpy(&slots[tid], &v, sizeof v);
+  warp_sync();
+  int m = v;
+  for (int l = 0; l < 32 && base + l < nthr; ++l) {
+    int o;
+    std::memcpy(&o, &slots[base + l], sizeof o);
+    m = o > m ? o : m;
+  }
+  return m;
 }
 template <class T> T atomicAdd(T* p, T v) { return std::atomic_ref<T>(*p).fetch_add(v); }
 template <class T> T atomicExch(T* p, T v) { return std::atomic_ref<T>(*p).exchange(v); }

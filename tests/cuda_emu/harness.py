@@ -25,8 +25,7 @@ TSAN_FLAGS = ("-std=c++20", "-O1", "-g1", "-pthread", "-fsanitize=thread")
 # Deliberately broken copies of kernel files, built into the same driver under `namespace mutant` (kernel names
 # "mutant::..."), to show that the emulation catches what it claims to: (file, original text, replacement).
 MUTANTS = {
-    "no_frame_barrier": ("ctc.cu", "  for (int t = 1; t < Tb; ++t) {\n    __syncthreads();\n",
-                         "  for (int t = 1; t < Tb; ++t) {\n"),
+    "no_frame_barrier": ("ctc.cu", "    } else {\n      __syncthreads();\n    }\n", "    }\n"),
 }
 
 
@@ -74,9 +73,9 @@ class Run:
     """Inputs (and poisoned outputs) of one plan, written once; executable in any mode."""
 
     def __init__(self, workdir: str, plan: _backend.Plan, inputs: Dict[str, np.ndarray],
-                 outputs: Dict[str, tuple], mutant: Optional[str] = None):
+                 outputs: Dict[str, tuple], mutant: Optional[str] = None, ftz: bool = False):
         os.makedirs(workdir, exist_ok=True)
-        self.workdir, self.outputs = workdir, outputs
+        self.workdir, self.outputs, self.ftz = workdir, outputs, ftz
         lines = []
         for name, arr in inputs.items():
             path = os.path.join(workdir, f"in_{name}.bin")
@@ -101,20 +100,34 @@ class Run:
         outs = {name: os.path.join(self.workdir, f"out_{name}_{tag}.bin") for name in self.outputs}
         with open(plan_path, "w") as f:
             f.write("\n".join(self.plan_lines + [f"output {n} {p}" for n, p in outs.items()]) + "\n")
+        env = dict(os.environ if env is None else env, EMU_FTZ="1" if self.ftz else "0")
         proc = subprocess.run([exe, plan_path, mode, str(seed)], capture_output=True, text=True, env=env,
-                              timeout=300)
+                              timeout=600)
         if not check:
             return proc
         assert proc.returncode == 0, f"driver failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
-        result = {}
+        result = {"_barriers": barrier_counts(proc.stderr)}
         for name, (dtype, shape) in self.outputs.items():
             result[name] = np.fromfile(outs[name], dtype=dtype)[:int(np.prod(shape))].reshape(shape)
         return result
 
 
+def barrier_counts(stderr: str) -> Dict[str, int]:
+    """{kernel: most __syncthreads passed by a thread of any block} from the driver's emu-barriers lines."""
+    out = {}
+    for line in stderr.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "emu-barriers":
+            out[parts[1]] = max(out.get(parts[1], 0), int(parts[2]))
+    return out
+
+
 def loss_run(workdir, raw, time_major, labels, label_length, logit_length, blank, merge_repeated, *,
-             want_grad=True, grad_scale=None, shared_limit=_backend.SHARED_LIMIT, mutant=None) -> Run:
-    """A Run of the CTC loss plan for logits ``raw`` stored (T, B, C) when ``time_major`` else (B, T, C)."""
+             want_grad=True, grad_scale=None, shared_limit=_backend.SHARED_LIMIT, mutant=None, ftz=None) -> Run:
+    """A Run of the CTC loss plan for logits ``raw`` stored (T, B, C) when ``time_major`` else (B, T, C).
+
+    ``ftz`` (default: True for float32) runs with float subnormals flushed to zero, as CuPy's -ftz=true build does.
+    """
     x = raw.swapaxes(0, 1) if time_major else raw
     B, T, C = x.shape
     item = raw.itemsize
@@ -128,7 +141,7 @@ def loss_run(workdir, raw, time_major, labels, label_length, logit_length, blank
     if want_grad:
         inputs["grad_scale"] = np.ones(B) if grad_scale is None else np.asarray(grad_scale, np.float64)
         outputs["grad"] = (raw.dtype, raw.shape)  # same layout as the logits
-    return Run(workdir, plan, inputs, outputs, mutant)
+    return Run(workdir, plan, inputs, outputs, mutant, raw.dtype == np.float32 if ftz is None else ftz)
 
 
 def grad_view(result, time_major):
