@@ -33,9 +33,7 @@ def add_arguments(p):
     p.usage = ("cyctc align [options] <logits-rspecifier> <labels-rspecifier> <alignment-wspecifier> "
                "[<ctm-wxfilename>]")
     p.epilog = EXAMPLES
-    p.add_argument("logits_rspecifier", metavar="logits-rspecifier", help="e.g. ark:logits.ark, ark:-, scp:x.scp")
-    p.add_argument("labels_rspecifier", metavar="labels-rspecifier",
-                   help="int-vector archive or text 'utt-id 3 17 5' lines, e.g. ark,t:labels.txt")
+    common.add_input_arguments(p)
     p.add_argument("alignment_wspecifier", metavar="alignment-wspecifier", help="e.g. ark:ali.ark or ark,t:-")
     p.add_argument("ctm_wxfilename", metavar="ctm-wxfilename", nargs="?", default=None,
                    help="optional text output of label segments, e.g. ali.ctm, - (stdout) or '| gzip -c > x.gz'")

@@ -28,6 +28,14 @@ def import_api(module, names, prog):
 
 
 # ------------------------------------------------------------------------------------------------------- options
+def add_input_arguments(p, labels=True):
+    """The positional inputs every command starts with: the scores (and the labels) rspecifiers."""
+    p.add_argument("logits_rspecifier", metavar="logits-rspecifier", help="e.g. ark:logits.ark, ark:-, scp:x.scp")
+    if labels:
+        p.add_argument("labels_rspecifier", metavar="labels-rspecifier",
+                       help="int-vector archive or text 'utt-id 3 17 5' lines, e.g. ark,t:labels.txt")
+
+
 def add_score_options(p, batch_default=16):
     p.add_argument("--input-is", choices=INPUT_KINDS, default="logits",
                    help="what the matrices hold (default: logits). log-probs are used as they are (their softmax "

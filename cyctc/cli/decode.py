@@ -33,7 +33,7 @@ examples:
 def add_arguments(p):
     p.usage = "cyctc decode [options] <logits-rspecifier> <transcription-wspecifier>"
     p.epilog = EXAMPLES
-    p.add_argument("logits_rspecifier", metavar="logits-rspecifier", help="e.g. ark:logits.ark, ark:-, scp:x.scp")
+    common.add_input_arguments(p, labels=False)
     p.add_argument("transcription_wspecifier", metavar="transcription-wspecifier",
                    help="e.g. ark,t:hyp.txt or ark,t:-")
     common.add_score_options(p)

@@ -34,9 +34,7 @@ examples:
 def add_arguments(p):
     p.usage = "cyctc loss [options] <logits-rspecifier> <labels-rspecifier> <loss-wspecifier> [<grad-wspecifier>]"
     p.epilog = EXAMPLES
-    p.add_argument("logits_rspecifier", metavar="logits-rspecifier", help="e.g. ark:logits.ark, ark:-, scp:x.scp")
-    p.add_argument("labels_rspecifier", metavar="labels-rspecifier",
-                   help="int-vector archive or text 'utt-id 3 17 5' lines, e.g. ark,t:labels.txt")
+    common.add_input_arguments(p)
     p.add_argument("loss_wspecifier", metavar="loss-wspecifier", help="e.g. ark,t:loss.txt or ark,t:- (text)")
     p.add_argument("grad_wspecifier", metavar="grad-wspecifier", nargs="?", default=None,
                    help="optional, e.g. ark:grad.ark or ark,scp:grad.ark,grad.scp")
