@@ -128,12 +128,12 @@ def test_too_large_requests_raise_memory_error_and_leak_nothing():
     labels = np.ones((1, L), np.int32)
     labels[0, 1::2] = 2  # no repeats: feasible
     cases = [
-        # the gradient work space: (T + 1) x (2L + 4) doubles = 2**49 bytes (beyond any address space)
+        # the gradient work space: (T + 1) x (2L + 3) doubles, about 2**49 bytes (beyond any address space)
         lambda: cyctc.ctc_loss(labels, _huge((1, T, 3)), [L], None, False, return_grad=True),
         # the gradient itself: B * T * C = 2**50 floats
         lambda: cyctc.ctc_loss(np.ones((2**20, 1), np.int32), _huge((2**20, 2**20, 2**10)),
                                np.ones(2**20, np.int32), None, False, return_grad=True),
-        # loss only: the frame normalisers of B * T = 2**40 frames
+        # loss only: the frame normalisers (2 doubles each) of B * T = 2**40 frames
         lambda: cyctc.ctc_loss(np.ones((2**20, 1), np.int32), _huge((2**20, 2**20, 2**10)),
                                np.ones(2**20, np.int32), None, False),
         # Viterbi back-pointers: T x (2L + 1) bytes = 2**47
