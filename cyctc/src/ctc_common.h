@@ -18,8 +18,8 @@
  *                          distinct classes keep the identity map (dist = blank, labels; stored as -nd, since
  *                          dist may then repeat a class).
  *   loss only:  [forward scratch: 2 rows, 2 lost-mass rows, label probabilities P (L + 1: blank, then labels;
- *                L + 4 slots), temporaries q (L + 4) and u (L + 4)] [backward scratch: the same]   (the last row and lost-mass
- *               row of each half must survive until the meeting)
+ *                L + 4 slots), temporaries q (L + 4) and u (L + 4)] [backward scratch: the same]
+ *               (the last row and lost-mass row of each half must survive until the meeting)
  *   gradient:   [rows: (T + 1) rows]; the scratch then comes from the thread running the task (per-thread
  *               buffers of cyctc_thread_scratch_size(Lmax) doubles), as it lives only within one call; a task
  *               that flushed a product keeps its last lost-mass row in a row of its own (malloc) until the meeting.
@@ -32,7 +32,7 @@
  * (a confident, wrong model), while each factor alone looked harmless. Every product in the stage-1 recursions is
  * checked: the first flush of a direction starts a shadow row of lost mass, which then follows the same recursion
  * (same probabilities, its own power-of-two scale) and receives, at every state fed by a flushed product, an upper
- * bound of what was lost (CYCTC_LOST_BOUND in the source row's units). At the meeting, dot(lost_alpha, beta) +
+ * bound of what was lost (2^CYCTC_LOST_BOUND_LOG2 in the source row's units). At the meeting, dot(lost_alpha, beta) +
  * dot(alpha, lost_beta) + dot(lost_alpha, lost_beta) bounds how much of P was lost, since the true alpha and beta
  * of any state never exceed the computed ones plus the lost ones; when that bound is not negligible (above
  * P * 2^-50) the sequence is recomputed in log space. Frames after the meeting (gradient calls) are covered by the
