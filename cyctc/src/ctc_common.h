@@ -339,9 +339,14 @@ static inline int normalise(double *r, int L, double exponent_before)
         r[exp_off(L)] = exponent_before;
         return CYCTC_LOGSPACE;
     }
-    int e;
-    frexp(m, &e);
-    const double f = ldexp(1.0, -e);
+    /* m = (fraction in [0.5, 1)) x 2^e, read from m's bits (m is normal here), and f = 2^-e built from bits: the
+     * same numbers as frexp/ldexp without two library calls per row */
+    uint64_t mb;
+    memcpy(&mb, &m, sizeof mb);
+    const int e = (int)((mb >> 52) & 0x7ff) - 1022;
+    const uint64_t fb = (uint64_t)(1023 - e) << 52;
+    double f;
+    memcpy(&f, &fb, sizeof f);
     for (int i = 0; i < n; i++)
         r[i] *= f;
     r[exp_off(L)] = exponent_before + e;
