@@ -103,8 +103,9 @@ def kernel_view(x, xp=np):
     return x
 
 
-def int_vector(v, name, n, xp=np):
-    """A length-``n`` int32 vector (accepts shape (n,) or (n, 1)) of non-negative integers."""
+def int_vector(v, name, n, xp=np, whole_floats=False):
+    """A length-``n`` int32 vector (accepts shape (n,) or (n, 1)) of non-negative integers. With ``whole_floats``
+    (Keras, which casts), float arrays holding whole numbers are accepted too."""
     if not hasattr(v, "dtype"):
         try:
             v = np.asarray(v)
@@ -117,7 +118,12 @@ def int_vector(v, name, n, xp=np):
             raise ValueError(f"{name} contains NaN or infinite values")
         if np.any(vv != np.round(vv)):
             raise ValueError(f"{name} must hold whole numbers")
-        raise TypeError(f"{name} must have an integer dtype, got {dt}")
+        if not whole_floats:
+            raise TypeError(f"{name} must have an integer dtype, got {dt}")
+        if vv.size and np.max(np.abs(vv)) > _INT32_MAX:
+            raise ValueError(f"{name} value {vv.max()} is too large")
+        v = vv.astype(np.int64)
+        dt = v.dtype
     if dt.kind not in "iu":
         raise TypeError(f"{name} must have an integer dtype, got {dt}")
     if v.ndim == 2 and v.shape[1] == 1:
@@ -371,25 +377,6 @@ def whole_number_labels(labels, name, label_length=None):
             raise ValueError(f"{name} holds a value outside the int32 range")
         lab = np.where(valid, lab, 0).astype(np.int64)
     return lab
-
-
-def whole_number_lengths(v, name, n):
-    """``int_vector`` of lengths that may also be floats holding whole numbers, as Keras casts them."""
-    v = _host(v)
-    if not hasattr(v, "dtype"):
-        try:
-            v = np.asarray(v)
-        except Exception as e:
-            raise TypeError(f"{name} must be an array of integers: {e}") from None
-    if v.dtype.kind == "f":
-        if not np.all(np.isfinite(v)):
-            raise ValueError(f"{name} contains NaN or infinite values")
-        if np.any(v != np.round(v)):
-            raise ValueError(f"{name} must hold whole numbers")
-        if np.any(v > _INT32_MAX):
-            raise ValueError(f"{name} value {v.max()} is too large")
-        v = v.astype(np.int64)
-    return int_vector(v, name, n)
 
 
 def _host(v):

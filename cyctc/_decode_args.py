@@ -49,11 +49,12 @@ def score_dtype(dtype):
     return np.promote_types(dtype, np.float32)
 
 
-def lengths(v, name, B, T):
-    """int32 (B,) frame or label counts in [0, T]; None means T everywhere; (B, 1) is accepted (Keras)."""
+def lengths(v, name, B, T, whole_floats=False):
+    """int32 (B,) frame or label counts in [0, T]; None means T everywhere; (B, 1) is accepted (Keras), and with
+    ``whole_floats`` float arrays holding whole numbers (Keras casts them)."""
     if v is None:
         return np.full(B, T, dtype=np.int32)
-    v = int_vector(host(v), name, B)
+    v = int_vector(host(v), name, B, whole_floats=whole_floats)
     if B:
         over = np.flatnonzero(v > T)
         if over.size:

@@ -16,7 +16,7 @@ import numpy as np
 
 from . import _decode
 from . import _decode_args as args
-from ._args import array_module, whole_number_lengths
+from ._args import array_module
 from ._decode_args import host
 from ._threads import resolve_num_threads
 
@@ -259,7 +259,7 @@ def _greedy_on_device(inputs, sequence_length, merge_repeated, blank_index, time
     blank = args.blank_class(blank_index, C, default=C - 1)
     out, out_length, neg_sum = _backend.greedy_decode(x, length, blank, merge)
     return GreedyDecoderResult([SparseDecoded._from_paths(out, out_length)],
-                               neg_sum.astype(args.score_dtype(dtype_out)).reshape(B, 1))
+                               _scores(neg_sum, dtype_out).reshape(B, 1))
 
 
 def ctc_beam_search_decoder(inputs, sequence_length, beam_width=100, top_paths=1, *, merge_repeated=False,
@@ -353,7 +353,7 @@ def ctc_decode(y_pred, input_length, greedy=True, beam_width=100, top_paths=1, *
         logp = np.log(y + y.dtype.type(KERAS_EPSILON))
     x, dtype_out = args.float_frames(logp, "y_pred", False)
     B, T, C = x.shape
-    length = args.lengths(whole_number_lengths(input_length, "input_length", B), "input_length", B, T)
+    length = args.lengths(input_length, "input_length", B, T, whole_floats=True)
     nt = resolve_num_threads(num_threads)
     if greedy:
         out, out_length, neg_sum = _greedy(x, length, C - 1, True, nt)

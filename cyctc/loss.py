@@ -256,8 +256,8 @@ def ctc_batch_cost(y_true, y_pred, input_length, label_length, *, return_grad=Fa
 
     Keras's own rule is kept: the loss is TF1's CTC on log(y_pred + 1e-7) (epsilon added in y_pred's dtype,
     float16 included; the log and the CTC then run in float32 at least), so the effective per-frame distribution is
-    (p + eps) / (1 + C * eps) and a frame costs at most ~16.1 nats. Lengths and labels may be floats holding whole numbers (Keras casts them);
-    labels past label_length are never read. float16 answers: the loss and gradient are computed in float32 and
+    (p + eps) / (1 + C * eps) and a frame costs at most ~16.1 nats. Lengths and labels may be floats holding whole
+    numbers (Keras casts them); labels past label_length are never read. float16 answers: the loss and gradient are computed in float32 and
     rounded to float16, so gradient entries beyond +-65504 (p below ~1.5e-5 on a frame the labels need) are
     +-inf, without a warning.
     """
@@ -269,8 +269,8 @@ def ctc_batch_cost(y_true, y_pred, input_length, label_length, *, return_grad=Fa
     _args.check_size(probs, "y_pred")
     dtype_out = np.dtype(getattr(y_pred, "dtype", probs.dtype))
     B, T = probs.shape[0], probs.shape[1]
-    input_length = _args.whole_number_lengths(input_length, "input_length", B)
-    label_length = _args.whole_number_lengths(label_length, "label_length", B)
+    input_length = _args.int_vector(_args._host(input_length), "input_length", B, whole_floats=True)
+    label_length = _args.int_vector(_args._host(label_length), "label_length", B, whole_floats=True)
     y_true = _args.whole_number_labels(y_true, "y_true", label_length)
     return_grad = _args.as_flag(return_grad, "return_grad")
     if dtype_out == np.float16:  # Keras adds epsilon in y_pred's own dtype (1e-7 is 1.19e-7 in float16)

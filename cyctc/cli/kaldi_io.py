@@ -143,28 +143,34 @@ def iter_int_vectors(spec, what, symbols=None):
             raise KaldiIOError(f"{what}: symbol labels are read from a text archive ('ark,t:text'), not from scp")
         yield from _iter_scp(name, what, _as_int_vector)
         return
+
+    def read_value(f, key, term):
+        first = b"\n" if term == b"\n" else f.read(1)
+        if first == b"\0" and symbols is None:
+            return _read_binary_int_vector(f, key)
+        line = first if first in (b"\n", b"") else first + f.readline()
+        tokens = _text_tokens(line, key)
+        if symbols is not None:
+            return tokens
+        try:
+            return np.array([int(t) for t in tokens], dtype=np.int32)
+        except (ValueError, OverflowError):
+            bad = next(t for t in tokens if not _is_int32(t))
+            raise KaldiIOError(f"{what}: utterance {key!r}: {bad!r} is not an int32 (for symbols give "
+                               f"--symbol-table)") from None
+
+    yield from _iter_ark(name, what, read_value)
+
+
+def _iter_ark(name, what, read_value):
+    """(key, read_value(f, key, term)) of each entry of the archive ``name``, in order; an error names ``what``."""
     f = _open(name, "rb", what)
     try:
         while True:
             key, term = _read_key(f)
             if key is None:
                 return
-            first = b"\n" if term == b"\n" else f.read(1)
-            if first == b"\0" and symbols is None:
-                yield key, _read_binary_int_vector(f, key)
-                continue
-            line = first if first in (b"\n", b"") else first + f.readline()
-            tokens = _text_tokens(line, key)
-            if symbols is not None:
-                yield key, tokens
-                continue
-            try:
-                value = np.array([int(t) for t in tokens], dtype=np.int32)
-            except (ValueError, OverflowError):
-                bad = next(t for t in tokens if not _is_int32(t))
-                raise KaldiIOError(f"{what}: utterance {key!r}: {bad!r} is not an int32 (for symbols give "
-                                   f"--symbol-table)") from None
-            yield key, value
+            yield key, read_value(f, key, term)
     except KaldiIOError as e:
         msg = str(e)
         raise KaldiIOError(msg if msg.startswith(what) else f"{what}: {msg}") from None
@@ -275,29 +281,22 @@ def iter_matrices(spec, what):
         yield from _iter_scp(name, what, _as_matrix)
         return
     mod = kaldiio()
-    f = _open(name, "rb", what)
-    try:
-        while True:
-            key, term = _read_key(f)
-            if key is None:
-                return
-            first = f.read(1) if term == b" " else b""
-            if first == b"\0":
-                try:
-                    m = mod.matio.read_matrix_or_vector(mod.utils.MultiFileDescriptor(io.BytesIO(first), f))
-                except Exception as e:
-                    raise KaldiIOError(f"{what}: utterance {key!r}: malformed binary entry "
-                                       f"({type(e).__name__}: {e})") from None
-            elif first in (b"", b"\n"):
-                raise KaldiIOError(f"{what}: utterance {key!r} has no matrix")
-            else:
-                m = _read_text_matrix(f, first, key)
-            yield key, _as_matrix(key, m)
-    except KaldiIOError as e:
-        msg = str(e)
-        raise KaldiIOError(msg if msg.startswith(what) else f"{what}: {msg}") from None
-    finally:
-        f.close()
+
+    def read_value(f, key, term):
+        first = f.read(1) if term == b" " else b""
+        if first == b"\0":
+            try:
+                m = mod.matio.read_matrix_or_vector(mod.utils.MultiFileDescriptor(io.BytesIO(first), f))
+            except Exception as e:
+                raise KaldiIOError(f"{what}: utterance {key!r}: malformed binary entry "
+                                   f"({type(e).__name__}: {e})") from None
+        elif first in (b"", b"\n"):
+            raise KaldiIOError(f"{what}: utterance {key!r} has no matrix")
+        else:
+            m = _read_text_matrix(f, first, key)
+        return _as_matrix(key, m)
+
+    yield from _iter_ark(name, what, read_value)
 
 
 # ------------------------------------------------------------------------------------------------------- writers

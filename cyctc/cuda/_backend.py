@@ -196,7 +196,8 @@ def launch_config(B: int, T: int, C: int, Lmax: int, dtype, x_strides: Sequence[
     launches.append(Launch("ctc.cu", f"cyctc_chain<{T_}>", (B, ndir, 1), (chain_threads(S, dtype), 1, 1),
                            chain_shared_bytes(S, dtype) if use_shared else 0, common + (
         ("i32", int(bool(merge_repeated))), ("buf", "rinfo"), ("buf", "prob"), ("i32", T), ("buf", "arows"),
-        ("buf", "brows"), ("buf", "alo"), ("buf", "blo"), ("buf", "aexp"), ("buf", "bexp"), ("buf", "fmt"), ("buf", "work"), ("i32", int(use_shared)), ("buf", "lmap"),
+        ("buf", "brows"), ("buf", "alo"), ("buf", "blo"), ("buf", "aexp"), ("buf", "bexp"), ("buf", "fmt"),
+        ("buf", "work"), ("i32", int(use_shared)), ("buf", "lmap"),
         ("i32", int(want_grad)), ("buf", "loss"))))
     if want_grad and T > 0:
         sgb, sgt = _strides(grad_strides)
@@ -255,7 +256,8 @@ def _kernel_costs(name, B, T, C, S, isz, with_grad):
         return dict(barrier_steps=T, fallback=dict(barrier_steps=T + 1, transcendentals=T * S * 5,
                                                    fp32_ops=T * S * 40, fp64_ops=T + 4,
                                                    bytes_read=T * (S + 2) * isz,
-                                                   bytes_written=(2 if f32 else 1) * T * S * isz if with_grad else 0), bytes_read=ndir * (rows * S * isz + rows * 2 * isz) + B * 12,
+                                                   bytes_written=(2 if f32 else 1) * T * S * isz if with_grad else 0),
+                    bytes_read=ndir * (rows * S * isz + rows * 2 * isz) + B * 12,
                     bytes_written=(ndir * rows * (S * isz + nseg * 4) + B * 2 * (S // 2) * 4 + 2 * B * 4
                                    if with_grad else 0) + B * 8,
                     transcendentals=B * 2, **ops(ndir * B * 6, ndir * rows * S * _CHAIN_OPS))

@@ -27,8 +27,8 @@
  *   4. cyctc_grad_row_*    per frame: grad[t, c] = scale * (softmax[t, c] - sum of gamma over states of class c),
  *                          in place over the softmax row (only the blank and label columns change when scale = 1)
  *
- * The stage functions take `scratch`: cyctc_loss_scratch(work, L) for loss-only calls (the sequence's own), or a buffer of
- * cyctc_thread_scratch_size(Lmax) doubles owned by the calling thread for gradient calls.
+ * The stage functions take `scratch`: cyctc_loss_scratch(work, L) for loss-only calls (the sequence's own), or a
+ * buffer of cyctc_thread_scratch_size(Lmax) doubles owned by the calling thread for gradient calls.
  *
  * Every step writes only its own outputs and reads nothing another concurrent task writes, so any assignment of
  * tasks to threads gives bit-identical results.

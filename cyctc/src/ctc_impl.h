@@ -208,7 +208,8 @@ CYCTC_HOT void SFX(cyctc_stage2)(const cyctc_seq *q, const REAL *x, const double
         const double *prev = rows + (int64_t)(M - 1) * W; /* alpha[M-1], read-only here and in the other task */
         for (int t = M; t < T && !bad; t++) {
             double *n = sc + ((t - M) & 1) * W;
-            bad |= SFX(label_probs)(cm, L, q->C, x + t * q->xs, norm + 2 * t, P, tmp, t + AHEAD < T ? x + (t + AHEAD) * q->xs : NULL);
+            bad |= SFX(label_probs)(cm, L, q->C, x + t * q->xs, norm + 2 * t, P, tmp,
+                                    t + AHEAD < T ? x + (t + AHEAD) * q->xs : NULL);
             fwd_step(L, stay, skipw, prev, P, n); /* what flushes here is caught by the posterior check against P */
             bad |= normalise(n, L, prev[E]);
             double *b = rows + (int64_t)(t + 1) * W; /* beta[t], becomes gamma[t] */
@@ -224,7 +225,8 @@ CYCTC_HOT void SFX(cyctc_stage2)(const cyctc_seq *q, const REAL *x, const double
             double *nxt = NULL;
             if (t > 0) {
                 nxt = sc + ((M - 1 - t) & 1) * W;
-                bad |= SFX(label_probs)(cm, L, q->C, x + t * q->xs, norm + 2 * t, P, tmp, t - AHEAD > 0 ? x + (t - AHEAD) * q->xs : NULL);
+                bad |= SFX(label_probs)(cm, L, q->C, x + t * q->xs, norm + 2 * t, P, tmp,
+                                        t - AHEAD > 0 ? x + (t - AHEAD) * q->xs : NULL);
                 bwd_step(L, stay, skipw, cur, P, tmp, nxt);
                 bad |= normalise(nxt, L, cur[E]);
             }
