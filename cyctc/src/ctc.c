@@ -127,17 +127,13 @@ void cyctc_meet(const cyctc_seq *q, double *work, int with_grad, cyctc_state *st
 }
 
 #define REAL float
-#define REAL_EXP cyctc_expf
 #define SFX(name) name##_f32
 #include "ctc_impl.h"
 #undef REAL
-#undef REAL_EXP
 #undef SFX
 
 #define REAL double
-#define REAL_EXP cyctc_exp
 #define SFX(name) name##_f64
 #include "ctc_impl.h"
 #undef REAL
-#undef REAL_EXP
 #undef SFX

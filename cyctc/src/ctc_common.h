@@ -63,6 +63,13 @@
 #else
 #define CYCTC_HOT
 #endif
+/* fused multiply-adds where the clone has them (the softmax's exponentials, whose float results need no
+ * bit-for-bit agreement with anything but themselves) */
+#if defined(__GNUC__) && !defined(__clang__)
+#define CYCTC_CONTRACT __attribute__((optimize("fp-contract=fast")))
+#else
+#define CYCTC_CONTRACT
+#endif
 #if defined(__GNUC__)
 #define CYCTC_PREFETCH(p) __builtin_prefetch((p))
 #define CYCTC_NOINLINE __attribute__((noinline))
@@ -106,6 +113,151 @@ static inline void prefetch_row(const double *r, int64_t n)
 {
     for (int64_t i = 0; i < n; i += 8)
         CYCTC_PREFETCH(r + i);
+}
+
+#if defined(__GNUC__)
+#define CYCTC_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define CYCTC_ALWAYS_INLINE inline
+#endif
+
+/* Short vectors for the per-frame passes over all C classes (row maximum, sum of exponentials, softmax scaling):
+ * GCC's and Clang's vector extensions, since the vectoriser leaves these loops scalar when written with arrays of
+ * accumulators. 32 bytes: one AVX register in the x86-64-v3 clone, two SSE registers in the baseline one. Other
+ * compilers get the plain loops (same results). */
+#if defined(__GNUC__) && !defined(CYCTC_NO_VECTOR_EXT)
+#define CYCTC_VEC 1
+typedef float cyctc_v8f __attribute__((vector_size(32)));
+typedef int32_t cyctc_v8i __attribute__((vector_size(32)));
+typedef float cyctc_v4f __attribute__((vector_size(16)));
+typedef double cyctc_v4d __attribute__((vector_size(32)));
+typedef int64_t cyctc_v4l __attribute__((vector_size(32)));
+#else
+#define CYCTC_VEC 0
+#endif
+
+/* max over x[0..C) (NaN entries are passed over) */
+static CYCTC_ALWAYS_INLINE float vec_max_f32(const float *x, int C)
+{
+    int c = 0;
+    float m = -INFINITY;
+#if CYCTC_VEC
+    if (C >= 16) {
+        cyctc_v8f a0, a1;
+        for (int j = 0; j < 8; j++)
+            a0[j] = a1[j] = -INFINITY;
+        for (; c + 16 <= C; c += 16) {
+            cyctc_v8f v0, v1;
+            memcpy(&v0, x + c, sizeof v0);
+            memcpy(&v1, x + c + 8, sizeof v1);
+            const cyctc_v8i k0 = v0 > a0, k1 = v1 > a1;
+            a0 = (cyctc_v8f)(((cyctc_v8i)v0 & k0) | ((cyctc_v8i)a0 & ~k0));
+            a1 = (cyctc_v8f)(((cyctc_v8i)v1 & k1) | ((cyctc_v8i)a1 & ~k1));
+        }
+        for (int j = 0; j < 8; j++) {
+            m = a0[j] > m ? a0[j] : m;
+            m = a1[j] > m ? a1[j] : m;
+        }
+    }
+#endif
+    for (; c < C; c++)
+        m = x[c] > m ? x[c] : m;
+    return m;
+}
+
+static CYCTC_ALWAYS_INLINE double vec_max_f64(const double *x, int C)
+{
+    int c = 0;
+    double m = -INFINITY;
+#if CYCTC_VEC
+    if (C >= 8) {
+        cyctc_v4d a0, a1;
+        for (int j = 0; j < 4; j++)
+            a0[j] = a1[j] = -INFINITY;
+        for (; c + 8 <= C; c += 8) {
+            cyctc_v4d v0, v1;
+            memcpy(&v0, x + c, sizeof v0);
+            memcpy(&v1, x + c + 4, sizeof v1);
+            const cyctc_v4l k0 = v0 > a0, k1 = v1 > a1;
+            a0 = (cyctc_v4d)(((cyctc_v4l)v0 & k0) | ((cyctc_v4l)a0 & ~k0));
+            a1 = (cyctc_v4d)(((cyctc_v4l)v1 & k1) | ((cyctc_v4l)a1 & ~k1));
+        }
+        for (int j = 0; j < 4; j++) {
+            m = a0[j] > m ? a0[j] : m;
+            m = a1[j] > m ? a1[j] : m;
+        }
+    }
+#endif
+    for (; c < C; c++)
+        m = x[c] > m ? x[c] : m;
+    return m;
+}
+
+/* acc[j] += e[i + j] for every i multiple of 8 below n (n a multiple of 8), in double */
+static CYCTC_ALWAYS_INLINE void vec_acc8_f32(double *acc, const float *e, int n)
+{
+#if CYCTC_VEC
+    cyctc_v4d a0, a1;
+    memcpy(&a0, acc, sizeof a0);
+    memcpy(&a1, acc + 4, sizeof a1);
+    for (int i = 0; i < n; i += 8) {
+        cyctc_v4f v0, v1;
+        memcpy(&v0, e + i, sizeof v0);
+        memcpy(&v1, e + i + 4, sizeof v1);
+        a0 += __builtin_convertvector(v0, cyctc_v4d);
+        a1 += __builtin_convertvector(v1, cyctc_v4d);
+    }
+    memcpy(acc, &a0, sizeof a0);
+    memcpy(acc + 4, &a1, sizeof a1);
+#else
+    for (int i = 0; i < n; i += 8)
+        for (int j = 0; j < 8; j++)
+            acc[j] += (double)e[i + j];
+#endif
+}
+
+static CYCTC_ALWAYS_INLINE void vec_acc8_f64(double *acc, const double *e, int n)
+{
+#if CYCTC_VEC
+    cyctc_v4d a0, a1;
+    memcpy(&a0, acc, sizeof a0);
+    memcpy(&a1, acc + 4, sizeof a1);
+    for (int i = 0; i < n; i += 8) {
+        cyctc_v4d v0, v1;
+        memcpy(&v0, e + i, sizeof v0);
+        memcpy(&v1, e + i + 4, sizeof v1);
+        a0 += v0;
+        a1 += v1;
+    }
+    memcpy(acc, &a0, sizeof a0);
+    memcpy(acc + 4, &a1, sizeof a1);
+#else
+    for (int i = 0; i < n; i += 8)
+        for (int j = 0; j < 8; j++)
+            acc[j] += e[i + j];
+#endif
+}
+
+/* x[c] = (float)((double)x[c] * inv): the softmax's division, rounded once */
+static CYCTC_ALWAYS_INLINE void vec_scale_f32(float *x, int C, double inv)
+{
+    int c = 0;
+#if CYCTC_VEC
+    for (; c + 4 <= C; c += 4) {
+        cyctc_v4f v;
+        memcpy(&v, x + c, sizeof v);
+        v = __builtin_convertvector(__builtin_convertvector(v, cyctc_v4d) * inv, cyctc_v4f);
+        memcpy(x + c, &v, sizeof v);
+    }
+#endif
+    for (; c < C; c++)
+        x[c] = (float)((double)x[c] * inv);
+}
+
+static CYCTC_ALWAYS_INLINE void vec_scale_f64(double *x, int C, double inv)
+{
+    for (int c = 0; c < C; c++)
+        x[c] *= inv;
 }
 
 /* exp(x) for x <= 0 (every argument here is a log-probability or x - max): a vectorisable polynomial, accurate to
@@ -162,6 +314,90 @@ static inline float cyctc_expf(float x)
     float scale;
     memcpy(&scale, &bits, sizeof scale);
     return x < -87.0f ? 0.0f : p * scale;
+}
+
+#if CYCTC_VEC
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wpsabi" /* vectors by value, but only in always-inlined functions: no ABI is involved */
+#endif
+/* cyctc_expf on 8 lanes at once (the same operations, so the same bits) */
+static CYCTC_ALWAYS_INLINE cyctc_v8f vec_expf8(cyctc_v8f x)
+{
+    const cyctc_v8i low = x < -87.0f;
+    const cyctc_v8f floor = {-87.0f, -87.0f, -87.0f, -87.0f, -87.0f, -87.0f, -87.0f, -87.0f};
+    const cyctc_v8f xc = (cyctc_v8f)(((cyctc_v8i)x & ~low) | ((cyctc_v8i)floor & low));
+    cyctc_v8f kd = xc * 1.44269504f + 12582912.0f;
+    const cyctc_v8i ki = (cyctc_v8i)kd;
+    kd -= 12582912.0f;
+    const cyctc_v8f r = (xc - kd * 0.693359375f) - kd * -2.12194440e-4f;
+    cyctc_v8f p = r * (1.0f / 5040.0f) + 1.0f / 720.0f;
+    p = p * r + 1.0f / 120.0f;
+    p = p * r + 1.0f / 24.0f;
+    p = p * r + 1.0f / 6.0f;
+    p = p * r + 0.5f;
+    p = p * r + 1.0f;
+    p = p * r + 1.0f;
+    const cyctc_v8i bits = (ki + (127 - 0x00400000)) << 23;
+    return (cyctc_v8f)((cyctc_v8i)(p * (cyctc_v8f)bits) & ~low);
+}
+
+/* cyctc_exp on 4 lanes at once (the same operations, so the same bits) */
+static CYCTC_ALWAYS_INLINE cyctc_v4d vec_exp4(cyctc_v4d x)
+{
+    const cyctc_v4l low = x < -708.0;
+    const cyctc_v4d floor = {-708.0, -708.0, -708.0, -708.0};
+    const cyctc_v4d xc = (cyctc_v4d)(((cyctc_v4l)x & ~low) | ((cyctc_v4l)floor & low));
+    cyctc_v4d kd = xc * 1.4426950408889634 + 6755399441055744.0;
+    const cyctc_v4l ki = (cyctc_v4l)kd;
+    kd -= 6755399441055744.0;
+    const cyctc_v4d r = (xc - kd * 0.6931471805598903) - kd * 5.497923018708371e-14;
+    cyctc_v4d p = r * (1.0 / 6227020800.0) + 1.0 / 479001600.0;
+    p = p * r + 1.0 / 39916800.0;
+    p = p * r + 1.0 / 3628800.0;
+    p = p * r + 1.0 / 362880.0;
+    p = p * r + 1.0 / 40320.0;
+    p = p * r + 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = p * r + 1.0;
+    p = p * r + 1.0;
+    const cyctc_v4l bits = (ki + (1023 - 0x0008000000000000LL)) << 52;
+    return (cyctc_v4d)((cyctc_v4l)(p * (cyctc_v4d)bits) & ~low);
+}
+#endif
+
+/* e[i] = exp(x[i] - m) for i < n, n a multiple of 8 (e may be x) */
+static CYCTC_ALWAYS_INLINE void exp_block_f32(const float *x, float m, float *e, int n)
+{
+#if CYCTC_VEC
+    for (int i = 0; i < n; i += 8) {
+        cyctc_v8f v;
+        memcpy(&v, x + i, sizeof v);
+        v = vec_expf8(v - m);
+        memcpy(e + i, &v, sizeof v);
+    }
+#else
+    for (int i = 0; i < n; i++)
+        e[i] = cyctc_expf(x[i] - m);
+#endif
+}
+
+static CYCTC_ALWAYS_INLINE void exp_block_f64(const double *x, double m, double *e, int n)
+{
+#if CYCTC_VEC
+    for (int i = 0; i < n; i += 4) {
+        cyctc_v4d v;
+        memcpy(&v, x + i, sizeof v);
+        v = vec_exp4(v - m);
+        memcpy(e + i, &v, sizeof v);
+    }
+#else
+    for (int i = 0; i < n; i++)
+        e[i] = cyctc_exp(x[i] - m);
+#endif
 }
 
 static inline double dot(const double *a, const double *b, int n)

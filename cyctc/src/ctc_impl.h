@@ -28,8 +28,7 @@ static CYCTC_HOT CYCTC_NOINLINE int SFX(label_probs)(const int32_t *cm, int L, i
     for (int j = nd; j < nd4; j++)
         tmp[j] = 0.0;
     double *E = nd == L + 1 ? P : tmp; /* identity map: straight into P */
-    for (int j = 0; j < nd4; j++)
-        E[j] = cyctc_exp(tmp[j]);
+    exp_block_f64(tmp, 0.0, E, nd4);
     /* cyctc_exp returns exactly 0 below -708, so a probability under exp(floor) flags the frame */
     int low = 0;
     for (int j = 0; j < nd; j++)
@@ -39,60 +38,43 @@ static CYCTC_HOT CYCTC_NOINLINE int SFX(label_probs)(const int32_t *cm, int L, i
     return low ? CYCTC_LOGSPACE : 0;
 }
 
-/* the frame's maximum (NaN values are passed over here; they turn the sum below into NaN) */
-static CYCTC_HOT CYCTC_NOINLINE REAL SFX(row_max)(const REAL *x, int C)
-{
-    REAL acc[8];
-    for (int j = 0; j < 8; j++)
-        acc[j] = (REAL)-INFINITY;
-    int c = 0;
-    for (; c + 8 <= C; c += 8)
-        for (int j = 0; j < 8; j++)
-            acc[j] = x[c + j] > acc[j] ? x[c + j] : acc[j];
-    REAL m = acc[0];
-    for (int j = 1; j < 8; j++)
-        m = acc[j] > m ? acc[j] : m;
-    for (; c < C; c++)
-        m = x[c] > m ? x[c] : m;
-    return m;
-}
-
 /* sum_c exp(x[c] - m) accumulated in double, in chunks of EXP_CHUNK; each exp(x[c] - m) is kept in out when it
- * is not NULL. Float logits use the single-precision exp (their softmax is float32 anyway). */
+ * is not NULL. Float logits use the single-precision exp (their softmax is float32 anyway). The exponentials run
+ * over whole vectors of 8: a last partial one is padded with -inf (exp = 0, which adds nothing). */
 #define EXP_CHUNK 512
-static CYCTC_HOT CYCTC_NOINLINE double SFX(sum_exp)(const REAL *x, int C, REAL m, REAL *out)
+static CYCTC_HOT CYCTC_NOINLINE CYCTC_CONTRACT double SFX(sum_exp)(const REAL *x, int C, REAL m, REAL *out)
 {
     REAL buf[EXP_CHUNK];
     double acc[8] = {0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0};
-    double tail = 0.0;
     for (int c0 = 0; c0 < C; c0 += EXP_CHUNK) {
         const int n = C - c0 < EXP_CHUNK ? C - c0 : EXP_CHUNK;
+        const int n8 = n & ~7;
         REAL *e = out ? out + c0 : buf;
-        for (int i = 0; i < n; i++)
-            e[i] = REAL_EXP(x[c0 + i] - m);
-        int i = 0;
-        for (; i + 8 <= n; i += 8)
+        SFX(exp_block)(x + c0, m, e, n8);
+        SFX(vec_acc8)(acc, e, n8);
+        if (n8 < n) {
+            REAL t[8];
             for (int j = 0; j < 8; j++)
-                acc[j] += (double)e[i + j];
-        for (; i < n; i++)
-            tail += (double)e[i];
+                t[j] = n8 + j < n ? x[c0 + n8 + j] : (REAL)-INFINITY;
+            SFX(exp_block)(t, m, t, 8);
+            for (int j = 0; n8 + j < n; j++)
+                e[n8 + j] = t[j];
+            SFX(vec_acc8)(acc, t, 8);
+        }
     }
-    return (((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]))) + tail;
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
 }
 
 CYCTC_HOT void SFX(cyctc_row_norm)(const REAL *x, int C, REAL *softmax, double *norm)
 {
-    const REAL m = SFX(row_max)(x, C);
+    const REAL m = SFX(vec_max)(x, C); /* NaN values are passed over here; they turn the sum into NaN */
     if (m == (REAL)INFINITY || m == (REAL)-INFINITY) {
         norm[0] = norm[1] = NAN; /* +inf somewhere, or every class at -inf (or NaN): no distribution */
         return;
     }
     const double s = SFX(sum_exp)(x, C, m, softmax);
-    if (softmax) {
-        const double inv = 1.0 / s;
-        for (int c = 0; c < C; c++)
-            softmax[c] = (REAL)((double)softmax[c] * inv);
-    }
+    if (softmax)
+        SFX(vec_scale)(softmax, C, 1.0 / s);
     norm[0] = (double)m; /* the normaliser is m + log s, kept as two numbers (see label_probs) */
     norm[1] = log(s);    /* NaN when a value is NaN */
 }
