@@ -53,17 +53,17 @@ cdef extern from "src/ctc.h":
     void cyctc_stage1_f64(const cyctc_seq *q, const double *x, const double *norm, double *work, double *scratch, int with_grad,
                           int backward, cyctc_state *st) noexcept nogil
     void cyctc_stage2_f32(const cyctc_seq *q, const float *x, const double *norm, double *work, double *scratch, int backward,
-                          cyctc_state *st) noexcept nogil
+                          cyctc_state *st, float *g, Py_ssize_t gs, double scale) noexcept nogil
     void cyctc_stage2_f64(const cyctc_seq *q, const double *x, const double *norm, double *work, double *scratch, int backward,
-                          cyctc_state *st) noexcept nogil
+                          cyctc_state *st, double *g, Py_ssize_t gs, double scale) noexcept nogil
     void cyctc_logspace_f32(const cyctc_seq *q, const float *x, const double *norm, double *work, double *scratch, int with_grad,
                             cyctc_state *st) noexcept nogil
     void cyctc_logspace_f64(const cyctc_seq *q, const double *x, const double *norm, double *work, double *scratch, int with_grad,
                             cyctc_state *st) noexcept nogil
-    void cyctc_grad_row_f32(const cyctc_seq *q, const cyctc_state *st, const double *work, int t, double scale,
-                            double *occ, float *g) noexcept nogil
-    void cyctc_grad_row_f64(const cyctc_seq *q, const cyctc_state *st, const double *work, int t, double scale,
-                            double *occ, double *g) noexcept nogil
+    void cyctc_grad_row_f32(const cyctc_seq *q, const cyctc_state *st, const double *work, const float *x, int t,
+                            double scale, double *occ, float *g) noexcept nogil
+    void cyctc_grad_row_f64(const cyctc_seq *q, const cyctc_state *st, const double *work, const double *x, int t,
+                            double scale, double *occ, double *g) noexcept nogil
 
 ctypedef fused real:
     float
@@ -100,11 +100,11 @@ cdef inline void _stage1(const cyctc_seq *q, const real *x, const double *norm, 
 
 
 cdef inline void _stage2(const cyctc_seq *q, const real *x, const double *norm, double *work, double *scratch, int backward,
-                         cyctc_state *st) noexcept nogil:
+                         cyctc_state *st, real *g, Py_ssize_t gs, double scale) noexcept nogil:
     if real is float:
-        cyctc_stage2_f32(q, x, norm, work, scratch, backward, st)
+        cyctc_stage2_f32(q, x, norm, work, scratch, backward, st, g, gs, scale)
     else:
-        cyctc_stage2_f64(q, x, norm, work, scratch, backward, st)
+        cyctc_stage2_f64(q, x, norm, work, scratch, backward, st, g, gs, scale)
 
 
 cdef inline void _logspace(const cyctc_seq *q, const real *x, const double *norm, double *work, double *scratch, int with_grad,
@@ -115,12 +115,12 @@ cdef inline void _logspace(const cyctc_seq *q, const real *x, const double *norm
         cyctc_logspace_f64(q, x, norm, work, scratch, with_grad, st)
 
 
-cdef inline void _grad_row(const cyctc_seq *q, const cyctc_state *st, const double *work, int t, double scale,
-                           double *occ, real *g) noexcept nogil:
+cdef inline void _grad_row(const cyctc_seq *q, const cyctc_state *st, const double *work, const real *x, int t,
+                           double scale, double *occ, real *g) noexcept nogil:
     if real is float:
-        cyctc_grad_row_f32(q, st, work, t, scale, occ, g)
+        cyctc_grad_row_f32(q, st, work, x, t, scale, occ, g)
     else:
-        cyctc_grad_row_f64(q, st, work, t, scale, occ, g)
+        cyctc_grad_row_f64(q, st, work, x, t, scale, occ, g)
 
 
 cdef inline double *_scratch(double *work, int L, double *thread_scratch, int with_grad) noexcept nogil:
@@ -187,7 +187,8 @@ cdef int _run(const real *x, Py_ssize_t xsb, Py_ssize_t xst, real *g, Py_ssize_t
                 b = i >> 1
                 if tscr == NULL:
                     continue
-                _stage2(&seqs[b], x + b * xsb, norm + 2 * <Py_ssize_t>b * T, work + offsets[b], tscr, i & 1, &states[b])
+                _stage2(&seqs[b], x + b * xsb, norm + 2 * <Py_ssize_t>b * T, work + offsets[b], tscr, i & 1, &states[b],
+                        g + b * gsb, gst, scale[b])
         for b in prange(B, schedule='dynamic'):  # every b: _logspace also folds in what stage 2 flagged
             if with_grad and tscr == NULL:
                 continue
@@ -198,7 +199,8 @@ cdef int _run(const real *x, Py_ssize_t xsb, Py_ssize_t xst, real *g, Py_ssize_t
                 b = _row_b(r, t_outer, B, T)
                 t = _row_t(r, t_outer, B, T)
                 if occ != NULL:
-                    _grad_row(&seqs[b], &states[b], work + offsets[b], t, scale[b], occ, g + b * gsb + t * gst)
+                    _grad_row(&seqs[b], &states[b], work + offsets[b], x + b * xsb + t * xst, t, scale[b], occ,
+                              g + b * gsb + t * gst)
         free(occ)
         free(tscr)
     return -1 if failed else 0

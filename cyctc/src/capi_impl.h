@@ -53,7 +53,7 @@ static int SFX(capi_run)(const REAL *x, ptrdiff_t xsb, ptrdiff_t xst, REAL *g, i
                 const int b = (int)(i >> 1);
                 if (tscr != NULL)
                     SFX(cyctc_stage2)(&seqs[b], x + b * xsb, norm + 2 * (int64_t)b * T, work + offsets[b], tscr,
-                                      (int)(i & 1), &states[b]);
+                                      (int)(i & 1), &states[b], g + b * xsb, xst, 1.0);
             }
         }
         CYCTC_OMP(for schedule(dynamic))
@@ -68,7 +68,8 @@ static int SFX(capi_run)(const REAL *x, ptrdiff_t xsb, ptrdiff_t xst, REAL *g, i
             for (int64_t r = 0; r < nrows; r++) {
                 const int b = (int)(r / T), t = (int)(r - (int64_t)b * T);
                 if (occ != NULL)
-                    SFX(cyctc_grad_row)(&seqs[b], &states[b], work + offsets[b], t, 1.0, occ, g + b * xsb + t * xst);
+                    SFX(cyctc_grad_row)(&seqs[b], &states[b], work + offsets[b], x + b * xsb + t * xst, t, 1.0, occ,
+                                        g + b * xsb + t * xst);
             }
         }
         free(occ);

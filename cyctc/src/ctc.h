@@ -16,7 +16,9 @@
  *                          lost to underflow could matter (then log space)
  *      cyctc_stage2_*      (gradient only) two tasks per sequence: the forward task carries alpha on through
  *                          [M, T), the backward task carries beta back through [0, M-1); each turns every frame's
- *                          alpha*beta into state posteriors (gamma), normalised per frame
+ *                          alpha*beta, normalised per frame, into the frame's gradient row (written over the softmax
+ *                          in g while the rows are hot: scale * (softmax - class occupancy)); sequences with more
+ *                          than CYCTC_DEDUP_MAX distinct classes store the state posteriors (gamma) instead
  *      cyctc_logspace_*    per sequence, only where the scaled recursion could not keep full precision
  *                          (underflow, or a frame whose posterior mass disagrees with P): the same result
  *                          recomputed in double-double log space (exact at any logit magnitude; it allocates its
@@ -24,8 +26,10 @@
  *                          sequence after stage 2: it first folds in the flags the stage-2 tasks raised
  *                          (flags_fwd / flags_bwd); a loss the meeting computed is kept, so a loss-only call
  *                          returns exactly the loss of the gradient call
- *   4. cyctc_grad_row_*    per frame: grad[t, c] = scale * (softmax[t, c] - sum of gamma over states of class c),
- *                          in place over the softmax row (only the blank and label columns change when scale = 1)
+ *   4. cyctc_grad_row_*    per frame: the rows stage 2 did not write: padding frames (0), sequences without a
+ *                          gradient (0 or NaN), gamma rows (stage 2's other mode, or the log-space path, which then
+ *                          computes the frame's softmax again first): grad[t, c] = scale * (softmax[t, c] - sum of
+ *                          gamma over states of class c), in place over the softmax row
  *
  * The stage functions take `scratch`: cyctc_loss_scratch(work, L) for loss-only calls (the sequence's own), or a
  * buffer of cyctc_thread_scratch_size(Lmax) doubles owned by the calling thread for gradient calls.
@@ -98,11 +102,11 @@ void cyctc_meet(const cyctc_seq *q, double *work, int with_grad, cyctc_state *st
     void cyctc_stage1_##SFX(const cyctc_seq *q, const REAL *x, const double *norm, double *work, double *scratch,   \
                             int with_grad, int backward, cyctc_state *st);                                          \
     void cyctc_stage2_##SFX(const cyctc_seq *q, const REAL *x, const double *norm, double *work, double *scratch,   \
-                            int backward, cyctc_state *st);                                                         \
+                            int backward, cyctc_state *st, REAL *g, ptrdiff_t gs, double scale);                    \
     void cyctc_logspace_##SFX(const cyctc_seq *q, const REAL *x, const double *norm, double *work, double *scratch, \
                               int with_grad, cyctc_state *st);                                                      \
-    void cyctc_grad_row_##SFX(const cyctc_seq *q, const cyctc_state *st, const double *work, int t, double scale,   \
-                              double *occ, REAL *g);
+    void cyctc_grad_row_##SFX(const cyctc_seq *q, const cyctc_state *st, const double *work, const REAL *x, int t,  \
+                              double scale, double *occ, REAL *g);
 
 CYCTC_DECLARE(f32, float)
 CYCTC_DECLARE(f64, double)

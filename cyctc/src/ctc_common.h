@@ -621,17 +621,26 @@ static inline void mul_scale_inplace(double *CYCTC_RESTRICT dst, const double *C
         dst[i] = (other[i] * dst[i]) * inv;
 }
 
-/* a * b / sum(a * b), written over a (out == a) or over b (out == b); checks the frame's mass against P */
-static inline int posterior(double *a, double *b, int L, const cyctc_state *st, double *out)
+/* z = sum(a * b) of a frame's alpha and beta rows, checked against P (the meeting's): 0, or CYCTC_LOGSPACE when
+ * the frame lost range or its mass disagrees with P */
+static inline int frame_mass(const double *a, const double *b, int L, const cyctc_state *st, double *z_out)
 {
-    const int n = row_states(L);
-    const double z = dot(a, b, n);
+    const double z = dot(a, b, row_states(L));
+    *z_out = z;
     if (!(z >= CYCTC_TINY))
         return CYCTC_LOGSPACE;
     const int64_t e = (int64_t)a[exp_off(L)] + (int64_t)b[exp_off(L)];
     const double d = log(z) - st->log_mid + (double)(e - st->e_mid) * CYCTC_LN2;
-    if (!(fabs(d) <= CYCTC_CONSISTENCY_TOL))
+    return fabs(d) <= CYCTC_CONSISTENCY_TOL ? 0 : CYCTC_LOGSPACE;
+}
+
+/* a * b / sum(a * b), written over a (out == a) or over b (out == b); checks the frame's mass against P */
+static inline int posterior(double *a, double *b, int L, const cyctc_state *st, double *out)
+{
+    double z;
+    if (frame_mass(a, b, L, st, &z))
         return CYCTC_LOGSPACE;
+    const int n = row_states(L);
     if (out == a)
         mul_scale_inplace(a, b, 1.0 / z, n);
     else

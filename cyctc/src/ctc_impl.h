@@ -172,8 +172,37 @@ CYCTC_HOT void SFX(cyctc_stage1)(const cyctc_seq *q, const REAL *x, const double
     }
 }
 
+/* The gradient row of a frame straight from its alpha and beta rows (sequences with a deduplicated class map):
+ * g holds the frame's softmax, and becomes scale * (softmax - occupancy), the occupancy of a class being the sum
+ * of alpha * beta / z over its states; nothing is stored in the rows. occ: nd doubles of scratch. Returns what
+ * frame_mass says of the frame (nothing is written then). */
+static inline int SFX(posterior_grad)(const double *a, const double *b, int L, const cyctc_state *st,
+                                      const int32_t *cm, int C, double scale, double *occ, REAL *g)
+{
+    double z;
+    if (frame_mass(a, b, L, st, &z))
+        return CYCTC_LOGSPACE;
+    const int nd = nd_of(cm);
+    const int32_t *dist = dist_of(cm), *map = map_of(cm, L);
+    const double *al = a + lab_off(L), *bl = b + lab_off(L);
+    occ[0] = dot(a, b, L + 1); /* the blank states */
+    for (int j = 1; j < nd; j++)
+        occ[j] = 0.0;
+    for (int k = 0; k < L; k++)
+        occ[map[k]] += al[k] * bl[k];
+    const double inv = 1.0 / z;
+    for (int j = 0; j < nd; j++)
+        occ[j] = (double)g[dist[j]] - occ[j] * inv;
+    if (scale != 1.0)
+        for (int c = 0; c < C; c++)
+            g[c] = (REAL)(scale * (double)g[c]);
+    for (int j = 0; j < nd; j++)
+        g[dist[j]] = (REAL)(scale * occ[j]);
+    return 0;
+}
+
 CYCTC_HOT void SFX(cyctc_stage2)(const cyctc_seq *q, const REAL *x, const double *norm, double *work,
-                                 double *scratch, int backward, cyctc_state *st)
+                                 double *scratch, int backward, cyctc_state *st, REAL *g, ptrdiff_t gs, double scale)
 {
     if (st->flags)
         return;
@@ -185,6 +214,8 @@ CYCTC_HOT void SFX(cyctc_stage2)(const cyctc_seq *q, const REAL *x, const double
     double *P = probs_of(sc, L), *tmp = tmp_of(sc, L);
     double *rows = rows_of(work, L);
     const int32_t *cm = classmap_of(work, L);
+    const int fused = deduplicated(cm); /* gradient rows written here (else gamma rows, for cyctc_grad_row) */
+    double *occ = tmp2_of(sc, L);       /* nd <= L + 1 doubles */
     int bad = 0;
     if (!backward) {
         const double *prev = rows + (int64_t)(M - 1) * W; /* alpha[M-1], read-only here and in the other task */
@@ -197,7 +228,10 @@ CYCTC_HOT void SFX(cyctc_stage2)(const cyctc_seq *q, const REAL *x, const double
             double *b = rows + (int64_t)(t + 1) * W; /* beta[t], becomes gamma[t] */
             if (t + 1 + AHEAD <= T)
                 prefetch_row(b + AHEAD * W, W);
-            bad |= posterior(n, b, L, st, b);
+            if (fused)
+                bad |= SFX(posterior_grad)(n, b, L, st, cm, q->C, scale, occ, g + t * gs);
+            else
+                bad |= posterior(n, b, L, st, b);
             prev = n;
         }
         st->flags_fwd |= bad;
@@ -212,10 +246,12 @@ CYCTC_HOT void SFX(cyctc_stage2)(const cyctc_seq *q, const REAL *x, const double
                 bwd_step(L, stay, skipw, cur, P, tmp, nxt);
                 bad |= normalise(nxt, L, cur[E]);
             }
-            double *out = rows + (int64_t)row_index(t, M) * W;
             if (t - AHEAD >= 0)
                 prefetch_row(rows + (int64_t)(t - AHEAD) * W, W);
-            bad |= posterior(rows + (int64_t)t * W, cur, L, st, out);
+            if (fused)
+                bad |= SFX(posterior_grad)(rows + (int64_t)t * W, cur, L, st, cm, q->C, scale, occ, g + t * gs);
+            else
+                bad |= posterior(rows + (int64_t)t * W, cur, L, st, rows + (int64_t)row_index(t, M) * W);
             cur = nxt;
         }
         st->flags_bwd |= bad;
@@ -348,8 +384,8 @@ void SFX(cyctc_logspace)(const cyctc_seq *q, const REAL *x, const double *norm, 
     free(buf);
 }
 
-CYCTC_HOT void SFX(cyctc_grad_row)(const cyctc_seq *q, const cyctc_state *st, const double *work, int t,
-                                   double scale, double *occ, REAL *g)
+static void SFX(grad_row)(const cyctc_seq *q, const cyctc_state *st, const double *work, int t, double scale,
+                          double *occ, REAL *g)
 {
     const int C = q->C;
     if (t >= q->T || (st->flags & (CYCTC_INFEASIBLE | CYCTC_EMPTY))) {
@@ -402,4 +438,17 @@ CYCTC_HOT void SFX(cyctc_grad_row)(const cyctc_seq *q, const cyctc_state *st, co
             g[c] = (REAL)(scale * (double)g[c]);
     for (int j = 0; j < nd; j++)
         g[dist[j]] = (REAL)(scale * occ[j]);
+}
+
+CYCTC_HOT void SFX(cyctc_grad_row)(const cyctc_seq *q, const cyctc_state *st, const double *work, const REAL *x,
+                                   int t, double scale, double *occ, REAL *g)
+{
+    if (t < q->T && (st->flags == 0 || st->flags == CYCTC_LOGSPACE) && deduplicated(classmap_of((double *)work, q->L))) {
+        if (st->flags == 0)
+            return; /* written by stage 2 */
+        /* log space after stage 2 began: this row may hold a gradient already; the softmax again (same bits) */
+        double nrm[2];
+        SFX(cyctc_row_norm)(x, q->C, g, nrm);
+    }
+    SFX(grad_row)(q, st, work, t, scale, occ, g);
 }
