@@ -40,7 +40,7 @@ void cyctc_prepare(const cyctc_seq *q, const double *norm, double *work, cyctc_s
     st->lost_row_fwd = st->lost_row_bwd = NULL;
     st->M = 0;
     st->loss = 0.0;
-    st->log_mid = 0.0;
+    st->z_mid = 1.0;
     st->e_mid = 0;
     if (q->T < cyctc_min_frames(q->labels, q->L, q->merge_repeated)) {
         st->flags = CYCTC_INFEASIBLE;
@@ -112,10 +112,10 @@ static void meet(const cyctc_seq *q, double *work, int with_grad, cyctc_state *s
             return;
         }
     }
-    st->log_mid = log(z);
+    st->z_mid = z;
     st->e_mid = (int64_t)ea + (int64_t)eb;
     /* P <= 1: a result a rounding error below 0 (P ~ 1) is reported as 0 */
-    st->loss = fmax(0.0, -(st->log_mid + (double)st->e_mid * CYCTC_LN2));
+    st->loss = fmax(0.0, -(log(z) + (double)st->e_mid * CYCTC_LN2));
 }
 
 void cyctc_meet(const cyctc_seq *q, double *work, int with_grad, cyctc_state *st)

@@ -73,7 +73,7 @@ typedef struct {
     double *lost_row_fwd; /* gradient calls: those rows, allocated by the tasks that flushed, freed by cyctc_meet */
     double *lost_row_bwd;
     int M;          /* forward covers frames [0, M), backward [M-1, T) */
-    double log_mid; /* log sum_s a[M-1, s] b[M-1, s] of the scaled rows, for the per-frame consistency check */
+    double z_mid;   /* sum_s a[M-1, s] b[M-1, s] of the scaled rows, for the per-frame consistency check */
     int64_t e_mid;  /* binary exponent of that product */
     double loss;
 } cyctc_state;

@@ -629,9 +629,16 @@ static inline int frame_mass(const double *a, const double *b, int L, const cyct
     *z_out = z;
     if (!(z >= CYCTC_TINY))
         return CYCTC_LOGSPACE;
-    const int64_t e = (int64_t)a[exp_off(L)] + (int64_t)b[exp_off(L)];
-    const double d = log(z) - st->log_mid + (double)(e - st->e_mid) * CYCTC_LN2;
-    return fabs(d) <= CYCTC_CONSISTENCY_TOL ? 0 : CYCTC_LOGSPACE;
+    /* |log(z 2^(e - e_mid) / z_mid)| <= tol, as a ratio (no log per frame): z and z_mid are normal and the
+     * exponents differ by a few units when the masses agree */
+    const int64_t de = (int64_t)a[exp_off(L)] + (int64_t)b[exp_off(L)] - st->e_mid;
+    if (de < -64 || de > 64)
+        return CYCTC_LOGSPACE;
+    const uint64_t fb = (uint64_t)(1023 + de) << 52;
+    double f;
+    memcpy(&f, &fb, sizeof f);
+    const double r = (z * f) / st->z_mid - 1.0;
+    return fabs(r) <= CYCTC_CONSISTENCY_TOL ? 0 : CYCTC_LOGSPACE;
 }
 
 /* a * b / sum(a * b), written over a (out == a) or over b (out == b); checks the frame's mass against P */

@@ -4,7 +4,7 @@
 
 /* P[0] = p(blank), P[1 + k] = p(label k) at frame x (tmp: L + 1 temporaries), one exp per distinct class (cm:
  * the class map); flags a needed class too improbable for linear space */
-static CYCTC_HOT CYCTC_NOINLINE int SFX(label_probs)(const int32_t *cm, int L, int C, const REAL *x,
+static CYCTC_HOT CYCTC_NOINLINE CYCTC_CONTRACT int SFX(label_probs)(const int32_t *cm, int L, int C, const REAL *x,
                                                      const double *norm, double *P, double *tmp, const REAL *ahead)
 {
     const int nd = nd_of(cm);
@@ -29,10 +29,21 @@ static CYCTC_HOT CYCTC_NOINLINE int SFX(label_probs)(const int32_t *cm, int L, i
         tmp[j] = 0.0;
     double *E = nd == L + 1 ? P : tmp; /* identity map: straight into P */
     exp_block_f64(tmp, 0.0, E, nd4);
-    /* cyctc_exp returns exactly 0 below -708, so a probability under exp(floor) flags the frame */
+    /* cyctc_exp returns exactly 0 below -708, so a probability under exp(floor) flags the frame (the padding
+     * slots hold exp(0) = 1) */
     int low = 0;
+#if CYCTC_VEC
+    cyctc_v4l lowv = {0, 0, 0, 0};
+    for (int j = 0; j < nd4; j += 4) {
+        cyctc_v4d v;
+        memcpy(&v, E + j, sizeof v);
+        lowv |= v < CYCTC_PROB_FLOOR;
+    }
+    low = (lowv[0] | lowv[1] | lowv[2] | lowv[3]) != 0;
+#else
     for (int j = 0; j < nd; j++)
         low += E[j] < CYCTC_PROB_FLOOR;
+#endif
     if (E != P)
         gather_labels(P, E, map_of(cm, L), L);
     return low ? CYCTC_LOGSPACE : 0;
