@@ -629,15 +629,18 @@ static inline int frame_mass(const double *a, const double *b, int L, const cyct
     *z_out = z;
     if (!(z >= CYCTC_TINY))
         return CYCTC_LOGSPACE;
-    /* |log(z 2^(e - e_mid) / z_mid)| <= tol, as a ratio (no log per frame): z and z_mid are normal and the
-     * exponents differ by a few units when the masses agree */
+    /* |log(z 2^(e - e_mid) / z_mid)| <= tol, as a ratio (no log per frame). z >= 2^-1000 and z_mid >= 2^-959 are
+     * normal, but a dot of two normalised rows can be far below 1, so the exponents may differ by ~1000: the power
+     * of two is applied in two exact halves (an intermediate that leaves the range means a ratio far from 1) */
     const int64_t de = (int64_t)a[exp_off(L)] + (int64_t)b[exp_off(L)] - st->e_mid;
-    if (de < -64 || de > 64)
+    if (de < -2000 || de > 2000)
         return CYCTC_LOGSPACE;
-    const uint64_t fb = (uint64_t)(1023 + de) << 52;
-    double f;
-    memcpy(&f, &fb, sizeof f);
-    const double r = (z * f) / st->z_mid - 1.0;
+    const int64_t h1 = de / 2, h2 = de - h1;
+    const uint64_t f1b = (uint64_t)(1023 + h1) << 52, f2b = (uint64_t)(1023 + h2) << 52;
+    double f1, f2;
+    memcpy(&f1, &f1b, sizeof f1);
+    memcpy(&f2, &f2b, sizeof f2);
+    const double r = ((z / st->z_mid) * f1) * f2 - 1.0;
     return fabs(r) <= CYCTC_CONSISTENCY_TOL ? 0 : CYCTC_LOGSPACE;
 }
 
