@@ -207,12 +207,14 @@ cdef int _run(const real *x, Py_ssize_t xsb, Py_ssize_t xst, real *g, Py_ssize_t
 
 
 def ctc_loss_grad(cnp.ndarray x, cnp.ndarray labels, cnp.ndarray label_length, cnp.ndarray logit_length,
-                  int blank, bint merge_repeated, cnp.ndarray grad, cnp.ndarray grad_scale, int num_threads):
+                  int blank, bint merge_repeated, cnp.ndarray grad, cnp.ndarray grad_scale, int num_threads,
+                  cnp.ndarray flags_out=None):
     """CTC loss (and gradient into ``grad`` when it is not None) of validated, normalised arguments.
 
     x: float32/float64 (B, T, C), class axis contiguous, any other strides. labels: int32 (B, Lmax) C-contiguous.
     label_length, logit_length: int32 (B,). grad: None or an array like x (written). grad_scale: float64 (B,).
-    Returns float64 (B,) losses.
+    Returns float64 (B,) losses. flags_out (tests): None or int32 (B,), receives each sequence's CYCTC_* flags
+    (4 = CYCTC_LOGSPACE: the scaled recursion handed the sequence to the log-space path).
     """
     cdef int B = x.shape[0], T = x.shape[1], C = x.shape[2]
     cdef Py_ssize_t item = x.itemsize
@@ -233,6 +235,7 @@ def ctc_loss_grad(cnp.ndarray x, cnp.ndarray labels, cnp.ndarray label_length, c
     cdef double *work = NULL
     cdef cnp.ndarray loss = np.empty(B, dtype=np.float64)
     cdef double *lossp = <double *>cnp.PyArray_DATA(loss)
+    cdef int *flagsp = <int *>cnp.PyArray_DATA(flags_out) if flags_out is not None else NULL
     cdef bint is_f32 = x.dtype.num == cnp.NPY_FLOAT
     cdef void *xp = cnp.PyArray_DATA(x)
     cdef void *gp = NULL
@@ -277,6 +280,8 @@ def ctc_loss_grad(cnp.ndarray x, cnp.ndarray labels, cnp.ndarray label_length, c
                           B, T, C, seqs, states, norm, work, offsets, scale, num_threads)
             for b in range(B):
                 lossp[b] = states[b].loss
+                if flagsp != NULL:
+                    flagsp[b] = states[b].flags
                 if states[b].flags & CYCTC_NOMEM:
                     rc = -2
         if rc == -1:
