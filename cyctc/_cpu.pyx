@@ -37,12 +37,14 @@ cdef extern from "src/ctc.h":
         int merge_repeated
         const int32_t *labels
         Py_ssize_t xs
+        double *ecache
     ctypedef struct cyctc_state:
         int flags
         int M
         double loss
     int64_t cyctc_work_size(int T, int L, int with_grad) noexcept nogil
     int64_t cyctc_thread_scratch_size(int Lmax) noexcept nogil
+    int64_t cyctc_ecache_size(const cyctc_seq *q) noexcept nogil
     double *cyctc_loss_scratch(double *work, int L) noexcept nogil
     void cyctc_prepare(const cyctc_seq *q, const double *norm, double *work, cyctc_state *st) noexcept nogil
     void cyctc_meet(const cyctc_seq *q, double *work, int with_grad, cyctc_state *st) noexcept nogil
@@ -206,15 +208,19 @@ cdef int _run(const real *x, Py_ssize_t xsb, Py_ssize_t xst, real *g, Py_ssize_t
     return -1 if failed else 0
 
 
+cdef double _CHOSEN  # marks the sequences given a probability cache before the work space exists
+
+
 def ctc_loss_grad(cnp.ndarray x, cnp.ndarray labels, cnp.ndarray label_length, cnp.ndarray logit_length,
                   int blank, bint merge_repeated, cnp.ndarray grad, cnp.ndarray grad_scale, int num_threads,
-                  cnp.ndarray flags_out=None):
+                  cnp.ndarray flags_out=None, double cache_room=-1):
     """CTC loss (and gradient into ``grad`` when it is not None) of validated, normalised arguments.
 
     x: float32/float64 (B, T, C), class axis contiguous, any other strides. labels: int32 (B, Lmax) C-contiguous.
     label_length, logit_length: int32 (B,). grad: None or an array like x (written). grad_scale: float64 (B,).
     Returns float64 (B,) losses. flags_out (tests): None or int32 (B,), receives each sequence's CYCTC_* flags
-    (4 = CYCTC_LOGSPACE: the scaled recursion handed the sequence to the log-space path).
+    (4 = CYCTC_LOGSPACE: the scaled recursion handed the sequence to the log-space path). cache_room (tests):
+    doubles available for stage 2's probability caches, -1 = what the memory bound leaves (the default).
     """
     cdef int B = x.shape[0], T = x.shape[1], C = x.shape[2]
     cdef Py_ssize_t item = x.itemsize
@@ -227,7 +233,8 @@ def ctc_loss_grad(cnp.ndarray x, cnp.ndarray labels, cnp.ndarray label_length, c
     cdef const double *scale = NULL
     cdef int with_grad = grad is not None
     cdef int b, rc = 0
-    cdef int64_t total = 0, work_units
+    cdef int64_t total = 0, work_units, cache_total = 0, max_ll = 0, cache_b
+    cdef double room
     cdef cyctc_seq *seqs = NULL
     cdef cyctc_state *states = NULL
     cdef int64_t *offsets = NULL
@@ -262,12 +269,35 @@ def ctc_loss_grad(cnp.ndarray x, cnp.ndarray labels, cnp.ndarray label_length, c
                 seqs[b].merge_repeated = merge_repeated
                 seqs[b].labels = lab + <Py_ssize_t>b * Lmax
                 seqs[b].xs = xst
+                seqs[b].ecache = NULL
                 offsets[b] = total
                 total += cyctc_work_size(tl[b], ll[b], with_grad)
+                max_ll = max(max_ll, <int64_t>ll[b])
             offsets[B] = total
-        work = <double *>PyMem_RawMalloc(sizeof(double) * max(total, 1))
+            if with_grad:
+                # gradient calls keep frames' class probabilities for stage 2 (cyctc_ecache_size) for as many
+                # sequences as the memory bound has room for: 8 x B x T x (2L + 1) bytes, less the work space,
+                # the normalisers, the per-sequence records and 1%; the results are the same bits either way
+                # (in double: the product overflows int64 for absurd shapes, which then fail to allocate anyway)
+                room = 0.99 * <double>B * T * (2 * max_ll + 1) - <double>total - 2.0 * B * T - 32.0 * B
+                if cache_room >= 0:
+                    room = cache_room
+                for b in range(B):
+                    cache_b = cyctc_ecache_size(&seqs[b])
+                    if 0 < cache_b <= room:
+                        seqs[b].ecache = &_CHOSEN  # placed below
+                        room -= cache_b
+                        cache_total += cache_b
+        work = <double *>PyMem_RawMalloc(sizeof(double) * max(total + cache_total, 1))
         if work == NULL:
-            raise MemoryError(f"cyctc: cannot allocate {8 * total} bytes of CTC work space")
+            raise MemoryError(f"cyctc: cannot allocate {8 * (total + cache_total)} bytes of CTC work space")
+        if cache_total:
+            with nogil:
+                cache_total = total
+                for b in range(B):
+                    if seqs[b].ecache != NULL:
+                        seqs[b].ecache = work + cache_total
+                        cache_total += cyctc_ecache_size(&seqs[b])
         work_units = <int64_t>B * T * (C + 8 * Lmax)
         if num_threads > 1 and work_units < <int64_t>num_threads * MIN_WORK_PER_THREAD:
             num_threads = max(1, <int>(work_units // MIN_WORK_PER_THREAD))

@@ -16,7 +16,7 @@ from ctc_reference import ctc_logspace
 LOGSPACE = 4  # CYCTC_LOGSPACE
 
 
-def _run(labels, x, ll, tl, grad, blank=0, scale=None):
+def _run(labels, x, ll, tl, grad, blank=0, scale=None, cache_room=-1):
     a = _args.normalize_loss_args(labels, x, ll, tl, True, None, blank)
     flags = np.full(a.B, -1, dtype=np.int32)
     g = None
@@ -24,7 +24,7 @@ def _run(labels, x, ll, tl, grad, blank=0, scale=None):
         g = np.empty((a.T, a.B, a.C), dtype=a.x.dtype)
     gs = (np.ones(a.B) if scale is None else scale) if grad else None
     loss = _cpu.ctc_loss_grad(a.x, a.labels, a.label_length, a.logit_length, a.blank, True,
-                              g.swapaxes(0, 1) if grad else None, gs, 2, flags)
+                              g.swapaxes(0, 1) if grad else None, gs, 2, flags, cache_room)
     return loss, g, flags
 
 
@@ -73,3 +73,24 @@ def test_gradient_scale_in_stage_two():
     np.testing.assert_allclose(gs, g1 * scale[None, :, None], rtol=1e-15, atol=0)
     loss, g = cyctc.ctc_loss(labels, x, ll, tl, reduction="mean", return_grad=True)
     np.testing.assert_allclose(g, g1 / (np.maximum(ll, 1) * B)[None, :, None], rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("sigma", [1.0, 30.0, 3000.0])
+def test_probability_cache_changes_no_bit(dtype, sigma):
+    """Gradient calls keep frames' class probabilities for stage 2 where the memory bound leaves room; with no
+    cache, a cache for every sequence, or the bound's choice, the results are the same bits (confident inputs,
+    sigma 3000, take the log-space path after stage 1, which the cache must not hide)."""
+    rng = np.random.default_rng(int(sigma))
+    T, B, C, L = 60, 7, 9, 12
+    x = (sigma * rng.standard_normal((T, B, C))).astype(dtype)
+    labels = rng.integers(1, C, size=(B, L)).astype(np.int32)
+    ll = rng.integers(0, L + 1, size=B).astype(np.int32)
+    tl = np.maximum(rng.integers(T // 2, T + 1, size=B), 2 * ll + 1).astype(np.int32)
+    runs = [_run(labels, x, ll, tl, True, cache_room=room) for room in (0, 1e12, -1)]
+    for loss, g, flags in runs[1:]:
+        assert np.array_equal(loss, runs[0][0], equal_nan=True)
+        assert np.array_equal(g, runs[0][1], equal_nan=True)
+        assert np.array_equal(flags, runs[0][2])
+    if sigma == 3000.0:
+        assert np.any(runs[0][2] & LOGSPACE)  # the fallback did run

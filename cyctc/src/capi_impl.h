@@ -114,6 +114,7 @@ cyctc_status CAPI_NAME(const REAL *logits, int max_time, int batch_size, int num
             seqs[b].merge_repeated = merge_repeated;
             seqs[b].labels = labels != NULL ? labels + (int64_t)b * Lmax : NULL; /* NULL only when Lmax == 0 */
             seqs[b].xs = xst;
+            seqs[b].ecache = NULL; /* no probability cache: the same bits, with fewer bytes */
             offsets[b] = total;
             total += cyctc_work_size(Tb, label_lengths[b], with_grad);
         }

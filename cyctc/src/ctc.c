@@ -22,6 +22,12 @@ int64_t cyctc_work_size(int T, int L, int with_grad)
 
 int64_t cyctc_thread_scratch_size(int Lmax) { return 2 * scratch_size(Lmax); }
 
+int64_t cyctc_ecache_size(const cyctc_seq *q)
+{
+    const int nd4 = (fill_class_map(q, NULL) + 3) & ~3; /* the rows of label_probs: whole vectors of 4 */
+    return (int64_t)q->T * nd4;
+}
+
 double *cyctc_loss_scratch(double *work, int L) { return loss_scratch_of(work, L); }
 
 int cyctc_min_frames(const int32_t *labels, int L, int merge_repeated)

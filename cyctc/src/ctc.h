@@ -62,6 +62,8 @@ typedef struct {
     int merge_repeated;    /* 1: standard CTC; 0: TF1's ctc_merge_repeated=False (labels have no self-loop) */
     const int32_t *labels; /* L class numbers, none equal to blank */
     ptrdiff_t xs;          /* elements between consecutive frames of this sequence's logits (class axis contiguous) */
+    double *ecache;        /* gradient calls: NULL, or cyctc_ecache_size(q) doubles where stage 1 keeps each frame's
+                            * class probabilities for stage 2 (same results, fewer exponentials) */
 } cyctc_seq;
 
 typedef struct {
@@ -83,6 +85,9 @@ int64_t cyctc_work_size(int T, int L, int with_grad);
 
 /* doubles of scratch each thread needs for gradient calls (Lmax: the longest label of the batch) */
 int64_t cyctc_thread_scratch_size(int Lmax);
+
+/* doubles of the optional probability cache of a gradient call (q->ecache; needs q's T, L, labels, blank) */
+int64_t cyctc_ecache_size(const cyctc_seq *q);
 
 /* the scratch of a loss-only call: inside the sequence's own work space */
 double *cyctc_loss_scratch(double *work, int L);

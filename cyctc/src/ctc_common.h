@@ -23,6 +23,8 @@
  *   gradient:   [rows: (T + 1) rows]; the scratch then comes from the thread running the task (per-thread
  *               buffers of cyctc_thread_scratch_size(Lmax) doubles), as it lives only within one call; a task
  *               that flushed a product keeps its last lost-mass row in a row of its own (malloc) until the meeting.
+ *               Where the driver gives it room (q->ecache, cyctc_ecache_size doubles), stage 1 also keeps every
+ *               frame's distinct-class probabilities, and stage 2 reads them back instead of computing them again.
  *               Stage 1 stores alpha[t] in row t (t < M) and
  *                          beta[t] in row t + 1 (t >= M - 1); stage 2 overwrites each with gamma, so the state
  *                          posteriors of frame t end in row row_index(t, M) = t + (t >= M - 1).
@@ -413,11 +415,13 @@ static inline double dot(const double *a, const double *b, int n)
     return s;
 }
 
-/* the class map (see the work space layout above) */
-static inline void fill_class_map(const cyctc_seq *q, int32_t *cm)
+/* the class map (see the work space layout above), or with cm == NULL only its size: returns nd, the slots of
+ * a frame's distinct-class probabilities (L + 1 when the labels have too many classes to search) */
+static inline int fill_class_map(const cyctc_seq *q, int32_t *cm)
 {
     const int L = q->L;
-    int32_t *dist = cm + 1, *map = cm + 2 + L;
+    int32_t own[CYCTC_DEDUP_MAX + 1];
+    int32_t *dist = cm ? cm + 1 : own, *map = cm ? cm + 2 + L : NULL;
     int nd = 1;
     dist[0] = q->blank;
     for (int k = 0; k < L; k++) {
@@ -427,18 +431,23 @@ static inline void fill_class_map(const cyctc_seq *q, int32_t *cm)
             j++;
         if (j == nd) {
             if (nd == CYCTC_DEDUP_MAX + 1) { /* too many classes to search: one slot per label */
-                for (int i = 0; i < L; i++) {
-                    dist[i + 1] = q->labels[i];
-                    map[i] = i + 1;
+                if (cm) {
+                    for (int i = 0; i < L; i++) {
+                        dist[i + 1] = q->labels[i];
+                        map[i] = i + 1;
+                    }
+                    cm[0] = -(L + 1);
                 }
-                cm[0] = -(L + 1);
-                return;
+                return L + 1;
             }
             dist[nd++] = c;
         }
-        map[k] = j;
+        if (cm)
+            map[k] = j;
     }
-    cm[0] = nd;
+    if (cm)
+        cm[0] = nd;
+    return nd;
 }
 
 /* P[0] = E[0], P[1 + k] = E[map[k]]: the label probabilities from the distinct classes' (no aliasing, so it

@@ -2,10 +2,12 @@
  * REAL = double (SFX: _f64). Everything is computed in double; REAL is only how the logits are read and the
  * gradient written. Row layout and work space: see ctc_common.h. */
 
-/* P[0] = p(blank), P[1 + k] = p(label k) at frame x (tmp: L + 1 temporaries), one exp per distinct class (cm:
- * the class map); flags a needed class too improbable for linear space */
+/* P[0] = p(blank), P[1 + k] = p(label k) at frame x (tmp: L + 4 temporaries), one exp per distinct class (cm:
+ * the class map); flags a needed class too improbable for linear space. keep: NULL, or where the distinct
+ * classes' probabilities are kept for stage 2 (nd rounded up to 4 doubles; see q->ecache). */
 static CYCTC_HOT CYCTC_NOINLINE CYCTC_CONTRACT int SFX(label_probs)(const int32_t *cm, int L, int C, const REAL *x,
-                                                     const double *norm, double *P, double *tmp, const REAL *ahead)
+                                                     const double *norm, double *P, double *tmp, const REAL *ahead,
+                                                     double *keep)
 {
     const int nd = nd_of(cm);
     const int nd4 = (nd + 3) & ~3; /* whole vectors of 4: no scalar tail (slots past nd are scratch) */
@@ -27,7 +29,7 @@ static CYCTC_HOT CYCTC_NOINLINE CYCTC_CONTRACT int SFX(label_probs)(const int32_
         tmp[j] = ((double)x[dist[j]] - m) - ls;
     for (int j = nd; j < nd4; j++)
         tmp[j] = 0.0;
-    double *E = nd == L + 1 ? P : tmp; /* identity map: straight into P */
+    double *E = keep ? keep : nd == L + 1 ? P : tmp; /* identity map: straight into P */
     exp_block_f64(tmp, 0.0, E, nd4);
     /* cyctc_exp returns exactly 0 below -708, so a probability under exp(floor) flags the frame (the padding
      * slots hold exp(0) = 1) */
@@ -104,11 +106,13 @@ CYCTC_HOT void SFX(cyctc_stage1)(const cyctc_seq *q, const REAL *x, const double
     double *lost = lost_of(sc, L); /* two lost-mass rows, used in turn once something flushed */
     const int32_t *cm = classmap_of(work, L);
     double *rows = rows_of(work, L);
+    const int64_t nd4 = (nd_of(cm) + 3) & ~3;
+    double *keep = with_grad ? q->ecache : NULL; /* kept for stage 2 */
     int bad = 0, lost_on = 0, li = 0;
     double *cur;
     if (!backward) {
         cur = with_grad ? rows : sc;
-        bad |= SFX(label_probs)(cm, L, q->C, x, norm, P, tmp, NULL);
+        bad |= SFX(label_probs)(cm, L, q->C, x, norm, P, tmp, NULL, keep);
         memset(cur, 0, sizeof(double) * W);
         cur[0] = P[0];
         if (L > 0)
@@ -117,7 +121,7 @@ CYCTC_HOT void SFX(cyctc_stage1)(const cyctc_seq *q, const REAL *x, const double
         for (int t = 1; t < M; t++) {
             double *nxt = with_grad ? rows + t * W : sc + (t & 1) * W;
             bad |= SFX(label_probs)(cm, L, q->C, x + t * q->xs, norm + 2 * t, P, tmp,
-                                    t + AHEAD < M ? x + (t + AHEAD) * q->xs : NULL);
+                                    t + AHEAD < M ? x + (t + AHEAD) * q->xs : NULL, keep ? keep + t * nd4 : NULL);
             const int flushed = fwd_step(L, stay, skipw, cur, P, nxt);
             if (flushed | lost_on) {
                 double *lp = lost + li * W, *ln = lost + (li ^ 1) * W;
@@ -140,7 +144,8 @@ CYCTC_HOT void SFX(cyctc_stage1)(const cyctc_seq *q, const REAL *x, const double
         for (int t = T - 2; t >= M - 1; t--) {
             double *nxt = with_grad ? rows + (int64_t)(t + 1) * W : sc + ((T - 1 - t) & 1) * W;
             bad |= SFX(label_probs)(cm, L, q->C, x + (t + 1) * q->xs, norm + 2 * (t + 1), P, tmp,
-                                    t + 1 - AHEAD >= M ? x + (t + 1 - AHEAD) * q->xs : NULL);
+                                    t + 1 - AHEAD >= M ? x + (t + 1 - AHEAD) * q->xs : NULL,
+                                    keep ? keep + (int64_t)(t + 1) * nd4 : NULL);
             const int flushed = bwd_step(L, stay, skipw, cur, P, tmp, nxt);
             if (flushed | lost_on) {
                 double *lp = lost + li * W, *ln = lost + (li ^ 1) * W;
@@ -225,6 +230,7 @@ CYCTC_HOT void SFX(cyctc_stage2)(const cyctc_seq *q, const REAL *x, const double
     double *P = probs_of(sc, L), *tmp = tmp_of(sc, L);
     double *rows = rows_of(work, L);
     const int32_t *cm = classmap_of(work, L);
+    const int64_t nd4 = (nd_of(cm) + 3) & ~3;
     const int fused = deduplicated(cm); /* gradient rows written here (else gamma rows, for cyctc_grad_row) */
     double *occ = tmp2_of(sc, L);       /* nd <= L + 1 doubles */
     int bad = 0;
@@ -232,8 +238,11 @@ CYCTC_HOT void SFX(cyctc_stage2)(const cyctc_seq *q, const REAL *x, const double
         const double *prev = rows + (int64_t)(M - 1) * W; /* alpha[M-1], read-only here and in the other task */
         for (int t = M; t < T && !bad; t++) {
             double *n = sc + ((t - M) & 1) * W;
-            bad |= SFX(label_probs)(cm, L, q->C, x + t * q->xs, norm + 2 * t, P, tmp,
-                                    t + AHEAD < T ? x + (t + AHEAD) * q->xs : NULL);
+            if (q->ecache) /* stage 1 flagged improbable classes already */
+                gather_labels(P, q->ecache + t * nd4, map_of(cm, L), L);
+            else
+                bad |= SFX(label_probs)(cm, L, q->C, x + t * q->xs, norm + 2 * t, P, tmp,
+                                        t + AHEAD < T ? x + (t + AHEAD) * q->xs : NULL, NULL);
             fwd_step(L, stay, skipw, prev, P, n); /* what flushes here is caught by the posterior check against P */
             bad |= normalise(n, L, prev[E]);
             double *b = rows + (int64_t)(t + 1) * W; /* beta[t], becomes gamma[t] */
@@ -252,8 +261,11 @@ CYCTC_HOT void SFX(cyctc_stage2)(const cyctc_seq *q, const REAL *x, const double
             double *nxt = NULL;
             if (t > 0) {
                 nxt = sc + ((M - 1 - t) & 1) * W;
-                bad |= SFX(label_probs)(cm, L, q->C, x + t * q->xs, norm + 2 * t, P, tmp,
-                                        t - AHEAD > 0 ? x + (t - AHEAD) * q->xs : NULL);
+                if (q->ecache)
+                    gather_labels(P, q->ecache + t * nd4, map_of(cm, L), L);
+                else
+                    bad |= SFX(label_probs)(cm, L, q->C, x + t * q->xs, norm + 2 * t, P, tmp,
+                                            t - AHEAD > 0 ? x + (t - AHEAD) * q->xs : NULL, NULL);
                 bwd_step(L, stay, skipw, cur, P, tmp, nxt);
                 bad |= normalise(nxt, L, cur[E]);
             }
