@@ -209,11 +209,11 @@ def ctc_loss_grad(cnp.ndarray x, cnp.ndarray labels, cnp.ndarray label_length, c
     """CTC loss (and gradient into ``grad`` when it is not None) of validated, normalised arguments.
 
     x: float32/float64 (B, T, C), class axis contiguous, any other strides. labels: int32 (B, Lmax) C-contiguous.
-    label_length, logit_length: int32 (B,). grad: None or an array like x (written). grad_scale: float64 (B,).
-    Returns float64 (B,) losses.
+    label_length, logit_length: int32 (B,). grad: None or an array like x (written). grad_scale: float64 (B,), or
+    None for all 1. Returns float64 (B,) losses.
     """
     cdef int B = x.shape[0], T = x.shape[1], C = x.shape[2]
-    cdef Py_ssize_t item = x.itemsize
+    cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(x)
     cdef Py_ssize_t xsb = x.strides[0] // item, xst = x.strides[1] // item
     cdef Py_ssize_t gsb = 0, gst = 0
     cdef Py_ssize_t Lmax = labels.shape[1]
@@ -224,30 +224,41 @@ def ctc_loss_grad(cnp.ndarray x, cnp.ndarray labels, cnp.ndarray label_length, c
     cdef int with_grad = grad is not None
     cdef int b, rc = 0
     cdef int64_t total = 0, work_units
+    cdef Py_ssize_t nnorm = 2 * max(<Py_ssize_t>B * T, 1)  # 2 normalisers a frame
+    cdef Py_ssize_t nones = B if with_grad and grad_scale is None else 0
+    cdef char *state = NULL  # one block for everything but the work space (whose size it helps to find)
     cdef cyctc_seq *seqs = NULL
     cdef cyctc_state *states = NULL
     cdef int64_t *offsets = NULL
     cdef double *norm = NULL
+    cdef double *ones = NULL
     cdef double *work = NULL
-    cdef cnp.ndarray loss = np.empty(B, dtype=np.float64)
+    cdef cnp.npy_intp nb = B
+    # the C API, not np.empty: this function's fixed cost matters for small calls
+    cdef cnp.ndarray loss = cnp.PyArray_EMPTY(1, &nb, cnp.NPY_FLOAT64, 0)
     cdef double *lossp = <double *>cnp.PyArray_DATA(loss)
-    cdef bint is_f32 = x.dtype.num == cnp.NPY_FLOAT
+    cdef bint is_f32 = cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT
     cdef void *xp = cnp.PyArray_DATA(x)
     cdef void *gp = NULL
     if with_grad:
         gp = cnp.PyArray_DATA(grad)
         gsb = grad.strides[0] // item
         gst = grad.strides[1] // item
-        scale = <const double *>cnp.PyArray_DATA(grad_scale)
+        if grad_scale is not None:
+            scale = <const double *>cnp.PyArray_DATA(grad_scale)
     if B == 0:
         return loss
     try:
-        seqs = <cyctc_seq *>PyMem_RawMalloc(sizeof(cyctc_seq) * B)
-        states = <cyctc_state *>PyMem_RawMalloc(sizeof(cyctc_state) * B)
-        offsets = <int64_t *>PyMem_RawMalloc(sizeof(int64_t) * (B + 1))
-        norm = <double *>PyMem_RawMalloc(sizeof(double) * 2 * max(<Py_ssize_t>B * T, 1))  # 2 normalisers a frame
-        if seqs == NULL or states == NULL or offsets == NULL or norm == NULL:
+        # doubles first (malloc's alignment), then the 8-byte-aligned structs: every part stays aligned
+        state = <char *>PyMem_RawMalloc(sizeof(double) * (nnorm + nones) + sizeof(int64_t) * (B + 1)
+                                        + (sizeof(cyctc_state) + sizeof(cyctc_seq)) * <size_t>B)
+        if state == NULL:
             raise MemoryError("cyctc: cannot allocate the per-sequence state")
+        norm = <double *>state
+        ones = norm + nnorm
+        offsets = <int64_t *>(ones + nones)
+        states = <cyctc_state *>(offsets + B + 1)
+        seqs = <cyctc_seq *>(states + B)
         with nogil:
             for b in range(B):
                 seqs[b].T = tl[b]
@@ -260,6 +271,10 @@ def ctc_loss_grad(cnp.ndarray x, cnp.ndarray labels, cnp.ndarray label_length, c
                 offsets[b] = total
                 total += cyctc_work_size(tl[b], ll[b], with_grad)
             offsets[B] = total
+            if nones:
+                for b in range(B):
+                    ones[b] = 1.0
+                scale = ones
         work = <double *>PyMem_RawMalloc(sizeof(double) * max(total, 1))
         if work == NULL:
             raise MemoryError(f"cyctc: cannot allocate {8 * total} bytes of CTC work space")
@@ -282,10 +297,7 @@ def ctc_loss_grad(cnp.ndarray x, cnp.ndarray labels, cnp.ndarray label_length, c
         if rc == -2:
             raise MemoryError("cyctc: cannot allocate the log-space rows of a sequence")
     finally:
-        PyMem_RawFree(seqs)
-        PyMem_RawFree(states)
-        PyMem_RawFree(offsets)
-        PyMem_RawFree(norm)
+        PyMem_RawFree(state)
         PyMem_RawFree(work)
     return loss
 

@@ -70,14 +70,6 @@ def finish(loss, grad, a, reduction, zero_infinity, return_grad, weights=None):
     return out, grad
 
 
-def gradient_scale(a, reduction):
-    """float64 (B,) factors that turn d loss_b / d logits into d(returned loss) / d logits (None on the device
-    where they are all 1: the backend then needs no copy of them)."""
-    if reduction == "mean":
-        return _mean_weights(a.label_length, a.B)
-    return np.ones(a.B, dtype=np.float64) if a.xp is np else None
-
-
 def ctc_loss(labels, logits, label_length=None, logit_length=None, logits_time_major=True, unique=None,
              blank_index=None, *, reduction="none", zero_infinity=False, return_grad=False, num_threads=None):
     """CTC negative log-likelihood per example, and optionally its gradient, with ``tf.nn.ctc_loss`` semantics.
@@ -138,7 +130,8 @@ def ctc_loss(labels, logits, label_length=None, logit_length=None, logits_time_m
         if a.xp is not np:
             with a.x.device:
                 weights = a.xp.asarray(weights)
-    scale = (weights if weights is not None else gradient_scale(a, reduction)) if return_grad else None
+    # the gradient's factor per example: mean's weights, else 1 for all (None: the backends' default)
+    scale = weights if return_grad else None
     loss, grad = compute(a, True, return_grad, scale, nt)
     return finish(loss, grad, a, reduction, zero_infinity, return_grad, weights)
 
@@ -209,7 +202,8 @@ def _loss_v1(labels, inputs, sequence_length, preprocess_collapse_repeated, ctc_
     ignore = _args.as_flag(ignore_longer_outputs_than_inputs, "ignore_longer_outputs_than_inputs")
     return_grad = _args.as_flag(return_grad, "return_grad")
     too_long = a.label_length > a.logit_length
-    if too_long.any() and not ignore:
+    any_too_long = bool(too_long.any())
+    if any_too_long and not ignore:
         b = int(np.argmax(too_long))
         raise ValueError(f"{labels_name} longer than {inputs_name} in example {b}: required {a.label_length[b]}, "
                          f"available {a.logit_length[b]} (pass ignore_longer_outputs_than_inputs=True to skip such "
@@ -217,11 +211,10 @@ def _loss_v1(labels, inputs, sequence_length, preprocess_collapse_repeated, ctc_
     if collapse:
         a.labels, a.label_length = _collapse_repeats(a.labels, a.label_length)
     nt = resolve_num_threads(num_threads)
-    any_too_long = bool(too_long.any())
-    keep = None  # 1.0 / 0.0 per example: the gradient scale, and the mask of the losses set to 0
-    if any_too_long or (return_grad and a.xp is np):
+    keep = None  # 1.0 / 0.0 per example: the gradient scale, and the mask of the losses set to 0 (None: all 1)
+    if any_too_long:
         keep = (~too_long).astype(np.float64)
-        if any_too_long and a.xp is not np:
+        if a.xp is not np:
             with a.x.device:
                 keep = a.xp.asarray(keep)
     loss, grad = compute(a, merge, return_grad, keep if return_grad else None, nt)
