@@ -457,3 +457,17 @@ def accept_loss_args(labels, logits, label_length, logit_length, time_major, uni
     if not ok:
         return None
     return x, _int32_c(lab), _int32_c(ll), _int32_c(tl), blank
+
+
+# ---- results ---------------------------------------------------------------------------------------------------------
+
+def float32_copy(cnp.ndarray loss):
+    """A new float32 array of the float64 (B,) C-contiguous ``loss``: C's conversion, as numpy's astype, but
+    without its check of the floating-point flags (and so no overflow warning: beyond float32's range is inf)."""
+    cdef cnp.npy_intp n = loss.shape[0], i
+    cdef cnp.ndarray out = cnp.PyArray_EMPTY(1, &n, cnp.NPY_FLOAT32, 0)
+    cdef const double *src = <const double *>cnp.PyArray_DATA(loss)
+    cdef float *dst = <float *>cnp.PyArray_DATA(out)
+    for i in range(n):
+        dst[i] = <float>src[i]
+    return out

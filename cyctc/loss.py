@@ -4,6 +4,8 @@ import numpy as np
 from . import _args, _cpu
 from ._threads import resolve_num_threads
 
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+
 
 def compute(a, merge_repeated, want_grad, grad_scale, num_threads):
     """Run the backend that owns ``a.x`` on normalised arguments ``a`` (see ``_args.LossArgs``) with a thread count
@@ -58,11 +60,17 @@ def reduce_loss(loss, label_length, reduction, zero_infinity, xp=np, weights=Non
 def finish(loss, grad, a, reduction, zero_infinity, return_grad, weights=None):
     """Shape the backend's output as the public functions return it."""
     out = reduce_loss(loss, a.label_length, reduction, zero_infinity, a.xp, weights)
-    with np.errstate(over="ignore"):  # float16 answers: a loss above 65504 is inf, as the dtype says
-        if reduction == "none" or a.xp is not np:
-            out = out.astype(a.dtype_out)  # CuPy keeps 0-d arrays on the device
-        else:
-            out = a.dtype_out.type(out)
+    if reduction == "none" and a.xp is np and (a.dtype_out is _F64 or a.dtype_out is _F32):
+        # ``out`` is a new float64 array of ours: float64 answers need no copy, float32 ones a conversion that
+        # checks no floating-point flags (a loss beyond float32's range is inf, as below, without the errstate,
+        # which costs as much as a small call's kernel). ``is``: numpy's own native dtypes, nothing merely equal.
+        out = out if a.dtype_out is _F64 else _cpu.float32_copy(out)
+    else:
+        with np.errstate(over="ignore"):  # float16/32 answers: a loss beyond the dtype's range is inf, as it says
+            if reduction == "none" or a.xp is not np:
+                out = out.astype(a.dtype_out)  # CuPy keeps 0-d arrays on the device
+            else:
+                out = a.dtype_out.type(out)
     if not return_grad:
         return out
     if grad.dtype != a.dtype_out:
