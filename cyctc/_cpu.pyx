@@ -343,7 +343,8 @@ def first_bad_label(const intlike[:, :] labels, const int32_t[:] label_length, i
 # ---- the fast acceptance test of cyctc._args.normalize_loss_args --------------------------------------------------
 # The common call (numpy arrays already of the kernel's types and layout, valid values) is recognised by one pass
 # without the GIL; everything else, and every error, goes through normalize_loss_args's full path, which names the
-# problem. So this never raises and never explains: it answers "these are the normalised arguments" or None.
+# problem. So this raises nothing of its own and explains nothing: it answers "these are the normalised arguments"
+# or None.
 
 cdef int64_t _INT32_MAX = 2147483647
 cdef int64_t _MAX_ELEMENTS = (<int64_t>1) << 59  # cyctc._args.MAX_ELEMENTS
@@ -464,6 +465,8 @@ def accept_loss_args(labels, logits, label_length, logit_length, time_major, uni
 def float32_copy(cnp.ndarray loss):
     """A new float32 array of the float64 (B,) C-contiguous ``loss``: C's conversion, as numpy's astype, but
     without its check of the floating-point flags (and so no overflow warning: beyond float32's range is inf)."""
+    if cnp.PyArray_TYPE(loss) != cnp.NPY_DOUBLE or cnp.PyArray_NDIM(loss) != 1 or not cnp.PyArray_IS_C_CONTIGUOUS(loss):
+        raise TypeError("float32_copy takes a contiguous float64 vector")
     cdef cnp.npy_intp n = loss.shape[0], i
     cdef cnp.ndarray out = cnp.PyArray_EMPTY(1, &n, cnp.NPY_FLOAT32, 0)
     cdef const double *src = <const double *>cnp.PyArray_DATA(loss)
