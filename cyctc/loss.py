@@ -9,7 +9,8 @@ _F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
 
 def compute(a, merge_repeated, want_grad, grad_scale, num_threads):
     """Run the backend that owns ``a.x`` on normalised arguments ``a`` (see ``_args.LossArgs``) with a thread count
-    already resolved by ``resolve_num_threads``. CuPy logits: ``a``'s labels and lengths are on the device after.
+    already resolved by ``resolve_num_threads``; ``grad_scale``: the gradient's float64 (B,) factors, or None for
+    all 1. CuPy logits: ``a``'s labels and lengths are on the device after.
 
     Returns (loss float64 (B,), grad or None); grad has the layout of the user's logits (time-major when
     ``a.time_major``) and the dtype of ``a.x``; its rows t >= logit_length are 0.
