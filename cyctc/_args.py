@@ -49,6 +49,8 @@ def as_index(value, name):
 
 def as_flag(value, name):
     """A Python bool from a bool-like scalar (True/False, numpy bools, 0/1)."""
+    if value is True or value is False:  # the usual argument, answered before the slower tests
+        return value
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
     try:
@@ -273,6 +275,17 @@ def normalize_loss_args(labels, logits, label_length, logit_length, logits_time_
     ``labels`` int32 (B, Lmax >= 1) C-contiguous, ``label_length`` and ``logit_length`` int32 (B,), ``blank`` in
     [0, C), ``time_major``, ``dtype_out`` (the logits' own float dtype) and ``xp`` (numpy or cupy).
     """
+    # The common call -- numpy arrays already of the kernels' types and layout, valid values -- is recognised by one
+    # scan in C that builds the very arrays the path below would; anything else, every error included, takes that
+    # path, which names the problem.
+    fast = _cpu.accept_loss_args(labels, logits, label_length, logit_length, logits_time_major, unique, blank_index,
+                                 default_blank)
+    if fast is not None:
+        a = LossArgs()
+        a.x, a.labels, a.label_length, a.logit_length, a.blank = fast
+        a.B, a.T, a.C = a.x.shape
+        a.time_major, a.dtype_out, a.xp = logits_time_major, logits.dtype, np
+        return a
     xp = array_module(logits)
     if (type(labels).__module__.startswith("cupy") or type(label_length).__module__.startswith("cupy")
             or type(logit_length).__module__.startswith("cupy") or unique is not None):

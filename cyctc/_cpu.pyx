@@ -217,13 +217,13 @@ def ctc_loss_grad(cnp.ndarray x, cnp.ndarray labels, cnp.ndarray label_length, c
     """CTC loss (and gradient into ``grad`` when it is not None) of validated, normalised arguments.
 
     x: float32/float64 (B, T, C), class axis contiguous, any other strides. labels: int32 (B, Lmax) C-contiguous.
-    label_length, logit_length: int32 (B,). grad: None or an array like x (written). grad_scale: float64 (B,).
-    Returns float64 (B,) losses. flags_out (tests): None or int32 (B,), receives each sequence's CYCTC_* flags
-    (4 = CYCTC_LOGSPACE: the scaled recursion handed the sequence to the log-space path). cache_room (tests):
-    doubles available for stage 2's probability caches, -1 = what the memory bound leaves (the default).
+    label_length, logit_length: int32 (B,). grad: None or an array like x (written). grad_scale: float64 (B,), or
+    None for all 1. Returns float64 (B,) losses. flags_out (tests): None or int32 (B,), receives each sequence's
+    CYCTC_* flags (4 = CYCTC_LOGSPACE: the scaled recursion handed the sequence to the log-space path).
+    cache_room (tests): doubles available for stage 2's probability caches, -1 = what the memory bound leaves.
     """
     cdef int B = x.shape[0], T = x.shape[1], C = x.shape[2]
-    cdef Py_ssize_t item = x.itemsize
+    cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(x)
     cdef Py_ssize_t xsb = x.strides[0] // item, xst = x.strides[1] // item
     cdef Py_ssize_t gsb = 0, gst = 0
     cdef Py_ssize_t Lmax = labels.shape[1]
@@ -235,31 +235,42 @@ def ctc_loss_grad(cnp.ndarray x, cnp.ndarray labels, cnp.ndarray label_length, c
     cdef int b, rc = 0
     cdef int64_t total = 0, work_units, cache_total = 0, max_ll = 0, cache_b
     cdef double room
+    cdef Py_ssize_t nnorm = 2 * max(<Py_ssize_t>B * T, 1)  # 2 normalisers a frame
+    cdef Py_ssize_t nones = B if with_grad and grad_scale is None else 0
+    cdef char *state = NULL  # one block for everything but the work space (whose size it helps to find)
     cdef cyctc_seq *seqs = NULL
     cdef cyctc_state *states = NULL
     cdef int64_t *offsets = NULL
     cdef double *norm = NULL
+    cdef double *ones = NULL
     cdef double *work = NULL
-    cdef cnp.ndarray loss = np.empty(B, dtype=np.float64)
+    cdef cnp.npy_intp nb = B
+    # the C API, not np.empty: this function's fixed cost matters for small calls
+    cdef cnp.ndarray loss = cnp.PyArray_EMPTY(1, &nb, cnp.NPY_FLOAT64, 0)
     cdef double *lossp = <double *>cnp.PyArray_DATA(loss)
     cdef int *flagsp = <int *>cnp.PyArray_DATA(flags_out) if flags_out is not None else NULL
-    cdef bint is_f32 = x.dtype.num == cnp.NPY_FLOAT
+    cdef bint is_f32 = cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT
     cdef void *xp = cnp.PyArray_DATA(x)
     cdef void *gp = NULL
     if with_grad:
         gp = cnp.PyArray_DATA(grad)
         gsb = grad.strides[0] // item
         gst = grad.strides[1] // item
-        scale = <const double *>cnp.PyArray_DATA(grad_scale)
+        if grad_scale is not None:
+            scale = <const double *>cnp.PyArray_DATA(grad_scale)
     if B == 0:
         return loss
     try:
-        seqs = <cyctc_seq *>PyMem_RawMalloc(sizeof(cyctc_seq) * B)
-        states = <cyctc_state *>PyMem_RawMalloc(sizeof(cyctc_state) * B)
-        offsets = <int64_t *>PyMem_RawMalloc(sizeof(int64_t) * (B + 1))
-        norm = <double *>PyMem_RawMalloc(sizeof(double) * 2 * max(<Py_ssize_t>B * T, 1))  # 2 normalisers a frame
-        if seqs == NULL or states == NULL or offsets == NULL or norm == NULL:
+        # doubles first (malloc's alignment), then the 8-byte-aligned structs: every part stays aligned
+        state = <char *>PyMem_RawMalloc(sizeof(double) * (nnorm + nones) + sizeof(int64_t) * (B + 1)
+                                        + (sizeof(cyctc_state) + sizeof(cyctc_seq)) * <size_t>B)
+        if state == NULL:
             raise MemoryError("cyctc: cannot allocate the per-sequence state")
+        norm = <double *>state
+        ones = norm + nnorm
+        offsets = <int64_t *>(ones + nones)
+        states = <cyctc_state *>(offsets + B + 1)
+        seqs = <cyctc_seq *>(states + B)
         with nogil:
             for b in range(B):
                 seqs[b].T = tl[b]
@@ -274,6 +285,10 @@ def ctc_loss_grad(cnp.ndarray x, cnp.ndarray labels, cnp.ndarray label_length, c
                 total += cyctc_work_size(tl[b], ll[b], with_grad)
                 max_ll = max(max_ll, <int64_t>ll[b])
             offsets[B] = total
+            if nones:
+                for b in range(B):
+                    ones[b] = 1.0
+                scale = ones
             if with_grad:
                 # gradient calls keep frames' class probabilities for stage 2 (cyctc_ecache_size) for as many
                 # sequences as the memory bound has room for: 8 x B x T x (2L + 1) bytes, less the work space,
@@ -319,10 +334,7 @@ def ctc_loss_grad(cnp.ndarray x, cnp.ndarray labels, cnp.ndarray label_length, c
         if rc == -2:
             raise MemoryError("cyctc: cannot allocate the log-space rows of a sequence")
     finally:
-        PyMem_RawFree(seqs)
-        PyMem_RawFree(states)
-        PyMem_RawFree(offsets)
-        PyMem_RawFree(norm)
+        PyMem_RawFree(state)
         PyMem_RawFree(work)
     return loss
 
@@ -363,3 +375,139 @@ def first_bad_label(const intlike[:, :] labels, const int32_t[:] label_length, i
             if found >= 0:
                 break
     return found
+
+
+# ---- the fast acceptance test of cyctc._args.normalize_loss_args --------------------------------------------------
+# The common call (numpy arrays already of the kernel's types and layout, valid values) is recognised by one pass
+# without the GIL; everything else, and every error, goes through normalize_loss_args's full path, which names the
+# problem. So this raises nothing of its own and explains nothing: it answers "these are the normalised arguments"
+# or None.
+
+cdef int64_t _INT32_MAX = 2147483647
+cdef int64_t _MAX_ELEMENTS = (<int64_t>1) << 59  # cyctc._args.MAX_ELEMENTS
+
+
+cdef inline bint _plain_ints(cnp.ndarray v, int ndim) noexcept:
+    """v holds aligned, native int32 or int64 (whatever the C type's name) in ndim dimensions: what the scans read,
+    and what _args's int_range / first_bad_label take."""
+    cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(v)
+    return (cnp.PyArray_NDIM(v) == ndim and cnp.PyArray_ISSIGNED(v) and (item == 4 or item == 8)
+            and cnp.PyArray_ISNOTSWAPPED(v) and cnp.PyArray_ISALIGNED(v))
+
+
+cdef inline int64_t _int_at(const char *p, Py_ssize_t stride, bint wide, Py_ssize_t i) noexcept nogil:
+    p += i * stride
+    return (<const int64_t *>p)[0] if wide else (<const int32_t *>p)[0]
+
+
+cdef bint _lengths_ok(cnp.ndarray v, Py_ssize_t B, int64_t most) noexcept:
+    """v is a plain (B,) int vector with every entry in [0, most]."""
+    if not _plain_ints(v, 1) or v.shape[0] != B:
+        return False
+    cdef const char *p = <const char *>cnp.PyArray_DATA(v)
+    cdef Py_ssize_t i, stride = v.strides[0]
+    cdef bint wide = cnp.PyArray_ITEMSIZE(v) == 8, ok = True
+    cdef int64_t n
+    with nogil:
+        for i in range(B):
+            n = _int_at(p, stride, wide, i)
+            if n < 0 or n > most:
+                ok = False
+                break
+    return ok
+
+
+cdef object _int32_c(cnp.ndarray v):
+    """np.ascontiguousarray(v, dtype=np.int32) for validated plain ints: v itself when it already is that."""
+    if cnp.PyArray_ITEMSIZE(v) == 4 and cnp.PyArray_IS_C_CONTIGUOUS(v):
+        return v
+    return np.ascontiguousarray(v, dtype=np.int32)
+
+
+def accept_loss_args(labels, logits, label_length, logit_length, time_major, unique, blank_index,
+                     int64_t default_blank):
+    """(x, labels, label_length, logit_length, blank) exactly as ``cyctc._args.normalize_loss_args`` would make
+    them, when the arguments are the common case and valid; None for anything else (the full path decides then).
+
+    The common case: logits an aligned native float32/float64 ndarray (B, T, C) (T, B, C when ``time_major``) that
+    needs no copy for the kernels, with C >= 1 and within check_size's limits; labels an int32/int64 ndarray
+    (B, Lmax >= 1); label_length and logit_length int32/int64 ndarrays (B,) (logit_length may be None); unique None;
+    blank_index None or an int in [-C, C); time_major a bool; values as the full path requires.
+    """
+    if not (cnp.PyArray_CheckExact(logits) and cnp.PyArray_CheckExact(labels) and cnp.PyArray_CheckExact(label_length)
+            and (logit_length is None or cnp.PyArray_CheckExact(logit_length))
+            and unique is None and (time_major is True or time_major is False)):
+        return None
+    cdef cnp.ndarray x = logits, lab = labels, ll = label_length, tl
+    if cnp.PyArray_NDIM(x) != 3 or not (cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT or cnp.PyArray_TYPE(x) == cnp.NPY_DOUBLE) \
+            or not cnp.PyArray_ISNOTSWAPPED(x) or not cnp.PyArray_ISALIGNED(x):
+        return None
+    if time_major:
+        x = cnp.PyArray_SwapAxes(x, 0, 1)
+    cdef Py_ssize_t B = x.shape[0], T = x.shape[1], C = x.shape[2], Lmax, b
+    cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(x), s0 = x.strides[0], s1 = x.strides[1], s2 = x.strides[2]
+    # check_size, and kernel_view's conditions for using x as it is
+    if C == 0 or B > _INT32_MAX or T > _INT32_MAX or C > _INT32_MAX or (B * T > _MAX_ELEMENTS // C):
+        return None
+    if (C > 1 and s2 != item) or s0 % item or s1 % item or s2 % item or s0 < 0 or s1 < 0:
+        return None
+    cdef int64_t blank
+    if blank_index is None:
+        blank = default_blank
+    elif type(blank_index) is int and -C <= blank_index < C:
+        blank = blank_index
+        if blank < 0:
+            blank += C
+    else:
+        return None
+    if not _plain_ints(lab, 2) or lab.shape[0] != B:
+        return None
+    Lmax = lab.shape[1]
+    if Lmax == 0 or not _lengths_ok(ll, B, min(<int64_t>Lmax, _INT32_MAX)):
+        return None
+    cdef cnp.npy_intp nb = B
+    cdef int32_t *full
+    if logit_length is None:
+        tl = cnp.PyArray_EMPTY(1, &nb, cnp.NPY_INT32, 0)  # np.full(B, T, dtype=np.int32)
+        full = <int32_t *>cnp.PyArray_DATA(tl)
+        for b in range(B):
+            full[b] = <int32_t>T
+    else:
+        tl = logit_length
+        if not _lengths_ok(tl, B, T):
+            return None
+    # the labels within their lengths: classes in [0, C), never the blank (first_bad_label's test)
+    cdef const char *lp = <const char *>cnp.PyArray_DATA(lab)
+    cdef const char *llp = <const char *>cnp.PyArray_DATA(ll)
+    cdef Py_ssize_t ls0 = lab.strides[0], ls1 = lab.strides[1], lls = ll.strides[0], j, n
+    cdef bint wide = cnp.PyArray_ITEMSIZE(lab) == 8, llwide = cnp.PyArray_ITEMSIZE(ll) == 8, ok = True
+    cdef int64_t v
+    with nogil:
+        for b in range(B):
+            n = <Py_ssize_t>_int_at(llp, lls, llwide, b)
+            for j in range(n):
+                v = _int_at(lp + b * ls0, ls1, wide, j)
+                if v < 0 or v >= C or v == blank:
+                    ok = False
+                    break
+            if not ok:
+                break
+    if not ok:
+        return None
+    return x, _int32_c(lab), _int32_c(ll), _int32_c(tl), blank
+
+
+# ---- results ---------------------------------------------------------------------------------------------------------
+
+def float32_copy(cnp.ndarray loss):
+    """A new float32 array of the float64 (B,) C-contiguous ``loss``: C's conversion, as numpy's astype, but
+    without its check of the floating-point flags (and so no overflow warning: beyond float32's range is inf)."""
+    if cnp.PyArray_TYPE(loss) != cnp.NPY_DOUBLE or cnp.PyArray_NDIM(loss) != 1 or not cnp.PyArray_IS_C_CONTIGUOUS(loss):
+        raise TypeError("float32_copy takes a contiguous float64 vector")
+    cdef cnp.npy_intp n = loss.shape[0], i
+    cdef cnp.ndarray out = cnp.PyArray_EMPTY(1, &n, cnp.NPY_FLOAT32, 0)
+    cdef const double *src = <const double *>cnp.PyArray_DATA(loss)
+    cdef float *dst = <float *>cnp.PyArray_DATA(out)
+    for i in range(n):
+        dst[i] = <float>src[i]
+    return out

@@ -4,6 +4,9 @@ import operator
 
 from . import _cpu
 
+# max_threads() is never below this: a count up to it is granted as asked, without looking up the affinity
+MIN_MAX_THREADS = 8
+
 
 def usable_cores():
     """Cores this process may run on (its CPU affinity where the OS reports it)."""
@@ -16,7 +19,7 @@ def usable_cores():
 def max_threads():
     """The most threads one call starts: 4 per usable core, at least 8 (results never depend on the count, and
     asking OpenMP for tens of thousands of threads crashes the process when thread creation fails)."""
-    return max(8, 4 * usable_cores())
+    return max(MIN_MAX_THREADS, 4 * usable_cores())
 
 
 def resolve_num_threads(num_threads):
@@ -26,6 +29,8 @@ def resolve_num_threads(num_threads):
     n > 0: n threads, at most ``max_threads()``; n < 0: counts back from the usable cores (-1 = all, -2 = all but
     one), at least 1; 0: ValueError. Without OpenMP every call runs on 1 thread.
     """
+    if type(num_threads) is int and 0 < num_threads <= MIN_MAX_THREADS:  # the usual case: no system call
+        return num_threads if _cpu.openmp_enabled() else 1
     if num_threads is None:
         n = min(_cpu.omp_max_threads(), usable_cores())
     else:

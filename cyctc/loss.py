@@ -4,10 +4,13 @@ import numpy as np
 from . import _args, _cpu
 from ._threads import resolve_num_threads
 
+_F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
+
 
 def compute(a, merge_repeated, want_grad, grad_scale, num_threads):
     """Run the backend that owns ``a.x`` on normalised arguments ``a`` (see ``_args.LossArgs``) with a thread count
-    already resolved by ``resolve_num_threads``. CuPy logits: ``a``'s labels and lengths are on the device after.
+    already resolved by ``resolve_num_threads``; ``grad_scale``: the gradient's float64 (B,) factors, or None for
+    all 1. CuPy logits: ``a``'s labels and lengths are on the device after.
 
     Returns (loss float64 (B,), grad or None); grad has the layout of the user's logits (time-major when
     ``a.time_major``) and the dtype of ``a.x``; its rows t >= logit_length are 0.
@@ -58,24 +61,22 @@ def reduce_loss(loss, label_length, reduction, zero_infinity, xp=np, weights=Non
 def finish(loss, grad, a, reduction, zero_infinity, return_grad, weights=None):
     """Shape the backend's output as the public functions return it."""
     out = reduce_loss(loss, a.label_length, reduction, zero_infinity, a.xp, weights)
-    with np.errstate(over="ignore"):  # float16 answers: a loss above 65504 is inf, as the dtype says
-        if reduction == "none" or a.xp is not np:
-            out = out.astype(a.dtype_out)  # CuPy keeps 0-d arrays on the device
-        else:
-            out = a.dtype_out.type(out)
+    if reduction == "none" and a.xp is np and (a.dtype_out is _F64 or a.dtype_out is _F32):
+        # ``out`` is a new float64 array of ours: float64 answers need no copy, float32 ones a conversion that
+        # checks no floating-point flags (a loss beyond float32's range is inf, as below, without the errstate,
+        # which costs as much as a small call's kernel). ``is``: numpy's own native dtypes, nothing merely equal.
+        out = out if a.dtype_out is _F64 else _cpu.float32_copy(out)
+    else:
+        with np.errstate(over="ignore"):  # float16/32 answers: a loss beyond the dtype's range is inf, as it says
+            if reduction == "none" or a.xp is not np:
+                out = out.astype(a.dtype_out)  # CuPy keeps 0-d arrays on the device
+            else:
+                out = a.dtype_out.type(out)
     if not return_grad:
         return out
     if grad.dtype != a.dtype_out:
         grad = grad.astype(a.dtype_out)
     return out, grad
-
-
-def gradient_scale(a, reduction):
-    """float64 (B,) factors that turn d loss_b / d logits into d(returned loss) / d logits (None on the device
-    where they are all 1: the backend then needs no copy of them)."""
-    if reduction == "mean":
-        return _mean_weights(a.label_length, a.B)
-    return np.ones(a.B, dtype=np.float64) if a.xp is np else None
 
 
 def ctc_loss(labels, logits, label_length=None, logit_length=None, logits_time_major=True, unique=None,
@@ -138,7 +139,8 @@ def ctc_loss(labels, logits, label_length=None, logit_length=None, logits_time_m
         if a.xp is not np:
             with a.x.device:
                 weights = a.xp.asarray(weights)
-    scale = (weights if weights is not None else gradient_scale(a, reduction)) if return_grad else None
+    # the gradient's factor per example: mean's weights, else 1 for all (None: the backends' default)
+    scale = weights if return_grad else None
     loss, grad = compute(a, True, return_grad, scale, nt)
     return finish(loss, grad, a, reduction, zero_infinity, return_grad, weights)
 
@@ -209,7 +211,8 @@ def _loss_v1(labels, inputs, sequence_length, preprocess_collapse_repeated, ctc_
     ignore = _args.as_flag(ignore_longer_outputs_than_inputs, "ignore_longer_outputs_than_inputs")
     return_grad = _args.as_flag(return_grad, "return_grad")
     too_long = a.label_length > a.logit_length
-    if too_long.any() and not ignore:
+    any_too_long = bool(too_long.any())
+    if any_too_long and not ignore:
         b = int(np.argmax(too_long))
         raise ValueError(f"{labels_name} longer than {inputs_name} in example {b}: required {a.label_length[b]}, "
                          f"available {a.logit_length[b]} (pass ignore_longer_outputs_than_inputs=True to skip such "
@@ -217,11 +220,10 @@ def _loss_v1(labels, inputs, sequence_length, preprocess_collapse_repeated, ctc_
     if collapse:
         a.labels, a.label_length = _collapse_repeats(a.labels, a.label_length)
     nt = resolve_num_threads(num_threads)
-    any_too_long = bool(too_long.any())
-    keep = None  # 1.0 / 0.0 per example: the gradient scale, and the mask of the losses set to 0
-    if any_too_long or (return_grad and a.xp is np):
+    keep = None  # 1.0 / 0.0 per example: the gradient scale, and the mask of the losses set to 0 (None: all 1)
+    if any_too_long:
         keep = (~too_long).astype(np.float64)
-        if any_too_long and a.xp is not np:
+        if a.xp is not np:
             with a.x.device:
                 keep = a.xp.asarray(keep)
     loss, grad = compute(a, merge, return_grad, keep if return_grad else None, nt)
