@@ -399,13 +399,25 @@ static CYCTC_ALWAYS_INLINE void exp_block_f64(const double *x, double m, double 
 #endif
 }
 
+/* sum a[i] * b[i] in 4 lanes (lane j takes i = j mod 4), then the tail (explicit vectors where available: the
+ * vectoriser leaves the array-of-accumulators form scalar) */
 static inline double dot(const double *a, const double *b, int n)
 {
-    double acc[4] = {0.0, 0.0, 0.0, 0.0};
     int i = 0;
+#if CYCTC_VEC
+    cyctc_v4d acc = {0.0, 0.0, 0.0, 0.0};
+    for (; i + 4 <= n; i += 4) {
+        cyctc_v4d x, y;
+        memcpy(&x, a + i, sizeof x);
+        memcpy(&y, b + i, sizeof y);
+        acc += x * y;
+    }
+#else
+    double acc[4] = {0.0, 0.0, 0.0, 0.0};
     for (; i + 4 <= n; i += 4)
         for (int j = 0; j < 4; j++)
             acc[j] += a[i + j] * b[i + j];
+#endif
     double s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
     for (; i < n; i++)
         s += a[i] * b[i];
@@ -558,13 +570,23 @@ static inline void bwd_lost_step(int L, double stay, const double *skipw, const 
     nb[L + 1] = 0.0;
 }
 
+/* sum a[i], in lanes as dot */
 static inline double vsum(const double *a, int n)
 {
-    double acc[4] = {0.0, 0.0, 0.0, 0.0};
     int i = 0;
+#if CYCTC_VEC
+    cyctc_v4d acc = {0.0, 0.0, 0.0, 0.0};
+    for (; i + 4 <= n; i += 4) {
+        cyctc_v4d x;
+        memcpy(&x, a + i, sizeof x);
+        acc += x;
+    }
+#else
+    double acc[4] = {0.0, 0.0, 0.0, 0.0};
     for (; i + 4 <= n; i += 4)
         for (int j = 0; j < 4; j++)
             acc[j] += a[i + j];
+#endif
     double s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
     for (; i < n; i++)
         s += a[i];

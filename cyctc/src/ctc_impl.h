@@ -202,16 +202,25 @@ static inline int SFX(posterior_grad)(const double *a, const double *b, int L, c
     const int32_t *dist = dist_of(cm), *map = map_of(cm, L);
     const double *al = a + lab_off(L), *bl = b + lab_off(L);
     occ[0] = dot(a, b, L + 1); /* the blank states */
-    for (int j = 1; j < nd; j++)
-        occ[j] = 0.0;
-    for (int k = 0; k < L; k++)
-        occ[map[k]] += al[k] * bl[k];
+    if (nd == L + 1) { /* labels of distinct classes: map[k] = k + 1, no scatter */
+        for (int k = 0; k < L; k++)
+            occ[k + 1] = al[k] * bl[k];
+    } else {
+        for (int j = 1; j < nd; j++)
+            occ[j] = 0.0;
+        for (int k = 0; k < L; k++)
+            occ[map[k]] += al[k] * bl[k];
+    }
     const double inv = 1.0 / z;
+    if (scale == 1.0) {
+        for (int j = 0; j < nd; j++)
+            g[dist[j]] = (REAL)((double)g[dist[j]] - occ[j] * inv);
+        return 0;
+    }
     for (int j = 0; j < nd; j++)
         occ[j] = (double)g[dist[j]] - occ[j] * inv;
-    if (scale != 1.0)
-        for (int c = 0; c < C; c++)
-            g[c] = (REAL)(scale * (double)g[c]);
+    for (int c = 0; c < C; c++)
+        g[c] = (REAL)(scale * (double)g[c]);
     for (int j = 0; j < nd; j++)
         g[dist[j]] = (REAL)(scale * occ[j]);
     return 0;
