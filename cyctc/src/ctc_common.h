@@ -26,8 +26,10 @@
  *               Where the driver gives it room (q->ecache, cyctc_ecache_size doubles), stage 1 also keeps every
  *               frame's distinct-class probabilities, and stage 2 reads them back instead of computing them again.
  *               Stage 1 stores alpha[t] in row t (t < M) and
- *                          beta[t] in row t + 1 (t >= M - 1); stage 2 overwrites each with gamma, so the state
- *                          posteriors of frame t end in row row_index(t, M) = t + (t >= M - 1).
+ *                          beta[t] in row t + 1 (t >= M - 1); stage 2 turns each frame's pair into its gradient
+ *                          row (deduplicated class maps: the rows stay as they are), or overwrites them with gamma
+ *                          (more than CYCTC_DEDUP_MAX classes, and the log-space path), the state posteriors of
+ *                          frame t then in row row_index(t, M) = t + (t >= M - 1).
  *
  * Lost mass (underflow that cannot go unnoticed). A product of a state and a frame probability whose exact value
  * is below the normal range is flushed (to 0 or a subnormal), and such a state may come to dominate later frames
