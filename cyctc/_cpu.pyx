@@ -4,9 +4,10 @@
 Three layers (see src/ctc.h for the kernel's plan):
 
 * ``src/ctc.c`` -- per-frame and per-sequence C functions (no Python);
-* ``_run`` below -- one OpenMP parallel region whose ``prange`` loops walk frames (normalisers, gradient rows),
-  sequence halves (the forward and backward recursions run as two independent tasks per sequence, so even a
-  single long utterance keeps two threads busy) and sequences (meeting, log-space fallback);
+* ``_run`` below -- one OpenMP parallel region whose ``prange`` loops walk frames (normalisers), sequence halves
+  (the forward and backward recursions run as two independent tasks per sequence, so even a single long utterance
+  keeps two threads busy; the second half-pass writes the gradient rows) and sequences (meeting, log-space
+  fallback, the gradient rows of padding and of the fallback);
 * ``ctc_loss_grad`` -- takes arrays already validated by ``cyctc._args`` and allocates the work space.
 
 Arguments arrive validated: no check here is a user-facing one. Scratch memory comes from PyMem_RawMalloc
@@ -182,25 +183,27 @@ cdef int _run(const real *x, Py_ssize_t xsb, Py_ssize_t xst, real *g, Py_ssize_t
             _stage1(&seqs[b], x + b * xsb, norm + 2 * <Py_ssize_t>b * T, work + offsets[b],
                     _scratch(work + offsets[b], seqs[b].L, tscr, with_grad), with_grad, i & 1,
                     &states[b])
-        for b in prange(B, schedule='static'):
-            cyctc_meet(&seqs[b], work + offsets[b], with_grad, &states[b])
-        if with_grad:
+        if not with_grad:
+            for b in prange(B, schedule='dynamic'):  # the meeting, then log space where it was not enough
+                cyctc_meet(&seqs[b], work + offsets[b], 0, &states[b])
+                _logspace(&seqs[b], x + b * xsb, norm + 2 * <Py_ssize_t>b * T, work + offsets[b],
+                          cyctc_loss_scratch(work + offsets[b], seqs[b].L), 0, &states[b])
+        else:
+            for b in prange(B, schedule='static'):
+                cyctc_meet(&seqs[b], work + offsets[b], 1, &states[b])
             for i in prange(2 * B, schedule='dynamic'):
                 b = i >> 1
                 if tscr == NULL:
                     continue
                 _stage2(&seqs[b], x + b * xsb, norm + 2 * <Py_ssize_t>b * T, work + offsets[b], tscr, i & 1, &states[b],
                         g + b * gsb, gst, scale[b])
-        for b in prange(B, schedule='dynamic'):  # every b: _logspace also folds in what stage 2 flagged
-            if with_grad and tscr == NULL:
-                continue
-            _logspace(&seqs[b], x + b * xsb, norm + 2 * <Py_ssize_t>b * T, work + offsets[b],
-                      _scratch(work + offsets[b], seqs[b].L, tscr, with_grad), with_grad, &states[b])
-        if with_grad:
-            for r in prange(nrows, schedule='static'):
-                b = _row_b(r, t_outer, B, T)
-                t = _row_t(r, t_outer, B, T)
-                if occ != NULL:
+            # per sequence: log space where the scaled path was not enough (it also folds in what stage 2 flagged),
+            # then the gradient rows stage 2 did not write (padding, and the cases in cyctc_grad_row)
+            for b in prange(B, schedule='dynamic'):
+                if tscr == NULL or occ == NULL:
+                    continue
+                _logspace(&seqs[b], x + b * xsb, norm + 2 * <Py_ssize_t>b * T, work + offsets[b], tscr, 1, &states[b])
+                for t in range(T):
                     _grad_row(&seqs[b], &states[b], work + offsets[b], x + b * xsb + t * xst, t, scale[b], occ,
                               g + b * gsb + t * gst)
         free(occ)

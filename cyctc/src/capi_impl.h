@@ -44,10 +44,17 @@ static int SFX(capi_run)(const REAL *x, ptrdiff_t xsb, ptrdiff_t xst, REAL *g, i
                 SFX(cyctc_stage1)(&seqs[b], x + b * xsb, norm + 2 * (int64_t)b * T, work + offsets[b], scr, with_grad,
                                   (int)(i & 1), &states[b]);
         }
-        CYCTC_OMP(for schedule(static))
-        for (int b = 0; b < B; b++)
-            cyctc_meet(&seqs[b], work + offsets[b], with_grad, &states[b]);
-        if (with_grad) {
+        if (!with_grad) {
+            CYCTC_OMP(for schedule(dynamic))
+            for (int b = 0; b < B; b++) { /* the meeting, then log space where it was not enough */
+                cyctc_meet(&seqs[b], work + offsets[b], 0, &states[b]);
+                SFX(cyctc_logspace)(&seqs[b], x + b * xsb, norm + 2 * (int64_t)b * T, work + offsets[b],
+                                    cyctc_loss_scratch(work + offsets[b], seqs[b].L), 0, &states[b]);
+            }
+        } else {
+            CYCTC_OMP(for schedule(static))
+            for (int b = 0; b < B; b++)
+                cyctc_meet(&seqs[b], work + offsets[b], 1, &states[b]);
             CYCTC_OMP(for schedule(dynamic))
             for (int64_t i = 0; i < 2 * (int64_t)B; i++) {
                 const int b = (int)(i >> 1);
@@ -55,19 +62,15 @@ static int SFX(capi_run)(const REAL *x, ptrdiff_t xsb, ptrdiff_t xst, REAL *g, i
                     SFX(cyctc_stage2)(&seqs[b], x + b * xsb, norm + 2 * (int64_t)b * T, work + offsets[b], tscr,
                                       (int)(i & 1), &states[b], g + b * xsb, xst, 1.0);
             }
-        }
-        CYCTC_OMP(for schedule(dynamic))
-        for (int b = 0; b < B; b++) { /* every b: cyctc_logspace also folds in what stage 2 flagged */
-            double *scr = with_grad ? tscr : cyctc_loss_scratch(work + offsets[b], seqs[b].L);
-            if (scr != NULL)
-                SFX(cyctc_logspace)(&seqs[b], x + b * xsb, norm + 2 * (int64_t)b * T, work + offsets[b], scr, with_grad,
+            /* per sequence: log space where needed (it also folds in what stage 2 flagged), then the gradient rows
+             * stage 2 did not write */
+            CYCTC_OMP(for schedule(dynamic))
+            for (int b = 0; b < B; b++) {
+                if (tscr == NULL || occ == NULL)
+                    continue;
+                SFX(cyctc_logspace)(&seqs[b], x + b * xsb, norm + 2 * (int64_t)b * T, work + offsets[b], tscr, 1,
                                     &states[b]);
-        }
-        if (with_grad) {
-            CYCTC_OMP(for schedule(static))
-            for (int64_t r = 0; r < nrows; r++) {
-                const int b = (int)(r / T), t = (int)(r - (int64_t)b * T);
-                if (occ != NULL)
+                for (int t = 0; t < T; t++)
                     SFX(cyctc_grad_row)(&seqs[b], &states[b], work + offsets[b], x + b * xsb + t * xst, t, 1.0, occ,
                                         g + b * xsb + t * xst);
             }
