@@ -321,12 +321,10 @@ static inline float cyctc_expf(float x)
 }
 
 #if CYCTC_VEC
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wpsabi" /* vectors by value, but only in always-inlined functions: no ABI is involved */
-#endif
-/* cyctc_expf on 8 lanes at once (the same operations, so the same bits) */
-static CYCTC_ALWAYS_INLINE cyctc_v8f vec_expf8(cyctc_v8f x)
+/* cyctc_expf on 8 lanes at once, in place (the same operations, so the same bits without fused multiply-adds) */
+static CYCTC_ALWAYS_INLINE void vec_expf8(cyctc_v8f *v)
 {
+    const cyctc_v8f x = *v;
     const cyctc_v8i low = x < -87.0f;
     const cyctc_v8f floor = {-87.0f, -87.0f, -87.0f, -87.0f, -87.0f, -87.0f, -87.0f, -87.0f};
     const cyctc_v8f xc = (cyctc_v8f)(((cyctc_v8i)x & ~low) | ((cyctc_v8i)floor & low));
@@ -342,12 +340,13 @@ static CYCTC_ALWAYS_INLINE cyctc_v8f vec_expf8(cyctc_v8f x)
     p = p * r + 1.0f;
     p = p * r + 1.0f;
     const cyctc_v8i bits = (ki + (127 - 0x00400000)) << 23;
-    return (cyctc_v8f)((cyctc_v8i)(p * (cyctc_v8f)bits) & ~low);
+    *v = (cyctc_v8f)((cyctc_v8i)(p * (cyctc_v8f)bits) & ~low);
 }
 
 /* cyctc_exp on 4 lanes at once (the same reduction, the polynomial evaluated with more parallelism) */
-static CYCTC_ALWAYS_INLINE cyctc_v4d vec_exp4(cyctc_v4d x)
+static CYCTC_ALWAYS_INLINE void vec_exp4(cyctc_v4d *v)
 {
+    const cyctc_v4d x = *v;
     const cyctc_v4l low = x < -708.0;
     const cyctc_v4d floor = {-708.0, -708.0, -708.0, -708.0};
     const cyctc_v4d xc = (cyctc_v4d)(((cyctc_v4l)x & ~low) | ((cyctc_v4l)floor & low));
@@ -366,7 +365,7 @@ static CYCTC_ALWAYS_INLINE cyctc_v4d vec_exp4(cyctc_v4d x)
     const cyctc_v4d w = (s2 * r4 + s1) * r4 + s0;
     const cyctc_v4d p = (w * r + 1.0) * r + 1.0;
     const cyctc_v4l bits = (ki + (1023 - 0x0008000000000000LL)) << 52;
-    return (cyctc_v4d)((cyctc_v4l)(p * (cyctc_v4d)bits) & ~low);
+    *v = (cyctc_v4d)((cyctc_v4l)(p * (cyctc_v4d)bits) & ~low);
 }
 #endif
 
@@ -377,7 +376,8 @@ static CYCTC_ALWAYS_INLINE void exp_block_f32(const float *x, float m, float *e,
     for (int i = 0; i < n; i += 8) {
         cyctc_v8f v;
         memcpy(&v, x + i, sizeof v);
-        v = vec_expf8(v - m);
+        v -= m;
+        vec_expf8(&v);
         memcpy(e + i, &v, sizeof v);
     }
 #else
@@ -392,7 +392,8 @@ static CYCTC_ALWAYS_INLINE void exp_block_f64(const double *x, double m, double 
     for (int i = 0; i < n; i += 4) {
         cyctc_v4d v;
         memcpy(&v, x + i, sizeof v);
-        v = vec_exp4(v - m);
+        v -= m;
+        vec_exp4(&v);
         memcpy(e + i, &v, sizeof v);
     }
 #else
