@@ -20,6 +20,10 @@ HEADER_FIELDS = ("itemsize", "time_major", "T", "B", "C", "Lmax", "blank", "merg
 
 def _compile(tmp, omp):
     flags = ["-O2", "-fopenmp"] if omp else ["-O2"]
+    if os.environ.get("CYCTC_SANITIZE", "").lower() in ("1", "true", "yes", "on"):
+        # the sanitizer build of the package has one code path (no per-instruction-set clones, see ctc_common.h):
+        # the example must take the same one to give the same bits, and is checked the same way
+        flags += ["-fsanitize=address,undefined", "-fno-omit-frame-pointer"]
     objs = []
     for src in cyctc.get_sources():
         obj = os.path.join(tmp, os.path.basename(src) + ".o")
