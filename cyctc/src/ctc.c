@@ -134,12 +134,24 @@ void cyctc_meet(const cyctc_seq *q, double *work, int with_grad, cyctc_state *st
 
 #define REAL float
 #define SFX(name) name##_f32
+#define VN 8 /* lanes of the 32-byte vectors: VREAL, with VMASK its comparison result */
+#define VREAL cyctc_v8f
+#define VMASK cyctc_v8i
 #include "ctc_impl.h"
 #undef REAL
 #undef SFX
+#undef VN
+#undef VREAL
+#undef VMASK
 
 #define REAL double
 #define SFX(name) name##_f64
+#define VN 4
+#define VREAL cyctc_v4d
+#define VMASK cyctc_v4l
 #include "ctc_impl.h"
 #undef REAL
 #undef SFX
+#undef VN
+#undef VREAL
+#undef VMASK

@@ -140,63 +140,6 @@ typedef int64_t cyctc_v4l __attribute__((vector_size(32)));
 #define CYCTC_VEC 0
 #endif
 
-/* max over x[0..C) (NaN entries are passed over) */
-static CYCTC_ALWAYS_INLINE float vec_max_f32(const float *x, int C)
-{
-    int c = 0;
-    float m = -INFINITY;
-#if CYCTC_VEC
-    if (C >= 16) {
-        cyctc_v8f a0, a1;
-        for (int j = 0; j < 8; j++)
-            a0[j] = a1[j] = -INFINITY;
-        for (; c + 16 <= C; c += 16) {
-            cyctc_v8f v0, v1;
-            memcpy(&v0, x + c, sizeof v0);
-            memcpy(&v1, x + c + 8, sizeof v1);
-            const cyctc_v8i k0 = v0 > a0, k1 = v1 > a1;
-            a0 = (cyctc_v8f)(((cyctc_v8i)v0 & k0) | ((cyctc_v8i)a0 & ~k0));
-            a1 = (cyctc_v8f)(((cyctc_v8i)v1 & k1) | ((cyctc_v8i)a1 & ~k1));
-        }
-        for (int j = 0; j < 8; j++) {
-            m = a0[j] > m ? a0[j] : m;
-            m = a1[j] > m ? a1[j] : m;
-        }
-    }
-#endif
-    for (; c < C; c++)
-        m = x[c] > m ? x[c] : m;
-    return m;
-}
-
-static CYCTC_ALWAYS_INLINE double vec_max_f64(const double *x, int C)
-{
-    int c = 0;
-    double m = -INFINITY;
-#if CYCTC_VEC
-    if (C >= 8) {
-        cyctc_v4d a0, a1;
-        for (int j = 0; j < 4; j++)
-            a0[j] = a1[j] = -INFINITY;
-        for (; c + 8 <= C; c += 8) {
-            cyctc_v4d v0, v1;
-            memcpy(&v0, x + c, sizeof v0);
-            memcpy(&v1, x + c + 4, sizeof v1);
-            const cyctc_v4l k0 = v0 > a0, k1 = v1 > a1;
-            a0 = (cyctc_v4d)(((cyctc_v4l)v0 & k0) | ((cyctc_v4l)a0 & ~k0));
-            a1 = (cyctc_v4d)(((cyctc_v4l)v1 & k1) | ((cyctc_v4l)a1 & ~k1));
-        }
-        for (int j = 0; j < 4; j++) {
-            m = a0[j] > m ? a0[j] : m;
-            m = a1[j] > m ? a1[j] : m;
-        }
-    }
-#endif
-    for (; c < C; c++)
-        m = x[c] > m ? x[c] : m;
-    return m;
-}
-
 /* acc[j] += e[i + j] for every i multiple of 8 below n (n a multiple of 8), in double */
 static CYCTC_ALWAYS_INLINE void vec_acc8_f32(double *acc, const float *e, int n)
 {

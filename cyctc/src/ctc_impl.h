@@ -51,6 +51,35 @@ static CYCTC_HOT CYCTC_NOINLINE CYCTC_CONTRACT int SFX(label_probs)(const int32_
     return low ? CYCTC_LOGSPACE : 0;
 }
 
+/* max over x[0..C) (NaN entries are passed over), two vectors of VN lanes at a time */
+static CYCTC_ALWAYS_INLINE REAL SFX(vec_max)(const REAL *x, int C)
+{
+    int c = 0;
+    REAL m = (REAL)-INFINITY;
+#if CYCTC_VEC
+    if (C >= 2 * VN) {
+        VREAL a0, a1;
+        for (int j = 0; j < VN; j++)
+            a0[j] = a1[j] = (REAL)-INFINITY;
+        for (; c + 2 * VN <= C; c += 2 * VN) {
+            VREAL v0, v1;
+            memcpy(&v0, x + c, sizeof v0);
+            memcpy(&v1, x + c + VN, sizeof v1);
+            const VMASK k0 = v0 > a0, k1 = v1 > a1;
+            a0 = (VREAL)(((VMASK)v0 & k0) | ((VMASK)a0 & ~k0));
+            a1 = (VREAL)(((VMASK)v1 & k1) | ((VMASK)a1 & ~k1));
+        }
+        for (int j = 0; j < VN; j++) {
+            m = a0[j] > m ? a0[j] : m;
+            m = a1[j] > m ? a1[j] : m;
+        }
+    }
+#endif
+    for (; c < C; c++)
+        m = x[c] > m ? x[c] : m;
+    return m;
+}
+
 /* sum_c exp(x[c] - m) accumulated in double, in chunks of EXP_CHUNK; each exp(x[c] - m) is kept in out when it
  * is not NULL. Float logits use the single-precision exp (their softmax is float32 anyway). The exponentials run
  * over whole vectors of 8: a last partial one is padded with -inf (exp = 0, which adds nothing). */
