@@ -18,8 +18,8 @@ HEADER_FIELDS = ("itemsize", "time_major", "T", "B", "C", "Lmax", "blank", "merg
                  "has_logit_lengths", "want_grad")
 
 
-def _compile(tmp, omp):
-    flags = ["-O2", "-fopenmp"] if omp else ["-O2"]
+def _compile(tmp, omp, extra=()):
+    flags = (["-O2", "-fopenmp"] if omp else ["-O2"]) + list(extra)
     if os.environ.get("CYCTC_SANITIZE", "").lower() in ("1", "true", "yes", "on"):
         # the sanitizer build of the package has one code path (no per-instruction-set clones, see ctc_common.h):
         # the example must take the same one to give the same bits, and is checked the same way
@@ -117,6 +117,25 @@ def test_matches_python_bitwise(example, tmp_path, dtype, time_major, num_thread
     status, loss2, _ = _run_c(example, str(tmp_path), x, labels, ll, tl, 3, time_major, True, num_threads, False)
     assert status == 0
     np.testing.assert_array_equal(loss2, want_loss)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_plain_c_build_agrees(tmp_path, dtype):
+    """The kernel as a compiler without GCC's vector extensions and target clones builds it (MSVC: plain loops,
+    scalar exponentials, one code path) gives the package's numbers to rounding."""
+    exe = _compile(str(tmp_path), omp=False, extra=["-DCYCTC_NO_VECTOR_EXT", "-DCYCTC_NO_CLONES"])
+    rng = np.random.default_rng(23)
+    x, labels, ll, tl = _problem(rng, dtype, T=30, C=41)  # C above two vectors, with a partial one
+    x[:, 2] *= 30.0                                        # confident frames as well
+    for peaked in (False, True):
+        if peaked:
+            x, labels, ll, tl = _problem(rng, dtype, T=30, C=41, peaked=True)  # the log-space path
+        status, loss, grad = _run_c(exe, str(tmp_path), x, labels, ll, tl, 3, True, True, 1, True)
+        assert status == 0
+        want_loss, want_grad = _python(x, labels, ll, tl, 3, True, True)
+        tol = 1e-6 if dtype == np.float32 else 1e-13
+        np.testing.assert_allclose(loss, want_loss, rtol=tol)
+        np.testing.assert_allclose(grad, want_grad, rtol=0, atol=tol)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
