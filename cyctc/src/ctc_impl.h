@@ -283,7 +283,7 @@ CYCTC_HOT void SFX(cyctc_stage2)(const cyctc_seq *q, const REAL *x, const double
                                         t + AHEAD < T ? x + (t + AHEAD) * q->xs : NULL, NULL);
             fwd_step(L, stay, skipw, prev, P, n); /* what flushes here is caught by the posterior check against P */
             bad |= normalise(n, L, prev[E]);
-            double *b = rows + (int64_t)(t + 1) * W; /* beta[t], becomes gamma[t] */
+            double *b = rows + (int64_t)(t + 1) * W; /* beta[t] (becomes gamma[t] where stage 2 is not fused) */
             if (t + 1 + AHEAD <= T)
                 prefetch_row(b + AHEAD * W, W);
             if (fused)
@@ -504,7 +504,8 @@ static void SFX(grad_row)(const cyctc_seq *q, const cyctc_state *st, const doubl
 CYCTC_HOT void SFX(cyctc_grad_row)(const cyctc_seq *q, const cyctc_state *st, const double *work, const REAL *x,
                                    int t, double scale, double *occ, REAL *g)
 {
-    if (t < q->T && (st->flags == 0 || st->flags == CYCTC_LOGSPACE) && deduplicated(classmap_of((double *)work, q->L))) {
+    const int mapped = st->flags == 0 || st->flags == CYCTC_LOGSPACE; /* cyctc_prepare filled the class map */
+    if (t < q->T && mapped && deduplicated(classmap_of((double *)work, q->L))) { /* stage 2 wrote gradients */
         if (st->flags == 0)
             return; /* written by stage 2 */
         /* log space after stage 2 began: this row may hold a gradient already; the softmax again (same bits) */
