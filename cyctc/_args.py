@@ -14,7 +14,7 @@ _INT32_MAX = 2**31 - 1
 _FAST_INTS = (np.dtype(np.int32), np.dtype(np.int64))  # dtypes the one-pass scans of _cpu take
 # most elements B * T * C an input may have: keeps every byte count (8-byte items) and every offset the kernels
 # compute well inside a signed 64-bit integer (arrays that big only exist as broadcast or strided views)
-MAX_ELEMENTS = 2**59
+MAX_ELEMENTS = _cpu.MAX_ELEMENTS  # 2**59, one definition for this check and _cpu's fast acceptance
 
 
 def array_module(x):

@@ -362,21 +362,38 @@ def int_range(const intlike[:] v):
     return lo, hi
 
 
+cdef inline int64_t _int_at(const char *p, Py_ssize_t stride, bint wide, Py_ssize_t i) noexcept nogil:
+    """Entry i of an int32/int64 (``wide``) vector at p with a byte stride."""
+    p += i * stride
+    return (<const int64_t *>p)[0] if wide else (<const int32_t *>p)[0]
+
+
+cdef Py_ssize_t _first_bad_label(const char *lp, Py_ssize_t ls0, Py_ssize_t ls1, bint wide, const char *llp,
+                                 Py_ssize_t lls, bint llwide, Py_ssize_t B, Py_ssize_t Lmax, int64_t C,
+                                 int64_t blank) noexcept nogil:
+    """The scan of first_bad_label over raw int32/int64 (``wide``) arrays given by pointer and byte strides (labels
+    (B, Lmax), lengths (B,)); accept_loss_args runs it too."""
+    cdef Py_ssize_t b, j, n
+    cdef int64_t x
+    for b in range(B):
+        n = min(<Py_ssize_t>_int_at(llp, lls, llwide, b), Lmax)
+        for j in range(n):
+            x = _int_at(lp + b * ls0, ls1, wide, j)
+            if x < 0 or x >= C or x == blank:
+                return b * Lmax + j
+    return -1
+
+
 def first_bad_label(const intlike[:, :] labels, const int32_t[:] label_length, int64_t C, int64_t blank):
     """Row-major index b * Lmax + j of the first label within its row's length that lies outside [0, C) or equals
     the blank, or -1."""
-    cdef Py_ssize_t b, j, n, B = labels.shape[0], Lmax = labels.shape[1], found = -1
-    cdef int64_t x
+    cdef Py_ssize_t B = labels.shape[0], Lmax = labels.shape[1], found = -1
+    if B == 0 or Lmax == 0:
+        return -1
     with nogil:
-        for b in range(B):
-            n = min(<Py_ssize_t>label_length[b], Lmax)
-            for j in range(n):
-                x = labels[b, j]
-                if x < 0 or x >= C or x == blank:
-                    found = b * Lmax + j
-                    break
-            if found >= 0:
-                break
+        found = _first_bad_label(<const char *>&labels[0, 0], labels.strides[0], labels.strides[1],
+                                 intlike is int64_t, <const char *>&label_length[0], label_length.strides[0], False,
+                                 B, Lmax, C, blank)
     return found
 
 
@@ -387,7 +404,8 @@ def first_bad_label(const intlike[:, :] labels, const int32_t[:] label_length, i
 # or None.
 
 cdef int64_t _INT32_MAX = 2147483647
-cdef int64_t _MAX_ELEMENTS = (<int64_t>1) << 59  # cyctc._args.MAX_ELEMENTS
+cdef int64_t _MAX_ELEMENTS = (<int64_t>1) << 59
+MAX_ELEMENTS = _MAX_ELEMENTS  # the most elements B * T * C a logits array may have (cyctc._args takes it from here)
 
 
 cdef inline bint _plain_ints(cnp.ndarray v, int ndim) noexcept:
@@ -396,11 +414,6 @@ cdef inline bint _plain_ints(cnp.ndarray v, int ndim) noexcept:
     cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(v)
     return (cnp.PyArray_NDIM(v) == ndim and cnp.PyArray_ISSIGNED(v) and (item == 4 or item == 8)
             and cnp.PyArray_ISNOTSWAPPED(v) and cnp.PyArray_ISALIGNED(v))
-
-
-cdef inline int64_t _int_at(const char *p, Py_ssize_t stride, bint wide, Py_ssize_t i) noexcept nogil:
-    p += i * stride
-    return (<const int64_t *>p)[0] if wide else (<const int32_t *>p)[0]
 
 
 cdef bint _lengths_ok(cnp.ndarray v, Py_ssize_t B, int64_t most) noexcept:
@@ -479,23 +492,14 @@ def accept_loss_args(labels, logits, label_length, logit_length, time_major, uni
         tl = logit_length
         if not _lengths_ok(tl, B, T):
             return None
-    # the labels within their lengths: classes in [0, C), never the blank (first_bad_label's test)
+    # the labels within their lengths: classes in [0, C), never the blank (first_bad_label's scan)
     cdef const char *lp = <const char *>cnp.PyArray_DATA(lab)
     cdef const char *llp = <const char *>cnp.PyArray_DATA(ll)
-    cdef Py_ssize_t ls0 = lab.strides[0], ls1 = lab.strides[1], lls = ll.strides[0], j, n
-    cdef bint wide = cnp.PyArray_ITEMSIZE(lab) == 8, llwide = cnp.PyArray_ITEMSIZE(ll) == 8, ok = True
-    cdef int64_t v
+    cdef Py_ssize_t ls0 = lab.strides[0], ls1 = lab.strides[1], lls = ll.strides[0], bad
+    cdef bint wide = cnp.PyArray_ITEMSIZE(lab) == 8, llwide = cnp.PyArray_ITEMSIZE(ll) == 8
     with nogil:
-        for b in range(B):
-            n = <Py_ssize_t>_int_at(llp, lls, llwide, b)
-            for j in range(n):
-                v = _int_at(lp + b * ls0, ls1, wide, j)
-                if v < 0 or v >= C or v == blank:
-                    ok = False
-                    break
-            if not ok:
-                break
-    if not ok:
+        bad = _first_bad_label(lp, ls0, ls1, wide, llp, lls, llwide, B, Lmax, C, blank)
+    if bad >= 0:
         return None
     return x, _int32_c(lab), _int32_c(ll), _int32_c(tl), blank
 

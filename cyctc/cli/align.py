@@ -2,7 +2,7 @@
 import numpy as np
 
 from . import common
-from .kaldi_io import IntVectorWriter, SymbolTable, TextWriter
+from .kaldi_io import IntVectorWriter, TextWriter
 
 EXAMPLES = """\
 For each utterance of <logits-rspecifier> (Kaldi float matrices, T x C) whose id is in <labels-rspecifier>, finds
@@ -38,9 +38,8 @@ def add_arguments(p):
     p.add_argument("ctm_wxfilename", metavar="ctm-wxfilename", nargs="?", default=None,
                    help="optional text output of label segments, e.g. ali.ctm, - (stdout) or '| gzip -c > x.gz'")
     common.add_score_options(p)
-    p.add_argument("--symbol-table", default=None, metavar="FILE",
-                   help="labels are symbols ('utt-id a b c') mapped through FILE ('symbol id' lines); the CTM "
-                        "shows symbols. An unknown symbol skips its utterance")
+    common.add_symbol_table_option(p, "labels are symbols ('utt-id a b c')",
+                                   "; the CTM shows symbols. An unknown symbol skips its utterance")
     p.add_argument("--frame-shift", type=float, default=0.01,
                    help="seconds per frame for the CTM (default 0.01)")
 
@@ -60,8 +59,8 @@ def run(args):
     if msg:
         return common.usage_error(prog, msg)
     tally = common.Tally(prog)
-    table = SymbolTable(args.symbol_table) if args.symbol_table else None
-    labels, dup, labels_error = common.load_labels(args.labels_rspecifier, args.symbol_table)
+    table = common.symbol_table(args)
+    labels, dup, labels_error = common.load_labels(args.labels_rspecifier, table)
     common.report_labels(tally, dup, labels_error)
     fmt = _time_format(args.frame_shift)
     stats = {"logp": 0.0, "frames": 0}

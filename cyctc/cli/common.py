@@ -36,6 +36,18 @@ def add_input_arguments(p, labels=True):
                        help="int-vector archive or text 'utt-id 3 17 5' lines, e.g. ark,t:labels.txt")
 
 
+def add_symbol_table_option(p, what, then=""):
+    """--symbol-table FILE ('symbol id' lines); ``what`` says what the command maps through it, ``then`` ends the
+    help."""
+    p.add_argument("--symbol-table", default=None, metavar="FILE",
+                   help=f"{what}, mapped through FILE ('symbol id' lines){then}")
+
+
+def symbol_table(args):
+    """The --symbol-table, read once (None without one); KaldiIOError when it cannot be read."""
+    return SymbolTable(args.symbol_table) if args.symbol_table else None
+
+
 def add_score_options(p, batch_default=16):
     p.add_argument("--input-is", choices=INPUT_KINDS, default="logits",
                    help="what the matrices hold (default: logits). log-probs are used as they are (their softmax "
@@ -171,13 +183,13 @@ def resolve_blank(blank, C):
 
 
 # -------------------------------------------------------------------------------------------------------- labels
-def load_labels(spec, symbol_table=None):
+def load_labels(spec, table=None):
     """({utt-id: int32 labels, or a str saying why that utterance's labels are unusable}, number of duplicate ids
-    dropped (the first of each is kept), the KaldiIOError that ended the reading or None) from an rspecifier.
+    dropped (the first of each is kept), the KaldiIOError that ended the reading or None) from an rspecifier, the
+    labels being symbols mapped through ``table`` (see symbol_table) when it is not None.
 
     A damaged labels archive keeps what was read before the damage: the caller scores those utterances and
-    reports the error (exit status 1). When nothing was read (or the symbol table cannot be read) it raises."""
-    table = SymbolTable(symbol_table) if symbol_table else None
+    reports the error (exit status 1). When nothing was read it raises."""
     out = {}
     dup = 0
     try:

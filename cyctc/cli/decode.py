@@ -2,7 +2,7 @@
 import numpy as np
 
 from . import common
-from .kaldi_io import IntVectorWriter, ScalarWriter, SymbolTable, TokenWriter
+from .kaldi_io import IntVectorWriter, ScalarWriter, TokenWriter
 
 EXAMPLES = """\
 Decodes each utterance of <logits-rspecifier> (Kaldi float matrices, T x C) and writes 'utt-id id id ...' to
@@ -39,8 +39,7 @@ def add_arguments(p):
     common.add_score_options(p)
     p.add_argument("--method", choices=("greedy", "beam"), default="greedy", help="decoder (default greedy)")
     p.add_argument("--beam-width", type=int, default=100, help="prefixes kept by --method beam (default 100)")
-    p.add_argument("--symbol-table", default=None, metavar="FILE",
-                   help="write symbols instead of ids, mapped through FILE ('symbol id' lines)")
+    common.add_symbol_table_option(p, "write symbols instead of ids")
     p.add_argument("--scores-wspecifier", default=None, metavar="WSPECIFIER",
                    help="also write 'utt-id log-probability' of each output, e.g. ark,t:scores.txt")
 
@@ -80,7 +79,7 @@ def run(args):
         return common.usage_error(prog, msg)
     decode = _decoder(args)
     tally = common.Tally(prog)
-    table = SymbolTable(args.symbol_table) if args.symbol_table else None
+    table = common.symbol_table(args)
     if table is not None:
         out_w = TokenWriter(args.transcription_wspecifier, "transcription-wspecifier")
     else:

@@ -39,9 +39,8 @@ def add_arguments(p):
     p.add_argument("grad_wspecifier", metavar="grad-wspecifier", nargs="?", default=None,
                    help="optional, e.g. ark:grad.ark or ark,scp:grad.ark,grad.scp")
     common.add_score_options(p)
-    p.add_argument("--symbol-table", default=None, metavar="FILE",
-                   help="labels are symbols ('utt-id a b c', as Kaldi's data/text), mapped through FILE "
-                        "('symbol id' lines); an unknown symbol skips its utterance")
+    common.add_symbol_table_option(p, "labels are symbols ('utt-id a b c', as Kaldi's data/text)",
+                                   "; an unknown symbol skips its utterance")
 
 
 def _compute(args, want_grad):
@@ -72,7 +71,7 @@ def run(args):
     if msg:
         return common.usage_error(prog, msg)
     tally = common.Tally(prog)
-    labels, dup, labels_error = common.load_labels(args.labels_rspecifier, args.symbol_table)
+    labels, dup, labels_error = common.load_labels(args.labels_rspecifier, common.symbol_table(args))
     common.report_labels(tally, dup, labels_error)
     want_grad = args.grad_wspecifier is not None
     loss_w = ScalarWriter(args.loss_wspecifier, "loss-wspecifier")
