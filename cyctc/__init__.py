@@ -76,10 +76,13 @@ def _backends():
 def show_config():
     """Print the version, whether OpenMP is on, the default thread count and which backends are available."""
     from . import _cpu
+    from ._memory import ENV_VAR, resolve_memory_limit
     from ._threads import resolve_num_threads
 
     print(f"cyctc {__version__}")
     print(f"  OpenMP: {'on' if _cpu.openmp_enabled() else 'off (built without OpenMP: single-threaded)'}")
     print(f"  default num_threads: {resolve_num_threads(None)}")
+    print(f"  memory_limit: {resolve_memory_limit(None)} bytes of work space per call "
+          f"({'from ' + ENV_VAR if _os.environ.get(ENV_VAR, '').strip() else 'the default, 1 GiB'})")
     for name, ok, why in _backends():
         print(f"  backend {name}: {'available' if ok else 'unavailable'} ({why})")
