@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "ctc_common.h"
+#include "ctc_rows.h"
 
 int64_t cyctc_work_size(int T, int L, int with_grad)
 {
@@ -48,6 +49,7 @@ void cyctc_prepare(const cyctc_seq *q, const double *norm, double *work, cyctc_s
     st->loss = 0.0;
     st->z_mid = 1.0;
     st->e_mid = 0;
+    st->eps_fwd = st->eps_bwd = 0.0;
     if (q->T < cyctc_min_frames(q->labels, q->L, q->merge_repeated)) {
         st->flags = CYCTC_INFEASIBLE;
         st->loss = INFINITY;
@@ -88,15 +90,15 @@ static void meet(const cyctc_seq *q, double *work, int with_grad, cyctc_state *s
         a = scratch_of(loss_scratch_of(work, L), L, 0);
         b = scratch_of(loss_scratch_of(work, L), L, 1);
     }
-    const double z = dot(a, b, row_states(L));
-    /* products under the normal range inside this dot lose at most (2L + 2) * 2^-1022: negligible against z */
-    if (!(z >= ldexp(2.0 * L + 2.0, -960))) {
+    double z, e;
+    if (rows_dot(a, b, L, &z, &e, NULL, NULL)) {
         st->flags |= CYCTC_LOGSPACE;
         return;
     }
-    const double ea = a[exp_off(L)], eb = b[exp_off(L)];
+    const double log2p = log2(z) + e;
+    /* how much of P the flushed products can have taken (ctc_rows.h, "Lost mass"), relative to P */
+    double rel = st->eps_fwd + st->eps_bwd;
     if (st->lost_fwd | st->lost_bwd) {
-        /* how much of P the flushed products can have taken (ctc_common.h, "Lost mass"), log2 */
         const double *la, *lb;
         double worst = -INFINITY;
         if (with_grad) {
@@ -107,21 +109,22 @@ static void meet(const cyctc_seq *q, double *work, int with_grad, cyctc_state *s
             lb = lost_of(scratch_of(loss_scratch_of(work, L), L, 1), L);
         }
         if (st->lost_fwd)
-            worst = fmax(worst, log2_dot_bound(la, b, L) + la[exp_off(L)] + eb);
+            worst = fmax(worst, rows_dot_bound_log2(la, b, L));
         if (st->lost_bwd)
-            worst = fmax(worst, log2_dot_bound(a, lb, L) + ea + lb[exp_off(L)]);
+            worst = fmax(worst, rows_dot_bound_log2(a, lb, L));
         if (st->lost_fwd && st->lost_bwd)
-            worst = fmax(worst, log2_dot_bound(la, lb, L) + la[exp_off(L)] + lb[exp_off(L)]);
-        /* 3 terms, and a factor 2 of margin (lost_injection) */
-        if (!(worst + 3.0 <= log2(z) + ea + eb + (double)CYCTC_LOST_REL_LOG2)) {
-            st->flags |= CYCTC_LOGSPACE;
-            return;
-        }
+            worst = fmax(worst, rows_dot_bound_log2(la, lb, L));
+        rel += 3.0 * exp2(fmin(worst - log2p, 0.0)); /* 3 terms */
+    }
+    /* and a factor 2 of margin (inject_lost's over-estimates below 2^-1000) */
+    if (!(2.0 * rel <= exp2((double)CYCTC_LOST_REL_LOG2))) {
+        st->flags |= CYCTC_LOGSPACE;
+        return;
     }
     st->z_mid = z;
-    st->e_mid = (int64_t)ea + (int64_t)eb;
+    st->e_mid = (int64_t)e;
     /* P <= 1: a result a rounding error below 0 (P ~ 1) is reported as 0 */
-    st->loss = fmax(0.0, -(log(z) + (double)st->e_mid * CYCTC_LN2));
+    st->loss = fmax(0.0, -(log(z) + e * CYCTC_LN2));
 }
 
 void cyctc_meet(const cyctc_seq *q, double *work, int with_grad, cyctc_state *st)

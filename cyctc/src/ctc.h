@@ -77,6 +77,8 @@ typedef struct {
     int M;          /* forward covers frames [0, M), backward [M-1, T) */
     double z_mid;   /* sum_s a[M-1, s] b[M-1, s] of the scaled rows, for the per-frame consistency check */
     int64_t e_mid;  /* binary exponent of that product */
+    double eps_fwd; /* lost mass dropped from the forward task's shadow row, relative to P (ctc_rows.h) */
+    double eps_bwd; /* the same for the backward task */
     double loss;
 } cyctc_state;
 

@@ -1,11 +1,6 @@
-/* Internal helpers of the CTC kernel shared by ctc.c and the dtype instantiations in ctc_impl.h.
- *
- * State rows. The S = 2L + 1 extended states are kept as two arrays so that every update is a contiguous,
- * branch-free loop the compiler vectorises: the L + 1 blank states (state 2k is blank k) and the L label states
- * (state 2k + 1 is label k). A row of width W = 2L + 3 doubles holds
- *     [blank 0..L] [0] [label 0..L-1] [binary exponent of the row]
- * with the label array at offset L + 2, so label[-1] reads as the zero pad; the loops over a row's states cover its
- * first 2L + 2 slots (row_states).
+/* Internal helpers of the CTC kernel shared by ctc.c and the dtype instantiations in ctc_impl.h: constants, the
+ * work-space layout, short vectors, exponentials, the class map and the log-space path's numbers. The state rows
+ * (block exponents, the recursion steps, lost mass, the dots of two rows) are in ctc_rows.h.
  *
  * Work space of one sequence (doubles):
  *   [skip weights: L + 1]  skipw[k] = 1 when label state k may be entered from label state k - 1 (skipping the
@@ -17,9 +12,10 @@
  *                          the gradient rows touch each class once. Sequences with more than CYCTC_DEDUP_MAX
  *                          distinct classes keep the identity map (dist = blank, labels; stored as -nd, since
  *                          dist may then repeat a class).
- *   loss only:  [forward scratch: 2 rows, 2 lost-mass rows, label probabilities P (L + 1: blank, then labels;
- *                L + 4 slots), temporaries q (L + 4) and u (L + 4)] [backward scratch: the same]
- *               (the last row and lost-mass row of each half must survive until the meeting)
+ *   loss only:  [forward scratch] [backward scratch], each: 2 rows, 2 lost-mass rows, a row of marks and a row of
+ *               recomputed values (the rare path of ctc_rows.h), label probabilities P (blank, then labels),
+ *               temporaries q and u, and two arrays of one double per block (the last row and lost-mass row of
+ *               each half must survive until the meeting)
  *   gradient:   [rows: (T + 1) rows]; the scratch then comes from the thread running the task (per-thread
  *               buffers of cyctc_thread_scratch_size(Lmax) doubles), as it lives only within one call; a task
  *               that flushed a product keeps its last lost-mass row in a row of its own (malloc) until the meeting.
@@ -29,18 +25,7 @@
  *                          beta[t] in row t + 1 (t >= M - 1); stage 2 turns each frame's pair into its gradient
  *                          row (deduplicated class maps: the rows stay as they are), or overwrites them with gamma
  *                          (more than CYCTC_DEDUP_MAX classes, and the log-space path), the state posteriors of
- *                          frame t then in row row_index(t, M) = t + (t >= M - 1).
- *
- * Lost mass (underflow that cannot go unnoticed). A product of a state and a frame probability whose exact value
- * is below the normal range is flushed (to 0 or a subnormal), and such a state may come to dominate later frames
- * (a confident, wrong model), while each factor alone looked harmless. Every product in the stage-1 recursions is
- * checked: the first flush of a direction starts a shadow row of lost mass, which then follows the same recursion
- * (same probabilities, its own power-of-two scale) and receives, at every state fed by a flushed product, an upper
- * bound of what was lost (2^CYCTC_LOST_BOUND_LOG2 in the source row's units). At the meeting, dot(lost_alpha, beta) +
- * dot(alpha, lost_beta) + dot(lost_alpha, lost_beta) bounds how much of P was lost, since the true alpha and beta
- * of any state never exceed the computed ones plus the lost ones; when that bound is not negligible (above
- * P * 2^-50) the sequence is recomputed in log space. Frames after the meeting (gradient calls) are covered by the
- * per-frame posterior-mass check against P, which lost mass can only lower.
+ *                          frame t then in row row_index(t, M) = t + (t >= M - 1), without exponents.
  */
 #ifndef CYCTC_CTC_COMMON_H
 #define CYCTC_CTC_COMMON_H
@@ -52,12 +37,8 @@
 #include "ctc.h"
 
 #define CYCTC_LN2 0.69314718055994530942
-#define CYCTC_TINY 9.332636185032189e-302 /* 2^-1000 */       /* a row sum below this means the scaled recursion lost range */
 #define CYCTC_PROB_FLOOR 8.607837561916492e-283 /* 2^-937 */  /* ~exp(-650): a needed class less probable than this: use log space */
 #define CYCTC_CONSISTENCY_TOL 1e-10 /* |log mass of a frame - log P| above this: use log space */
-#define CYCTC_FLUSH 8.900295434028806e-308 /* 2^-1020: a product below this may have lost bits (or everything),
-                                               now or at the next power-of-two rescale (by at most 1/4) */
-#define CYCTC_LOST_BOUND_LOG2 (-1019)      /* what one flushed product can have lost, log2, source row's units */
 #define CYCTC_LOST_REL_LOG2 (-50)          /* lost mass above P * 2^-50 sends the sequence to log space */
 
 /* Hot functions are compiled twice on x86-64 with GCC (AVX2+FMA and baseline), picked at load time. */
@@ -88,11 +69,6 @@
 #endif
 #define AHEAD 4 /* frames ahead whose label columns the recursion prefetches */
 
-static inline int64_t row_width(int L) { return 2 * (int64_t)L + 3; }
-static inline int row_states(int L) { return 2 * L + 2; } /* blank part, pad, label part */
-static inline int64_t lab_off(int L) { return (int64_t)L + 2; }
-static inline int64_t exp_off(int L) { return 2 * (int64_t)L + 2; }
-static inline int64_t scratch_size(int L) { return 4 * row_width(L) + 3 * ((int64_t)L + 4); }
 static inline double *skipw_of(double *work) { return work; }
 #define CYCTC_DEDUP_MAX 64 /* distinct classes searched for repeats (a linear search per label) */
 static inline int32_t *classmap_of(double *work, int L) { return (int32_t *)(work + (L + 1)); }
@@ -100,14 +76,6 @@ static inline int nd_of(const int32_t *cm) { return cm[0] < 0 ? -cm[0] : cm[0]; 
 static inline int deduplicated(const int32_t *cm) { return cm[0] > 0; }
 static inline const int32_t *dist_of(const int32_t *cm) { return cm + 1; }
 static inline const int32_t *map_of(const int32_t *cm, int L) { return cm + 2 + L; }
-/* scratch: the sequence's own (loss only: loss_scratch_of(work), it must outlive the task) or the calling thread's
- * (gradient: cyctc_thread_scratch_size(Lmax) doubles, used within one task call only) */
-static inline double *scratch_of(double *scratch, int L, int backward) { return scratch + backward * scratch_size(L); }
-static inline double *lost_of(double *scratch, int L) { return scratch + 2 * row_width(L); }
-static inline double *probs_of(double *scratch, int L) { return scratch + 4 * row_width(L); }
-/* P and tmp hold L + 4 doubles: the exponentials run over whole vectors of 4 (padding slots are scratch) */
-static inline double *tmp_of(double *scratch, int L) { return scratch + 4 * row_width(L) + L + 4; }
-static inline double *tmp2_of(double *scratch, int L) { return scratch + 4 * row_width(L) + 2 * ((int64_t)L + 4); }
 static inline double *rows_of(double *work, int L) { return work + 2 * ((int64_t)L + 1); }
 static inline double *loss_scratch_of(double *work, int L) { return work + 2 * ((int64_t)L + 1); }
 static inline int row_index(int t, int M) { return t + (t >= M - 1); }
@@ -422,216 +390,6 @@ static inline void fill_skip_weights(const cyctc_seq *q, double *skipw)
         skipw[k] = (k >= 1 && k < L && (!q->merge_repeated || q->labels[k] != q->labels[k - 1])) ? 1.0 : 0.0;
 }
 
-/* n = next forward row from row a and the frame's probabilities P (P[0] blank, P[1 + k] label k); returns 1 when
- * a product of a nonzero state and its probability fell below CYCTC_FLUSH (see "Lost mass" above) */
-static inline int fwd_step(int L, double stay, const double *skipw, const double *a, const double *P, double *n)
-{
-    const double *ab = a, *al = a + lab_off(L);
-    double *nb = n, *nl = n + lab_off(L);
-    const double pb = P[0], *pl = P + 1;
-    int flushed = 0;
-    for (int k = 0; k <= L; k++) {
-        const double s = ab[k] + al[k - 1];
-        const double v = s * pb;
-        flushed |= (s > 0.0) & (v < CYCTC_FLUSH);
-        nb[k] = v;
-    }
-    for (int k = 0; k < L; k++) {
-        const double s = stay * al[k] + ab[k] + skipw[k] * al[k - 1];
-        const double v = s * pl[k];
-        flushed |= (s > 0.0) & (v < CYCTC_FLUSH);
-        nl[k] = v;
-    }
-    nb[L + 1] = 0.0;
-    return flushed;
-}
-
-/* the lost-mass row's forward step: n = step(lost) + inj at every state whose product in fwd_step(a) flushed */
-static inline void fwd_lost_step(int L, double stay, const double *skipw, const double *a, const double *P,
-                                 const double *lost, double inj, double *n)
-{
-    const double *ab = a, *al = a + lab_off(L), *lb = lost, *ll = lost + lab_off(L);
-    double *nb = n, *nl = n + lab_off(L);
-    const double pb = P[0], *pl = P + 1;
-    for (int k = 0; k <= L; k++) {
-        const double s = ab[k] + al[k - 1];
-        const double v = s * pb;
-        nb[k] = (lb[k] + ll[k - 1]) * pb + (((s > 0.0) & (v < CYCTC_FLUSH)) ? inj : 0.0);
-    }
-    for (int k = 0; k < L; k++) {
-        const double s = stay * al[k] + ab[k] + skipw[k] * al[k - 1];
-        const double v = s * pl[k];
-        nl[k] = (stay * ll[k] + lb[k] + skipw[k] * ll[k - 1]) * pl[k] + (((s > 0.0) & (v < CYCTC_FLUSH)) ? inj : 0.0);
-    }
-    nb[L + 1] = 0.0;
-}
-
-/* n = beta[t - 1] from b = beta[t] and frame t's probabilities P; q: L + 1 temporaries. Returns 1 when a product
- * of a nonzero state and its probability fell below CYCTC_FLUSH. */
-static inline int bwd_step(int L, double stay, const double *skipw, const double *b, const double *P, double *q,
-                           double *n)
-{
-    const double *bb = b, *bl = b + lab_off(L);
-    double *nb = n, *nl = n + lab_off(L);
-    const double pb = P[0], *pl = P + 1;
-    int flushed = 0;
-    for (int k = 0; k < L; k++) {
-        q[k] = pl[k] * bl[k];
-        flushed |= (bl[k] > 0.0) & (q[k] < CYCTC_FLUSH);
-    }
-    q[L] = 0.0;
-    for (int k = 0; k <= L; k++) {
-        const double u = pb * bb[k];
-        flushed |= (bb[k] > 0.0) & (u < CYCTC_FLUSH);
-        nb[k] = u + q[k];
-    }
-    for (int k = 0; k < L; k++)
-        nl[k] = stay * q[k] + pb * bb[k + 1] + skipw[k + 1] * q[k + 1];
-    nb[L + 1] = 0.0;
-    return flushed;
-}
-
-/* the lost-mass row's backward step: bwd_step(lost) where every product that flushed in bwd_step(b) carries inj
- * more; q: L + 1 and u: L + 2 temporaries */
-static inline void bwd_lost_step(int L, double stay, const double *skipw, const double *b, const double *P,
-                                 const double *lost, double inj, double *q, double *u, double *n)
-{
-    const double *bb = b, *bl = b + lab_off(L), *lb = lost, *ll = lost + lab_off(L);
-    double *nb = n, *nl = n + lab_off(L);
-    const double pb = P[0], *pl = P + 1;
-    for (int k = 0; k < L; k++) {
-        const double v = pl[k] * bl[k];
-        q[k] = pl[k] * ll[k] + (((bl[k] > 0.0) & (v < CYCTC_FLUSH)) ? inj : 0.0);
-    }
-    q[L] = 0.0;
-    for (int k = 0; k <= L; k++) {
-        const double v = pb * bb[k];
-        u[k] = pb * lb[k] + (((bb[k] > 0.0) & (v < CYCTC_FLUSH)) ? inj : 0.0);
-    }
-    u[L + 1] = 0.0;
-    for (int k = 0; k <= L; k++)
-        nb[k] = u[k] + q[k];
-    for (int k = 0; k < L; k++)
-        nl[k] = stay * q[k] + u[k + 1] + skipw[k + 1] * q[k + 1];
-    nb[L + 1] = 0.0;
-}
-
-/* sum a[i], in lanes as dot */
-static inline double vsum(const double *a, int n)
-{
-    int i = 0;
-#if CYCTC_VEC
-    cyctc_v4d acc = {0.0, 0.0, 0.0, 0.0};
-    for (; i + 4 <= n; i += 4) {
-        cyctc_v4d x;
-        memcpy(&x, a + i, sizeof x);
-        acc += x;
-    }
-#else
-    double acc[4] = {0.0, 0.0, 0.0, 0.0};
-    for (; i + 4 <= n; i += 4)
-        for (int j = 0; j < 4; j++)
-            acc[j] += a[i + j];
-#endif
-    double s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-    for (; i < n; i++)
-        s += a[i];
-    return s;
-}
-
-/* scale row r by an exact power of two so its sum lies in [0.5, 1); r[exp] = exponent so far.
- * Returns CYCTC_LOGSPACE when the row has lost its range. */
-static inline int normalise(double *r, int L, double exponent_before)
-{
-    const int n = row_states(L); /* blank part, pad (0), label part */
-    const double m = vsum(r, n);
-    if (!(m >= CYCTC_TINY)) {
-        r[exp_off(L)] = exponent_before;
-        return CYCTC_LOGSPACE;
-    }
-    /* m = (fraction in [0.5, 1)) x 2^e, read from m's bits (m is normal here), and f = 2^-e built from bits: the
-     * same numbers as frexp/ldexp without two library calls per row */
-    uint64_t mb;
-    memcpy(&mb, &m, sizeof mb);
-    const int e = (int)((mb >> 52) & 0x7ff) - 1022;
-    const uint64_t fb = (uint64_t)(1023 - e) << 52;
-    double f;
-    memcpy(&f, &fb, sizeof f);
-    for (int i = 0; i < n; i++)
-        r[i] *= f;
-    r[exp_off(L)] = exponent_before + e;
-    return 0;
-}
-
-/* Before a lost-mass step whose source row (exponent src_exp) flushed: the amount to inject, in the units of the
- * lost row lp (an upper bound of one flushed product's loss). Starts the lost row (all 0, its exponent set so
- * that inj = 1) on the first flush, or when what it holds is negligible against the new loss (2^-600 of it: the
- * meeting's bound keeps a factor 2 of margin for that). */
-static inline double lost_injection(double *lp, int L, double src_exp, int *active)
-{
-    const int64_t E = exp_off(L);
-    const double d = (double)CYCTC_LOST_BOUND_LOG2 + src_exp - (*active ? lp[E] : 0.0);
-    if (!*active || d > 600.0) {
-        memset(lp, 0, sizeof(double) * (size_t)row_width(L));
-        lp[E] = src_exp + (double)CYCTC_LOST_BOUND_LOG2;
-        *active = 1;
-        return 1.0;
-    }
-    return ldexp(1.0, d < -1000.0 ? -1000 : (int)d); /* an over-estimate below 2^-1000: still a bound */
-}
-
-/* log2 of an upper bound of sum a * b over a row pair (products that underflow inside the dot included) */
-static inline double log2_dot_bound(const double *a, const double *b, int L)
-{
-    const int n = row_states(L);
-    return log2(dot(a, b, n) + (double)n * CYCTC_FLUSH);
-}
-
-/* dst[i] = (other[i] * dst[i]) * inv: in place, no aliasing (so it vectorises) */
-static inline void mul_scale_inplace(double *CYCTC_RESTRICT dst, const double *CYCTC_RESTRICT other, double inv,
-                                     int n)
-{
-    for (int i = 0; i < n; i++)
-        dst[i] = (other[i] * dst[i]) * inv;
-}
-
-/* z = sum(a * b) of a frame's alpha and beta rows, checked against P (the meeting's): 0, or CYCTC_LOGSPACE when
- * the frame lost range or its mass disagrees with P */
-static inline int frame_mass(const double *a, const double *b, int L, const cyctc_state *st, double *z_out)
-{
-    const double z = dot(a, b, row_states(L));
-    *z_out = z;
-    if (!(z >= CYCTC_TINY))
-        return CYCTC_LOGSPACE;
-    /* |log(z 2^(e - e_mid) / z_mid)| <= tol, as a ratio (no log per frame). z >= 2^-1000 and z_mid >= 2^-959 are
-     * normal, but a dot of two normalised rows can be far below 1, so the exponents may differ by ~1000: the power
-     * of two is applied in two exact halves (an intermediate that leaves the range means a ratio far from 1) */
-    const int64_t de = (int64_t)a[exp_off(L)] + (int64_t)b[exp_off(L)] - st->e_mid;
-    if (de < -2000 || de > 2000)
-        return CYCTC_LOGSPACE;
-    const int64_t h1 = de / 2, h2 = de - h1;
-    const uint64_t f1b = (uint64_t)(1023 + h1) << 52, f2b = (uint64_t)(1023 + h2) << 52;
-    double f1, f2;
-    memcpy(&f1, &f1b, sizeof f1);
-    memcpy(&f2, &f2b, sizeof f2);
-    const double r = ((z / st->z_mid) * f1) * f2 - 1.0;
-    return fabs(r) <= CYCTC_CONSISTENCY_TOL ? 0 : CYCTC_LOGSPACE;
-}
-
-/* a * b / sum(a * b), written over a (out == a) or over b (out == b); checks the frame's mass against P */
-static inline int posterior(double *a, double *b, int L, const cyctc_state *st, double *out)
-{
-    double z;
-    if (frame_mass(a, b, L, st, &z))
-        return CYCTC_LOGSPACE;
-    const int n = row_states(L);
-    if (out == a)
-        mul_scale_inplace(a, b, 1.0 / z, n);
-    else
-        mul_scale_inplace(b, a, 1.0 / z, n);
-    return 0;
-}
-
 /* ---- the log-space path's numbers ---------------------------------------------------------------------------
  * A log-probability is kept as hi + lo + sm: hi + lo an exact double-double sum of input differences (x - ref,
  * see cyctc_logspace), sm the small terms that log-additions make (log1p(exp(d)) < ln 2 each). With logits at
@@ -705,9 +463,6 @@ static inline cyctc_dd frame_const(cyctc_dd k, double ref, const double *norm)
     r.sm -= norm[1];
     return r;
 }
-
-/* index of extended state s within a row */
-static inline int64_t state_slot(int L, int s) { return (s & 1) ? lab_off(L) + (s >> 1) : (s >> 1); }
 
 /* may label state s (odd) be entered from s - 2? */
 static inline int can_skip(const cyctc_seq *q, int s)

@@ -127,70 +127,69 @@ CYCTC_HOT void SFX(cyctc_stage1)(const cyctc_seq *q, const REAL *x, const double
     if (st->flags)
         return;
     const int L = q->L, T = q->T, M = st->M;
-    const int64_t W = row_width(L), E = exp_off(L);
+    const int64_t W = row_width(L);
     const double stay = q->merge_repeated ? 1.0 : 0.0;
     const double *skipw = skipw_of(work);
     double *sc = scratch_of(scratch, L, backward);
-    double *P = probs_of(sc, L), *tmp = tmp_of(sc, L), *tmp2 = tmp2_of(sc, L);
-    double *lost = lost_of(sc, L); /* two lost-mass rows, used in turn once something flushed */
+    double *P = probs_of(sc, L), *tmp = tmp_of(sc, L);
+    double *En = blocks_of(sc, L, 0); /* each new row's exponents before normalisation */
+    double *lost = lost_of(sc, L);    /* two lost-mass rows, used in turn once something flushed */
     const int32_t *cm = classmap_of(work, L);
     double *rows = rows_of(work, L);
     const int64_t nd4 = (nd_of(cm) + 3) & ~3;
     double *keep = with_grad ? q->ecache : NULL; /* kept for stage 2 */
     int bad = 0, lost_on = 0, li = 0;
+    double eps = 0.0;
     double *cur;
     if (!backward) {
         cur = with_grad ? rows : sc;
         bad |= SFX(label_probs)(cm, L, q->C, x, norm, P, tmp, NULL, keep);
-        memset(cur, 0, sizeof(double) * W);
+        clear_row(cur, L);
         cur[0] = P[0];
         if (L > 0)
             cur[lab_off(L)] = P[1];
-        bad |= normalise(cur, L, 0.0);
+        zero_exponents(En, L);
+        bad |= normalise_rows(cur, L, En, 0) & CYCTC_LOGSPACE;
         for (int t = 1; t < M; t++) {
             double *nxt = with_grad ? rows + t * W : sc + (t & 1) * W;
             bad |= SFX(label_probs)(cm, L, q->C, x + t * q->xs, norm + 2 * t, P, tmp,
                                     t + AHEAD < M ? x + (t + AHEAD) * q->xs : NULL, keep ? keep + t * nd4 : NULL);
-            const int flushed = fwd_step(L, stay, skipw, cur, P, nxt);
-            if (flushed | lost_on) {
-                double *lp = lost + li * W, *ln = lost + (li ^ 1) * W;
-                const double inj = flushed ? lost_injection(lp, L, cur[E], &lost_on) : 0.0;
-                fwd_lost_step(L, stay, skipw, cur, P, lp, inj, ln);
-                bad |= normalise(ln, L, lp[E]);
-                li ^= 1;
-            }
-            bad |= normalise(nxt, L, cur[E]);
+            const int flushed = fwd_advance(L, stay, skipw, cur, P, nxt, sc);
+            const int r = normalise_rows(nxt, L, En, 0);
+            bad |= r & CYCTC_LOGSPACE;
+            if ((flushed | r) & 1 || lost_on)
+                lost_frame(L, stay, skipw, cur, P, nxt, (flushed | r) & 1, 0, sc, &lost_on, &li, &eps);
             cur = nxt;
         }
-        st->lost_fwd = lost_on;
         st->flags_fwd |= bad;
     } else {
         cur = with_grad ? rows + (int64_t)T * W : sc;
-        memset(cur, 0, sizeof(double) * W);
+        clear_row(cur, L);
         cur[L] = 1.0; /* last blank */
         if (L > 0)
             cur[lab_off(L) + L - 1] = 1.0; /* last label */
+        zero_exponents(En, L);
+        normalise_rows(cur, L, En, 0);
         for (int t = T - 2; t >= M - 1; t--) {
             double *nxt = with_grad ? rows + (int64_t)(t + 1) * W : sc + ((T - 1 - t) & 1) * W;
             bad |= SFX(label_probs)(cm, L, q->C, x + (t + 1) * q->xs, norm + 2 * (t + 1), P, tmp,
                                     t + 1 - AHEAD >= M ? x + (t + 1 - AHEAD) * q->xs : NULL,
                                     keep ? keep + (int64_t)(t + 1) * nd4 : NULL);
-            const int flushed = bwd_step(L, stay, skipw, cur, P, tmp, nxt);
-            if (flushed | lost_on) {
-                double *lp = lost + li * W, *ln = lost + (li ^ 1) * W;
-                const double inj = flushed ? lost_injection(lp, L, cur[E], &lost_on) : 0.0;
-                bwd_lost_step(L, stay, skipw, cur, P, lp, inj, tmp, tmp2, ln);
-                bad |= normalise(ln, L, lp[E]);
-                li ^= 1;
-            }
-            bad |= normalise(nxt, L, cur[E]);
+            const int flushed = bwd_advance(L, stay, skipw, cur, P, nxt, sc);
+            const int r = normalise_rows(nxt, L, En, 0);
+            bad |= r & CYCTC_LOGSPACE;
+            if ((flushed | r) & 1 || lost_on)
+                lost_frame(L, stay, skipw, cur, P, nxt, (flushed | r) & 1, 1, sc, &lost_on, &li, &eps);
             cur = nxt;
         }
-        st->lost_bwd = lost_on;
         st->flags_bwd |= bad;
     }
     if (!with_grad && cur != sc)
         memcpy(sc, cur, sizeof(double) * W);
+    if (backward)
+        st->eps_bwd = eps;
+    else
+        st->eps_fwd = eps;
     if (lost_on) { /* keep the lost-mass row for the meeting: in the sequence's scratch, or (gradient calls,
                     * whose scratch is the thread's) in a row of its own that cyctc_meet frees */
         double *dst = lost;
@@ -210,44 +209,46 @@ CYCTC_HOT void SFX(cyctc_stage1)(const cyctc_seq *q, const REAL *x, const double
         }
         if (dst != NULL && dst != lost + li * W)
             memcpy(dst, lost + li * W, sizeof(double) * W);
-        if (backward)
-            st->lost_bwd = lost_on;
-        else
-            st->lost_fwd = lost_on;
     }
+    if (backward)
+        st->lost_bwd = lost_on;
+    else
+        st->lost_fwd = lost_on;
 }
 
 /* The gradient row of a frame straight from its alpha and beta rows (sequences with a deduplicated class map):
  * g holds the frame's softmax, and becomes scale * (softmax - occupancy), the occupancy of a class being the sum
- * of alpha * beta / z over its states; nothing is stored in the rows. occ: nd doubles of scratch. Returns what
- * frame_mass says of the frame (nothing is written then). */
+ * of the posteriors of its states; nothing is stored in the rows. occ: nd doubles, w, wb: nb doubles of scratch.
+ * Returns what frame_mass says of the frame (nothing is written then). */
 static inline int SFX(posterior_grad)(const double *a, const double *b, int L, const cyctc_state *st,
-                                      const int32_t *cm, int C, double scale, double *occ, REAL *g)
+                                      const int32_t *cm, int C, double scale, double *occ, REAL *g, double *w,
+                                      double *wb)
 {
-    double z;
-    if (frame_mass(a, b, L, st, &z))
+    if (frame_mass(a, b, L, st, w, wb))
         return CYCTC_LOGSPACE;
-    const int nd = nd_of(cm);
+    const int nd = nd_of(cm), nb = nblocks(L);
     const int32_t *dist = dist_of(cm), *map = map_of(cm, L);
     const double *al = a + lab_off(L), *bl = b + lab_off(L);
-    occ[0] = dot(a, b, L + 1); /* the blank states */
+    double ob = 0.0; /* the blank states */
+    for (int j = 0; j < nb; j++)
+        ob += wb[j] * w[j];
+    occ[0] = ob;
     if (nd == L + 1) { /* labels of distinct classes: map[k] = k + 1, no scatter */
         for (int k = 0; k < L; k++)
-            occ[k + 1] = al[k] * bl[k];
+            occ[k + 1] = (al[k] * bl[k]) * w[k / CYCTC_G];
     } else {
         for (int j = 1; j < nd; j++)
             occ[j] = 0.0;
         for (int k = 0; k < L; k++)
-            occ[map[k]] += al[k] * bl[k];
+            occ[map[k]] += (al[k] * bl[k]) * w[k / CYCTC_G];
     }
-    const double inv = 1.0 / z;
     if (scale == 1.0) {
         for (int j = 0; j < nd; j++)
-            g[dist[j]] = (REAL)((double)g[dist[j]] - occ[j] * inv);
+            g[dist[j]] = (REAL)((double)g[dist[j]] - occ[j]);
         return 0;
     }
     for (int j = 0; j < nd; j++)
-        occ[j] = (double)g[dist[j]] - occ[j] * inv;
+        occ[j] = (double)g[dist[j]] - occ[j];
     for (int c = 0; c < C; c++)
         g[c] = (REAL)(scale * (double)g[c]);
     for (int j = 0; j < nd; j++)
@@ -261,11 +262,12 @@ CYCTC_HOT void SFX(cyctc_stage2)(const cyctc_seq *q, const REAL *x, const double
     if (st->flags)
         return;
     const int L = q->L, T = q->T, M = st->M;
-    const int64_t W = row_width(L), E = exp_off(L);
+    const int64_t W = row_width(L);
     const double stay = q->merge_repeated ? 1.0 : 0.0;
     const double *skipw = skipw_of(work);
     double *sc = scratch_of(scratch, L, backward);
     double *P = probs_of(sc, L), *tmp = tmp_of(sc, L);
+    double *En = blocks_of(sc, L, 0), *w = blocks_of(sc, L, 4), *wb = blocks_of(sc, L, 5);
     double *rows = rows_of(work, L);
     const int32_t *cm = classmap_of(work, L);
     const int64_t nd4 = (nd_of(cm) + 3) & ~3;
@@ -281,15 +283,16 @@ CYCTC_HOT void SFX(cyctc_stage2)(const cyctc_seq *q, const REAL *x, const double
             else
                 bad |= SFX(label_probs)(cm, L, q->C, x + t * q->xs, norm + 2 * t, P, tmp,
                                         t + AHEAD < T ? x + (t + AHEAD) * q->xs : NULL, NULL);
-            fwd_step(L, stay, skipw, prev, P, n); /* what flushes here is caught by the posterior check against P */
-            bad |= normalise(n, L, prev[E]);
+            /* what flushes here is caught by the posterior check against P */
+            fwd_advance(L, stay, skipw, prev, P, n, sc);
+            bad |= normalise_rows(n, L, En, 0) & CYCTC_LOGSPACE;
             double *b = rows + (int64_t)(t + 1) * W; /* beta[t] (becomes gamma[t] where stage 2 is not fused) */
             if (t + 1 + AHEAD <= T)
                 prefetch_row(b + AHEAD * W, W);
             if (fused)
-                bad |= SFX(posterior_grad)(n, b, L, st, cm, q->C, scale, occ, g + t * gs);
+                bad |= SFX(posterior_grad)(n, b, L, st, cm, q->C, scale, occ, g + t * gs, w, wb);
             else
-                bad |= posterior(n, b, L, st, b);
+                bad |= posterior(n, b, L, st, b, w, wb);
             prev = n;
         }
         st->flags_fwd |= bad;
@@ -304,15 +307,16 @@ CYCTC_HOT void SFX(cyctc_stage2)(const cyctc_seq *q, const REAL *x, const double
                 else
                     bad |= SFX(label_probs)(cm, L, q->C, x + t * q->xs, norm + 2 * t, P, tmp,
                                             t - AHEAD > 0 ? x + (t - AHEAD) * q->xs : NULL, NULL);
-                bwd_step(L, stay, skipw, cur, P, tmp, nxt);
-                bad |= normalise(nxt, L, cur[E]);
+                bwd_advance(L, stay, skipw, cur, P, nxt, sc);
+                bad |= normalise_rows(nxt, L, En, 0) & CYCTC_LOGSPACE;
             }
             if (t - AHEAD >= 0)
                 prefetch_row(rows + (int64_t)(t - AHEAD) * W, W);
             if (fused)
-                bad |= SFX(posterior_grad)(rows + (int64_t)t * W, cur, L, st, cm, q->C, scale, occ, g + t * gs);
+                bad |= SFX(posterior_grad)(rows + (int64_t)t * W, cur, L, st, cm, q->C, scale, occ, g + t * gs, w,
+                                           wb);
             else
-                bad |= posterior(rows + (int64_t)t * W, cur, L, st, rows + (int64_t)row_index(t, M) * W);
+                bad |= posterior(rows + (int64_t)t * W, cur, L, st, rows + (int64_t)row_index(t, M) * W, w, wb);
             cur = nxt;
         }
         st->flags_bwd |= bad;
