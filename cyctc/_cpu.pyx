@@ -45,6 +45,7 @@ cdef extern from "src/ctc.h":
         double loss
     int64_t cyctc_work_size(int T, int L, int with_grad) noexcept nogil
     int64_t cyctc_thread_scratch_size(int Lmax) noexcept nogil
+    int64_t cyctc_row_width(int L) noexcept nogil
     int64_t cyctc_ecache_size(const cyctc_seq *q) noexcept nogil
     double *cyctc_loss_scratch(double *work, int L) noexcept nogil
     void cyctc_prepare(const cyctc_seq *q, const double *norm, double *work, cyctc_state *st) noexcept nogil
@@ -294,10 +295,11 @@ def ctc_loss_grad(cnp.ndarray x, cnp.ndarray labels, cnp.ndarray label_length, c
                 scale = ones
             if with_grad:
                 # gradient calls keep frames' class probabilities for stage 2 (cyctc_ecache_size) for as many
-                # sequences as the memory bound has room for: 8 x B x T x (2L + 1) bytes, less the work space,
-                # the normalisers, the per-sequence records and 1%; the results are the same bits either way
-                # (in double: the product overflows int64 for absurd shapes, which then fail to allocate anyway)
-                room = 0.99 * <double>B * T * (2 * max_ll + 1) - <double>total - 2.0 * B * T - 32.0 * B
+                # sequences as the memory bound has room for: 8 x B x T x W bytes (W: a stored row's doubles,
+                # 2L + 1 states padded to whole blocks and their exponents), less the work space, the normalisers,
+                # the per-sequence records and 1%; the results are the same bits either way (in double: the
+                # product overflows int64 for absurd shapes, which then fail to allocate anyway)
+                room = 0.99 * <double>B * T * cyctc_row_width(<int>max_ll) - <double>total - 2.0 * B * T - 32.0 * B
                 if cache_room >= 0:
                     room = cache_room
                 for b in range(B):

@@ -239,3 +239,30 @@ def test_underflow_and_magnitudes_exact(example, tmp_path, want_grad):
     if want_grad:
         for b in range(3):
             np.testing.assert_allclose(grad[:, b], ref[b][1], atol=1e-13)
+
+
+@pytest.mark.parametrize("kind", ["random", "peaked", "cliff"])
+def test_state_by_state_step_agrees(tmp_path, kind):
+    """The kernel built with CYCTC_CARRY_MAX=2 takes the state-by-state step (ctc_rows.h: fwd_exact / bwd_exact,
+    with blocks rescaled to their neighbour and the lost-mass marks of every state) wherever two neighbouring blocks
+    differ by more than 4x, i.e. on almost every frame: it must give the reference's numbers, and those of the
+    package's vectorised step to rounding."""
+    from test_long_inputs import family, reference
+    exe = _compile(str(tmp_path), omp=False, extra=["-DCYCTC_CARRY_MAX=2"])
+    T, L = (900, 180) if kind == "cliff" else (60, 20)
+    x, labels = family("peaked" if kind == "peaked" else "random", T, L, 3, np.float64)
+    if kind != "cliff":
+        x = np.concatenate([x, 3.0 * x[:, ::-1]], axis=0)
+        labels = np.concatenate([labels, labels[:, ::-1]], axis=0)
+    B = x.shape[0]
+    x_tm = np.ascontiguousarray(x.swapaxes(0, 1))
+    ll = np.full(B, L, np.int32)
+    status, loss, grad = _run_c(exe, str(tmp_path), x_tm, labels, ll, None, 0, True, True, 1, True)
+    assert status == 0
+    want_loss, want_grad = _python(x_tm, labels, ll, None, 0, True, True)
+    np.testing.assert_allclose(loss, want_loss, rtol=1e-12)
+    np.testing.assert_allclose(grad, want_grad, rtol=0, atol=1e-11)
+    for b in range(B):
+        ref_loss, ref_grad = reference(x[b], labels[b])
+        assert loss[b] == pytest.approx(ref_loss, rel=1e-12)
+        np.testing.assert_allclose(grad[:, b], ref_grad, rtol=0, atol=1e-10)

@@ -21,6 +21,8 @@ int64_t cyctc_work_size(int T, int L, int with_grad)
     return 2 * ((int64_t)L + 1) + 2 * scratch_size(L);
 }
 
+int64_t cyctc_row_width(int L) { return row_width(L); }
+
 int64_t cyctc_thread_scratch_size(int Lmax) { return 2 * scratch_size(Lmax); }
 
 int64_t cyctc_ecache_size(const cyctc_seq *q)

@@ -9,9 +9,9 @@
  *                          wanted it also writes the frame's softmax into the gradient row   (independent per frame)
  *   2. cyctc_prepare       per sequence: feasibility, non-finite frames, meeting frame M
  *   3. cyctc_stage1_*      two independent tasks per sequence: the forward variables for frames [0, M) and the
- *                          backward variables for frames [M-1, T), in scaled linear space (each row normalised by
- *                          a power of two, so the scaling itself is exact); every product that underflows is
- *                          accounted for in a row of lost mass (ctc_common.h, "Lost mass")
+ *                          backward variables for frames [M-1, T), in scaled linear space (see "Scaling" below);
+ *                          every product that underflows is accounted for in a shadow row of lost mass
+ *                          (ctc_rows.h, "Lost mass")
  *      cyctc_meet          per sequence: P = sum_s alpha[M-1, s] beta[M-1, s] gives the loss, unless the mass
  *                          lost to underflow could matter (then log space)
  *      cyctc_stage2_*      (gradient only) two tasks per sequence: the forward task carries alpha on through
@@ -30,6 +30,19 @@
  *                          gradient (0 or NaN), gamma rows (stage 2's other mode, or the log-space path, which then
  *                          computes the frame's softmax again first): grad[t, c] = scale * (softmax[t, c] - sum of
  *                          gamma over states of class c), in place over the softmax row
+ *
+ * Scaling (the one scheme of the CPU kernel, ctc_rows.h): a row of 2L + 1 states is cut into blocks of 16 states
+ * (blank and label k for 8 consecutive k), and each block keeps its own binary exponent; after every step each
+ * block is scaled by an exact power of two so that its sum lies in [0.5, 1). A row may thus span any range (the
+ * forward row of an untrained model's long input runs thousands of nats ahead of where the posterior lies, far
+ * beyond one double's range), while the states of one block, which carry the posterior mass together, stay within
+ * a few dozen nats of their block's maximum. The few values that cross a block boundary in a step are rescaled by
+ * the exponent difference; a block that was empty starts at the scale of what enters it. Underflow is still
+ * possible inside a block (the front of a forward row); it is detected by one compare per state and bounded by the
+ * lost-mass rows, and only where that bound is not negligible (above P x 2^-50) does the sequence go to log space.
+ * The log-space path thus remains for needed classes less probable than e^-650 in some frame (logits beyond about
+ * +-650 apart), for lost mass that could matter (a confident model whose every frame disagrees with the labels, so
+ * that states flushed early come to carry the answer), and for a frame whose posterior mass disagrees with P.
  *
  * The stage functions take `scratch`: cyctc_loss_scratch(work, L) for loss-only calls (the sequence's own), or a
  * buffer of cyctc_thread_scratch_size(Lmax) doubles owned by the calling thread for gradient calls.
@@ -84,6 +97,9 @@ typedef struct {
 
 /* doubles of work space one sequence needs (with_grad: alpha/beta/gamma rows are stored) */
 int64_t cyctc_work_size(int T, int L, int with_grad);
+
+/* doubles of one stored row of states (2L + 1 states, padded to whole blocks, and the blocks' exponents) */
+int64_t cyctc_row_width(int L);
 
 /* doubles of scratch each thread needs for gradient calls (Lmax: the longest label of the batch) */
 int64_t cyctc_thread_scratch_size(int Lmax);
