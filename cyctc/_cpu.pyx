@@ -39,6 +39,7 @@ cdef extern from "src/ctc.h":
         const int32_t *labels
         Py_ssize_t xs
         double *ecache
+        int ckpt
     ctypedef struct cyctc_state:
         int flags
         int M
@@ -46,6 +47,7 @@ cdef extern from "src/ctc.h":
     int64_t cyctc_work_size(int T, int L, int with_grad) noexcept nogil
     int64_t cyctc_thread_scratch_size(int Lmax) noexcept nogil
     int64_t cyctc_row_width(int L) noexcept nogil
+    int64_t cyctc_grad_work_size(int T, int L, int k) noexcept nogil
     int64_t cyctc_ecache_size(const cyctc_seq *q) noexcept nogil
     double *cyctc_loss_scratch(double *work, int L) noexcept nogil
     void cyctc_prepare(const cyctc_seq *q, const double *norm, double *work, cyctc_state *st) noexcept nogil
@@ -57,17 +59,15 @@ cdef extern from "src/ctc.h":
     void cyctc_stage1_f64(const cyctc_seq *q, const double *x, const double *norm, double *work, double *scratch, int with_grad,
                           int backward, cyctc_state *st) noexcept nogil
     void cyctc_stage2_f32(const cyctc_seq *q, const float *x, const double *norm, double *work, double *scratch, int backward,
-                          cyctc_state *st, float *g, Py_ssize_t gs, double scale) noexcept nogil
+                          cyctc_state *st, float *g, Py_ssize_t gs, double scale, double *occ) noexcept nogil
     void cyctc_stage2_f64(const cyctc_seq *q, const double *x, const double *norm, double *work, double *scratch, int backward,
-                          cyctc_state *st, double *g, Py_ssize_t gs, double scale) noexcept nogil
+                          cyctc_state *st, double *g, Py_ssize_t gs, double scale, double *occ) noexcept nogil
     void cyctc_logspace_f32(const cyctc_seq *q, const float *x, const double *norm, double *work, double *scratch, int with_grad,
-                            cyctc_state *st) noexcept nogil
+                            cyctc_state *st, float *g, Py_ssize_t gs, double scale, double *occ) noexcept nogil
     void cyctc_logspace_f64(const cyctc_seq *q, const double *x, const double *norm, double *work, double *scratch, int with_grad,
-                            cyctc_state *st) noexcept nogil
-    void cyctc_grad_row_f32(const cyctc_seq *q, const cyctc_state *st, const double *work, const float *x, int t,
-                            double scale, double *occ, float *g) noexcept nogil
-    void cyctc_grad_row_f64(const cyctc_seq *q, const cyctc_state *st, const double *work, const double *x, int t,
-                            double scale, double *occ, double *g) noexcept nogil
+                            cyctc_state *st, double *g, Py_ssize_t gs, double scale, double *occ) noexcept nogil
+    void cyctc_grad_row_f32(const cyctc_seq *q, const cyctc_state *st, int t, float *g) noexcept nogil
+    void cyctc_grad_row_f64(const cyctc_seq *q, const cyctc_state *st, int t, double *g) noexcept nogil
 
 ctypedef fused real:
     float
@@ -104,27 +104,26 @@ cdef inline void _stage1(const cyctc_seq *q, const real *x, const double *norm, 
 
 
 cdef inline void _stage2(const cyctc_seq *q, const real *x, const double *norm, double *work, double *scratch, int backward,
-                         cyctc_state *st, real *g, Py_ssize_t gs, double scale) noexcept nogil:
+                         cyctc_state *st, real *g, Py_ssize_t gs, double scale, double *occ) noexcept nogil:
     if real is float:
-        cyctc_stage2_f32(q, x, norm, work, scratch, backward, st, g, gs, scale)
+        cyctc_stage2_f32(q, x, norm, work, scratch, backward, st, g, gs, scale, occ)
     else:
-        cyctc_stage2_f64(q, x, norm, work, scratch, backward, st, g, gs, scale)
+        cyctc_stage2_f64(q, x, norm, work, scratch, backward, st, g, gs, scale, occ)
 
 
 cdef inline void _logspace(const cyctc_seq *q, const real *x, const double *norm, double *work, double *scratch, int with_grad,
-                           cyctc_state *st) noexcept nogil:
+                           cyctc_state *st, real *g, Py_ssize_t gs, double scale, double *occ) noexcept nogil:
     if real is float:
-        cyctc_logspace_f32(q, x, norm, work, scratch, with_grad, st)
+        cyctc_logspace_f32(q, x, norm, work, scratch, with_grad, st, g, gs, scale, occ)
     else:
-        cyctc_logspace_f64(q, x, norm, work, scratch, with_grad, st)
+        cyctc_logspace_f64(q, x, norm, work, scratch, with_grad, st, g, gs, scale, occ)
 
 
-cdef inline void _grad_row(const cyctc_seq *q, const cyctc_state *st, const double *work, const real *x, int t,
-                           double scale, double *occ, real *g) noexcept nogil:
+cdef inline void _grad_row(const cyctc_seq *q, const cyctc_state *st, int t, real *g) noexcept nogil:
     if real is float:
-        cyctc_grad_row_f32(q, st, work, x, t, scale, occ, g)
+        cyctc_grad_row_f32(q, st, t, g)
     else:
-        cyctc_grad_row_f64(q, st, work, x, t, scale, occ, g)
+        cyctc_grad_row_f64(q, st, t, g)
 
 
 cdef inline double *_scratch(double *work, int L, double *thread_scratch, int with_grad) noexcept nogil:
@@ -188,25 +187,25 @@ cdef int _run(const real *x, Py_ssize_t xsb, Py_ssize_t xst, real *g, Py_ssize_t
             for b in prange(B, schedule='dynamic'):  # the meeting, then log space where it was not enough
                 cyctc_meet(&seqs[b], work + offsets[b], 0, &states[b])
                 _logspace(&seqs[b], x + b * xsb, norm + 2 * <Py_ssize_t>b * T, work + offsets[b],
-                          cyctc_loss_scratch(work + offsets[b], seqs[b].L), 0, &states[b])
+                          cyctc_loss_scratch(work + offsets[b], seqs[b].L), 0, &states[b], NULL, 0, 1.0, NULL)
         else:
             for b in prange(B, schedule='static'):
                 cyctc_meet(&seqs[b], work + offsets[b], 1, &states[b])
             for i in prange(2 * B, schedule='dynamic'):
                 b = i >> 1
-                if tscr == NULL:
+                if tscr == NULL or occ == NULL:
                     continue
                 _stage2(&seqs[b], x + b * xsb, norm + 2 * <Py_ssize_t>b * T, work + offsets[b], tscr, i & 1, &states[b],
-                        g + b * gsb, gst, scale[b])
+                        g + b * gsb, gst, scale[b], occ)
             # per sequence: log space where the scaled path was not enough (it also folds in what stage 2 flagged),
             # then the gradient rows stage 2 did not write (padding, and the cases in cyctc_grad_row)
             for b in prange(B, schedule='dynamic'):
                 if tscr == NULL or occ == NULL:
                     continue
-                _logspace(&seqs[b], x + b * xsb, norm + 2 * <Py_ssize_t>b * T, work + offsets[b], tscr, 1, &states[b])
+                _logspace(&seqs[b], x + b * xsb, norm + 2 * <Py_ssize_t>b * T, work + offsets[b], tscr, 1, &states[b],
+                          g + b * gsb, gst, scale[b], occ)
                 for t in range(T):
-                    _grad_row(&seqs[b], &states[b], work + offsets[b], x + b * xsb + t * xst, t, scale[b], occ,
-                              g + b * gsb + t * gst)
+                    _grad_row(&seqs[b], &states[b], t, g + b * gsb + t * gst)
         free(occ)
         free(tscr)
     return -1 if failed else 0
@@ -215,9 +214,24 @@ cdef int _run(const real *x, Py_ssize_t xsb, Py_ssize_t xst, real *g, Py_ssize_t
 cdef double _CHOSEN  # marks the sequences given a probability cache before the work space exists
 
 
+cdef inline int _best_ckpt(int T, int L) noexcept nogil:
+    """The checkpoint interval k that stores the fewest rows of one sequence's gradient call (about sqrt(T / 2))."""
+    cdef int k = 2, c
+    cdef int64_t best = cyctc_grad_work_size(T, L, 2), w
+    c = 2
+    while <int64_t>c * c <= T + 1:
+        c += 1
+    for c in range(max(2, c // 2 - 2), c + 3):
+        w = cyctc_grad_work_size(T, L, c)
+        if w < best:
+            best = w
+            k = c
+    return k
+
+
 def ctc_loss_grad(cnp.ndarray x, cnp.ndarray labels, cnp.ndarray label_length, cnp.ndarray logit_length,
                   int blank, bint merge_repeated, cnp.ndarray grad, cnp.ndarray grad_scale, int num_threads,
-                  cnp.ndarray flags_out=None, double cache_room=-1):
+                  cnp.ndarray flags_out=None, double cache_room=-1, int64_t memory_limit=0, int force_ckpt=0):
     """CTC loss (and gradient into ``grad`` when it is not None) of validated, normalised arguments.
 
     x: float32/float64 (B, T, C), class axis contiguous, any other strides. labels: int32 (B, Lmax) C-contiguous.
@@ -225,6 +239,13 @@ def ctc_loss_grad(cnp.ndarray x, cnp.ndarray labels, cnp.ndarray label_length, c
     None for all 1. Returns float64 (B,) losses. flags_out (tests): None or int32 (B,), receives each sequence's
     CYCTC_* flags (4 = CYCTC_LOGSPACE: the scaled recursion handed the sequence to the log-space path).
     cache_room (tests): doubles available for stage 2's probability caches, -1 = what the memory bound leaves.
+    memory_limit: bytes of work space the call may use (0: no bound). Over it, gradient calls keep a row every k
+    frames (the same results) and sequences are run a group at a time; a bound below what the largest sequence
+    needs alone raises MemoryError naming that minimum. force_ckpt (tests): k > 1 for every sequence.
+
+    The work space counted: the frame normalisers and per-sequence records, each thread's scratch, the sequences'
+    rows (and the lost-mass rows a gradient task may keep), the probability caches. Not counted: the log-space
+    fallback's rows (the rare path: 48 bytes a state-frame of a sequence that takes it).
     """
     cdef int B = x.shape[0], T = x.shape[1], C = x.shape[2]
     cdef Py_ssize_t item = cnp.PyArray_ITEMSIZE(x)
@@ -236,9 +257,10 @@ def ctc_loss_grad(cnp.ndarray x, cnp.ndarray labels, cnp.ndarray label_length, c
     cdef const int32_t *tl = <const int32_t *>cnp.PyArray_DATA(logit_length)
     cdef const double *scale = NULL
     cdef int with_grad = grad is not None
-    cdef int b, rc = 0
-    cdef int64_t total = 0, work_units, cache_total = 0, max_ll = 0, cache_b
+    cdef int b, b0, b1, rc = 0, nt
+    cdef int64_t total = 0, work_units, cache_total = 0, max_ll = 0, cache_b, fixed, limit, chunk, need, w_b
     cdef double room
+    cdef bint planned = False
     cdef Py_ssize_t nnorm = 2 * max(<Py_ssize_t>B * T, 1)  # 2 normalisers a frame
     cdef Py_ssize_t nones = B if with_grad and grad_scale is None else 0
     cdef char *state = NULL  # one block for everything but the work space (whose size it helps to find)
@@ -254,10 +276,10 @@ def ctc_loss_grad(cnp.ndarray x, cnp.ndarray labels, cnp.ndarray label_length, c
     cdef double *lossp = <double *>cnp.PyArray_DATA(loss)
     cdef int *flagsp = <int *>cnp.PyArray_DATA(flags_out) if flags_out is not None else NULL
     cdef bint is_f32 = cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT
-    cdef void *xp = cnp.PyArray_DATA(x)
-    cdef void *gp = NULL
+    cdef char *xp = <char *>cnp.PyArray_DATA(x)
+    cdef char *gp = NULL
     if with_grad:
-        gp = cnp.PyArray_DATA(grad)
+        gp = <char *>cnp.PyArray_DATA(grad)
         gsb = grad.strides[0] // item
         gst = grad.strides[1] // item
         if grad_scale is not None:
@@ -275,6 +297,7 @@ def ctc_loss_grad(cnp.ndarray x, cnp.ndarray labels, cnp.ndarray label_length, c
         offsets = <int64_t *>(ones + nones)
         states = <cyctc_state *>(offsets + B + 1)
         seqs = <cyctc_seq *>(states + B)
+        limit = memory_limit // 8 if memory_limit > 0 else 0
         with nogil:
             for b in range(B):
                 seqs[b].T = tl[b]
@@ -285,6 +308,7 @@ def ctc_loss_grad(cnp.ndarray x, cnp.ndarray labels, cnp.ndarray label_length, c
                 seqs[b].labels = lab + <Py_ssize_t>b * Lmax
                 seqs[b].xs = xst
                 seqs[b].ecache = NULL
+                seqs[b].ckpt = 1
                 offsets[b] = total
                 total += cyctc_work_size(tl[b], ll[b], with_grad)
                 max_ll = max(max_ll, <int64_t>ll[b])
@@ -293,13 +317,22 @@ def ctc_loss_grad(cnp.ndarray x, cnp.ndarray labels, cnp.ndarray label_length, c
                 for b in range(B):
                     ones[b] = 1.0
                 scale = ones
+            # what every group of sequences needs besides its rows: the records above, and each thread's scratch
+            fixed = (<int64_t>(sizeof(double) * (nnorm + nones) + sizeof(int64_t) * (B + 1)
+                     + (sizeof(cyctc_state) + sizeof(cyctc_seq)) * <size_t>B) + 7) // 8
             if with_grad:
+                fixed += <int64_t>num_threads * (cyctc_thread_scratch_size(<int>max_ll) + C)
+                total += 2 * <int64_t>B * cyctc_row_width(<int>max_ll)  # lost-mass rows the tasks may keep
+            planned = (limit == 0 or fixed + total <= limit) and force_ckpt <= 1
+            if planned and with_grad:
                 # gradient calls keep frames' class probabilities for stage 2 (cyctc_ecache_size) for as many
                 # sequences as the memory bound has room for: 8 x B x T x W bytes (W: a stored row's doubles,
                 # 2L + 1 states padded to whole blocks and their exponents), less the work space, the normalisers,
-                # the per-sequence records and 1%; the results are the same bits either way (in double: the
-                # product overflows int64 for absurd shapes, which then fail to allocate anyway)
+                # the per-sequence records and 1%, and within memory_limit; the results are the same bits either
+                # way (in double: the product overflows int64 for absurd shapes, which then fail to allocate anyway)
                 room = 0.99 * <double>B * T * cyctc_row_width(<int>max_ll) - <double>total - 2.0 * B * T - 32.0 * B
+                if limit > 0:
+                    room = min(room, <double>(limit - fixed - total))
                 if cache_room >= 0:
                     room = cache_room
                 for b in range(B):
@@ -308,36 +341,79 @@ def ctc_loss_grad(cnp.ndarray x, cnp.ndarray labels, cnp.ndarray label_length, c
                         seqs[b].ecache = &_CHOSEN  # placed below
                         room -= cache_b
                         cache_total += cache_b
-        work = <double *>PyMem_RawMalloc(sizeof(double) * max(total + cache_total, 1))
-        if work == NULL:
-            raise MemoryError(f"cyctc: cannot allocate {8 * (total + cache_total)} bytes of CTC work space")
-        if cache_total:
+        if not planned:
+            # over the budget: gradient rows every k frames; groups of sequences that fit the budget together
+            need = 0
             with nogil:
-                cache_total = total
                 for b in range(B):
-                    if seqs[b].ecache != NULL:
-                        seqs[b].ecache = work + cache_total
-                        cache_total += cyctc_ecache_size(&seqs[b])
-        work_units = <int64_t>B * T * (C + 8 * Lmax)
-        if num_threads > 1 and work_units < <int64_t>num_threads * MIN_WORK_PER_THREAD:
-            num_threads = max(1, <int>(work_units // MIN_WORK_PER_THREAD))
-        with nogil:
-            if is_f32:
-                rc = _run(<const float *>xp, xsb, xst, <float *>gp, gsb, gst,
-                          B, T, C, seqs, states, norm, work, offsets, scale, num_threads)
-            else:
-                rc = _run(<const double *>xp, xsb, xst, <double *>gp, gsb, gst,
-                          B, T, C, seqs, states, norm, work, offsets, scale, num_threads)
-            for b in range(B):
-                lossp[b] = states[b].loss
-                if flagsp != NULL:
-                    flagsp[b] = states[b].flags
-                if states[b].flags & CYCTC_NOMEM:
-                    rc = -2
-        if rc == -1:
-            raise MemoryError("cyctc: cannot allocate per-thread scratch")
-        if rc == -2:
-            raise MemoryError("cyctc: cannot allocate the log-space rows of a sequence")
+                    if with_grad:
+                        seqs[b].ckpt = force_ckpt if force_ckpt > 1 else _best_ckpt(tl[b], ll[b])
+                        w_b = (cyctc_grad_work_size(tl[b], ll[b], seqs[b].ckpt)
+                               + 2 * cyctc_row_width(ll[b]))
+                    else:
+                        w_b = cyctc_work_size(tl[b], ll[b], 0)
+                    need = max(need, w_b)
+            if limit > 0 and fixed + need > limit:
+                from ._memory import budget_error
+                raise budget_error("cyctc (CTC loss)", 8 * (fixed + need), memory_limit)
+        b0 = 0
+        while b0 < B:
+            # the group [b0, b1): as many sequences as fit the budget (all of them when planned)
+            chunk = 0
+            need = 0  # what the group counts against the budget: its rows, and the lost-mass rows it may keep
+            b1 = b0
+            with nogil:
+                while b1 < B:
+                    if with_grad:
+                        w_b = cyctc_grad_work_size(tl[b1], ll[b1], seqs[b1].ckpt)
+                        cache_b = w_b + 2 * cyctc_row_width(ll[b1])
+                    else:
+                        w_b = cyctc_work_size(tl[b1], ll[b1], 0)
+                        cache_b = w_b
+                    if not planned and b1 > b0 and limit > 0 and fixed + need + cache_b > limit:
+                        break
+                    offsets[b1] = chunk
+                    chunk += w_b
+                    need += cache_b
+                    b1 += 1
+            work = <double *>PyMem_RawMalloc(sizeof(double) * max(chunk + cache_total, 1))
+            if work == NULL:
+                raise MemoryError(f"cyctc: cannot allocate {8 * (chunk + cache_total)} bytes of CTC work space")
+            if cache_total:
+                with nogil:
+                    cache_total = chunk
+                    for b in range(b0, b1):
+                        if seqs[b].ecache != NULL:
+                            seqs[b].ecache = work + cache_total
+                            cache_total += cyctc_ecache_size(&seqs[b])
+            nt = num_threads
+            work_units = <int64_t>(b1 - b0) * T * (C + 8 * Lmax)
+            if nt > 1 and work_units < <int64_t>nt * MIN_WORK_PER_THREAD:
+                nt = max(1, <int>(work_units // MIN_WORK_PER_THREAD))
+            with nogil:
+                if is_f32:
+                    rc = _run(<const float *>(xp + b0 * xsb * item), xsb, xst,
+                              <float *>(gp + b0 * gsb * item) if gp != NULL else NULL, gsb, gst,
+                              b1 - b0, T, C, seqs + b0, states + b0, norm + 2 * <Py_ssize_t>b0 * T, work,
+                              offsets + b0, scale + b0 if scale != NULL else NULL, nt)
+                else:
+                    rc = _run(<const double *>(xp + b0 * xsb * item), xsb, xst,
+                              <double *>(gp + b0 * gsb * item) if gp != NULL else NULL, gsb, gst,
+                              b1 - b0, T, C, seqs + b0, states + b0, norm + 2 * <Py_ssize_t>b0 * T, work,
+                              offsets + b0, scale + b0 if scale != NULL else NULL, nt)
+                for b in range(b0, b1):
+                    lossp[b] = states[b].loss
+                    if flagsp != NULL:
+                        flagsp[b] = states[b].flags
+                    if states[b].flags & CYCTC_NOMEM:
+                        rc = -2
+            PyMem_RawFree(work)
+            work = NULL
+            if rc == -1:
+                raise MemoryError("cyctc: cannot allocate per-thread scratch")
+            if rc == -2:
+                raise MemoryError("cyctc: cannot allocate the log-space rows of a sequence")
+            b0 = b1
     finally:
         PyMem_RawFree(state)
         PyMem_RawFree(work)

@@ -2,15 +2,17 @@
 import numpy as np
 
 from . import _args, _cpu
+from ._memory import resolve_memory_limit
 from ._threads import resolve_num_threads
 
 _F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
 
 
-def compute(a, merge_repeated, want_grad, grad_scale, num_threads):
+def compute(a, merge_repeated, want_grad, grad_scale, num_threads, memory_limit=None):
     """Run the backend that owns ``a.x`` on normalised arguments ``a`` (see ``_args.LossArgs``) with a thread count
     already resolved by ``resolve_num_threads``; ``grad_scale``: the gradient's float64 (B,) factors, or None for
-    all 1. CuPy logits: ``a``'s labels and lengths are on the device after.
+    all 1; ``memory_limit``: the work-space budget in bytes (None: ``resolve_memory_limit``'s default). CuPy
+    logits: ``a``'s labels and lengths are on the device after.
 
     Returns (loss float64 (B,), grad or None); grad has the layout of the user's logits (time-major when
     ``a.time_major``) and the dtype of ``a.x``; its rows t >= logit_length are 0.
@@ -24,8 +26,10 @@ def compute(a, merge_repeated, want_grad, grad_scale, num_threads):
         shape = (a.T, a.B, a.C) if a.time_major else (a.B, a.T, a.C)
         grad = np.empty(shape, dtype=a.x.dtype)
         grad_view = grad.swapaxes(0, 1) if a.time_major else grad
+    if memory_limit is None:
+        memory_limit = resolve_memory_limit(None)
     loss = _cpu.ctc_loss_grad(a.x, a.labels, a.label_length, a.logit_length, a.blank, merge_repeated,
-                              grad_view, grad_scale, num_threads)
+                              grad_view, grad_scale, num_threads, None, -1, memory_limit)
     return loss, grad
 
 
@@ -80,7 +84,8 @@ def finish(loss, grad, a, reduction, zero_infinity, return_grad, weights=None):
 
 
 def ctc_loss(labels, logits, label_length=None, logit_length=None, logits_time_major=True, unique=None,
-             blank_index=None, *, reduction="none", zero_infinity=False, return_grad=False, num_threads=None):
+             blank_index=None, *, reduction="none", zero_infinity=False, return_grad=False, num_threads=None,
+             memory_limit=None):
     """CTC negative log-likelihood per example, and optionally its gradient, with ``tf.nn.ctc_loss`` semantics.
 
     Shapes: B batch, T frames, C classes (blank included), L label length (Lmax the longest).
@@ -112,6 +117,12 @@ def ctc_loss(labels, logits, label_length=None, logit_length=None, logits_time_m
     num_threads : int, optional
         None: all usable cores (respects OMP_NUM_THREADS); n > 0: n threads; n < 0: counts back from the core
         count; 0 is an error. Results are bit-identical for every thread count.
+    memory_limit : int, optional
+        Bytes of work space the call may use (the inputs and outputs are not counted). None: the environment's
+        ``CYCTC_MEMORY_LIMIT`` (e.g. ``2G``), else 1 GiB. Above it, gradient calls keep a row of states every k
+        frames and compute the others again (k about sqrt(T / 2)), and examples run a group at a time: the same
+        bits for every budget. A budget below what the largest example needs alone raises MemoryError naming
+        that minimum. The CuPy backend does not bound its device memory yet.
 
     Returns
     -------
@@ -133,6 +144,7 @@ def ctc_loss(labels, logits, label_length=None, logit_length=None, logits_time_m
     zero_infinity = _args.as_flag(zero_infinity, "zero_infinity")
     return_grad = _args.as_flag(return_grad, "return_grad")
     nt = resolve_num_threads(num_threads)
+    limit = resolve_memory_limit(memory_limit)
     weights = None
     if reduction == "mean":  # formed once on the host; on the device, one copy serves gradient and reduction
         weights = _mean_weights(a.label_length, a.B)
@@ -141,7 +153,7 @@ def ctc_loss(labels, logits, label_length=None, logit_length=None, logits_time_m
                 weights = a.xp.asarray(weights)
     # the gradient's factor per example: mean's weights, else 1 for all (None: the backends' default)
     scale = weights if return_grad else None
-    loss, grad = compute(a, True, return_grad, scale, nt)
+    loss, grad = compute(a, True, return_grad, scale, nt, limit)
     return finish(loss, grad, a, reduction, zero_infinity, return_grad, weights)
 
 
@@ -162,7 +174,7 @@ def _collapse_repeats(labels, label_length):
 
 def ctc_loss_v1(labels, inputs, sequence_length, preprocess_collapse_repeated=False, ctc_merge_repeated=True,
                 ignore_longer_outputs_than_inputs=False, time_major=True, *, label_length=None, return_grad=False,
-                num_threads=None):
+                num_threads=None, memory_limit=None):
     """CTC loss with ``tf.compat.v1.nn.ctc_loss`` semantics (blank = C - 1).
 
     Parameters
@@ -183,7 +195,7 @@ def ctc_loss_v1(labels, inputs, sequence_length, preprocess_collapse_repeated=Fa
         naming the example, as TF does.
     label_length : int array (B,), optional (keyword-only)
         Labels per example, for dense labels.
-    return_grad, num_threads : as in ``ctc_loss``
+    return_grad, num_threads, memory_limit : as in ``ctc_loss``
 
     Returns
     -------
@@ -193,12 +205,13 @@ def ctc_loss_v1(labels, inputs, sequence_length, preprocess_collapse_repeated=Fa
     repeats) give +inf with a zero gradient rather than TF's softmax gradient.
     """
     return _loss_v1(labels, inputs, sequence_length, preprocess_collapse_repeated, ctc_merge_repeated,
-                    ignore_longer_outputs_than_inputs, time_major, label_length, return_grad, num_threads)
+                    ignore_longer_outputs_than_inputs, time_major, label_length, return_grad, num_threads,
+                    memory_limit=memory_limit)
 
 
 def _loss_v1(labels, inputs, sequence_length, preprocess_collapse_repeated, ctc_merge_repeated,
              ignore_longer_outputs_than_inputs, time_major, label_length, return_grad, num_threads,
-             names=("labels", "inputs", "sequence_length")):
+             names=("labels", "inputs", "sequence_length"), memory_limit=None):
     """``ctc_loss_v1``; ``names`` are the caller's names of labels, inputs and sequence_length (for errors)."""
     labels_name, inputs_name, length_name = names
     if sequence_length is None:
@@ -220,13 +233,14 @@ def _loss_v1(labels, inputs, sequence_length, preprocess_collapse_repeated, ctc_
     if collapse:
         a.labels, a.label_length = _collapse_repeats(a.labels, a.label_length)
     nt = resolve_num_threads(num_threads)
+    limit = resolve_memory_limit(memory_limit)
     keep = None  # 1.0 / 0.0 per example: the gradient scale, and the mask of the losses set to 0 (None: all 1)
     if any_too_long:
         keep = (~too_long).astype(np.float64)
         if a.xp is not np:
             with a.x.device:
                 keep = a.xp.asarray(keep)
-    loss, grad = compute(a, merge, return_grad, keep if return_grad else None, nt)
+    loss, grad = compute(a, merge, return_grad, keep if return_grad else None, nt, limit)
     if any_too_long:  # not loss[mask] = 0: CuPy waits for the device on a boolean-mask assignment
         loss = a.xp.where(keep == 0.0, 0.0, loss)
     return finish(loss, grad, a, "none", False, return_grad)
@@ -235,7 +249,8 @@ def _loss_v1(labels, inputs, sequence_length, preprocess_collapse_repeated, ctc_
 KERAS_EPSILON = 1e-7
 
 
-def ctc_batch_cost(y_true, y_pred, input_length, label_length, *, return_grad=False, num_threads=None):
+def ctc_batch_cost(y_true, y_pred, input_length, label_length, *, return_grad=False, num_threads=None,
+                   memory_limit=None):
     """CTC loss with ``tf.keras.backend.ctc_batch_cost`` semantics.
 
     Parameters
@@ -249,7 +264,7 @@ def ctc_batch_cost(y_true, y_pred, input_length, label_length, *, return_grad=Fa
         Valid frames per example (floats holding whole numbers accepted).
     label_length : int array (B, 1) or (B,)
         Labels per example (floats holding whole numbers accepted).
-    return_grad, num_threads : as in ``ctc_loss``; the gradient is d loss / d y_pred.
+    return_grad, num_threads, memory_limit : as in ``ctc_loss``; the gradient is d loss / d y_pred.
 
     Returns
     -------
@@ -282,7 +297,7 @@ def ctc_batch_cost(y_true, y_pred, input_length, label_length, *, return_grad=Fa
     with np.errstate(divide="ignore", invalid="ignore"):  # negative "probabilities" give NaN losses, no warning
         z = xp.log(shifted)
     out = _loss_v1(y_true, z, input_length, False, True, False, False, label_length, return_grad, num_threads,
-                   names=("y_true", "y_pred", "input_length"))
+                   names=("y_true", "y_pred", "input_length"), memory_limit=memory_limit)
     if not return_grad:
         return out.astype(dtype_out)[:, None]
     loss, gz = out

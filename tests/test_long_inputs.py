@@ -135,3 +135,145 @@ def test_long_public_call_matches_backend():
                                reduction="none", num_threads=2)
     assert np.array_equal(got, loss.astype(np.float32))
     assert np.array_equal(ggot.swapaxes(0, 1), g)
+
+
+# ---- bounded memory (the long-inputs issue, item 1) -----------------------------------------------------------
+
+def run_k(x, labels, k=0, limit=0, merge=True, blank=0, threads=2, lengths=None):
+    """The backend with a forced checkpoint interval k (> 1) or a budget in bytes: (loss, grad, flags)."""
+    B, T, _ = x.shape
+    g = np.empty_like(x)
+    flags = np.zeros(B, np.int32)
+    ll = np.full(B, labels.shape[1], np.int32) if lengths is None else np.asarray(lengths[0], np.int32)
+    tl = np.full(B, T, np.int32) if lengths is None else np.asarray(lengths[1], np.int32)
+    loss = _cpu.ctc_loss_grad(x, labels, ll, tl, blank, merge, g, None, threads, flags, -1, limit, k)
+    return loss, g, flags
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("merge", [True, False])
+def test_checkpoints_give_the_same_bits(dtype, merge):
+    """Gradient rows kept every k frames and the others computed again give the bits of every row stored, for
+    every k, frame counts around the meeting and the checkpoints (T = 1, 2, 3, k, k + 1, ...), varied lengths in
+    one batch, labels of more than 64 classes (the path through posterior rows), and confident frames."""
+    rng = np.random.default_rng(7 + merge)
+    for T, L, C_ in ((1, 1, 5), (2, 1, 5), (3, 2, 5), (9, 3, 7), (10, 4, 7), (64, 20, 9), (301, 70, 90)):
+        x = (rng.standard_normal((3, T, C_)) * rng.choice([1.0, 4.0])).astype(dtype)
+        lab = rng.integers(1, C_, (3, L)).astype(np.int32)
+        lengths = (np.array([L, max(L - 1, 0), L // 2]), np.array([T, max(T - 1, 0), max(T // 2, L // 2 + 1)]))
+        lengths = (lengths[0], np.minimum(lengths[1], T))
+        base = run_k(x, lab, merge=merge, lengths=lengths)
+        for k in (2, 3, 4, 7, 16, T + 5):
+            got = run_k(x, lab, k=k, merge=merge, lengths=lengths)
+            assert np.array_equal(base[0], got[0], equal_nan=True), (T, L, k)
+            assert np.array_equal(base[1], got[1], equal_nan=True), (T, L, k)
+
+
+def test_checkpoints_with_the_log_space_path():
+    """A sequence that goes to log space after stage 2 began writes its gradient rows itself: the same bits with
+    checkpoints, and the reference's numbers."""
+    from test_underflow import ISSUE_LOGITS
+    x = np.stack([ISSUE_LOGITS, 40.0 * np.random.default_rng(3).standard_normal(ISSUE_LOGITS.shape)])
+    lab = np.array([[3, 1], [2, 1]], np.int32)
+    lengths = (np.array([1, 2]), np.array([x.shape[1]] * 2))
+    base = run_k(x, lab, lengths=lengths)
+    assert base[2][0] & LOGSPACE
+    for k in (2, 3, 5):
+        got = run_k(x, lab, k=k, lengths=lengths)
+        assert np.array_equal(base[0], got[0]) and np.array_equal(base[1], got[1])
+    want, wgrad = reference(x[0], [3])
+    assert base[0][0] == pytest.approx(want, rel=1e-12)
+    np.testing.assert_allclose(base[1][0], wgrad, atol=1e-12)
+
+
+def test_memory_limit_same_results_and_minimum():
+    """ctc_loss with budgets from ample down to the minimum it names: every budget gives the same loss and gradient
+    bits (groups of examples, checkpoints); one byte less than that minimum raises MemoryError naming it, and
+    loss-only calls run in far less."""
+    x, lab = family("random", 2000, 300, 5)
+    x = np.concatenate([x, x[:, ::-1], 2 * x])
+    lab = np.concatenate([lab, lab[:, ::-1], lab])
+    args = (lab, x, [300] * 3, [2000] * 3, False)
+    base = cyctc.ctc_loss(*args, return_grad=True, reduction="none", num_threads=2)
+    budgets = [1 << 30, 8 << 20, 3 << 20]
+    with pytest.raises(MemoryError, match="minimum") as e:
+        cyctc.ctc_loss(*args, return_grad=True, memory_limit=1000, num_threads=2)
+    minimum = int(str(e.value).split("needs, ")[1].split(" bytes")[0])
+    assert 1000 < minimum < 3 << 20
+    budgets.append(minimum)
+    for budget in budgets:
+        got = cyctc.ctc_loss(*args, return_grad=True, reduction="none", num_threads=2, memory_limit=budget)
+        assert np.array_equal(base[0], got[0]) and np.array_equal(base[1], got[1]), budget
+    with pytest.raises(MemoryError, match=str(minimum)):
+        cyctc.ctc_loss(*args, return_grad=True, num_threads=2, memory_limit=minimum - 1)
+    loss = cyctc.ctc_loss(*args, reduction="none", num_threads=2, memory_limit=minimum // 4)
+    assert np.array_equal(loss, base[0])
+
+
+def test_memory_limit_bounds_the_traced_work_space():
+    """The work space a gradient call allocates through Python's allocators (tracemalloc sees PyMem_RawMalloc: the
+    rows and checkpoints) stays under the budget, outputs aside, while every row stored would need 4x more."""
+    import tracemalloc
+    x, lab = family("random", 3000, 600, 1)
+    budget = 8 << 20
+    full = 8 * 3001 * _cpu_row_width(600)
+    assert full > 3 * budget
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        before = tracemalloc.get_traced_memory()[0]
+        loss, grad = cyctc.ctc_loss(lab, x, [600], [3000], False, return_grad=True, reduction="none",
+                                    num_threads=2, memory_limit=budget)
+        peak = tracemalloc.get_traced_memory()[1] - before - grad.nbytes - loss.nbytes
+    finally:
+        tracemalloc.stop()
+    assert peak <= budget, peak
+
+
+def _cpu_row_width(L):
+    """doubles of one stored row (2L + 1 states padded to blocks of 16, and one exponent a block)"""
+    nb = L // 8 + 1
+    return 2 * nb * 8 + 1 + nb
+
+
+@pytest.mark.parametrize("func", ["ctc_loss", "ctc_loss_v1", "ctc_batch_cost"])
+def test_memory_limit_argument_and_environment(func, monkeypatch):
+    """memory_limit is validated by name in every loss function; CYCTC_MEMORY_LIMIT (bytes or 512M / 2G) is the
+    default; a bad value in the environment is named; show_config prints the budget in force."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 400, 6)).astype(np.float32)
+    lab = np.array([[1, 2, 3], [3, 4, 1]])
+
+    def call(**kw):
+        if func == "ctc_loss":
+            return cyctc.ctc_loss(lab, x, [3, 3], None, False, return_grad=True, **kw)
+        if func == "ctc_loss_v1":
+            import scipy.sparse
+            return cyctc.ctc_loss_v1(scipy.sparse.csr_matrix(lab), x, [400, 400], time_major=False, return_grad=True,
+                                     **kw)
+        probs = np.exp(x) / np.exp(x).sum(-1, keepdims=True)
+        return cyctc.ctc_batch_cost(lab, probs, np.array([[400], [400]]), np.array([[3], [3]]), return_grad=True,
+                                    **kw)
+
+    base = call()
+    for bad, err in ((0, ValueError), (-1, ValueError), (True, TypeError), ("1G", TypeError), (2.0, TypeError)):
+        with pytest.raises(err, match="memory_limit"):
+            call(memory_limit=bad)
+    with pytest.raises(MemoryError, match="minimum"):
+        call(memory_limit=64)
+    monkeypatch.setenv("CYCTC_MEMORY_LIMIT", "64")
+    with pytest.raises(MemoryError, match="CYCTC_MEMORY_LIMIT"):
+        call()
+    monkeypatch.setenv("CYCTC_MEMORY_LIMIT", "2M")
+    got = call()
+    assert np.array_equal(got[0], base[0]) and np.array_equal(got[1], base[1])
+    monkeypatch.setenv("CYCTC_MEMORY_LIMIT", "lots")
+    with pytest.raises(ValueError, match="CYCTC_MEMORY_LIMIT"):
+        call()
+    monkeypatch.setenv("CYCTC_MEMORY_LIMIT", "1.5G")
+    import contextlib
+    import io
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        cyctc.show_config()
+    assert f"memory_limit: {3 << 29} bytes" in out.getvalue() and "CYCTC_MEMORY_LIMIT" in out.getvalue()

@@ -49,7 +49,8 @@ static int SFX(capi_run)(const REAL *x, ptrdiff_t xsb, ptrdiff_t xst, REAL *g, i
             for (int b = 0; b < B; b++) { /* the meeting, then log space where it was not enough */
                 cyctc_meet(&seqs[b], work + offsets[b], 0, &states[b]);
                 SFX(cyctc_logspace)(&seqs[b], x + b * xsb, norm + 2 * (int64_t)b * T, work + offsets[b],
-                                    cyctc_loss_scratch(work + offsets[b], seqs[b].L), 0, &states[b]);
+                                    cyctc_loss_scratch(work + offsets[b], seqs[b].L), 0, &states[b], NULL, 0, 1.0,
+                                    NULL);
             }
         } else {
             CYCTC_OMP(for schedule(static))
@@ -58,9 +59,9 @@ static int SFX(capi_run)(const REAL *x, ptrdiff_t xsb, ptrdiff_t xst, REAL *g, i
             CYCTC_OMP(for schedule(dynamic))
             for (int64_t i = 0; i < 2 * (int64_t)B; i++) {
                 const int b = (int)(i >> 1);
-                if (tscr != NULL)
+                if (tscr != NULL && occ != NULL)
                     SFX(cyctc_stage2)(&seqs[b], x + b * xsb, norm + 2 * (int64_t)b * T, work + offsets[b], tscr,
-                                      (int)(i & 1), &states[b], g + b * xsb, xst, 1.0);
+                                      (int)(i & 1), &states[b], g + b * xsb, xst, 1.0, occ);
             }
             /* per sequence: log space where needed (it also folds in what stage 2 flagged), then the gradient rows
              * stage 2 did not write */
@@ -69,10 +70,9 @@ static int SFX(capi_run)(const REAL *x, ptrdiff_t xsb, ptrdiff_t xst, REAL *g, i
                 if (tscr == NULL || occ == NULL)
                     continue;
                 SFX(cyctc_logspace)(&seqs[b], x + b * xsb, norm + 2 * (int64_t)b * T, work + offsets[b], tscr, 1,
-                                    &states[b]);
+                                    &states[b], g + b * xsb, xst, 1.0, occ);
                 for (int t = 0; t < T; t++)
-                    SFX(cyctc_grad_row)(&seqs[b], &states[b], work + offsets[b], x + b * xsb + t * xst, t, 1.0, occ,
-                                        g + b * xsb + t * xst);
+                    SFX(cyctc_grad_row)(&seqs[b], &states[b], t, g + b * xsb + t * xst);
             }
         }
         free(occ);
@@ -118,6 +118,7 @@ cyctc_status CAPI_NAME(const REAL *logits, int max_time, int batch_size, int num
             seqs[b].labels = labels != NULL ? labels + (int64_t)b * Lmax : NULL; /* NULL only when Lmax == 0 */
             seqs[b].xs = xst;
             seqs[b].ecache = NULL; /* no probability cache: the same bits, with fewer bytes */
+            seqs[b].ckpt = 1;      /* every row stored */
             offsets[b] = total;
             total += cyctc_work_size(Tb, label_lengths[b], with_grad);
         }

@@ -14,10 +14,15 @@
 #include "ctc_common.h"
 #include "ctc_rows.h"
 
+int64_t cyctc_grad_work_size(int T, int L, int k)
+{
+    return 2 * ((int64_t)L + 1) + stored_rows(T, k) * row_width(L); /* skip weights and class map, the rows */
+}
+
 int64_t cyctc_work_size(int T, int L, int with_grad)
 {
-    if (with_grad) /* skip weights, T + 1 rows, the two lost-mass rows */
-        return 2 * ((int64_t)L + 1) + ((int64_t)T + 1) * row_width(L);
+    if (with_grad)
+        return cyctc_grad_work_size(T, L, 1);
     return 2 * ((int64_t)L + 1) + 2 * scratch_size(L);
 }
 
@@ -86,8 +91,8 @@ static void meet(const cyctc_seq *q, double *work, int with_grad, cyctc_state *s
     const int64_t W = row_width(L);
     const double *a, *b;
     if (with_grad) {
-        a = rows_of(work, L) + (int64_t)(st->M - 1) * W;
-        b = rows_of(work, L) + (int64_t)st->M * W;
+        a = alpha_row(rows_of(work, L), W, st->M, q->ckpt, st->M - 1);
+        b = beta_row(rows_of(work, L), W, q->T, st->M, q->ckpt, st->M - 1);
     } else {
         a = scratch_of(loss_scratch_of(work, L), L, 0);
         b = scratch_of(loss_scratch_of(work, L), L, 1);

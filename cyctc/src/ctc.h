@@ -18,18 +18,17 @@
  *                          [M, T), the backward task carries beta back through [0, M-1); each turns every frame's
  *                          alpha*beta, normalised per frame, into the frame's gradient row (written over the softmax
  *                          in g while the rows are hot: scale * (softmax - class occupancy)); sequences with more
- *                          than CYCTC_DEDUP_MAX distinct classes store the state posteriors (gamma) instead
+ *                          than CYCTC_DEDUP_MAX distinct classes go through a row of state posteriors (gamma) first
  *      cyctc_logspace_*    per sequence, only where the scaled recursion could not keep full precision
  *                          (underflow, or a frame whose posterior mass disagrees with P): the same result
  *                          recomputed in double-double log space (exact at any logit magnitude; it allocates its
- *                          own O(T x L) rows and raises CYCTC_NOMEM when it cannot). Drivers call it for every
+ *                          own O(T x L) rows and raises CYCTC_NOMEM when it cannot), gradient rows included (the
+ *                          frame's softmax computed again first where stage 2 had begun). Drivers call it for every
  *                          sequence after stage 2: it first folds in the flags the stage-2 tasks raised
  *                          (flags_fwd / flags_bwd); a loss the meeting computed is kept, so a loss-only call
  *                          returns exactly the loss of the gradient call
- *   4. cyctc_grad_row_*    per frame: the rows stage 2 did not write: padding frames (0), sequences without a
- *                          gradient (0 or NaN), gamma rows (stage 2's other mode, or the log-space path, which then
- *                          computes the frame's softmax again first): grad[t, c] = scale * (softmax[t, c] - sum of
- *                          gamma over states of class c), in place over the softmax row
+ *   4. cyctc_grad_row_*    per frame: the rows nothing else wrote: padding frames and sequences without a gradient
+ *                          (0), sequences whose loss is NaN (NaN on their valid frames)
  *
  * Scaling (the one scheme of the CPU kernel, ctc_rows.h): a row of 2L + 1 states is cut into blocks of 16 states
  * (blank and label k for 8 consecutive k), and each block keeps its own binary exponent; after every step each
@@ -77,6 +76,8 @@ typedef struct {
     ptrdiff_t xs;          /* elements between consecutive frames of this sequence's logits (class axis contiguous) */
     double *ecache;        /* gradient calls: NULL, or cyctc_ecache_size(q) doubles where stage 1 keeps each frame's
                             * class probabilities for stage 2 (same results, fewer exponentials) */
+    int ckpt;              /* gradient calls: 0 or 1, every row stored; k > 1, a row every k frames (ctc_rows.h, the
+                            * stored rows; cyctc_grad_work_size): the same results in less memory */
 } cyctc_seq;
 
 typedef struct {
@@ -95,8 +96,11 @@ typedef struct {
     double loss;
 } cyctc_state;
 
-/* doubles of work space one sequence needs (with_grad: alpha/beta/gamma rows are stored) */
+/* doubles of work space one sequence needs (with_grad: alpha and beta rows are stored, every one) */
 int64_t cyctc_work_size(int T, int L, int with_grad);
+
+/* the same for a gradient call that stores a row every k frames (q->ckpt = k) */
+int64_t cyctc_grad_work_size(int T, int L, int k);
 
 /* doubles of one stored row of states (2L + 1 states, padded to whole blocks, and the blocks' exponents) */
 int64_t cyctc_row_width(int L);
@@ -125,11 +129,10 @@ void cyctc_meet(const cyctc_seq *q, double *work, int with_grad, cyctc_state *st
     void cyctc_stage1_##SFX(const cyctc_seq *q, const REAL *x, const double *norm, double *work, double *scratch,   \
                             int with_grad, int backward, cyctc_state *st);                                          \
     void cyctc_stage2_##SFX(const cyctc_seq *q, const REAL *x, const double *norm, double *work, double *scratch,   \
-                            int backward, cyctc_state *st, REAL *g, ptrdiff_t gs, double scale);                    \
+                            int backward, cyctc_state *st, REAL *g, ptrdiff_t gs, double scale, double *occ);       \
     void cyctc_logspace_##SFX(const cyctc_seq *q, const REAL *x, const double *norm, double *work, double *scratch, \
-                              int with_grad, cyctc_state *st);                                                      \
-    void cyctc_grad_row_##SFX(const cyctc_seq *q, const cyctc_state *st, const double *work, const REAL *x, int t,  \
-                              double scale, double *occ, REAL *g);
+                              int with_grad, cyctc_state *st, REAL *g, ptrdiff_t gs, double scale, double *occ);    \
+    void cyctc_grad_row_##SFX(const cyctc_seq *q, const cyctc_state *st, int t, REAL *g);
 
 CYCTC_DECLARE(f32, float)
 CYCTC_DECLARE(f64, double)

@@ -133,53 +133,60 @@ CYCTC_HOT void SFX(cyctc_stage1)(const cyctc_seq *q, const REAL *x, const double
     double *sc = scratch_of(scratch, L, backward);
     double *P = probs_of(sc, L), *tmp = tmp_of(sc, L);
     double *En = blocks_of(sc, L, 0); /* each new row's exponents before normalisation */
+    double *bf = blocks_of(sc, L, 8); /* and its blocks that may have flushed */
+    int rng[4] = {0, -1, 0, -1};      /* the blocks each lost-mass row may occupy (lost_frame) */
     double *lost = lost_of(sc, L);    /* two lost-mass rows, used in turn once something flushed */
     const int32_t *cm = classmap_of(work, L);
     double *rows = rows_of(work, L);
     const int64_t nd4 = (nd_of(cm) + 3) & ~3;
     double *keep = with_grad ? q->ecache : NULL; /* kept for stage 2 */
+    const int k = q->ckpt;
     int bad = 0, lost_on = 0, li = 0;
     double eps = 0.0;
     double *cur;
     if (!backward) {
-        cur = with_grad ? rows : sc;
+        cur = with_grad ? alpha_row(rows, W, M, k, 0) : sc;
         bad |= SFX(label_probs)(cm, L, q->C, x, norm, P, tmp, NULL, keep);
         clear_row(cur, L);
         cur[0] = P[0];
         if (L > 0)
             cur[lab_off(L)] = P[1];
         zero_exponents(En, L);
-        bad |= normalise_rows(cur, L, En, 0) & CYCTC_LOGSPACE;
+        bad |= normalise_rows(cur, L, En, NULL) & CYCTC_LOGSPACE;
         for (int t = 1; t < M; t++) {
-            double *nxt = with_grad ? rows + t * W : sc + (t & 1) * W;
+            double *nxt = with_grad ? alpha_row(rows, W, M, k, t) : NULL; /* stored, or a scratch row */
+            if (nxt == NULL)
+                nxt = sc + (t & 1) * W;
             bad |= SFX(label_probs)(cm, L, q->C, x + t * q->xs, norm + 2 * t, P, tmp,
                                     t + AHEAD < M ? x + (t + AHEAD) * q->xs : NULL, keep ? keep + t * nd4 : NULL);
             const int flushed = fwd_advance(L, stay, skipw, cur, P, nxt, sc);
-            const int r = normalise_rows(nxt, L, En, 0);
+            const int r = normalise_rows(nxt, L, En, bf);
             bad |= r & CYCTC_LOGSPACE;
             if ((flushed | r) & 1 || lost_on)
-                lost_frame(L, stay, skipw, cur, P, nxt, (flushed | r) & 1, 0, sc, &lost_on, &li, &eps);
+                lost_frame(L, stay, skipw, cur, P, nxt, (flushed | r) & 1, 0, sc, &lost_on, &li, &eps, rng);
             cur = nxt;
         }
         st->flags_fwd |= bad;
     } else {
-        cur = with_grad ? rows + (int64_t)T * W : sc;
+        cur = with_grad ? beta_row(rows, W, T, M, k, T - 1) : sc;
         clear_row(cur, L);
         cur[L] = 1.0; /* last blank */
         if (L > 0)
             cur[lab_off(L) + L - 1] = 1.0; /* last label */
         zero_exponents(En, L);
-        normalise_rows(cur, L, En, 0);
+        normalise_rows(cur, L, En, NULL);
         for (int t = T - 2; t >= M - 1; t--) {
-            double *nxt = with_grad ? rows + (int64_t)(t + 1) * W : sc + ((T - 1 - t) & 1) * W;
+            double *nxt = with_grad ? beta_row(rows, W, T, M, k, t) : NULL;
+            if (nxt == NULL)
+                nxt = sc + ((T - 1 - t) & 1) * W;
             bad |= SFX(label_probs)(cm, L, q->C, x + (t + 1) * q->xs, norm + 2 * (t + 1), P, tmp,
                                     t + 1 - AHEAD >= M ? x + (t + 1 - AHEAD) * q->xs : NULL,
                                     keep ? keep + (int64_t)(t + 1) * nd4 : NULL);
             const int flushed = bwd_advance(L, stay, skipw, cur, P, nxt, sc);
-            const int r = normalise_rows(nxt, L, En, 0);
+            const int r = normalise_rows(nxt, L, En, bf);
             bad |= r & CYCTC_LOGSPACE;
             if ((flushed | r) & 1 || lost_on)
-                lost_frame(L, stay, skipw, cur, P, nxt, (flushed | r) & 1, 1, sc, &lost_on, &li, &eps);
+                lost_frame(L, stay, skipw, cur, P, nxt, (flushed | r) & 1, 1, sc, &lost_on, &li, &eps, rng);
             cur = nxt;
         }
         st->flags_bwd |= bad;
@@ -214,6 +221,53 @@ CYCTC_HOT void SFX(cyctc_stage1)(const cyctc_seq *q, const REAL *x, const double
         st->lost_bwd = lost_on;
     else
         st->lost_fwd = lost_on;
+}
+
+/* The gradient row of frame t from its state posteriors gamma (a row in the split layout, normalised to sum 1): g
+ * holds the frame's softmax and becomes scale * (softmax - the sum of gamma over the states of each class). occ: C
+ * doubles (labels of many distinct classes: indexed by class), else nd. */
+static void SFX(gamma_grad)(const cyctc_seq *q, const int32_t *cm, const double *gamma, double scale, double *occ,
+                            REAL *g)
+{
+    const int C = q->C, L = q->L;
+    const double *glab = gamma + lab_off(L);
+    if (!deduplicated(cm)) {
+        /* labels of many distinct classes: occ indexed by class, the label columns subtracted in label order */
+        for (int k = 0; k < L; k++)
+            occ[q->labels[k]] = (double)g[q->labels[k]];
+        double sb = 0.0;
+        for (int k = 0; k <= L; k++)
+            sb += gamma[k];
+        occ[q->blank] = (double)g[q->blank] - sb;
+        for (int k = 0; k < L; k++)
+            occ[q->labels[k]] -= glab[k];
+        if (scale != 1.0)
+            for (int c = 0; c < C; c++)
+                g[c] = (REAL)(scale * (double)g[c]);
+        g[q->blank] = (REAL)(scale * occ[q->blank]);
+        for (int k = 0; k < L; k++)
+            g[q->labels[k]] = (REAL)(scale * occ[q->labels[k]]);
+        return;
+    }
+    const int nd = nd_of(cm);
+    const int32_t *dist = dist_of(cm), *map = map_of(cm, L);
+    /* occupancy of each distinct class (occ[j] for class dist[j], summed in label order; nd <= C), then scale the
+     * row and write those columns once */
+    double sb = 0.0;
+    for (int k = 0; k <= L; k++)
+        sb += gamma[k];
+    occ[0] = sb;
+    for (int j = 1; j < nd; j++)
+        occ[j] = 0.0;
+    for (int k = 0; k < L; k++)
+        occ[map[k]] += glab[k];
+    for (int j = 0; j < nd; j++)
+        occ[j] = (double)g[dist[j]] - occ[j];
+    if (scale != 1.0)
+        for (int c = 0; c < C; c++)
+            g[c] = (REAL)(scale * (double)g[c]);
+    for (int j = 0; j < nd; j++)
+        g[dist[j]] = (REAL)(scale * occ[j]);
 }
 
 /* The gradient row of a frame straight from its alpha and beta rows (sequences with a deduplicated class map):
@@ -256,49 +310,92 @@ static inline int SFX(posterior_grad)(const double *a, const double *b, int L, c
     return 0;
 }
 
+/* a frame's probabilities P (blank, then labels) again: from the probability cache, or computed (the same bits) */
+static inline void SFX(frame_probs)(const cyctc_seq *q, const int32_t *cm, const REAL *x, const double *norm, int t,
+                                    double *P, double *tmp)
+{
+    if (q->ecache)
+        gather_labels(P, q->ecache + t * (int64_t)((nd_of(cm) + 3) & ~3), map_of(cm, q->L), q->L);
+    else
+        SFX(label_probs)(cm, q->L, q->C, x + t * q->xs, norm + 2 * t, P, tmp, NULL, NULL);
+}
+
 CYCTC_HOT void SFX(cyctc_stage2)(const cyctc_seq *q, const REAL *x, const double *norm, double *work,
-                                 double *scratch, int backward, cyctc_state *st, REAL *g, ptrdiff_t gs, double scale)
+                                 double *scratch, int backward, cyctc_state *st, REAL *g, ptrdiff_t gs, double scale,
+                                 double *occc)
 {
     if (st->flags)
         return;
-    const int L = q->L, T = q->T, M = st->M;
+    const int L = q->L, T = q->T, M = st->M, k = q->ckpt;
     const int64_t W = row_width(L);
     const double stay = q->merge_repeated ? 1.0 : 0.0;
     const double *skipw = skipw_of(work);
     double *sc = scratch_of(scratch, L, backward);
-    double *P = probs_of(sc, L), *tmp = tmp_of(sc, L);
+    double *P = probs_of(sc, L), *P2 = probs2_of(sc, L), *tmp = tmp_of(sc, L);
     double *En = blocks_of(sc, L, 0), *w = blocks_of(sc, L, 4), *wb = blocks_of(sc, L, 5);
     double *rows = rows_of(work, L);
     const int32_t *cm = classmap_of(work, L);
     const int64_t nd4 = (nd_of(cm) + 3) & ~3;
-    const int fused = deduplicated(cm); /* gradient rows written here (else gamma rows, for cyctc_grad_row) */
+    const int fused = deduplicated(cm); /* straight from alpha and beta (else through a row of posteriors) */
     double *occ = tmp2_of(sc, L);       /* nd <= L + 1 doubles */
+    double *gamma = redo_of(sc, L);
     int bad = 0;
     if (!backward) {
-        const double *prev = rows + (int64_t)(M - 1) * W; /* alpha[M-1], read-only here and in the other task */
-        for (int t = M; t < T && !bad; t++) {
-            double *n = sc + ((t - M) & 1) * W;
-            if (q->ecache) /* stage 1 flagged improbable classes already */
-                gather_labels(P, q->ecache + t * nd4, map_of(cm, L), L);
-            else
-                bad |= SFX(label_probs)(cm, L, q->C, x + t * q->xs, norm + 2 * t, P, tmp,
-                                        t + AHEAD < T ? x + (t + AHEAD) * q->xs : NULL, NULL);
-            /* what flushes here is caught by the posterior check against P */
-            fwd_advance(L, stay, skipw, prev, P, n, sc);
-            bad |= normalise_rows(n, L, En, 0) & CYCTC_LOGSPACE;
-            double *b = rows + (int64_t)(t + 1) * W; /* beta[t] (becomes gamma[t] where stage 2 is not fused) */
-            if (t + 1 + AHEAD <= T)
-                prefetch_row(b + AHEAD * W, W);
-            if (fused)
-                bad |= SFX(posterior_grad)(n, b, L, st, cm, q->C, scale, occ, g + t * gs, w, wb);
-            else
-                bad |= posterior(n, b, L, st, b, w, wb);
-            prev = n;
+        const double *prev = alpha_row(rows, W, M, k, M - 1); /* read-only here and in the other task */
+        double *seg = k > 1 ? segment_rows(rows, W, T, M, k, 0) : NULL;
+        for (int t = M; t < T && !bad;) {
+            /* frames t..c; beta[c] is stored, and with checkpoints the betas below it are computed again here */
+            const int c = k > 1 ? T - 1 - k * ((T - 1 - t) / k) : t;
+            const double *bn = beta_row(rows, W, T, M, k, c);
+            for (int u = c - 1; u >= t; u--) {
+                double *bu = seg + (int64_t)(c - u) * W;
+                SFX(frame_probs)(q, cm, x, norm, u + 1, P2, tmp);
+                bwd_advance(L, stay, skipw, bn, P2, bu, sc);
+                normalise_rows(bu, L, En, NULL);
+                bn = bu;
+            }
+            for (; t <= c && !bad; t++) {
+                double *n = sc + ((t - M) & 1) * W;
+                if (q->ecache) /* stage 1 flagged improbable classes already */
+                    gather_labels(P, q->ecache + t * nd4, map_of(cm, L), L);
+                else
+                    bad |= SFX(label_probs)(cm, L, q->C, x + t * q->xs, norm + 2 * t, P, tmp,
+                                            t + AHEAD < T ? x + (t + AHEAD) * q->xs : NULL, NULL);
+                /* what flushes here is caught by the posterior check against P */
+                fwd_advance(L, stay, skipw, prev, P, n, sc);
+                bad |= normalise_rows(n, L, En, NULL) & CYCTC_LOGSPACE;
+                double *b = t == c ? beta_row(rows, W, T, M, k, c) : seg + (int64_t)(c - t) * W; /* beta[t] */
+                if (k <= 1 && t + 1 + AHEAD <= T)
+                    prefetch_row(b + AHEAD * W, W);
+                if (fused)
+                    bad |= SFX(posterior_grad)(n, b, L, st, cm, q->C, scale, occ, g + t * gs, w, wb);
+                else if (!(bad |= posterior(n, b, L, st, gamma, w, wb)))
+                    SFX(gamma_grad)(q, cm, gamma, scale, occc, g + t * gs);
+                prev = n;
+            }
         }
         st->flags_fwd |= bad;
     } else {
-        double *cur = rows + (int64_t)M * W; /* beta[M-1] */
+        double *cur = beta_row(rows, W, T, M, k, M - 1);
+        double *seg = k > 1 ? segment_rows(rows, W, T, M, k, 1) : NULL;
+        int seg_lo = M; /* with checkpoints: seg holds alpha of frames seg_lo.. (seg_lo a multiple of k) */
         for (int t = M - 1; t >= 0 && !bad; t--) {
+            double *a = alpha_row(rows, W, M, k, t);
+            if (a == NULL) { /* between checkpoints */
+                if (t < seg_lo) { /* alpha of this segment again, from its checkpoint */
+                    const int c = k * (t / k);
+                    const double *an = alpha_row(rows, W, M, k, c);
+                    for (int u = c + 1; u <= t; u++) {
+                        double *au = seg + (int64_t)(u - c) * W;
+                        SFX(frame_probs)(q, cm, x, norm, u, P2, tmp);
+                        fwd_advance(L, stay, skipw, an, P2, au, sc);
+                        normalise_rows(au, L, En, NULL);
+                        an = au;
+                    }
+                    seg_lo = c;
+                }
+                a = seg + (int64_t)(t - seg_lo) * W;
+            }
             double *nxt = NULL;
             if (t > 0) {
                 nxt = sc + ((M - 1 - t) & 1) * W;
@@ -308,15 +405,14 @@ CYCTC_HOT void SFX(cyctc_stage2)(const cyctc_seq *q, const REAL *x, const double
                     bad |= SFX(label_probs)(cm, L, q->C, x + t * q->xs, norm + 2 * t, P, tmp,
                                             t - AHEAD > 0 ? x + (t - AHEAD) * q->xs : NULL, NULL);
                 bwd_advance(L, stay, skipw, cur, P, nxt, sc);
-                bad |= normalise_rows(nxt, L, En, 0) & CYCTC_LOGSPACE;
+                bad |= normalise_rows(nxt, L, En, NULL) & CYCTC_LOGSPACE;
             }
-            if (t - AHEAD >= 0)
+            if (k <= 1 && t - AHEAD >= 0)
                 prefetch_row(rows + (int64_t)(t - AHEAD) * W, W);
             if (fused)
-                bad |= SFX(posterior_grad)(rows + (int64_t)t * W, cur, L, st, cm, q->C, scale, occ, g + t * gs, w,
-                                           wb);
-            else
-                bad |= posterior(rows + (int64_t)t * W, cur, L, st, rows + (int64_t)row_index(t, M) * W, w, wb);
+                bad |= SFX(posterior_grad)(a, cur, L, st, cm, q->C, scale, occ, g + t * gs, w, wb);
+            else if (!(bad |= posterior(a, cur, L, st, gamma, w, wb)))
+                SFX(gamma_grad)(q, cm, gamma, scale, occc, g + t * gs);
             cur = nxt;
         }
         st->flags_bwd |= bad;
@@ -347,7 +443,7 @@ static inline cyctc_dd SFX(state_logp)(const cyctc_seq *q, const REAL *x, double
 }
 
 void SFX(cyctc_logspace)(const cyctc_seq *q, const REAL *x, const double *norm, double *work, double *scratch,
-                         int with_grad, cyctc_state *st)
+                         int with_grad, cyctc_state *st, REAL *g, ptrdiff_t gs_t, double scale, double *occc)
 {
     /* a loss the meeting computed (no stage-1 flag) is exact and is kept; stage 2 (two concurrent tasks) can only
      * raise flags_fwd / flags_bwd: a frame that lost range or whose posterior mass disagrees with P leaves gamma
@@ -358,7 +454,7 @@ void SFX(cyctc_logspace)(const cyctc_seq *q, const REAL *x, const double *norm, 
         st->flags = CYCTC_LOGSPACE;
     if (!(st->flags & CYCTC_LOGSPACE))
         return;
-    const int L = q->L, S = 2 * L + 1, T = q->T, M = st->M;
+    const int L = q->L, S = 2 * L + 1, T = q->T;
     const int64_t W = row_width(L);
     /* log alpha of every frame (gradient) or two (loss only), then two log beta rows: double-double, so they do
      * not fit the work rows; this path is the rare one and allocates its own */
@@ -412,7 +508,8 @@ void SFX(cyctc_logspace)(const cyctc_seq *q, const REAL *x, const double *norm, 
     for (int s = 0; s < S; s++)
         bc[s] = (s == S - 1 || (L > 0 && s == S - 2)) ? (cyctc_dd){0.0, 0.0, 0.0} : CYCTC_DD_NEG_INF;
     double *gs = scratch_of(scratch, L, 0); /* S temporaries: the forward scratch rows */
-    double *rows = rows_of(work, L);
+    double *row = redo_of(scratch_of(scratch, L, 0), L); /* gamma in the split layout */
+    const int fresh = !meet_ok; /* stage 2 ran (and may have written gradient rows) only after a good meeting */
     for (int t = T - 1; t >= 0; t--) {
         if (t > 0) { /* beta[t-1] from beta[t] and frame t */
             const REAL *xt = x + t * q->xs;
@@ -437,10 +534,15 @@ void SFX(cyctc_logspace)(const cyctc_seq *q, const REAL *x, const double *norm, 
                 z = dd_log_add(z, dd_add(at[s], bc[s]));
         for (int s = 0; s < S; s++)
             gs[s] = (at[s].hi > -INFINITY && bc[s].hi > -INFINITY) ? exp(dd_diff(dd_add(at[s], bc[s]), z)) : 0.0;
-        double *row = rows + (int64_t)row_index(t, M) * W;
         memset(row, 0, sizeof(double) * W);
         for (int s = 0; s < S; s++)
             row[state_slot(L, s)] = gs[s];
+        REAL *gt = g + t * gs_t;
+        if (!fresh) { /* stage 2 may have turned this row into a gradient already: the softmax again (same bits) */
+            double nrm[2];
+            SFX(cyctc_row_norm)(x + t * q->xs, q->C, gt, nrm);
+        }
+        SFX(gamma_grad)(q, cm, row, scale, occc, gt);
         cyctc_dd *tmpp = bc;
         bc = bn;
         bn = tmpp;
@@ -449,8 +551,7 @@ void SFX(cyctc_logspace)(const cyctc_seq *q, const REAL *x, const double *norm, 
     free(buf);
 }
 
-static void SFX(grad_row)(const cyctc_seq *q, const cyctc_state *st, const double *work, int t, double scale,
-                          double *occ, REAL *g)
+CYCTC_HOT void SFX(cyctc_grad_row)(const cyctc_seq *q, const cyctc_state *st, int t, REAL *g)
 {
     const int C = q->C;
     if (t >= q->T || (st->flags & (CYCTC_INFEASIBLE | CYCTC_EMPTY))) {
@@ -460,61 +561,6 @@ static void SFX(grad_row)(const cyctc_seq *q, const cyctc_state *st, const doubl
     if (st->flags & (CYCTC_NONFINITE | CYCTC_NOMEM)) {
         for (int c = 0; c < C; c++)
             g[c] = (REAL)NAN;
-        return;
     }
-    const int L = q->L;
-    const double *gamma = rows_of((double *)work, L) + (int64_t)row_index(t, st->M) * row_width(L);
-    const double *glab = gamma + lab_off(L);
-    const int32_t *cm = classmap_of((double *)work, L);
-    if (!deduplicated(cm)) {
-        /* labels of many distinct classes: occ indexed by class, the label columns subtracted in label order */
-        for (int k = 0; k < L; k++)
-            occ[q->labels[k]] = (double)g[q->labels[k]];
-        double sb = 0.0;
-        for (int k = 0; k <= L; k++)
-            sb += gamma[k];
-        occ[q->blank] = (double)g[q->blank] - sb;
-        for (int k = 0; k < L; k++)
-            occ[q->labels[k]] -= glab[k];
-        if (scale != 1.0)
-            for (int c = 0; c < C; c++)
-                g[c] = (REAL)(scale * (double)g[c]);
-        g[q->blank] = (REAL)(scale * occ[q->blank]);
-        for (int k = 0; k < L; k++)
-            g[q->labels[k]] = (REAL)(scale * occ[q->labels[k]]);
-        return;
-    }
-    const int nd = nd_of(cm);
-    const int32_t *dist = dist_of(cm), *map = map_of(cm, L);
-    /* g holds this frame's softmax (written by cyctc_row_norm): occupancy of each distinct class (occ[j] for class
-     * dist[j], summed in label order; nd <= C), then scale the row and write those columns once */
-    double sb = 0.0;
-    for (int k = 0; k <= L; k++)
-        sb += gamma[k];
-    occ[0] = sb;
-    for (int j = 1; j < nd; j++)
-        occ[j] = 0.0;
-    for (int k = 0; k < L; k++)
-        occ[map[k]] += glab[k];
-    for (int j = 0; j < nd; j++)
-        occ[j] = (double)g[dist[j]] - occ[j];
-    if (scale != 1.0)
-        for (int c = 0; c < C; c++)
-            g[c] = (REAL)(scale * (double)g[c]);
-    for (int j = 0; j < nd; j++)
-        g[dist[j]] = (REAL)(scale * occ[j]);
-}
-
-CYCTC_HOT void SFX(cyctc_grad_row)(const cyctc_seq *q, const cyctc_state *st, const double *work, const REAL *x,
-                                   int t, double scale, double *occ, REAL *g)
-{
-    const int mapped = st->flags == 0 || st->flags == CYCTC_LOGSPACE; /* cyctc_prepare filled the class map */
-    if (t < q->T && mapped && deduplicated(classmap_of((double *)work, q->L))) { /* stage 2 wrote gradients */
-        if (st->flags == 0)
-            return; /* written by stage 2 */
-        /* log space after stage 2 began: this row may hold a gradient already; the softmax again (same bits) */
-        double nrm[2];
-        SFX(cyctc_row_norm)(x, q->C, g, nrm);
-    }
-    SFX(grad_row)(q, st, work, t, scale, occ, g);
+    /* otherwise stage 2 or the log-space path wrote the row */
 }

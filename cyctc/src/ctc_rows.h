@@ -55,11 +55,11 @@ static inline int64_t row_width(int L) { return 2 * padded(L) + 1 + nblocks(L); 
 static inline int64_t state_slot(int L, int s) { return (s & 1) ? lab_off(L) + (s >> 1) : (s >> 1); }
 
 /* scratch of one direction: 2 rows, 2 lost-mass rows, marks, recomputed values; P, q, u and two arrays of product
- * marks (Lp + 4 each); per-block arrays: exponents before normalisation, crossing values (two), own scales (nb + 4
- * each), for the row and for its shadow */
+ * marks (Lp + 4 each); per-block arrays (nb + 4 each): exponents before normalisation, crossing values (two), own
+ * scales, for the row and for its shadow, the row's flush flags, and one spare */
 static inline int64_t scratch_size(int L)
 {
-    return 6 * row_width(L) + 5 * (padded(L) + 4) + 8 * ((int64_t)nblocks(L) + 4);
+    return 6 * row_width(L) + 6 * (padded(L) + 4) + 10 * ((int64_t)nblocks(L) + 4);
 }
 /* scratch: the sequence's own (loss only: loss_scratch_of(work), it must outlive the task) or the calling thread's
  * (gradient: cyctc_thread_scratch_size(Lmax) doubles, used within one task call only) */
@@ -72,10 +72,12 @@ static inline double *tmp_of(double *scratch, int L) { return probs_of(scratch, 
 static inline double *tmp2_of(double *scratch, int L) { return probs_of(scratch, L) + 2 * (padded(L) + 4); }
 static inline double *tmp3_of(double *scratch, int L) { return probs_of(scratch, L) + 3 * (padded(L) + 4); }
 static inline double *tmp4_of(double *scratch, int L) { return probs_of(scratch, L) + 4 * (padded(L) + 4); }
-/* per-block array i (0..7) of the scratch */
+/* a second P: stage 2 recomputing rows between checkpoints */
+static inline double *probs2_of(double *scratch, int L) { return probs_of(scratch, L) + 5 * (padded(L) + 4); }
+/* per-block array i (0..9) of the scratch */
 static inline double *blocks_of(double *scratch, int L, int i)
 {
-    return probs_of(scratch, L) + 5 * (padded(L) + 4) + i * ((int64_t)nblocks(L) + 4);
+    return probs_of(scratch, L) + 6 * (padded(L) + 4) + i * ((int64_t)nblocks(L) + 4);
 }
 
 /* 2^e for e in [-1022, 1023], from its bits */
@@ -188,49 +190,61 @@ static CYCTC_ALWAYS_INLINE void zero_padding(double *n, int L)
         n[lo + k] = 0.0;
 }
 
-/* Scale each block of r (its values in the units of the exponents En) to a sum in [0.5, 1) by an exact power of
- * two; r's exponents become En + e. Returns 1 (a flush for the lost-mass row) when a block scaled down by more than
- * 8 left a positive value below CYCTC_FLUSH, or a block sum was under the normal range; CYCTC_LOGSPACE when every
- * block is empty (the row lost everything). up: a lost-mass row, whose positive values are kept at least
- * CYCTC_MIN_NORMAL (an upper bound stays one). */
-static CYCTC_ALWAYS_INLINE int normalise_rows(double *r, int L, const double *En, int up)
+/* Scale block j of r (its values in the units of the exponent En[j]) to a sum in [0.5, 1) by an exact power of
+ * two; its exponent becomes En[j] + e (-inf for an empty block). Returns 1 (a flush for the lost-mass row) when the
+ * block, scaled down by more than 8, left a positive value below CYCTC_FLUSH, or its sum was under the normal range;
+ * 2 when the block holds something. up: a lost-mass row, whose positive values are kept at least CYCTC_MIN_NORMAL
+ * (an upper bound stays one). */
+static CYCTC_ALWAYS_INLINE int normalise_block(double *r, int64_t lo, double *E, int j, const double *En, int up)
+{
+    const double s = block_sum(r, lo, j);
+    if (!(s > 0.0)) {
+        E[j] = -INFINITY;
+        return 0;
+    }
+    double *b = r + (int64_t)j * CYCTC_G, *l = r + lo + (int64_t)j * CYCTC_G;
+    if (s < CYCTC_MIN_NORMAL) { /* every value subnormal: each was flagged when it was made */
+        const int e = expo_any(s);
+        for (int i = 0; i < CYCTC_G; i++) {
+            b[i] = ldexp(b[i], -e);
+            l[i] = ldexp(l[i], -e);
+        }
+        E[j] = En[j] + e;
+        return 3;
+    }
+    const int e = expo(s);
+    int fl = 2;
+    if (e > 3 && !up)
+        fl |= block_has_small(r, lo, j, pow2i(e - 1019));
+    if (up && e > 3) {
+        const double f = pow2i(-e);
+        for (int i = 0; i < CYCTC_G; i++) {
+            b[i] = b[i] > 0.0 ? fmax(b[i] * f, CYCTC_MIN_NORMAL) : 0.0;
+            l[i] = l[i] > 0.0 ? fmax(l[i] * f, CYCTC_MIN_NORMAL) : 0.0;
+        }
+    } else {
+        scale_block(r, lo, j, pow2i(-e));
+    }
+    E[j] = En[j] + e;
+    return fl;
+}
+
+/* normalise_block for every block of a main row; bf: each block's flush flag, or-ed in (NULL: none kept).
+ * Returns 1 when a block flushed, CYCTC_LOGSPACE when every block is empty (the row lost everything). */
+static CYCTC_ALWAYS_INLINE int normalise_rows(double *r, int L, const double *En, double *bf)
 {
     const int nb = nblocks(L);
     const int64_t lo = lab_off(L);
     double *E = r + exp_off(L);
     int fl = 0, any = 0;
     for (int j = 0; j < nb; j++) {
-        const double s = block_sum(r, lo, j);
-        if (!(s > 0.0)) {
-            E[j] = -INFINITY;
-            continue;
-        }
-        any = 1;
-        if (s < CYCTC_MIN_NORMAL) { /* every value subnormal: each was flagged when it was made */
-            const int e = expo_any(s);
-            double *b = r + (int64_t)j * CYCTC_G, *l = r + lo + (int64_t)j * CYCTC_G;
-            for (int i = 0; i < CYCTC_G; i++) {
-                b[i] = ldexp(b[i], -e);
-                l[i] = ldexp(l[i], -e);
-            }
-            E[j] = En[j] + e;
+        const int f = normalise_block(r, lo, E, j, En, 0);
+        any |= f;
+        if (f & 1) {
             fl = 1;
-            continue;
+            if (bf)
+                bf[j] = 1.0;
         }
-        const int e = expo(s);
-        if (e > 3 && !up)
-            fl |= block_has_small(r, lo, j, pow2i(e - 1019));
-        if (up && e > 3) {
-            double *b = r + (int64_t)j * CYCTC_G, *l = r + lo + (int64_t)j * CYCTC_G;
-            const double f = pow2i(-e);
-            for (int i = 0; i < CYCTC_G; i++) {
-                b[i] = b[i] > 0.0 ? fmax(b[i] * f, CYCTC_MIN_NORMAL) : 0.0;
-                l[i] = l[i] > 0.0 ? fmax(l[i] * f, CYCTC_MIN_NORMAL) : 0.0;
-            }
-        } else {
-            scale_block(r, lo, j, pow2i(-e));
-        }
-        E[j] = En[j] + e;
     }
     return any ? fl : CYCTC_LOGSPACE;
 }
@@ -257,7 +271,8 @@ static inline void zero_exponents(double *En, int L)
  * En[j]'s units). os: NULL (the vectorised step: returns CYCTC_SLOW where a block's own values would need
  * rescaling), or each block's own scale (1, or for a block far below its neighbour the factor that brings it to
  * the neighbour's scale). up: round crossing values up (lost-mass rows). Returns 1 when a crossing value lost bits. */
-static CYCTC_ALWAYS_INLINE int fwd_plan(int L, const double *a, double *En, double *cv, double *os, int up)
+static CYCTC_ALWAYS_INLINE int fwd_plan(int L, const double *a, double *En, double *cv, double *os, int up,
+                                        double *bf)
 {
     const int nb = nblocks(L);
     const double *Ea = a + exp_off(L), *al = a + lab_off(L);
@@ -266,12 +281,16 @@ static CYCTC_ALWAYS_INLINE int fwd_plan(int L, const double *a, double *En, doub
     cv[0] = 0.0;
     if (os)
         os[0] = 1.0;
+    if (bf)
+        bf[0] = 0.0;
     for (int j = 1; j < nb; j++) {
         const double src = al[(int64_t)j * CYCTC_G - 1];
         En[j] = Ea[j];
         cv[j] = 0.0;
         if (os)
             os[j] = 1.0;
+        if (bf)
+            bf[j] = 0.0;
         if (!(src > 0.0))
             continue;
         const double d = Ea[j - 1] - Ea[j];
@@ -284,14 +303,20 @@ static CYCTC_ALWAYS_INLINE int fwd_plan(int L, const double *a, double *En, doub
             const int e = src >= CYCTC_MIN_NORMAL ? expo(src) : 0; /* a subnormal src was flagged when made */
             En[j] = Ea[j - 1] + e;
             cv[j] = src * pow2i(-e);
-            fl |= src < CYCTC_MIN_NORMAL;
+            if (src < CYCTC_MIN_NORMAL || Ea[j] != -INFINITY) {
+                fl |= 1;
+                if (bf)
+                    bf[j] = 1.0;
+            }
             if (os && Ea[j] != -INFINITY)
                 os[j] = Ea[j] - En[j] < -1022.0 ? 0.0 : pow2i((int)(Ea[j] - En[j]));
             continue;
         }
         cv[j] = d < -1000.0 ? 0.0 : src * pow2i((int)d);
         if (cv[j] < CYCTC_FLUSH) {
-            fl = 1;
+            fl |= 1;
+            if (bf)
+                bf[j] = 1.0;
             if (up)
                 cv[j] = fmax(cv[j], CYCTC_MIN_NORMAL);
         }
@@ -303,36 +328,45 @@ static CYCTC_ALWAYS_INLINE int fwd_plan(int L, const double *a, double *En, doub
  * normalisation (in the exponents En of fwd_plan, cv its crossing values). Returns 1 when a product of a nonzero
  * sum and its probability may have fallen below CYCTC_FLUSH (block boundaries may report a flush that
  * fwd_exact's marks then find was none). */
-static CYCTC_ALWAYS_INLINE int fwd_step(int L, double stay, const double *skipw, const double *a, const double *P, double *n,
-                           const double *cv)
+static CYCTC_ALWAYS_INLINE int fwd_step(int L, double stay, const double *skipw, const double *a, const double *P,
+                                        double *n, const double *cv, double *bf)
 {
     const double *ab = a, *al = a + lab_off(L);
     double *nb = n, *nl = n + lab_off(L);
     const double pb = P[0], *pl = P + 1;
+    const int nbk = nblocks(L);
     int flushed = 0;
-    for (int k = 0; k <= L; k++) {
-        const double s = ab[k] + al[k - 1];
-        const double v = s * pb;
-        flushed |= (s > 0.0) & (v < CYCTC_FLUSH);
-        nb[k] = v;
-    }
-    for (int k = 0; k < L; k++) {
-        const double s = stay * al[k] + ab[k] + skipw[k] * al[k - 1];
-        const double v = s * pl[k];
-        flushed |= (s > 0.0) & (v < CYCTC_FLUSH);
-        nl[k] = v;
-    }
-    /* the first index of each block again, with the crossing value in the block's units */
-    for (int j = 1, k = CYCTC_G; k <= L; j++, k += CYCTC_G) {
-        const double s = ab[k] + cv[j];
-        const double v = s * pb;
-        flushed |= (s > 0.0) & (v < CYCTC_FLUSH);
-        nb[k] = v;
-        if (k < L) {
-            const double s2 = stay * al[k] + ab[k] + skipw[k] * cv[j];
-            const double v2 = s2 * pl[k];
-            flushed |= (s2 > 0.0) & (v2 < CYCTC_FLUSH);
-            nl[k] = v2;
+    for (int j = 0; j < nbk; j++) {
+        const int k0 = j * CYCTC_G;
+        const int kb = k0 + CYCTC_G <= L + 1 ? k0 + CYCTC_G : L + 1, kl = k0 + CYCTC_G <= L ? k0 + CYCTC_G : L;
+        int f = 0;
+        for (int k = k0; k < kb; k++) {
+            const double s = ab[k] + al[k - 1];
+            const double v = s * pb;
+            f |= (s > 0.0) & (v < CYCTC_FLUSH);
+            nb[k] = v;
+        }
+        for (int k = k0; k < kl; k++) {
+            const double s = stay * al[k] + ab[k] + skipw[k] * al[k - 1];
+            const double v = s * pl[k];
+            f |= (s > 0.0) & (v < CYCTC_FLUSH);
+            nl[k] = v;
+        }
+        if (j > 0 && k0 <= L) { /* the block's first index again, with the crossing value in the block's units */
+            const double s = ab[k0] + cv[j];
+            const double v = s * pb;
+            f |= (s > 0.0) & (v < CYCTC_FLUSH);
+            nb[k0] = v;
+            if (k0 < L) {
+                const double s2 = stay * al[k0] + ab[k0] + skipw[k0] * cv[j];
+                const double v2 = s2 * pl[k0];
+                f |= (s2 > 0.0) & (v2 < CYCTC_FLUSH);
+                nl[k0] = v2;
+            }
+        }
+        if (f) {
+            flushed = 1;
+            bf[j] = 1.0;
         }
     }
     zero_padding(n, L);
@@ -345,15 +379,16 @@ static inline double own(double v, double o, int up) { return up && v > 0.0 ? fm
 /* The forward step one state at a time, for any plan (fwd_plan with own scales os): the rare case of the main row,
  * and the lost-mass rows (up). The same operations as fwd_step where the own scales are 1, so the same numbers.
  * marks (NULL or a row): 1 at every state whose value may have lost more than rounding (a flushed product, a
- * crossing value under the normal range, a block brought to its neighbour's scale), else 0. */
+ * crossing value under the normal range, a block brought to its neighbour's scale), else 0. Only blocks j0..j1
+ * are computed (the others of n and marks are left as they are). */
 static CYCTC_NOINLINE void fwd_exact(int L, double stay, const double *skipw, const double *a, const double *P, double *n,
-                      const double *cv, const double *os, int up, double *marks)
+                      const double *cv, const double *os, int up, double *marks, int j0, int j1)
 {
-    const int64_t lo = lab_off(L), Lp = padded(L);
+    const int64_t lo = lab_off(L);
     const double *ab = a, *al = a + lo, *Ea = a + exp_off(L);
     double *nb = n, *nl = n + lo;
     const double pb = P[0], *pl = P + 1;
-    for (int64_t k = 0; k < Lp; k++) {
+    for (int64_t k = (int64_t)j0 * CYCTC_G; k < (int64_t)(j1 + 1) * CYCTC_G; k++) {
         const int j = (int)(k / CYCTC_G);
         const double o = os[j];
         const int first = k > 0 && k % CYCTC_G == 0;
@@ -408,7 +443,7 @@ static CYCTC_NOINLINE void fwd_exact(int L, double stay, const double *skipw, co
  * values crossing into block j from block j + 1 in En[j]'s units: cb[j] = beta of blank (j+1)G, cq[j] = p(label
  * (j+1)G) x beta of label (j+1)G. os, up and the result as in fwd_plan. */
 static CYCTC_ALWAYS_INLINE int bwd_plan(int L, const double *b, const double *P, double *En, double *cb, double *cq, double *os,
-                           int up)
+                           int up, double *bf)
 {
     const int nb = nblocks(L);
     const double *Eb = b + exp_off(L), *bb = b, *bl = b + lab_off(L), *pl = P + 1;
@@ -417,6 +452,8 @@ static CYCTC_ALWAYS_INLINE int bwd_plan(int L, const double *b, const double *P,
     cb[nb - 1] = cq[nb - 1] = 0.0;
     if (os)
         os[nb - 1] = 1.0;
+    if (bf)
+        bf[nb - 1] = 0.0;
     for (int j = nb - 2; j >= 0; j--) {
         const int k1 = (j + 1) * CYCTC_G;
         const double sb = bb[k1], sq = k1 < L ? pl[k1] * bl[k1] : 0.0;
@@ -424,6 +461,8 @@ static CYCTC_ALWAYS_INLINE int bwd_plan(int L, const double *b, const double *P,
         cb[j] = cq[j] = 0.0;
         if (os)
             os[j] = 1.0;
+        if (bf)
+            bf[j] = 0.0;
         if (!(sb > 0.0 || sq > 0.0))
             continue;
         const double d = Eb[j + 1] - Eb[j];
@@ -438,7 +477,12 @@ static CYCTC_ALWAYS_INLINE int bwd_plan(int L, const double *b, const double *P,
             En[j] = Eb[j + 1] + e;
             cb[j] = sb * pow2i(-e);
             cq[j] = sq * pow2i(-e);
-            fl |= m < CYCTC_MIN_NORMAL;
+            if (m < CYCTC_MIN_NORMAL || (sb > 0.0 && cb[j] < CYCTC_FLUSH) || (sq > 0.0 && cq[j] < CYCTC_FLUSH) ||
+                Eb[j] != -INFINITY) {
+                fl |= 1;
+                if (bf)
+                    bf[j] = 1.0;
+            }
             if (os && Eb[j] != -INFINITY)
                 os[j] = Eb[j] - En[j] < -1022.0 ? 0.0 : pow2i((int)(Eb[j] - En[j]));
             continue;
@@ -447,7 +491,9 @@ static CYCTC_ALWAYS_INLINE int bwd_plan(int L, const double *b, const double *P,
         cb[j] = sb * f;
         cq[j] = sq * f;
         if ((sb > 0.0 && cb[j] < CYCTC_FLUSH) || (sq > 0.0 && cq[j] < CYCTC_FLUSH)) {
-            fl = 1;
+            fl |= 1;
+            if (bf)
+                bf[j] = 1.0;
             if (up) {
                 cb[j] = sb > 0.0 ? fmax(cb[j], CYCTC_MIN_NORMAL) : 0.0;
                 cq[j] = sq > 0.0 ? fmax(cq[j], CYCTC_MIN_NORMAL) : 0.0;
@@ -458,48 +504,66 @@ static CYCTC_ALWAYS_INLINE int bwd_plan(int L, const double *b, const double *P,
 }
 
 /* n = beta[t - 1] from b = beta[t] and frame t's probabilities P, before normalisation (bwd_plan's cb, cq); q: Lp
- * temporaries. Returns 1 when a product of a nonzero state and its probability fell below CYCTC_FLUSH. */
-static CYCTC_ALWAYS_INLINE int bwd_step(int L, double stay, const double *skipw, const double *b, const double *P, double *q,
-                           double *n, const double *cb, const double *cq)
+ * temporaries. Returns 1 when a product of a nonzero state and its probability fell below CYCTC_FLUSH; bf: the
+ * blocks of the states such a product feeds. */
+static CYCTC_ALWAYS_INLINE int bwd_step(int L, double stay, const double *skipw, const double *b, const double *P,
+                                        double *q, double *n, const double *cb, const double *cq, double *bf)
 {
     const double *bb = b, *bl = b + lab_off(L);
     double *nb = n, *nl = n + lab_off(L);
     const double pb = P[0], *pl = P + 1;
+    const int nbk = nblocks(L);
     int flushed = 0;
-    for (int k = 0; k < L; k++) {
-        q[k] = pl[k] * bl[k];
-        flushed |= (bl[k] > 0.0) & (q[k] < CYCTC_FLUSH);
+    for (int j = 0; j < nbk; j++) {
+        const int k0 = j * CYCTC_G;
+        const int kb = k0 + CYCTC_G <= L + 1 ? k0 + CYCTC_G : L + 1, kl = k0 + CYCTC_G <= L ? k0 + CYCTC_G : L;
+        int f = 0;
+        for (int k = k0; k < kl; k++) {
+            q[k] = pl[k] * bl[k];
+            f |= (bl[k] > 0.0) & (q[k] < CYCTC_FLUSH);
+        }
+        for (int k = k0; k < kb; k++) {
+            const double u = pb * bb[k];
+            f |= (bb[k] > 0.0) & (u < CYCTC_FLUSH);
+        }
+        if (f) { /* the products of block j feed its states and the last label state of block j - 1 */
+            flushed = 1;
+            bf[j] = 1.0;
+            if (j > 0)
+                bf[j - 1] = 1.0;
+        }
     }
     q[L] = 0.0;
-    for (int k = 0; k <= L; k++) {
-        const double u = pb * bb[k];
-        flushed |= (bb[k] > 0.0) & (u < CYCTC_FLUSH);
-        nb[k] = u + q[k];
-    }
+    for (int k = 0; k <= L; k++)
+        nb[k] = pb * bb[k] + q[k];
     for (int k = 0; k < L; k++)
         nl[k] = stay * q[k] + pb * bb[k + 1] + skipw[k + 1] * q[k + 1];
     /* the last index of each block again, with the values crossing from the next block in the block's units */
     for (int j = 0, k = CYCTC_G - 1; k < L; j++, k += CYCTC_G) {
         const double u = pb * cb[j];
-        flushed |= (cb[j] > 0.0) & (u < CYCTC_FLUSH);
+        if ((cb[j] > 0.0) & (u < CYCTC_FLUSH)) {
+            flushed = 1;
+            bf[j] = 1.0;
+        }
         nl[k] = stay * q[k] + u + skipw[k + 1] * cq[j];
     }
     zero_padding(n, L);
     return flushed;
 }
 
-/* The backward step one state at a time (see fwd_exact); q, u, qm, um: Lp + 1 temporaries each (the products and
- * whether each lost bits). */
+/* The backward step one state at a time (see fwd_exact), blocks j0..j1; q, u, qm, um: Lp + 1 temporaries each
+ * (the products and whether each lost bits). */
 static CYCTC_NOINLINE void bwd_exact(int L, double stay, const double *skipw, const double *b, const double *P, double *n,
                       const double *cb, const double *cq, const double *os, int up, double *marks, double *q,
-                      double *u, double *qm, double *um)
+                      double *u, double *qm, double *um, int j0, int j1)
 {
     const int64_t lo = lab_off(L), Lp = padded(L);
+    const int64_t k0 = (int64_t)j0 * CYCTC_G, k1 = (int64_t)(j1 + 1) * CYCTC_G;
     const int nb_ = nblocks(L);
     const double *bb = b, *bl = b + lo, *Eb = b + exp_off(L);
     double *nb = n, *nl = n + lo;
     const double pb = P[0], *pl = P + 1;
-    for (int64_t k = 0; k <= Lp; k++) {
+    for (int64_t k = k0; k <= k1 && k <= Lp; k++) {
         const double o = k < Lp ? os[k / CYCTC_G] : 1.0;
         const int resc = o != 1.0;
         double qv = k < L ? pl[k] * own(bl[k], o, up) : 0.0;
@@ -515,7 +579,7 @@ static CYCTC_NOINLINE void bwd_exact(int L, double stay, const double *skipw, co
         qm[k] = qlost;
         um[k] = ulost;
     }
-    for (int64_t k = 0; k < Lp; k++) {
+    for (int64_t k = k0; k < k1; k++) {
         const int j = (int)(k / CYCTC_G);
         const int last = k % CYCTC_G == CYCTC_G - 1 && j < nb_ - 1;
         double mb = 0.0, ml = 0.0;
@@ -551,12 +615,11 @@ static CYCTC_NOINLINE void bwd_exact(int L, double stay, const double *skipw, co
 
 /* ---- the rare path of a step: marks, the lost-mass row, dropping what is negligible ------------------------ */
 
-/* After a step whose fast loops or normalisation reported a flush: add the states whose final (normalised) value
- * in n fell below CYCTC_FLUSH although the value before normalisation (redo) was positive. */
-static inline void marks_after_normalise(const double *redo, const double *n, int L, double *marks)
+/* After a step whose fast loops or normalisation reported a flush in block j: add the states whose final
+ * (normalised) value in n fell below CYCTC_FLUSH although the value before normalisation (redo) was positive. */
+static inline void marks_after_normalise(const double *redo, const double *n, int64_t lo, int j, double *marks)
 {
-    const int64_t lo = lab_off(L), Lp = padded(L);
-    for (int64_t k = 0; k < Lp; k++) {
+    for (int64_t k = (int64_t)j * CYCTC_G; k < (int64_t)(j + 1) * CYCTC_G; k++) {
         if (redo[k] > 0.0 && n[k] < CYCTC_FLUSH)
             marks[k] = 1.0;
         if (redo[lo + k] > 0.0 && n[lo + k] < CYCTC_FLUSH)
@@ -564,44 +627,40 @@ static inline void marks_after_normalise(const double *redo, const double *n, in
     }
 }
 
-/* Add to the lost-mass row ln (before normalisation, exponents Enl) the bound of what each marked state of the
- * main row lost: 2^(CYCTC_LOST_BOUND_LOG2 + max(exponent before, after normalisation)) of its block. */
-static inline void inject_lost(double *ln, double *Enl, int L, const double *marks, const double *En_main,
-                               const double *Ef_main)
+/* Add to block j of the lost-mass row ln (before normalisation, exponents Enl) the bound of what each marked state
+ * of the main row lost: 2^(CYCTC_LOST_BOUND_LOG2 + max(exponent before, after normalisation)) of its block. */
+static inline void inject_lost(double *ln, double *Enl, int64_t lo, int j, const double *marks, double en,
+                               double ef)
 {
-    const int nb = nblocks(L);
-    const int64_t lo = lab_off(L);
-    for (int j = 0; j < nb; j++) {
-        int any = 0;
-        for (int i = 0; i < CYCTC_G; i++)
-            any |= (marks[(int64_t)j * CYCTC_G + i] != 0.0) | (marks[lo + (int64_t)j * CYCTC_G + i] != 0.0);
-        if (!any)
-            continue;
-        const double ea = (double)CYCTC_LOST_BOUND_LOG2 + fmax(En_main[j], Ef_main[j]);
-        double d;
-        if (Enl[j] == -INFINITY || block_sum(ln, lo, j) == 0.0) {
+    int any = 0;
+    for (int i = 0; i < CYCTC_G; i++)
+        any |= (marks[(int64_t)j * CYCTC_G + i] != 0.0) | (marks[lo + (int64_t)j * CYCTC_G + i] != 0.0);
+    if (!any)
+        return;
+    const double ea = (double)CYCTC_LOST_BOUND_LOG2 + fmax(en, ef);
+    double d;
+    if (Enl[j] == -INFINITY || block_sum(ln, lo, j) == 0.0) {
+        Enl[j] = ea;
+        d = 0.0;
+    } else {
+        d = ea - Enl[j];
+        if (d > 1000.0) { /* what the block holds is far below the new loss: to the loss's scale, rounded up */
+            double *b = ln + (int64_t)j * CYCTC_G, *l = ln + lo + (int64_t)j * CYCTC_G;
+            for (int i = 0; i < CYCTC_G; i++) {
+                b[i] = b[i] > 0.0 ? fmax(scale2(b[i], -d), CYCTC_MIN_NORMAL) : 0.0;
+                l[i] = l[i] > 0.0 ? fmax(scale2(l[i], -d), CYCTC_MIN_NORMAL) : 0.0;
+            }
             Enl[j] = ea;
             d = 0.0;
-        } else {
-            d = ea - Enl[j];
-            if (d > 1000.0) { /* what the block holds is far below the new loss: bring it to the loss's scale */
-                double *b = ln + (int64_t)j * CYCTC_G, *l = ln + lo + (int64_t)j * CYCTC_G;
-                for (int i = 0; i < CYCTC_G; i++) {
-                    b[i] = b[i] > 0.0 ? CYCTC_MIN_NORMAL : 0.0; /* at least what it was, in the new units */
-                    l[i] = l[i] > 0.0 ? CYCTC_MIN_NORMAL : 0.0;
-                }
-                Enl[j] = ea;
-                d = 0.0;
-            }
         }
-        const double inj = d < -1000.0 ? pow2i(-1000) : pow2i((int)d); /* an over-estimate below 2^-1000 */
-        for (int i = 0; i < CYCTC_G; i++) {
-            const int64_t k = (int64_t)j * CYCTC_G + i;
-            if (marks[k] != 0.0)
-                ln[k] += inj;
-            if (marks[lo + k] != 0.0)
-                ln[lo + k] += inj;
-        }
+    }
+    const double inj = d < -1000.0 ? pow2i(-1000) : pow2i((int)d); /* an over-estimate below 2^-1000 */
+    for (int i = 0; i < CYCTC_G; i++) {
+        const int64_t k = (int64_t)j * CYCTC_G + i;
+        if (marks[k] != 0.0)
+            ln[k] += inj;
+        if (marks[lo + k] != 0.0)
+            ln[lo + k] += inj;
     }
 }
 
@@ -704,87 +763,136 @@ static inline double rows_dot_bound_log2(const double *a, const double *b, int L
 
 /* One step of a main row from a to n (P: the frame's probabilities), before normalisation: the plan, then the
  * vectorised step, or the state-by-state one where a block needs rescaling. The exponents n's values are in go to
- * the scratch's first per-block array. Returns 1 when the step may have flushed. */
-static CYCTC_ALWAYS_INLINE int fwd_advance(int L, double stay, const double *skipw, const double *a, const double *P, double *n,
-                              double *sc)
+ * the scratch's per-block array 0, each block's flush flag to array 8. Returns 1 when the step may have flushed. */
+static CYCTC_ALWAYS_INLINE int fwd_advance(int L, double stay, const double *skipw, const double *a, const double *P,
+                                           double *n, double *sc)
 {
-    double *En = blocks_of(sc, L, 0), *cv = blocks_of(sc, L, 1), *os = blocks_of(sc, L, 3);
-    const int fl = fwd_plan(L, a, En, cv, NULL, 0);
+    double *En = blocks_of(sc, L, 0), *cv = blocks_of(sc, L, 1), *os = blocks_of(sc, L, 3), *bf = blocks_of(sc, L, 8);
+    const int fl = fwd_plan(L, a, En, cv, NULL, 0, bf);
     if (fl & CYCTC_SLOW) {
-        fwd_plan(L, a, En, cv, os, 0);
-        fwd_exact(L, stay, skipw, a, P, n, cv, os, 0, NULL);
+        fwd_plan(L, a, En, cv, os, 0, bf);
+        fwd_exact(L, stay, skipw, a, P, n, cv, os, 0, NULL, 0, nblocks(L) - 1);
+        zero_padding(n, L);
+        for (int j = 0; j < nblocks(L); j++)
+            bf[j] = 1.0;
         return 1;
     }
-    return fl | fwd_step(L, stay, skipw, a, P, n, cv);
+    return fl | fwd_step(L, stay, skipw, a, P, n, cv, bf);
 }
 
-static CYCTC_ALWAYS_INLINE int bwd_advance(int L, double stay, const double *skipw, const double *b, const double *P, double *n,
-                              double *sc)
+static CYCTC_ALWAYS_INLINE int bwd_advance(int L, double stay, const double *skipw, const double *b, const double *P,
+                                           double *n, double *sc)
 {
     double *En = blocks_of(sc, L, 0), *cb = blocks_of(sc, L, 1), *cq = blocks_of(sc, L, 2), *os = blocks_of(sc, L, 3);
-    const int fl = bwd_plan(L, b, P, En, cb, cq, NULL, 0);
+    double *bf = blocks_of(sc, L, 8);
+    const int fl = bwd_plan(L, b, P, En, cb, cq, NULL, 0, bf);
     if (fl & CYCTC_SLOW) {
-        bwd_plan(L, b, P, En, cb, cq, os, 0);
+        bwd_plan(L, b, P, En, cb, cq, os, 0, bf);
         bwd_exact(L, stay, skipw, b, P, n, cb, cq, os, 0, NULL, tmp_of(sc, L), tmp2_of(sc, L), tmp3_of(sc, L),
-                  tmp4_of(sc, L));
+                  tmp4_of(sc, L), 0, nblocks(L) - 1);
+        zero_padding(n, L);
+        for (int j = 0; j < nblocks(L); j++)
+            bf[j] = 1.0;
         return 1;
     }
-    return fl | bwd_step(L, stay, skipw, b, P, tmp_of(sc, L), n, cb, cq);
+    return fl | bwd_step(L, stay, skipw, b, P, tmp_of(sc, L), n, cb, cq, bf);
 }
 
 /* One frame of a direction's lost-mass row (see "Lost mass" above): cur -> nxt was the main row's step (nxt
- * normalised), flushed: it reported a flush. Then the states of the main step that lost more than rounding are
- * marked exactly, the shadow row takes its step and their bounds, and its blocks that are negligible against the
- * main row are dropped into *eps. *on: the shadow holds something; *li: which of the two lost rows is current. */
+ * normalised; the scratch's array 8 flags the blocks where it may have flushed), flushed: any did. The states of
+ * those blocks that lost more than rounding are marked exactly, the shadow row takes its step over the blocks it
+ * occupies (and the ones it spreads to, and the flagged ones) and their bounds, and its blocks that are negligible
+ * against the main row are dropped into *eps. *on: the shadow holds something; *li: which of the two lost rows is
+ * current; rng[2 i], rng[2 i + 1]: the first and last block lost row i may occupy (the others are empty). */
 static CYCTC_NOINLINE void lost_frame(int L, double stay, const double *skipw, const double *cur, const double *P,
-                       const double *nxt, int flushed, int backward, double *sc, int *on, int *li, double *eps)
+                                      const double *nxt, int flushed, int backward, double *sc, int *on, int *li,
+                                      double *eps, int *rng)
 {
-    const int64_t W = row_width(L), E = exp_off(L);
+    const int64_t W = row_width(L), E = exp_off(L), lo = lab_off(L);
     const int nb = nblocks(L);
     double *lost = lost_of(sc, L), *marks = marks_of(sc, L), *redo = redo_of(sc, L);
     double *En = blocks_of(sc, L, 0), *c1 = blocks_of(sc, L, 1), *c2 = blocks_of(sc, L, 2), *os = blocks_of(sc, L, 3);
     double *Enl = blocks_of(sc, L, 4), *l1 = blocks_of(sc, L, 5), *l2 = blocks_of(sc, L, 6);
-    double *osl = blocks_of(sc, L, 7);
+    double *osl = blocks_of(sc, L, 7), *bf = blocks_of(sc, L, 8);
     double *t1 = tmp_of(sc, L), *t2 = tmp2_of(sc, L), *t3 = tmp3_of(sc, L), *t4 = tmp4_of(sc, L);
-    double *lp = lost + (*li) * W, *ln = lost + (*li ^ 1) * W;
+    const int cur_i = *li, nxt_i = *li ^ 1;
+    double *lp = lost + cur_i * W, *ln = lost + nxt_i * W;
+    int f0 = nb, f1 = -1; /* flagged blocks */
     if (flushed) {
-        if (backward) {
-            bwd_plan(L, cur, P, En, c1, c2, os, 0);
-            bwd_exact(L, stay, skipw, cur, P, redo, c1, c2, os, 0, marks, t1, t2, t3, t4);
-        } else {
-            fwd_plan(L, cur, En, c1, os, 0);
-            fwd_exact(L, stay, skipw, cur, P, redo, c1, os, 0, marks);
-        }
-        marks_after_normalise(redo, nxt, L, marks);
         if (!*on) {
             clear_row(lp, L);
+            clear_row(ln, L);
+            rng[0] = rng[2] = nb;
+            rng[1] = rng[3] = -1;
             *on = 1;
         }
-    }
-    if (backward) {
-        bwd_plan(L, lp, P, Enl, l1, l2, osl, 1);
-        bwd_exact(L, stay, skipw, lp, P, ln, l1, l2, osl, 1, NULL, t1, t2, t3, t4);
-    } else {
-        fwd_plan(L, lp, Enl, l1, osl, 1);
-        fwd_exact(L, stay, skipw, lp, P, ln, l1, osl, 1, NULL);
-    }
-    if (flushed)
-        inject_lost(ln, Enl, L, marks, En, nxt + E);
-    normalise_rows(ln, L, Enl, 1);
-    int left = 0;
-    for (int j = 0; j < nb; j++) {
-        if (ln[E + j] == -INFINITY)
-            continue;
-        const double r = lost_ratio_log2(ln, nxt, L, j);
-        if (r <= (double)CYCTC_DROP_LOG2) {
-            *eps += exp2(r);
-            clear_block(ln, L, j);
-        } else {
-            left = 1;
+        if (backward)
+            bwd_plan(L, cur, P, En, c1, c2, os, 0, NULL);
+        else
+            fwd_plan(L, cur, En, c1, os, 0, NULL);
+        for (int j = 0; j < nb; j++) {
+            if (bf[j] == 0.0)
+                continue;
+            f0 = j < f0 ? j : f0;
+            f1 = j;
+            if (backward)
+                bwd_exact(L, stay, skipw, cur, P, redo, c1, c2, os, 0, marks, t1, t2, t3, t4, j, j);
+            else
+                fwd_exact(L, stay, skipw, cur, P, redo, c1, os, 0, marks, j, j);
+            marks_after_normalise(redo, nxt, lo, j, marks);
         }
     }
-    *li ^= 1;
-    *on = left; /* all dropped: the next flush starts a fresh row */
+    /* the blocks of the new shadow row: where the current one is, one further in the recursion's direction, and
+     * the flagged ones */
+    int j0 = rng[2 * cur_i], j1 = rng[2 * cur_i + 1];
+    if (j0 <= j1) {
+        if (backward)
+            j0 = j0 > 0 ? j0 - 1 : 0;
+        else
+            j1 = j1 < nb - 1 ? j1 + 1 : nb - 1;
+    }
+    j0 = f0 < j0 ? f0 : j0;
+    j1 = f1 > j1 ? f1 : j1;
+    /* blocks the other row may still hold outside that range are cleared */
+    for (int j = rng[2 * nxt_i]; j <= rng[2 * nxt_i + 1]; j++)
+        if (j < j0 || j > j1)
+            clear_block(ln, L, j);
+    int n0 = nb, n1 = -1;
+    if (j0 <= j1) {
+        if (backward) {
+            bwd_plan(L, lp, P, Enl, l1, l2, osl, 1, NULL);
+            bwd_exact(L, stay, skipw, lp, P, ln, l1, l2, osl, 1, NULL, t1, t2, t3, t4, j0, j1);
+        } else {
+            fwd_plan(L, lp, Enl, l1, osl, 1, NULL);
+            fwd_exact(L, stay, skipw, lp, P, ln, l1, osl, 1, NULL, j0, j1);
+        }
+        for (int j = j0; j <= j1; j++) {
+            if (flushed && bf[j] != 0.0)
+                inject_lost(ln, Enl, lo, j, marks, En[j], nxt[E + j]);
+            normalise_block(ln, lo, ln + E, j, Enl, 1);
+            if (ln[E + j] == -INFINITY)
+                continue;
+            const double r = lost_ratio_log2(ln, nxt, L, j);
+            if (r <= (double)CYCTC_DROP_LOG2) {
+                *eps += exp2(r);
+                clear_block(ln, L, j);
+            } else {
+                n0 = j < n0 ? j : n0;
+                n1 = j;
+            }
+        }
+    }
+    if (flushed) /* the marks row is all zero again for the next frame that flushes */
+        for (int j = f0; j <= f1; j++)
+            for (int i = 0; i < CYCTC_G; i++) {
+                marks[(int64_t)j * CYCTC_G + i] = 0.0;
+                marks[lo + (int64_t)j * CYCTC_G + i] = 0.0;
+            }
+    ln[lo - 1] = 0.0;
+    rng[2 * nxt_i] = n0;
+    rng[2 * nxt_i + 1] = n1;
+    *li = nxt_i;
+    *on = n0 <= n1; /* all dropped: the next flush starts a fresh row */
 }
 
 /* ---- posteriors of a frame --------------------------------------------------------------------------------- */
@@ -833,6 +941,46 @@ static CYCTC_ALWAYS_INLINE int posterior(double *a, double *b, int L, const cyct
         }
     }
     return 0;
+}
+
+/* ---- the stored rows of a gradient call --------------------------------------------------------------------
+ * k = q->ckpt <= 1: alpha[t] in row t (t < M), beta[t] in row t + 1 (t >= M - 1): T + 1 rows.
+ * k > 1 (checkpoints, for a memory budget): alpha at the frames t < M - 1 that are multiples of k and at M - 1, beta
+ * at the frames t > M - 1 with T - 1 - t a multiple of k and at M - 1; then two segments of k rows in which the
+ * stage-2 tasks compute the rows between two checkpoints again (the forward task beta, the backward task alpha:
+ * the same operations on the same numbers, so the same bits). About T / k + 2k rows: k ~ sqrt(T / 2) at least. */
+static inline int64_t alpha_slots(int M, int k) { return (int64_t)(M - 2 + k) / k + 1; }
+static inline int64_t beta_slots(int T, int M, int k)
+{
+    return (T - M - 1 >= 0 ? (int64_t)(T - M - 1) / k + 1 : 0) + 1;
+}
+static inline int64_t stored_rows(int T, int k)
+{
+    const int M = (T + 1) / 2;
+    return k <= 1 ? (int64_t)T + 1 : alpha_slots(M, k) + beta_slots(T, M, k) + 2 * (int64_t)k;
+}
+/* the stored row of alpha[t], or NULL where frame t has none */
+static inline double *alpha_row(double *rows, int64_t W, int M, int k, int t)
+{
+    if (k <= 1)
+        return rows + (int64_t)t * W;
+    if (t == M - 1)
+        return rows + (alpha_slots(M, k) - 1) * W;
+    return t % k == 0 ? rows + (int64_t)(t / k) * W : NULL;
+}
+static inline double *beta_row(double *rows, int64_t W, int T, int M, int k, int t)
+{
+    if (k <= 1)
+        return rows + (int64_t)(t + 1) * W;
+    const int64_t na = alpha_slots(M, k);
+    if (t == M - 1)
+        return rows + (na + beta_slots(T, M, k) - 1) * W;
+    return (T - 1 - t) % k == 0 ? rows + (na + (T - 1 - t) / k) * W : NULL;
+}
+/* the k rows where stage 2's forward (backward = 0) or backward task recomputes what lies between checkpoints */
+static inline double *segment_rows(double *rows, int64_t W, int T, int M, int k, int backward)
+{
+    return rows + (alpha_slots(M, k) + beta_slots(T, M, k) + (int64_t)backward * k) * W;
 }
 
 #endif
