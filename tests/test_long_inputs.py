@@ -277,3 +277,22 @@ def test_memory_limit_argument_and_environment(func, monkeypatch):
     with contextlib.redirect_stdout(out):
         cyctc.show_config()
     assert f"memory_limit: {3 << 29} bytes" in out.getvalue() and "CYCTC_MEMORY_LIMIT" in out.getvalue()
+
+
+@pytest.mark.parametrize("k", [0, 3])
+def test_many_distinct_classes_exact(k):
+    """Labels of more distinct classes than the kernel deduplicates (64) go through a row of state posteriors per
+    frame: exact against the reference, with every row stored and with checkpoints (the same bits)."""
+    rng = np.random.default_rng(11)
+    T, L, C_ = 260, 120, 200
+    x = rng.standard_normal((2, T, C_))
+    lab = np.stack([rng.permutation(np.arange(1, C_))[:L], rng.integers(1, C_, L)]).astype(np.int32)
+    loss, g, flags = run_k(x, lab, k=k)
+    assert not flags.any()
+    for b in range(2):
+        want, wgrad = reference(x[b], lab[b])
+        assert loss[b] == pytest.approx(want, rel=1e-12)
+        np.testing.assert_allclose(g[b], wgrad, rtol=0, atol=1e-11)
+    if k:
+        base = run_k(x, lab)
+        assert np.array_equal(base[0], loss) and np.array_equal(base[1], g)

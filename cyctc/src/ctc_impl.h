@@ -274,7 +274,7 @@ static void SFX(gamma_grad)(const cyctc_seq *q, const int32_t *cm, const double 
  * g holds the frame's softmax, and becomes scale * (softmax - occupancy), the occupancy of a class being the sum
  * of the posteriors of its states; nothing is stored in the rows. occ: nd doubles, w, wb: nb doubles of scratch.
  * Returns what frame_mass says of the frame (nothing is written then). */
-static inline int SFX(posterior_grad)(const double *a, const double *b, int L, const cyctc_state *st,
+static CYCTC_ALWAYS_INLINE int SFX(posterior_grad)(const double *a, const double *b, int L, const cyctc_state *st,
                                       const int32_t *cm, int C, double scale, double *occ, REAL *g, double *w,
                                       double *wb)
 {

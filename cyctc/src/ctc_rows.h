@@ -923,21 +923,21 @@ static CYCTC_ALWAYS_INLINE int frame_mass(const double *a, const double *b, int 
     return 0;
 }
 
-/* a * b / sum(a * b) (the frame's state posteriors), written over a (out == a) or over b (out == b); w, wb: nb
- * doubles of scratch. Checks the frame's mass against P. */
-static CYCTC_ALWAYS_INLINE int posterior(double *a, double *b, int L, const cyctc_state *st, double *out, double *w, double *wb)
+/* a * b / sum(a * b) (the frame's state posteriors), written to out (a row of its own); w, wb: nb doubles of
+ * scratch. Checks the frame's mass against P. */
+static CYCTC_ALWAYS_INLINE int posterior(const double *a, const double *b, int L, const cyctc_state *st, double *out,
+                                         double *w, double *wb)
 {
     if (frame_mass(a, b, L, st, w, wb))
         return CYCTC_LOGSPACE;
     const int nb = nblocks(L);
     const int64_t lo = lab_off(L);
-    const double *other = out == a ? b : a;
     for (int j = 0; j < nb; j++) {
         const double f = w[j];
         for (int i = 0; i < CYCTC_G; i++) {
             const int64_t k = (int64_t)j * CYCTC_G + i;
-            out[k] = (other[k] * out[k]) * f;
-            out[lo + k] = (other[lo + k] * out[lo + k]) * f;
+            out[k] = (a[k] * b[k]) * f;
+            out[lo + k] = (a[lo + k] * b[lo + k]) * f;
         }
     }
     return 0;
