@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -21,6 +22,9 @@ SCRIPT = os.path.join(BENCH, "gpu_check.sh")
 sys.path.insert(0, BENCH)
 
 import bench_gpu  # noqa: E402
+import fake_cupy  # noqa: E402
+
+from cyctc.cuda import _backend  # noqa: E402
 
 
 def test_dry_run_end_to_end(tmp_path, capsys):
@@ -59,6 +63,87 @@ def test_a_failing_shape_is_reported_and_fails_the_run(monkeypatch, capsys):
     text = capsys.readouterr().out
     assert "| ocr | skipped: MemoryError: out of device memory |" in text and "FAILED shapes: ocr" in text
     assert "| tiny (1, 50, 20, 10) | " in text
+
+
+def test_no_device_is_a_failure_not_a_pass(monkeypatch, capsys):
+    monkeypatch.setattr(bench_gpu, "gpu_ready", lambda: (None, "no CUDA device (cudaErrorNoDevice)"))
+    assert bench_gpu.main(["--shapes", "tiny"]) == bench_gpu.NOTHING_MEASURED == 2
+    assert "FAILED: nothing measured: no CUDA device (cudaErrorNoDevice)" in capsys.readouterr().out
+
+
+def test_a_raising_backend_is_a_failure(monkeypatch, capsys):
+    """CuPy and a device present (the stand-in), but cyctc's CUDA backend raises on the tiny probe problem."""
+    fake_cupy.install(monkeypatch)
+    monkeypatch.setattr(bench_gpu, "gpu_ready", lambda: (fake_cupy, None))
+
+    def broken(*a, **k):
+        raise RuntimeError("cudaErrorInvalidValue: invalid argument")
+    monkeypatch.setattr(_backend, "loss_and_grad", broken)
+    assert bench_gpu.main(["--shapes", "tiny", "--json", "unused.json"]) == 2
+    out = capsys.readouterr().out
+    assert "FAILED: nothing measured: cyctc's CUDA backend raised on a tiny problem (RuntimeError: " in out
+
+
+def test_cyctc_not_importable_is_a_failure(monkeypatch, capsys):
+    fake_cupy.install(monkeypatch)
+    monkeypatch.setattr(bench_gpu, "gpu_ready", lambda: (fake_cupy, None))
+    monkeypatch.setitem(sys.modules, "cyctc", None)  # import cyctc raises ImportError
+    assert bench_gpu.main(["--shapes", "tiny"]) == 2
+    assert "FAILED: nothing measured: cyctc is not importable" in capsys.readouterr().out
+
+
+def test_json_is_written_after_every_shape(tmp_path, monkeypatch):
+    """A run killed during its second shape keeps the first shape's results (complete: false); a finished run says
+    complete: true."""
+    out = tmp_path / "r.json"
+    real = bench_gpu.run_shape
+    seen = {}
+
+    def run_shape(name, *a):
+        if name == "mini":
+            seen["during"] = json.loads(out.read_text())
+            raise KeyboardInterrupt  # what a phase timeout's signal does to the run: nothing after this executes
+        return real(name, *a)
+    monkeypatch.setattr(bench_gpu, "run_shape", run_shape)
+    with pytest.raises(KeyboardInterrupt):
+        bench_gpu.main(["--dry-run", "--shapes", "tiny", "mini=3,30,6,5", "--rounds", "1", "--min-sample-ms", "1",
+                        "--json", str(out)])
+    for data in (seen["during"], json.loads(out.read_text())):
+        assert data["complete"] is False and data["shapes"] == ["tiny", "mini"]
+        assert [r["shape"] for r in data["results"]] == ["tiny"] and data["results"][0]["grad"]["cyctc"]["median"] > 0
+        assert "environment" in data
+    assert [p.name for p in tmp_path.iterdir()] == ["r.json"]  # no temporary file left beside it
+    monkeypatch.setattr(bench_gpu, "run_shape", real)
+    assert bench_gpu.main(["--dry-run", "--shapes", "tiny", "--rounds", "1", "--min-sample-ms", "1",
+                           "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["complete"] is True
+
+
+def test_quick_shapes():
+    assert [n for n, _ in bench_gpu.parse_args(["--quick"]).shapes] == ["speech-char", "long", "one-long", "training"]
+    assert [n for n, _ in bench_gpu.parse_args(["--quick", "--shapes", "tiny"]).shapes] == ["tiny"]
+    assert all(n in bench_gpu.GPU_SHAPES for n in bench_gpu.QUICK_SHAPES)
+
+
+@pytest.mark.parametrize("text, version", [
+    ("NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.104.05  Sat Aug 19 01:15:15 UTC 2023\nGCC version: gcc",
+     "535.104.05"),
+    ("NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  570.86.15  Release Build  (dvs-builder@U16)", "570.86.15"),
+    ("NVRM version: NVIDIA UNIX Open Kernel Module for aarch64  580.65.06  Release Build", "580.65.06"),
+    ("", None),
+    ("no driver here", None),
+])
+def test_nvidia_driver_version_is_parsed(text, version):
+    assert bench_gpu.parse_nvidia_driver(text) == version
+
+
+def test_environment_names_the_commit():
+    head = subprocess.run(["git", "-C", BENCH, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    commit = bench_gpu.environment(bench_gpu.DryDevice(), None)["commit"]
+    if head.returncode == 0:
+        assert commit.split("+")[0] == head.stdout.strip()
+    else:  # not a git checkout (an unpacked sdist)
+        assert commit is None
 
 
 def test_parse_shapes():
@@ -123,53 +208,132 @@ def test_shellcheck_clean():
 
 
 FAKE_PYTHON = r"""#!/usr/bin/env bash
-# stand-in python3 for gpu_check.sh: pip, pytest, setup.py and the benchmark obey FAKE_* variables; inline
-# scripts run on the real interpreter.
+# stand-in python3 for gpu_check.sh: pip, pytest, setup.py and the benchmark obey FAKE_* variables (FAKE_*_SLEEP: hang
+# that long first); the module probe obeys FAKE_HAS_TIMEOUT; other inline scripts run on the real interpreter.
 echo "fake-python $*" >> "$FAKE_CALLS"
 case "$1" in
   -m)
     case "$2" in
       pip) exit "${FAKE_PIP_RC:-0}" ;;
       pytest)
+        sleep "${FAKE_PYTEST_SLEEP:-0}"
         for a in "$@"; do case "$a" in --junitxml=*) x=${a#--junitxml=} ;; esac; done
         printf '<testsuites><testsuite tests="%s" skipped="%s"/></testsuites>' "${FAKE_TESTS:-3}" \
           "${FAKE_SKIPPED:-0}" > "$x"
         exit "${FAKE_PYTEST_RC:-0}" ;;
     esac ;;
   -c) exit "${FAKE_IMPORT_RC:-0}" ;;
-  -) exec "$REAL_PY" "$@" ;;
+  -) [ "${2:-}" = pytest_timeout ] && exit $((1 - ${FAKE_HAS_TIMEOUT:-0}))
+     exec "$REAL_PY" "$@" ;;
   setup.py) exit "${FAKE_SETUP_RC:-1}" ;;
-  */bench_gpu.py) exit "${FAKE_BENCH_RC:-0}" ;;
+  */bench_gpu.py) sleep "${FAKE_BENCH_SLEEP:-0}"; exit "${FAKE_BENCH_RC:-0}" ;;
 esac
 exit 99
 """
+
+
+def _check_env(tmp_path, **env):
+    """Environment for gpu_check.sh with the stand-in python3; its calls are logged in tmp_path/calls."""
+    fake = tmp_path / "python3"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    return dict(os.environ, **dict(dict(PYTHON=str(fake), OUT=str(tmp_path / "out"), REAL_PY=sys.executable,
+                                        FAKE_CALLS=str(tmp_path / "calls"), GPU_CHECK_SHAPES="tiny ocr"), **env))
+
+
+def _run_check(tmp_path, args=(), timeout=120, **env):
+    r = subprocess.run(["bash", SCRIPT, *args], capture_output=True, text=True, env=_check_env(tmp_path, **env),
+                       timeout=timeout)
+    logs = list((tmp_path / "out").glob("gpu_check_*.log"))
+    assert len(logs) == 1, r.stdout + r.stderr
+    return r, logs[0].read_text(), (tmp_path / "calls").read_text()
 
 
 @pytest.mark.parametrize("env, status, says", [
     ({}, 0, "GPU tests: passed"),
     ({"FAKE_PYTEST_RC": "1"}, 1, "GPU tests: FAILED"),
     ({"FAKE_SKIPPED": "3"}, 1, "no GPU test ran"),
-    ({"FAKE_BENCH_RC": "1"}, 3, "benchmark: FAILED"),
+    ({"FAKE_BENCH_RC": "1"}, 3, "benchmark: FAILED (status 1)"),
+    ({"FAKE_BENCH_RC": "2"}, 3, "benchmark: FAILED: nothing measured"),
     ({"FAKE_PYTEST_RC": "1", "FAKE_BENCH_RC": "1"}, 1, "benchmark: FAILED"),
     ({"FAKE_PIP_RC": "1"}, 2, "cyctc is not importable"),
     ({"FAKE_PIP_RC": "1", "FAKE_SETUP_RC": "0"}, 0, "building a private in-place copy"),
     ({"FAKE_IMPORT_RC": "1"}, 2, "cyctc is not importable"),
 ])
 def test_script_phases_and_exit_status(tmp_path, env, status, says):
-    fake = tmp_path / "python3"
-    fake.write_text(FAKE_PYTHON)
-    fake.chmod(0o755)
-    out = tmp_path / "out"
-    calls = tmp_path / "calls"
-    e = dict(os.environ, PYTHON=str(fake), OUT=str(out), REAL_PY=sys.executable, FAKE_CALLS=str(calls),
-             GPU_CHECK_SHAPES="tiny ocr", **env)
-    r = subprocess.run(["bash", SCRIPT], capture_output=True, text=True, env=e, timeout=120)
+    r, log, made = _run_check(tmp_path, **env)
     assert r.returncode == status, r.stdout + r.stderr
-    assert says in r.stdout
-    logs = list(out.glob("gpu_check_*.log"))
-    assert len(logs) == 1 and says in logs[0].read_text()
-    made = calls.read_text()
+    assert says in r.stdout and says in log
+    assert "benchmark: done" not in r.stdout or status in (0, 1) and "FAKE_BENCH_RC" not in env
     if status != 2:
         assert "-m pytest -m gpu" in made and "test_gpu.py" in made
-        assert "bench_gpu.py --json" in made and "--shapes tiny ocr" in made and str(out) in made
+        assert "bench_gpu.py --json" in made and "--shapes tiny ocr" in made and str(tmp_path / "out") in made
     assert "--no-build-isolation --no-deps --no-index ." in made
+    if "FAKE_SETUP_RC" in env:  # the fallback builds with setup.py alone, from a copy without pyproject.toml
+        assert "setup.py build_ext --inplace" in made and "without pyproject.toml" in r.stdout
+
+
+@pytest.mark.parametrize("args, mode, total", [((), "full", 480), (("--quick",), "quick", 240)])
+def test_quick_and_full_checks(tmp_path, args, mode, total):
+    """--quick: the GPU tests, then the benchmark's quick shapes; both modes end within their limits: 8 and 4
+    minutes, so that one device command (600 s) holds the full check and 15 minutes of device time, start-up
+    included, hold --quick twice."""
+    r, log, made = _run_check(tmp_path, args, GPU_CHECK_SHAPES="")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"{mode} check: at most {total} s" in log
+    bench = next(line for line in made.splitlines() if "bench_gpu.py" in line)
+    assert ("--quick" in bench.split()) == (mode == "quick") and "--shapes" not in bench
+    assert f"bench_gpu_{mode}_" in bench
+    assert "-m pytest -m gpu" in made  # the GPU tests run in both
+    budget = float(bench.split("--budget-s ")[1].split()[0])
+    assert 5 <= budget <= total - 50
+    assert total <= (8 if mode == "full" else 4) * 60
+
+
+def test_quick_check_fits_twice_in_the_device_time():
+    """gpu_check.sh's defaults against the GPU machine's limits (issue 20): 10 minutes a command, 15 minutes in all
+    with about 3 minutes of start-up: the full check in one command, --quick twice (a rerun) with the start-up."""
+    text = open(SCRIPT).read()
+    quick = int(text.split("total_s=${GPU_CHECK_TOTAL_S:-")[1].split("}")[0])
+    full = int(text.split("total_s=${GPU_CHECK_TOTAL_S:-")[2].split("}")[0])
+    assert quick == 240 and full == 480
+    assert full <= 600 and 2 * quick + 180 <= 900 and full + 180 <= 900
+
+
+@pytest.mark.parametrize("has_timeout", [True, False])
+def test_per_test_timeout_when_pytest_timeout_is_installed(tmp_path, has_timeout):
+    r, log, made = _run_check(tmp_path, FAKE_HAS_TIMEOUT=str(int(has_timeout)), GPU_CHECK_TEST_TIMEOUT_S="42")
+    assert r.returncode == 0, r.stdout + r.stderr
+    pytest_call = next(line for line in made.splitlines() if "-m pytest" in line)
+    assert ("-p timeout --timeout=42" in pytest_call) == has_timeout
+    assert "-o faulthandler_timeout=47" in pytest_call and " -v " in pytest_call
+    assert ("per-test limit: 42 s (pytest-timeout)" in log) == has_timeout
+
+
+def test_hanging_phases_end_within_the_total_time(tmp_path):
+    """GPU tests and the benchmark that never end: each is killed before the deadline, and the summary still comes."""
+    t0 = time.monotonic()
+    r, log, made = _run_check(tmp_path, timeout=60, GPU_CHECK_TOTAL_S="20", FAKE_PYTEST_SLEEP="1000",
+                              FAKE_BENCH_SLEEP="1000")
+    took = time.monotonic() - t0
+    assert took <= 20 + 3, took
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "gpu_check: timed out after" in log and "GPU tests: FAILED (pytest status 124)" in log
+    assert "benchmark: FAILED" in log and "exit status 1" in log
+
+
+def test_summary_is_in_the_log_when_the_script_returns(tmp_path):
+    """tee is waited for: with a tee that is slow to start, the log and the output hold the summary the moment the
+    script's process ends (not only once its output pipe closes)."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    slow_tee = bindir / "tee"
+    slow_tee.write_text(f"#!/bin/sh\nsleep 2\nexec {shutil.which('tee')} \"$@\"\n")
+    slow_tee.chmod(0o755)
+    env = _check_env(tmp_path, PATH=f"{bindir}{os.pathsep}{os.environ['PATH']}")
+    with open(tmp_path / "stdout", "w") as out:
+        p = subprocess.Popen(["bash", SCRIPT], stdout=out, stderr=subprocess.STDOUT, env=env)
+        assert p.wait(timeout=120) == 0
+        log, = (tmp_path / "out").glob("gpu_check_*.log")
+        assert "exit status 0" in log.read_text()
+        assert "exit status 0" in (tmp_path / "stdout").read_text()
