@@ -6,12 +6,16 @@ with ``bash -n`` and shellcheck (when installed), and its control flow (phases, 
 a stand-in ``python3`` whose pip / pytest / benchmark outcomes each test chooses.
 """
 
+import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import time
+import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
@@ -216,6 +220,10 @@ case "$1" in
     case "$2" in
       pip) exit "${FAKE_PIP_RC:-0}" ;;
       pytest)
+        if [ -n "${FAKE_REAL_PYTEST:-}" ]; then  # the real pytest, with the script's options, on this file instead
+          args=(); for a in "${@:2}"; do case "$a" in *.py) ;; *) args+=("$a") ;; esac; done
+          exec "$REAL_PY" -m "${args[@]}" "$FAKE_REAL_PYTEST"
+        fi
         sleep "${FAKE_PYTEST_SLEEP:-0}"
         for a in "$@"; do case "$a" in --junitxml=*) x=${a#--junitxml=} ;; esac; done
         printf '<testsuites><testsuite tests="%s" skipped="%s"/></testsuites>' "${FAKE_TESTS:-3}" \
@@ -310,6 +318,35 @@ def test_per_test_timeout_when_pytest_timeout_is_installed(tmp_path, has_timeout
     assert ("per-test limit: 42 s (pytest-timeout)" in log) == has_timeout
 
 
+HANGING_TESTS = """
+import time
+import pytest
+pytestmark = pytest.mark.gpu
+def test_hangs():
+    time.sleep(1000)
+def test_after_the_hang():
+    pass
+"""
+
+
+def test_a_hanging_test_does_not_hide_the_others(tmp_path):
+    """The real pytest with gpu_check.sh's own options and pytest-timeout: the hanging test fails after the per-test
+    limit, the next one still runs, and the JUnit report holds both."""
+    pytest.importorskip("pytest_timeout", reason="pytest-timeout is not installed (the test extra has it)")
+    tests = tmp_path / "test_hanging.py"
+    tests.write_text(HANGING_TESTS)
+    t0 = time.monotonic()
+    r, log, made = _run_check(tmp_path, timeout=120, FAKE_HAS_TIMEOUT="1", FAKE_REAL_PYTEST=str(tests),
+                              GPU_CHECK_TEST_TIMEOUT_S="3")
+    assert time.monotonic() - t0 < 60
+    assert r.returncode == 1 and "GPU tests: FAILED (pytest status 1)" in log, log[-4000:]
+    assert re.search(r"test_hangs FAILED", log) and re.search(r"test_after_the_hang PASSED", log), log[-4000:]
+    assert "Timeout" in log
+    junit, = (tmp_path / "out").glob("pytest_gpu_*.xml")
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert (suite.get("tests"), suite.get("failures")) == ("2", "1")
+
+
 def test_hanging_phases_end_within_the_total_time(tmp_path):
     """GPU tests and the benchmark that never end: each is killed before the deadline, and the summary still comes."""
     t0 = time.monotonic()
@@ -337,3 +374,75 @@ def test_summary_is_in_the_log_when_the_script_returns(tmp_path):
         log, = (tmp_path / "out").glob("gpu_check_*.log")
         assert "exit status 0" in log.read_text()
         assert "exit status 0" in (tmp_path / "stdout").read_text()
+
+
+def test_results_json_and_logs_may_be_committed():
+    """gpu_check.sh's JSON and logs under benchmarks/results/ are what the GPU-run issue commits; JUnit XML is not."""
+    if subprocess.run(["git", "-C", ROOT, "rev-parse"], capture_output=True).returncode != 0:
+        pytest.skip("not a git checkout (an unpacked sdist has no .gitignore rules to check)")
+
+    def ignored(name):
+        return subprocess.run(["git", "-C", ROOT, "check-ignore", "-q", f"benchmarks/results/{name}"]).returncode == 0
+    assert not ignored("bench_gpu_quick_20261204T120000Z.json") and not ignored("gpu_check_20261204T120000Z.log")
+    assert ignored("pytest_gpu_20261204T120000Z.xml")
+
+
+def _bundled_old_setuptools():
+    """The setuptools wheel this Python's ensurepip bundles, when older than 77 (3.11 and before: 65.5), else None."""
+    import ensurepip
+
+    for wheel in glob.glob(os.path.join(os.path.dirname(ensurepip.__file__), "_bundled", "setuptools-*.whl")):
+        if int(os.path.basename(wheel).split("-")[1].split(".")[0]) < 77:
+            return wheel
+    return None
+
+
+@pytest.mark.slow
+def test_install_with_old_setuptools_and_no_network(tmp_path):
+    """The GPU machine's situation: a setuptools older than 77, which rejects pyproject.toml's PEP 639 license, and no
+    network. A virtual environment gets the setuptools this Python bundles (65.5 on 3.11; numpy, Cython, pytest and
+    CuPy seen from this environment's site-packages, behind it), pip's index is off and every proxy points nowhere:
+    gpu_check.sh --quick must still make cyctc importable (pip fails on the license; the fallback builds a copy
+    without pyproject.toml with the old setuptools) and run its later phases, which with no device here fail as
+    they should."""
+    wheel = _bundled_old_setuptools()
+    if wheel is None:
+        pytest.skip(f"Python {sys.version.split()[0]} bundles no setuptools older than 77 to simulate the device with")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(venv)], check=True, timeout=300,
+                   env=dict(os.environ, PIP_NO_INDEX="1"))
+    py = str(venv / "bin" / "python")
+    subprocess.run([py, "-m", "pip", "install", "-q", "--no-index", "--force-reinstall", "--no-deps", wheel],
+                   check=True, timeout=300, capture_output=True)
+    site_dir = subprocess.run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                              capture_output=True, text=True, check=True).stdout.strip()
+    # this environment's packages (numpy, Cython, pytest, cupy...), after the venv's own (its old setuptools first)
+    import site
+    outer = [p for p in dict.fromkeys(site.getsitepackages() + [sysconfig.get_paths()["purelib"]])
+             if os.path.isdir(p) and os.path.realpath(p) != os.path.realpath(site_dir)]
+    with open(os.path.join(site_dir, "zz_outer_site.pth"), "w") as f:
+        f.write("\n".join(outer) + "\n")
+    probe = subprocess.run([py, "-c", "import setuptools, numpy, Cython, pytest; print(setuptools.__version__)"],
+                           capture_output=True, text=True, env={k: v for k, v in os.environ.items()
+                                                                if k != "PYTHONPATH"})
+    assert probe.returncode == 0, probe.stderr
+    assert int(probe.stdout.split(".")[0]) < 77, probe.stdout
+
+    nowhere = "http://127.0.0.1:9"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL")}
+    (tmp_path / "t").mkdir()
+    env.update(PYTHON=py, OUT=str(tmp_path / "out"), TMPDIR=str(tmp_path / "t"), PIP_NO_INDEX="1",
+               http_proxy=nowhere, https_proxy=nowhere, HTTP_PROXY=nowhere, HTTPS_PROXY=nowhere,
+               GPU_CHECK_SHAPES="tiny")
+    r = subprocess.run(["bash", SCRIPT, "--quick"], capture_output=True, text=True, env=env, timeout=600)
+    log, = (tmp_path / "out").glob("gpu_check_*.log")
+    text = log.read_text()
+    assert r.returncode != 2, text[-6000:]
+    assert "project.license" in text  # pip met the device's failure: setuptools < 77 and the PEP 639 license
+    assert "building a private in-place copy without pyproject.toml" in text
+    line = next(ln for ln in text.splitlines() if ln.startswith("cyctc 0.1.0 from "))
+    assert line.split(" from ")[1].startswith(str(tmp_path / "t" / "cyctc_gpu_check.")), line
+    if not _backend.available():  # no device: the GPU tests all skip and the benchmark measures nothing
+        assert r.returncode == 1 and "no GPU test ran" in text, text[-6000:]
+        assert "FAILED: nothing measured" in text and "benchmark: done" not in text
+    assert f"exit status {r.returncode}" in text
