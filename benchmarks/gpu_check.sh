@@ -20,7 +20,8 @@
 #      hanging test does not hide the others' results
 #   3. benchmark: benchmarks/bench_gpu.py; it stops starting shapes when its budget is spent, and the phase gets all
 #      the time left
-# Every command runs under a timeout that never reaches past the check's deadline (5 s are kept for the summary).
+# Every command runs under a timeout that never reaches past the check's deadline (5 s are kept for the summary);
+# a command stopped by it gets SIGINT first, so pytest still writes its report of the tests it ran.
 # Exit status: 0 all good; 1 a GPU test failed or none ran; 2 cyctc could not be installed; 3 the benchmark measured
 # nothing (no device, backend raised), failed on a shape or found cyctc's GPU results wrong; 64 a bad argument.
 # Later phases run even when an earlier one failed (except after 2).
@@ -87,7 +88,10 @@ trap finish EXIT
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1 PIP_NO_INDEX=1 PYTHONUNBUFFERED=1
 phase() { printf '\n=== %s (t = %d s) ===\n' "$1" "$((SECONDS - t_start))"; }
 time_left() { echo $((deadline - SECONDS)); }
-bounded() {  # bounded SECONDS CMD...: run CMD for at most SECONDS, and never past the deadline (TERM, KILL 5 s later)
+# bounded SECONDS CMD...: run CMD for at most SECONDS, and never past the deadline. The signal is INT, which Python
+# turns into KeyboardInterrupt: pytest then still writes its report of the tests so far; KILL follows 5 s later (a
+# hang inside a C call, e.g. waiting for the device, sees no Python signal)
+bounded() {
     local limit=$1
     shift
     local room=$(($(time_left) - 5))
@@ -96,7 +100,7 @@ bounded() {  # bounded SECONDS CMD...: run CMD for at most SECONDS, and never pa
         echo "gpu_check: no time left for: $*"
         return 124
     fi
-    timeout --kill-after=5 "$limit" "$@"
+    timeout --signal=INT --kill-after=5 "$limit" "$@"
     local rc=$?
     if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
         echo "gpu_check: timed out after $limit s: $*"

@@ -347,6 +347,30 @@ def test_a_hanging_test_does_not_hide_the_others(tmp_path):
     assert (suite.get("tests"), suite.get("failures")) == ("2", "1")
 
 
+SLOW_TESTS = """
+import time
+import pytest
+pytestmark = pytest.mark.gpu
+@pytest.mark.parametrize("i", range(20))
+def test_slow(i):
+    time.sleep(1)
+"""
+
+
+def test_a_phase_timeout_keeps_the_report_of_the_tests_that_ran(tmp_path):
+    """Without pytest-timeout, the phase's own limit stops the real pytest with SIGINT: the JUnit report and the
+    log still name the tests that ran before it."""
+    tests = tmp_path / "test_slow.py"
+    tests.write_text(SLOW_TESTS)
+    r, log, made = _run_check(tmp_path, timeout=120, FAKE_HAS_TIMEOUT="0", FAKE_REAL_PYTEST=str(tests),
+                              GPU_CHECK_TEST_S="6")
+    assert r.returncode == 1 and "gpu_check: timed out after 6 s" in log, log[-4000:]
+    assert "test_slow[0] PASSED" in log and "KeyboardInterrupt" in log
+    junit, = (tmp_path / "out").glob("pytest_gpu_*.xml")
+    suite = ET.parse(junit).getroot().find("testsuite")
+    assert 1 <= int(suite.get("tests")) < 20 and suite.get("failures") == "0", ET.tostring(suite)[:500]
+
+
 def test_hanging_phases_end_within_the_total_time(tmp_path):
     """GPU tests and the benchmark that never end: each is killed before the deadline, and the summary still comes."""
     t0 = time.monotonic()
