@@ -109,6 +109,8 @@ def test_dynamic_limit_from_attributes():
         assert _backend.table_dynamic_shared_limit(dtype) == _backend.SHARED_LIMIT - _backend.STATIC_SHARED[dtype]
     with pytest.raises(TypeError, match="float32 or float64"):
         _backend.table_dynamic_shared_limit("float16")
+    with pytest.raises(ValueError, match="dynamic_shared_limit must be >= 0 bytes, got -1"):
+        _backend.launch_config(1, 2, 3, 1, "float32", (6, 3), blank=0, merge_repeated=True, dynamic_shared_limit=-1)
 
 
 @pytest.mark.parametrize("attrs, Lmax, in_shared", [

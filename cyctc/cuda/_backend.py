@@ -177,6 +177,8 @@ def launch_config(B: int, T: int, C: int, Lmax: int, dtype, x_strides: Sequence[
     ndir = 2 if want_grad else 1
     if dynamic_shared_limit is None:
         dynamic_shared_limit = table_dynamic_shared_limit(dtype)
+    elif int(dynamic_shared_limit) < 0:
+        raise ValueError(f"dynamic_shared_limit must be >= 0 bytes, got {dynamic_shared_limit}")
     use_shared = chain_shared_bytes(S, dtype) <= int(dynamic_shared_limit)
     nseg = (S + 31) // 32
     workspaces = (
