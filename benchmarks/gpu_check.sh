@@ -56,6 +56,13 @@ else
 fi
 per_test_s=${GPU_CHECK_TEST_TIMEOUT_S:-60}
 shapes=${GPU_CHECK_SHAPES:-}
+for setting in "GPU_CHECK_TOTAL_S=$total_s" "GPU_CHECK_INSTALL_S=$install_s" "GPU_CHECK_TEST_S=$test_s" \
+               "GPU_CHECK_TEST_TIMEOUT_S=$per_test_s"; do
+    case "${setting#*=}" in
+        ''|*[!0-9]*|0) echo "gpu_check: ${setting%%=*} must be a positive whole number of seconds, got '${setting#*=}'" >&2
+                       exit 64 ;;
+    esac
+done
 
 t_start=$SECONDS
 deadline=$((t_start + total_s - 5))  # 5 s kept for the summary

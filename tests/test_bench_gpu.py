@@ -274,7 +274,7 @@ def test_script_phases_and_exit_status(tmp_path, env, status, says):
     assert says in r.stdout and says in log
     assert "benchmark: done" not in r.stdout or status in (0, 1) and "FAKE_BENCH_RC" not in env
     if status != 2:
-        assert "-m pytest -m gpu" in made and "test_gpu.py" in made
+        assert "-m pytest -m gpu" in made and "test_gpu.py" in made and "test_bench_gpu.py" not in made
         assert "bench_gpu.py --json" in made and "--shapes tiny ocr" in made and str(tmp_path / "out") in made
     assert "--no-build-isolation --no-deps --no-index ." in made
     if "FAKE_SETUP_RC" in env:  # the fallback builds with setup.py alone, from a copy without pyproject.toml
@@ -289,13 +289,25 @@ def test_quick_and_full_checks(tmp_path, args, mode, total):
     r, log, made = _run_check(tmp_path, args, GPU_CHECK_SHAPES="")
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"{mode} check: at most {total} s" in log
-    bench = next(line for line in made.splitlines() if "bench_gpu.py" in line)
+    bench = next(line for line in made.splitlines() if "benchmarks/bench_gpu.py" in line)
     assert ("--quick" in bench.split()) == (mode == "quick") and "--shapes" not in bench
     assert f"bench_gpu_{mode}_" in bench
     assert "-m pytest -m gpu" in made  # the GPU tests run in both
     budget = float(bench.split("--budget-s ")[1].split()[0])
     assert 5 <= budget <= total - 50
     assert total <= (8 if mode == "full" else 4) * 60
+
+
+@pytest.mark.parametrize("args, env, says", [
+    (("--fast",), {}, "unknown argument: --fast"),
+    ((), {"GPU_CHECK_TOTAL_S": "4min"}, "GPU_CHECK_TOTAL_S must be a positive whole number of seconds, got '4min'"),
+    (("--quick",), {"GPU_CHECK_TEST_TIMEOUT_S": "0"}, "GPU_CHECK_TEST_TIMEOUT_S must be a positive whole number"),
+])
+def test_bad_arguments_are_named(tmp_path, args, env, says):
+    r = subprocess.run(["bash", SCRIPT, *args], capture_output=True, text=True, env=_check_env(tmp_path, **env),
+                       timeout=60)
+    assert r.returncode == 64 and says in r.stderr, r.stderr
+    assert not (tmp_path / "calls").exists()  # nothing ran
 
 
 def test_quick_check_fits_twice_in_the_device_time():
@@ -321,7 +333,7 @@ def test_per_test_timeout_when_pytest_timeout_is_installed(tmp_path, has_timeout
 HANGING_TESTS = """
 import time
 import pytest
-pytestmark = pytest.mark.gpu
+pytestmark = getattr(pytest.mark, "gpu")  # (spelled so that gpu_check.sh's search skips this file)
 def test_hangs():
     time.sleep(1000)
 def test_after_the_hang():
@@ -350,7 +362,7 @@ def test_a_hanging_test_does_not_hide_the_others(tmp_path):
 SLOW_TESTS = """
 import time
 import pytest
-pytestmark = pytest.mark.gpu
+pytestmark = getattr(pytest.mark, "gpu")  # (spelled so that gpu_check.sh's search skips this file)
 @pytest.mark.parametrize("i", range(20))
 def test_slow(i):
     time.sleep(1)
