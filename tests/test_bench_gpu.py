@@ -141,6 +141,20 @@ def test_nvidia_driver_version_is_parsed(text, version):
     assert bench_gpu.parse_nvidia_driver(text) == version
 
 
+def test_device_environment_names_gpu_and_driver(monkeypatch):
+    """CupyDevice.info (GPU runs only) with a stand-in for CuPy's runtime: the JSON's GPU name and driver fields."""
+    from types import SimpleNamespace as NS
+
+    props = {"name": b"NVIDIA H200", "major": 9, "minor": 0, "multiProcessorCount": 132, "totalGlobalMem": 141 << 30}
+    rt = NS(getDeviceProperties=lambda i: props, driverGetVersion=lambda: 13000, runtimeGetVersion=lambda: 12080)
+    cp = NS(cuda=NS(Device=lambda: NS(id=0), runtime=rt), __version__="14.2.0")
+    monkeypatch.setattr(bench_gpu, "nvidia_driver_version", lambda: "570.86.15")
+    info = bench_gpu.CupyDevice(cp).info()
+    assert (info["gpu"], info["driver"], info["cuda_driver"], info["cuda_runtime"]) == \
+        ("NVIDIA H200", "570.86.15", "13.0", "12.8")
+    assert (info["compute_capability"], info["sm_count"], info["memory_gib"]) == ("9.0", 132, 141.0)
+
+
 def test_environment_names_the_commit():
     head = subprocess.run(["git", "-C", BENCH, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     commit = bench_gpu.environment(bench_gpu.DryDevice(), None)["commit"]
