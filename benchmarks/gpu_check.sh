@@ -59,8 +59,9 @@ shapes=${GPU_CHECK_SHAPES:-}
 for setting in "GPU_CHECK_TOTAL_S=$total_s" "GPU_CHECK_INSTALL_S=$install_s" "GPU_CHECK_TEST_S=$test_s" \
                "GPU_CHECK_TEST_TIMEOUT_S=$per_test_s"; do
     case "${setting#*=}" in
-        ''|*[!0-9]*|0) echo "gpu_check: ${setting%%=*} must be a positive whole number of seconds, got '${setting#*=}'" >&2
-                       exit 64 ;;
+        ''|*[!0-9]*|0)
+            echo "gpu_check: ${setting%%=*} must be a positive whole number of seconds, got '${setting#*=}'" >&2
+            exit 64 ;;
     esac
 done
 
