@@ -2,12 +2,17 @@
 """GPU benchmark: cyctc on CuPy arrays against PyTorch's native CUDA CTC and cuDNN's, side by side in one process.
 
     python benchmarks/bench_gpu.py [--shapes tiny ocr ...] [--rounds 7] [--json out.json] [--budget-s 200]
+    python benchmarks/bench_gpu.py --quick [--json out.json]      # speech-char, long, one-long, training
     python benchmarks/bench_gpu.py --dry-run [--shapes tiny]     # no GPU: the same code paths on the CPU
     python benchmarks/bench_gpu.py --glue-overhead                # no GPU: Python cost of the CuPy glue per call
 
 float32, loss + gradient with respect to the logits, blank 0, the problems of ``_problems.py`` (bench_cpu.py's) plus
-a training batch; inputs are moved to the device once, outside the timing. Exits 0 with a message when there is no
-CUDA device, no CuPy or no working cyctc CUDA backend (gpu_check.sh runs the GPU tests before it).
+a training batch; inputs are moved to the device once, outside the timing. ``--json`` is rewritten after every shape
+(``"complete": false`` until the run ends), so a run killed part-way keeps what it measured.
+
+Exit status: 0 every shape measured (or skipped for the time budget) and cyctc's GPU results right; 1 a shape failed
+or cyctc's GPU results disagree with its CPU results; 2 nothing was measured: no CuPy, no CUDA device, cyctc not
+importable, or cyctc's CUDA backend raised on a tiny problem (each with a message saying which).
 
 Correctness before timing: cyctc's GPU loss and gradient are compared with cyctc's CPU result, and each PyTorch
 variant with cyctc's GPU result (tolerances of ``_check.py``); a mismatching variant is reported and not timed.
@@ -40,7 +45,9 @@ import json
 import math
 import os
 import platform
+import re
 import statistics
+import subprocess
 import sys
 import time
 
@@ -54,6 +61,9 @@ import _problems  # noqa: E402
 
 # the GPU grid: bench_cpu.py's shapes plus a training batch (too big for the CPU benchmark's default run)
 GPU_SHAPES = dict(_problems.SHAPES, training=(64, 1000, 5000, 200))
+# --quick (gpu_check.sh --quick): the shapes where the recursion's critical path, not the host, decides
+QUICK_SHAPES = ("speech-char", "long", "one-long", "training")
+NOTHING_MEASURED = 2  # exit status when no shape could run at all
 COLUMNS = ["cyctc", "cyctc-devlen", "torch-native", "cyctc-allT", "torch-cudnn"]
 CUDNN_MAX_LABEL = 256  # PyTorch: target_lengths[b] < 256
 
@@ -67,7 +77,10 @@ def parse_args(argv=None):
                     help="short calls are repeated so that one timed sample lasts at least this long (default 10)")
     ap.add_argument("--budget-s", type=float, default=0.0,
                     help="stop starting new shapes after this many seconds (0: no limit)")
-    ap.add_argument("--json", help="write every result (and the environment) to this JSON file")
+    ap.add_argument("--json", help="write every result (and the environment) to this JSON file, rewritten after "
+                                   "each shape")
+    ap.add_argument("--quick", action="store_true",
+                    help=f"the quick check's shapes ({', '.join(QUICK_SHAPES)}) unless --shapes names others")
     ap.add_argument("--no-torch", action="store_true", help="time cyctc alone")
     ap.add_argument("--glue-overhead", action="store_true",
                     help="no GPU: time the Python glue of each public CuPy entry with tests/fake_cupy.py standing "
@@ -79,6 +92,8 @@ def parse_args(argv=None):
         ap.error("--rounds must be >= 1")
     if args.min_sample_ms <= 0:
         ap.error("--min-sample-ms must be > 0")
+    if args.shapes is None and args.quick:
+        args.shapes = list(QUICK_SHAPES)
     if args.shapes is None and args.dry_run:
         args.shapes = ["tiny", "ocr"]
     try:
@@ -165,7 +180,7 @@ class CupyDevice:
         name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
         return dict(gpu=name, compute_capability=f"{props['major']}.{props['minor']}",
                     sm_count=props["multiProcessorCount"], memory_gib=round(props["totalGlobalMem"] / 2**30, 1),
-                    driver=_cuda_version(cp.cuda.runtime.driverGetVersion()),
+                    driver=nvidia_driver_version(), cuda_driver=_cuda_version(cp.cuda.runtime.driverGetVersion()),
                     cuda_runtime=_cuda_version(cp.cuda.runtime.runtimeGetVersion()), cupy=cp.__version__)
 
 
@@ -212,6 +227,44 @@ class TorchTimer:
 
 def _cuda_version(v):
     return f"{v // 1000}.{v % 1000 // 10}"
+
+
+def parse_nvidia_driver(text):
+    """The NVIDIA driver version (e.g. "570.86.15") in the text of /proc/driver/nvidia/version, or None."""
+    m = re.search(r"Kernel Module(?: for \S+)?\s+(\d+(?:\.\d+)+)", text or "")
+    return m.group(1) if m else None
+
+
+def nvidia_driver_version():
+    """The NVIDIA driver's version: /proc/driver/nvidia/version, else nvidia-smi; "unknown" when neither says."""
+    try:
+        with open("/proc/driver/nvidia/version") as f:
+            v = parse_nvidia_driver(f.read())
+        if v:
+            return v
+    except OSError:
+        pass
+    try:
+        r = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                           capture_output=True, text=True, timeout=20)
+        v = r.stdout.strip().splitlines()[0].strip() if r.returncode == 0 and r.stdout.strip() else ""
+        return v or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def checkout_commit():
+    """The benchmarked checkout's commit (short hash, "+dirty" with uncommitted changes), or None."""
+    try:
+        git = ["git", "-C", HERE]
+        head = subprocess.run(git + ["rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=20)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(git + ["status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, timeout=20).stdout.strip()
+        return head.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
 
 
 def gpu_ready():
@@ -375,6 +428,15 @@ def _torch_variant(torch, p, cudnn):
 # ---------------------------------------------------------------------------------------------------------------
 # Report
 
+def write_json(path, data):
+    """Replace ``path`` with ``data`` as JSON in one step (written beside it, then renamed): a run killed while
+    writing leaves the previous complete file, never a truncated one."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=1, default=str)
+    os.replace(tmp, path)
+
+
 def format_table(results):
     def ms(g, k):
         return f"{g[k]['median'] * 1e3:.3f}" if k in g else "n/a"
@@ -399,8 +461,8 @@ def environment(dev, torch):
     import cyctc
 
     env = dict(dev.info(), python=platform.python_version(), numpy=np.__version__,
-               cyctc=getattr(cyctc, "__version__", "?"), date=datetime.datetime.now(datetime.timezone.utc)
-               .strftime("%Y-%m-%d %H:%M UTC"), host=platform.node())
+               cyctc=getattr(cyctc, "__version__", "?"), commit=checkout_commit(),
+               date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), host=platform.node())
     if torch is not None:
         env.update(torch=torch.__version__, torch_cuda=torch.version.cuda,
                    cudnn=str(torch.backends.cudnn.version()))
@@ -426,7 +488,7 @@ def glue_overhead(repeats=9, calls=300, patch=None):
             setattr(obj, name, v)
     patch = patch or _Patch()
     fake_cupy.install(patch)
-    patch.setattr(_backend, "get_function", lambda *a, **k: (lambda *args, **kw: None))
+    patch.setattr(_backend, "get_function", lambda dev, src, name: fake_cupy.Kernel(name))
     rows = []
     for small_on_device in (False, True):
         for name, _ in public_calls(*problem()):
@@ -472,14 +534,15 @@ def main(argv=None):
     else:
         cupy, why = gpu_ready()
         if cupy is None:
-            log(f"bench_gpu: nothing to do: {why}.")
-            return 0
+            log(f"bench_gpu: FAILED: nothing measured: {why}.")
+            return NOTHING_MEASURED
         dev = CupyDevice(cupy)
     try:
         import cyctc
     except ImportError as e:
-        log(f"bench_gpu: cyctc is not importable ({e}); install it first (pip install --no-build-isolation .).")
-        return 0
+        log(f"bench_gpu: FAILED: nothing measured: cyctc is not importable ({e}); install it first "
+            "(pip install --no-build-isolation .).")
+        return NOTHING_MEASURED
     if not args.dry_run:
         try:
             t = _problems.make_problem("tiny")
@@ -487,8 +550,9 @@ def main(argv=None):
                            return_grad=True)
             dev.sync()
         except Exception as e:
-            log(f"bench_gpu: cyctc's CUDA backend does not run here ({type(e).__name__}: {e}).")
-            return 0
+            log(f"bench_gpu: FAILED: nothing measured: cyctc's CUDA backend raised on a tiny problem "
+                f"({type(e).__name__}: {e}).")
+            return NOTHING_MEASURED
     torch = None
     if not (args.no_torch or args.dry_run):
         try:
@@ -502,6 +566,12 @@ def main(argv=None):
     log("cyctc GPU benchmark: " + ", ".join(f"{k} {v}" for k, v in env.items()))
     log(f"float32, loss + gradient; {args.rounds} rounds, median of CUDA-event samples >= {args.min_sample_ms} ms")
     results = []
+
+    def save(complete):
+        if args.json:
+            write_json(args.json, dict(environment=env, complete=complete, shapes=[n for n, _ in args.shapes],
+                                       results=results))
+    save(False)
     t0 = time.perf_counter()
     for name, dims in args.shapes:
         if args.budget_s and time.perf_counter() - t0 > args.budget_s:
@@ -515,6 +585,7 @@ def main(argv=None):
             results.append(dict(shape=name, B=dims[0], T=dims[1], C=dims[2], L=dims[3],
                                 skipped=f"{type(e).__name__}: {e}"))
             log(f"{name}: FAILED {type(e).__name__}: {e}")
+        save(False)
         dev.release()
         if torch is not None:
             torch.cuda.empty_cache()
@@ -524,9 +595,7 @@ def main(argv=None):
     mismatches = [f"{r['shape']}:{k}" for r in results for k, c in r.get("checks", {}).items() if not c["ok"]]
     if mismatches:
         log("MISMATCHES (not timed): " + ", ".join(mismatches))
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(environment=env, results=results), f, indent=1, default=str)
+    save(True)
     failed = [r["shape"] for r in results if "skipped" in r and not r["skipped"].startswith("time budget")]
     if failed:
         log("FAILED shapes: " + ", ".join(failed))

@@ -15,6 +15,9 @@ backend glue of ``cyctc.cuda._backend`` (with the kernels stubbed) and count, pe
 Arrays live on fake device 0 unless created under ``with Device(1):``. Implicit conversion to numpy
 (``np.asarray(fake_array)``) raises ``TypeError`` exactly as CuPy does, so a silent host round trip cannot hide.
 
+Compiled kernels: ``Kernel(name)`` is a no-op stand-in for what ``_backend.get_function`` returns, with the
+shared-memory attributes the glue reads through ``cuda.driver.funcGetAttribute`` (the real kernel's by default).
+
 Install it with ``install(monkeypatch)``: it replaces ``sys.modules["cupy"]`` (and ``cupyx``) for one test.
 """
 
@@ -22,6 +25,7 @@ import contextlib
 import operator
 import sys
 import types
+import weakref
 
 import numpy as np
 
@@ -390,10 +394,50 @@ def _device_count():
     return 2
 
 
+class Kernel:
+    """A compiled kernel (what ``cyctc.cuda._backend.get_function`` returns), stubbed: a call launches nothing and
+    is recorded in ``calls`` as (grid, block, args, shared_mem). Its attributes are read through ``cuda.driver``, as
+    CuPy's are; by default those of the real kernel: static shared memory from ptxas's report for cyctc_chain
+    (``_backend.STATIC_SHARED``), none for the others, and CUDA's default dynamic maximum, 48 KiB less the static."""
+
+    def __init__(self, name="", shared_size_bytes=None, max_dynamic_shared_size_bytes=None):
+        from cyctc.cuda import _backend
+
+        if shared_size_bytes is None:
+            chain = name.startswith("cyctc_chain<")
+            shared_size_bytes = _backend.STATIC_SHARED["float64" if "double" in name else "float32"] if chain else 0
+        if max_dynamic_shared_size_bytes is None:
+            max_dynamic_shared_size_bytes = _backend.SHARED_LIMIT - shared_size_bytes
+        self.name = name
+        self.attributes = {_FUNC_ATTRIBUTES["shared_size_bytes"]: shared_size_bytes,
+                           _FUNC_ATTRIBUTES["max_dynamic_shared_size_bytes"]: max_dynamic_shared_size_bytes}
+        self.calls = []
+        self.ptr = id(self)
+        _KERNELS[self.ptr] = self
+
+    def __call__(self, grid, block, args, shared_mem=0):
+        self.calls.append((grid, block, args, shared_mem))
+
+
+_FUNC_ATTRIBUTES = {"shared_size_bytes": 1, "max_dynamic_shared_size_bytes": 8}  # CUfunction_attribute values
+_KERNELS = weakref.WeakValueDictionary()
+
+
+def _func_get_attribute(attribute, ptr):
+    return _KERNELS[ptr].attributes[attribute]
+
+
+driver = types.SimpleNamespace(
+    CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES=_FUNC_ATTRIBUTES["shared_size_bytes"],
+    CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES=_FUNC_ATTRIBUTES["max_dynamic_shared_size_bytes"],
+    funcGetAttribute=_func_get_attribute,
+)
+
 cuda = types.SimpleNamespace(
     Device=Device, Stream=_Stream, is_available=lambda: True,
     get_current_stream=lambda: _Stream(),
     runtime=types.SimpleNamespace(getDeviceCount=_device_count, getDevice=lambda: _current_device[0]),
+    driver=driver,
 )
 
 ndarray.__module__ = "cupy"  # cyctc recognises CuPy arrays by their class's module

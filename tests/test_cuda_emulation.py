@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import fake_cupy  # noqa: E402
 from cuda_emu import cases, harness  # noqa: E402
 
 from cyctc.cuda import _backend  # noqa: E402
@@ -253,7 +254,7 @@ def test_matches_the_cpu_core_including_non_finite_logits(dtype, merge, drivers,
     np.testing.assert_allclose(np.nan_to_num(res["grad"]), np.nan_to_num(ref_grad), rtol=0, atol=atol)
 
 
-@pytest.mark.parametrize("shared_limit", [_backend.SHARED_LIMIT, 0], ids=["rows-in-shared", "rows-in-global"])
+@pytest.mark.parametrize("shared_limit", [None, 0], ids=["rows-in-shared", "rows-in-global"])
 def test_labels_longer_than_a_block_are_tiled(shared_limit, drivers, tmp_path):
     """Lmax = 700, float64: S = 1401 states on 512 threads (3 tiles); no label-length limit as in warp-ctc (639) or cuDNN."""
     rng = np.random.default_rng(5)
@@ -268,11 +269,11 @@ def test_labels_longer_than_a_block_are_tiled(shared_limit, drivers, tmp_path):
     labels[1, 333:] = 0
     raw = rng.standard_normal((B, T, C))
     plan = _backend.launch_config(B, T, C, Lmax, raw.dtype, (T * C, C), blank=0, merge_repeated=True,
-                                  grad_strides=(T * C, C), shared_limit=shared_limit)
+                                  grad_strides=(T * C, C), dynamic_shared_limit=shared_limit)
     ab = next(ln for ln in plan.launches if "chain" in ln.kernel)
     assert ab.block[0] == 512 and 2 * Lmax + 1 > 2 * ab.block[0]
-    assert (ab.shared_bytes > 0) == (shared_limit > 0)
-    res = harness.loss_run(str(tmp_path / "r"), raw, False, labels, ll, tl, 0, True, shared_limit=shared_limit)(
+    assert (ab.shared_bytes > 0) == (shared_limit is None)
+    res = harness.loss_run(str(tmp_path / "r"), raw, False, labels, ll, tl, 0, True, dynamic_shared_limit=shared_limit)(
         drivers["plain"], "FIBER_RAND", 11)
     ref_loss, ref_grad = cases.numpy_ctc(raw, labels, ll, tl, 0, True)
     np.testing.assert_allclose(res["loss"], ref_loss, rtol=1e-11)
@@ -324,8 +325,10 @@ def test_emulation_catches_a_deleted_barrier(drivers, tmp_path):
 BENCH_SHAPES = {"tiny": (1, 50, 20, 10), "ocr": (64, 32, 80, 10), "speech-char": (32, 400, 29, 60),
                 "speech-bpe": (16, 200, 1000, 40), "large-vocab": (8, 150, 5000, 30), "long": (4, 1500, 29, 300),
                 "one-long": (1, 3000, 29, 600), "many-short": (256, 100, 40, 20), "training": (64, 1000, 5000, 200)}
+# the last four: both sides of the chain's shared-memory limit (float32 1422 / 1423, float64 706 / 707)
 EXTRA_SHAPES = [(1, 1, 2, 1), (4, 1500, 29, 300), (2, 10, 5, 3000), (2, 10, 5, 2000), (3, 10000, 29, 2000),
-                (2, 10, 5, 1500), (2, 10, 5, 1499)]  # the last two: both sides of the shared-memory limit (float64)
+                (2, 10, 5, 1500), (2, 10, 5, 1499), (2, 10, 5, 1422), (2, 10, 5, 1423), (2, 10, 5, 706),
+                (2, 10, 5, 707)]
 LAUNCH_BOUNDS = {"cyctc_rows": "256", "cyctc_chain": "sizeof(T) == 4 ? 1024 : 512, 1", "cyctc_grad": "256, 1"}
 
 
@@ -352,7 +355,7 @@ def test_launch_plans_respect_cuda_limits():
                     kname = ln.kernel.split("<")[0]
                     bound = (1024 if dtype == "float32" else 512) if kname == "cyctc_chain" else 256
                     assert ln.block[0] % 32 == 0 and 32 <= ln.block[0] <= bound and ln.block[1:] == (1, 1)
-                    assert ln.shared_bytes + _backend.STATIC_SHARED <= _backend.SHARED_LIMIT
+                    assert ln.shared_bytes + _backend.STATIC_SHARED[dtype] <= _backend.SHARED_LIMIT
                     assert 1 <= ln.grid[0] < 2 ** 31 and 1 <= ln.grid[1] <= 65535 and ln.grid[2] == 1
                     assert all(k in ("buf", "i32", "i64", "f64") for k, _ in ln.args)
                     assert all(-2 ** 31 <= v < 2 ** 31 for k, v in ln.args if k == "i32")
@@ -361,7 +364,7 @@ def test_launch_plans_respect_cuda_limits():
                 S = 2 * Lmax + 1
                 cap = 1024 if dtype == "float32" else 512
                 assert chain.grid == (B, 2 if grad else 1, 1) and chain.block[0] == min(cap, (S + 31) // 32 * 32)
-                fits = _backend.chain_shared_bytes(S, dtype) + _backend.STATIC_SHARED <= _backend.SHARED_LIMIT
+                fits = _backend.chain_shared_bytes(S, dtype) + _backend.STATIC_SHARED[dtype] <= _backend.SHARED_LIMIT
                 assert (chain.shared_bytes > 0) == fits
                 sizes = dict((n, c) for n, _, c in plan.workspaces)
                 assert sizes["arows"] == sizes["brows"] == (B * T * S if grad else 1)
@@ -415,7 +418,7 @@ def _fake_cupy():
         empty=lambda shape, dtype=np.float64: wrap(np.full(shape, np.nan if np.dtype(dtype).kind == "f" else -1,
                                                            dtype=dtype)),
         ones=lambda shape, dtype=np.float64: wrap(np.ones(shape, dtype=dtype)),
-        cuda=types.SimpleNamespace(Device=_FakeDevice))
+        cuda=types.SimpleNamespace(Device=_FakeDevice, driver=fake_cupy.driver))
     return cp, wrap
 
 
@@ -426,10 +429,7 @@ def test_cupy_glue_passes_what_the_plan_says(monkeypatch):
     cp, wrap = _fake_cupy()
     calls = []
 
-    class Kernel:
-        def __init__(self, name):
-            self.name = name
-
+    class Kernel(fake_cupy.Kernel):
         def __call__(self, grid, block, args, shared_mem=0):
             calls.append((self.name, grid, block, shared_mem, args))
 

@@ -142,6 +142,31 @@ def test_large_batch_long_labels_match_numpy_oracle():
     np.testing.assert_allclose(cp.asnumpy(g), ref_grad, atol=1e-9)
 
 
+@pytest.mark.parametrize("dtype, lengths", [("float32", (1422, 1423, 1429, 1430)), ("float64", (706, 707, 714, 715))])
+def test_chain_shared_memory_at_the_boundary_lengths(dtype, lengths):
+    """The compiled chain kernel's attributes agree with ptxas's report (_backend.STATIC_SHARED, the bound used
+    without a device), and labels on both sides of the shared-memory limit launch and match the CPU (a launch
+    asking for more than 48 KiB in all fails: float32 1423-1429 and float64 707-714 did with a 512 B table)."""
+    import cyctc
+
+    attrs = _backend.kernel_attributes(_backend.get_function(cp.cuda.Device().id, "ctc.cu",
+                                                             f"cyctc_chain<{_backend.CTYPES[dtype]}>"))
+    assert attrs["shared_size_bytes"] == _backend.STATIC_SHARED[dtype], attrs
+    limit = _backend.chain_dynamic_shared_limit(cp.cuda.Device().id, dtype)
+    assert limit == _backend.table_dynamic_shared_limit(dtype), (limit, attrs)
+    rng = np.random.default_rng(11)
+    for Lmax in lengths:
+        T, C = Lmax + 8, 5
+        labels = (np.arange(Lmax, dtype=np.int32) % 2 + 1)[None]  # 1 2 1 2 ...: no repeats, T >= Lmax suffices
+        raw = rng.standard_normal((1, T, C)).astype(dtype)
+        kw = dict(logits_time_major=False, blank_index=0, return_grad=True)
+        loss_c, grad_c = cyctc.ctc_loss(labels, raw, [Lmax], [T], **kw)
+        loss_g, grad_g = cyctc.ctc_loss(labels, cp.asarray(raw), [Lmax], [T], **kw)
+        tol = 2e-5 if dtype == "float32" else 1e-10
+        np.testing.assert_allclose(cp.asnumpy(loss_g), loss_c, rtol=tol, err_msg=f"Lmax {Lmax}")
+        np.testing.assert_allclose(cp.asnumpy(grad_g), grad_c, rtol=0, atol=tol, err_msg=f"Lmax {Lmax}")
+
+
 def test_runs_on_the_current_stream():
     case = cases.load_loss_case(LOSS_FILES[0])
     ref, _ = _backend_run(case)

@@ -58,3 +58,9 @@ def test_matches_cpu_logic(gpu, dtype, time_major):
 def test_second_device_logic(gpu):
     gpu.test_public_entries_on_a_second_device()  # the fake has two devices
     gpu.test_public_api_refuses_small_arrays_on_another_device()
+
+
+@pytest.mark.parametrize("dtype, lengths", [("float32", (1422, 1423)), ("float64", (706, 707))])
+def test_chain_boundary_logic(gpu, monkeypatch, dtype, lengths):
+    monkeypatch.setattr(_backend, "get_function", lambda dev, src, name: fake_cupy.Kernel(name))
+    gpu.test_chain_shared_memory_at_the_boundary_lengths(dtype, lengths)

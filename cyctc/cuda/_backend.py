@@ -29,7 +29,8 @@ from typing import Optional, Sequence, Tuple
 __all__ = [
     "Launch", "Plan", "launch_config", "greedy_launch_config", "kernel_source", "name_expressions", "SOURCES",
     "NVRTC_OPTIONS", "nvrtc_options", "load_nvrtc", "get_function", "available", "reason", "ctc_loss_grad",
-    "loss_and_grad", "greedy_decode", "launch_plan_summary", "OLD_DESIGN",
+    "loss_and_grad", "greedy_decode", "launch_plan_summary", "OLD_DESIGN", "STATIC_SHARED", "SHARED_LIMIT",
+    "table_dynamic_shared_limit", "dynamic_shared_limit", "kernel_attributes", "chain_dynamic_shared_limit",
 ]
 
 # kernel name expressions per source file; "{T}" is replaced by the C type of the input dtype
@@ -42,7 +43,12 @@ CTYPES = {"float32": "float", "float64": "double"}
 # itself (nvrtc_options() spells the full list out for the NVRTC tests).
 NVRTC_OPTIONS = ("--std=c++17",)
 SHARED_LIMIT = 48 * 1024  # shared memory (static + dynamic) any CUDA launch may use without an opt-in attribute
-STATIC_SHARED = 512       # bytes kept for the kernels' own __shared__ variables (cyctc_chain<double> uses 512)
+# Static shared memory (the kernel's own __shared__ variables) of cyctc_chain, the one kernel that asks for dynamic
+# shared memory, as ptxas reports it ("N bytes smem"; the same for sm_80 to sm_120). On a device the glue reads the
+# compiled kernel's own attributes instead (chain_dynamic_shared_limit); this table is the bound for plans made
+# without one (the emulation, the cost model). tests/test_shared_memory.py compiles ctc.cu with NVRTC and checks
+# the table against ptxas's report for every architecture.
+STATIC_SHARED = {"float32": 768, "float64": 1024}
 
 _ROW_BLOCK = 256       # row kernels (rows, gradient, argmax): 8 warps per block, one warp per (b, t) row
 _RECURSION_MAX = {"float32": 1024, "float64": 512}  # cyctc_chain: threads over the states of one chain
@@ -126,7 +132,7 @@ def _strides(strides) -> Tuple[int, int]:
 
 def launch_config(B: int, T: int, C: int, Lmax: int, dtype, x_strides: Sequence[int], *, blank: int,
                   merge_repeated: bool, grad_strides: Optional[Sequence[int]] = None,
-                  shared_limit: int = SHARED_LIMIT) -> Plan:
+                  dynamic_shared_limit: Optional[int] = None) -> Plan:
     """Plan the CTC loss (and gradient) launches for one batch.
 
     Parameters
@@ -143,9 +149,11 @@ def launch_config(B: int, T: int, C: int, Lmax: int, dtype, x_strides: Sequence[
         False selects TF1's ``ctc_merge_repeated=False`` alignment model.
     grad_strides : (int, int) or None
         Batch and frame strides of the (B, T, C) gradient view in elements; None plans a loss-only call.
-    shared_limit : int
-        Bytes of shared memory a launch may use; when the four state rows of a chain (4 * S values of the input's
-        dtype, plus STATIC_SHARED) do not fit, they live in a global workspace instead (tests lower it to exercise
+    dynamic_shared_limit : int or None
+        Bytes of dynamic shared memory the cyctc_chain launch may ask for: on a device, what the compiled kernel's
+        attributes allow (:func:`chain_dynamic_shared_limit`); None: :func:`table_dynamic_shared_limit` (48 KiB less
+        the kernel's static shared memory as ptxas reports it). When the chain's rows and segment data
+        (:func:`chain_shared_bytes`) do not fit, they live in a global workspace instead (tests pass 0 to exercise
         that path).
 
     Returns
@@ -167,7 +175,11 @@ def launch_config(B: int, T: int, C: int, Lmax: int, dtype, x_strides: Sequence[
     want_grad = grad_strides is not None
     S = 2 * Lmax + 1
     ndir = 2 if want_grad else 1
-    use_shared = chain_shared_bytes(S, dtype) + STATIC_SHARED <= shared_limit
+    if dynamic_shared_limit is None:
+        dynamic_shared_limit = table_dynamic_shared_limit(dtype)
+    elif int(dynamic_shared_limit) < 0:
+        raise ValueError(f"dynamic_shared_limit must be >= 0 bytes, got {dynamic_shared_limit}")
+    use_shared = chain_shared_bytes(S, dtype) <= int(dynamic_shared_limit)
     nseg = (S + 31) // 32
     workspaces = (
         ("rinfo", dtype, max(1, 2 * B * T)),
@@ -230,6 +242,19 @@ def chain_shared_bytes(S: int, dtype) -> int:
 
 def _isz(dtype: str) -> int:
     return 4 if dtype == "float32" else 8
+
+
+def table_dynamic_shared_limit(dtype) -> int:
+    """Dynamic shared memory a cyctc_chain launch may take without a device to ask: 48 KiB (the most any launch gets
+    without opting in) less the kernel's static shared memory from :data:`STATIC_SHARED`."""
+    return SHARED_LIMIT - STATIC_SHARED[_dtype_name(dtype)]
+
+
+def dynamic_shared_limit(shared_size_bytes: int, max_dynamic_shared_size_bytes: int) -> int:
+    """Dynamic shared memory a launch of a compiled kernel may ask for, from its attributes: its own maximum
+    (``CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES``), and never more than the 48 KiB a launch gets without the
+    opt-in attribute less its static shared memory (``CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES``)."""
+    return max(0, min(int(max_dynamic_shared_size_bytes), SHARED_LIMIT - int(shared_size_bytes)))
 
 
 # Operation counts per element used by the cost estimates below (from the kernels' inner loops).
@@ -424,6 +449,23 @@ def get_function(device_id: int, source: str, kernel: str):
         return _module(device_id, source, dtype).get_function(kernel)
 
 
+def kernel_attributes(fn) -> dict:
+    """``shared_size_bytes`` (static shared memory) and ``max_dynamic_shared_size_bytes`` of a compiled kernel (what
+    :func:`get_function` returns), read from the driver (the values ``cupy.RawKernel.attributes`` reports)."""
+    drv = _cupy().cuda.driver
+    return {"shared_size_bytes": drv.funcGetAttribute(drv.CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES, fn.ptr),
+            "max_dynamic_shared_size_bytes": drv.funcGetAttribute(drv.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                                                                  fn.ptr)}
+
+
+def chain_dynamic_shared_limit(device_id: int, dtype) -> int:
+    """Dynamic shared memory cyctc_chain may ask for on device ``device_id``, from the compiled kernel's own
+    attributes (:func:`dynamic_shared_limit`); compiles the kernel if it is not cached yet."""
+    fn = get_function(device_id, "ctc.cu", f"cyctc_chain<{CTYPES[_dtype_name(dtype)]}>")
+    a = kernel_attributes(fn)
+    return dynamic_shared_limit(a["shared_size_bytes"], a["max_dynamic_shared_size_bytes"])
+
+
 @functools.lru_cache(maxsize=1)
 def reason() -> str:
     """Why the CUDA backend is off, or ``"ok"``."""
@@ -531,7 +573,7 @@ def ctc_loss_grad(x, labels, label_length, logit_length, blank, merge_repeated, 
             bufs["grad_scale"] = (cp.ones(B, dtype=cp.float64) if grad_scale is None
                                   else _device_array(cp, grad_scale, cp.float64, "grad_scale", device))
         plan = launch_config(B, T, C, labels.shape[1], x.dtype, sx, blank=blank, merge_repeated=merge_repeated,
-                             grad_strides=sg)
+                             grad_strides=sg, dynamic_shared_limit=chain_dynamic_shared_limit(device.id, x.dtype))
         _run(cp, plan, device, bufs)
         return bufs["loss"]
 

@@ -123,7 +123,7 @@ def barrier_counts(stderr: str) -> Dict[str, int]:
 
 
 def loss_run(workdir, raw, time_major, labels, label_length, logit_length, blank, merge_repeated, *,
-             want_grad=True, grad_scale=None, shared_limit=_backend.SHARED_LIMIT, mutant=None, ftz=None) -> Run:
+             want_grad=True, grad_scale=None, dynamic_shared_limit=None, mutant=None, ftz=None) -> Run:
     """A Run of the CTC loss plan for logits ``raw`` stored (T, B, C) when ``time_major`` else (B, T, C).
 
     ``ftz`` (default: True for float32) runs with float subnormals flushed to zero, as CuPy's -ftz=true build does.
@@ -134,7 +134,7 @@ def loss_run(workdir, raw, time_major, labels, label_length, logit_length, blank
     strides = (x.strides[0] // item, x.strides[1] // item)
     plan = _backend.launch_config(B, T, C, labels.shape[1], raw.dtype, strides, blank=blank,
                                   merge_repeated=merge_repeated, grad_strides=strides if want_grad else None,
-                                  shared_limit=shared_limit)
+                                  dynamic_shared_limit=dynamic_shared_limit)
     inputs = {"x": raw, "labels": np.ascontiguousarray(labels, np.int32),
               "label_length": np.asarray(label_length, np.int32), "logit_length": np.asarray(logit_length, np.int32)}
     outputs = {"loss": (np.float64, (B,))}
