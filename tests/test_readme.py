@@ -126,6 +126,25 @@ def test_signatures_are_the_real_ones():
     assert not missing, f"public functions without a <!-- signatures --> block in README.md: {sorted(missing)}"
 
 
+def _compile_lines(text, prefix=""):
+    """The gcc / g++ command lines of ``text`` (lines starting with ``prefix``), comments dropped."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith(prefix):
+            line = line[len(prefix):].split("#")[0].strip()
+            if line.startswith(("gcc ", "g++ ")):
+                out.append(" ".join(line.split()))
+    return out
+
+
+def test_the_header_compiles_as_the_readme_does():
+    """cyctc.h's compile lines are the README's (which test_block_runs runs): -ffp-contract=off included."""
+    readme = [line for b in BLOCKS if b.lang in ("sh", "bash") for line in _compile_lines(b.body)]
+    header = _compile_lines((Path(cyctc.get_include()) / "cyctc.h").read_text(), " *     ")
+    assert len(readme) == 2 and header == readme
+    assert all("-ffp-contract=off" in line for line in readme)
+
+
 def _slug(heading):
     """GitHub's anchor of a heading: lower case, punctuation dropped (hyphens and underscores kept), spaces to -."""
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
