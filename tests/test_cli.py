@@ -254,6 +254,15 @@ def test_input_is_log_probs_and_probs(tmp_path):
         lo[t, c] -= eps
         fd = (_python_loss(np.log(hi), lab, 0)[0] - _python_loss(np.log(lo), lab, 0)[0]) / (2 * eps)
         assert g[t, c] == pytest.approx(fd, rel=1e-5, abs=1e-8)
+    # a probability of exactly 0 (a class the labels do not need): its gradient is 0, not nan or inf
+    p0 = p.copy()
+    p0[:, 2] = 0.0
+    p0 /= p0.sum(1, keepdims=True)
+    kaldiio.save_ark(str(tmp_path / "p0.ark"), {"a": p0})
+    assert _run("loss", "--input-is", "probs", f"ark:{tmp_path}/p0.ark", f"ark:{tmp_path}/l.ark",
+                f"ark,t:{tmp_path}/o3.txt", f"ark:{tmp_path}/g0.ark") == 0
+    g0 = dict(kaldiio.load_ark(str(tmp_path / "g0.ark")))["a"]
+    assert np.all(g0[:, 2] == 0) and np.isfinite(g0).all() and np.any(g0[:, [0, 1, 3]] != 0)
 
 
 @needs_kaldiio
