@@ -8,7 +8,8 @@ The blocks run in document order in one scratch folder (so a block may use the f
 - ``<!-- signatures -->`` before a Python block: each ``cyctc.NAME(...)`` in it must be NAME's real signature;
 - ``<!-- skip: needs a GPU -->``, ``<!-- skip: needs the network -->``: not run (the only two reasons accepted),
   but a skipped Python block must still parse;
-- ``<!-- kaldi: cmd.sh utils/... -->``: the stand-ins below for a Kaldi recipe's files are put in the folder first.
+- ``<!-- kaldi: cmd.sh utils/... -->``: the stand-ins below for a Kaldi recipe's files are put in the folder first;
+- ``<!-- output: TEXT -->`` before a shell block: its standard output must contain TEXT.
 
 ``pip install`` of this project itself (``.``, ``".[extra]"``, ``-e .``) is taken as done: the suite runs against
 the installed cyctc. Any other ``pip`` call in a block that is not marked ``needs the network`` fails.
@@ -34,7 +35,7 @@ SKIP_REASONS = ("needs a GPU", "needs the network")
 LANGS = {"python", "sh", "bash", "c++"}
 
 FENCE = re.compile(r"^(\s*)```(\S*)\s*$")
-MARKER = re.compile(r"^\s*<!--\s*(continues|signatures|skip|file|kaldi)\s*(?::\s*(.*?))?\s*-->\s*$")
+MARKER = re.compile(r"^\s*<!--\s*(continues|signatures|skip|file|kaldi|output)\s*(?::\s*(.*?))?\s*-->\s*$")
 
 
 class Block:
@@ -94,6 +95,8 @@ def test_every_block_is_accounted_for():
                 f"{where}: <!-- continues --> must follow a Python block that runs"
         if "signatures" in b.markers:
             assert b.lang == "python" and set(b.markers) == {"signatures"}, f"{where}: signatures stand alone"
+        if "output" in b.markers:
+            assert b.lang in ("sh", "bash") and b.markers["output"], f"{where}: output: TEXT marks a shell block"
 
 
 def test_skipped_python_blocks_parse():
@@ -276,3 +279,5 @@ def test_block_runs(block, session, monkeypatch):
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, (f"README.md line {block.line}: exit status {r.returncode}\n--- stdout\n{r.stdout}"
                                f"\n--- stderr\n{r.stderr}")
+    if "output" in block.markers:
+        assert block.markers["output"] in r.stdout, f"README.md line {block.line}: stdout was\n{r.stdout}"
