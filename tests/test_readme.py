@@ -228,12 +228,26 @@ def session(tmp_path_factory):
     work = tmp_path_factory.mktemp("readme")
     bin_dir = tmp_path_factory.mktemp("readme-bin")
     _script(bin_dir / "pip", PIP_STUB)
-    os.symlink(sys.executable, bin_dir / "python")
+    python = bin_dir / "python"  # a script, not a link: a link to a venv's python would leave the venv
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
     scripts = Path(sys.executable).parent
     if not (scripts / "cyctc").exists():  # e.g. a Python whose scripts live elsewhere: the same entry point
         _script(bin_dir / "cyctc", "import sys\nfrom cyctc.cli import main\nsys.exit(main())\n")
     env = dict(os.environ, PATH=os.pathsep.join([str(bin_dir), str(scripts), os.environ.get("PATH", "")]))
     return {"work": work, "env": env, "namespace": None}
+
+
+def test_the_shell_blocks_use_the_cyctc_under_test(session):
+    """`python` and `cyctc` in a shell block are this interpreter and its cyctc (not another one on PATH)."""
+    if shutil.which("bash") is None:
+        toolchain_unavailable("the README's shell blocks", "needs bash")
+    r = subprocess.run(["bash", "-c", 'python -c "import cyctc; print(cyctc.__file__)"; command -v cyctc'],
+                       cwd=session["work"], env=session["env"], capture_output=True, text=True, check=True)
+    module, script = r.stdout.split()
+    assert os.path.samefile(module, cyctc.__file__)
+    with open(script) as f:
+        assert f.readline().strip() in (f"#!{sys.executable}", f"#!{os.path.realpath(sys.executable)}")
 
 
 def _needs_compiler(body, work):
