@@ -9,7 +9,9 @@ The blocks run in document order in one scratch folder (so a block may use the f
 - ``<!-- skip: needs a GPU -->``, ``<!-- skip: needs the network -->``: not run (the only two reasons accepted),
   but a skipped Python block must still parse;
 - ``<!-- kaldi: cmd.sh utils/... -->``: the stand-ins below for a Kaldi recipe's files are put in the folder first;
-- ``<!-- output: TEXT -->`` before a shell block: its standard output must contain TEXT.
+- ``<!-- output: TEXT -->`` before a shell block: its standard output must contain TEXT;
+- ``<!-- requires: torch jax -->``: the block runs where those modules import (an optional framework), and is
+  skipped, saying which is missing, where they do not.
 
 ``pip install`` of this project itself (``.``, ``".[extra]"``, ``-e .``) is taken as done: the suite runs against
 the installed cyctc. Any other ``pip`` call in a block that is not marked ``needs the network`` fails.
@@ -35,7 +37,7 @@ SKIP_REASONS = ("needs a GPU", "needs the network")
 LANGS = {"python", "sh", "bash", "c++"}
 
 FENCE = re.compile(r"^(\s*)```(\S*)\s*$")
-MARKER = re.compile(r"^\s*<!--\s*(continues|signatures|skip|file|kaldi|output)\s*(?::\s*(.*?))?\s*-->\s*$")
+MARKER = re.compile(r"^\s*<!--\s*(continues|signatures|skip|file|kaldi|output|requires)\s*(?::\s*(.*?))?\s*-->\s*$")
 
 
 class Block:
@@ -95,6 +97,8 @@ def test_every_block_is_accounted_for():
                 f"{where}: <!-- continues --> must follow a Python block that runs"
         if "signatures" in b.markers:
             assert b.lang == "python" and set(b.markers) == {"signatures"}, f"{where}: signatures stand alone"
+        if "requires" in b.markers:
+            assert re.fullmatch(r"[\w.]+( [\w.]+)*", b.markers["requires"] or ""), f"{where}: requires: MODULE ..."
         if "output" in b.markers:
             assert b.lang in ("sh", "bash") and b.markers["output"], f"{where}: output: TEXT marks a shell block"
 
@@ -274,6 +278,8 @@ def test_block_runs(block, session, monkeypatch):
     if "file" in block.markers:
         (work / block.markers["file"]).write_text(block.body)
         return
+    for module in (block.markers.get("requires") or "").split():
+        pytest.importorskip(module, reason=f"README.md line {block.line} needs {module}, which is not installed")
     for name in (block.markers.get("kaldi") or "").split():
         assert name in KALDI_STUBS, f"README.md line {block.line}: no stand-in for {name}"
         if name.endswith(".sh"):
