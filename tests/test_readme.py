@@ -16,7 +16,6 @@ The blocks run in document order in one scratch folder (so a block may use the f
 ``pip install`` of this project itself (``.``, ``".[extra]"``, ``-e .``) is taken as done: the suite runs against
 the installed cyctc. Any other ``pip`` call in a block that is not marked ``needs the network`` fails.
 """
-import ast
 import inspect
 import os
 import re
@@ -239,6 +238,7 @@ def session(tmp_path_factory):
     if not (scripts / "cyctc").exists():  # e.g. a Python whose scripts live elsewhere: the same entry point
         _script(bin_dir / "cyctc", "import sys\nfrom cyctc.cli import main\nsys.exit(main())\n")
     env = dict(os.environ, PATH=os.pathsep.join([str(bin_dir), str(scripts), os.environ.get("PATH", "")]))
+    # namespace: the last Python block's, None when it did not run (then a block continuing it is skipped)
     return {"work": work, "env": env, "namespace": None}
 
 
@@ -278,6 +278,10 @@ def test_block_runs(block, session, monkeypatch):
     if "file" in block.markers:
         (work / block.markers["file"]).write_text(block.body)
         return
+    if block.lang == "python":
+        previous, session["namespace"] = session["namespace"], None  # None until this block has run
+        if "continues" in block.markers and previous is None:
+            pytest.skip(f"README.md line {block.line} continues a block that did not run here")
     for module in (block.markers.get("requires") or "").split():
         pytest.importorskip(module, reason=f"README.md line {block.line} needs {module}, which is not installed")
     for name in (block.markers.get("kaldi") or "").split():
@@ -288,9 +292,9 @@ def test_block_runs(block, session, monkeypatch):
             _script(work / name, KALDI_STUBS[name])
     monkeypatch.chdir(work)
     if block.lang == "python":
-        if "continues" not in block.markers or session["namespace"] is None:
-            session["namespace"] = {"__name__": "__readme__"}
-        exec(compile(block.body, f"README.md line {block.line}", "exec"), session["namespace"])
+        namespace = previous if "continues" in block.markers else {"__name__": "__readme__"}
+        exec(compile(block.body, f"README.md line {block.line}", "exec"), namespace)
+        session["namespace"] = namespace
         return
     if shutil.which("bash") is None:
         toolchain_unavailable("the README's shell blocks", "needs bash")
