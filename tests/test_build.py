@@ -88,8 +88,10 @@ def test_an_unbuilt_source_tree_says_so(tmp_path):
     for name in ("__init__.py", "__main__.py"):
         with open(os.path.join(pkg, name)) as f:
             (tree / "cyctc" / name).write_text(f.read())
+    # -S: no site-packages, whose import hooks (an editable install of another checkout) could supply the
+    # extensions; the folder in the current directory is what Python imports either way
     for argv in (["-c", "import cyctc"], ["-m", "cyctc", "config"]):
-        r = subprocess.run([sys.executable, *argv], cwd=tree, capture_output=True, text=True)
+        r = subprocess.run([sys.executable, "-S", *argv], cwd=tree, capture_output=True, text=True)
         assert r.returncode != 0, r.stdout
         assert "have not been built" in r.stderr and "pip install -e ." in r.stderr, r.stderr
         assert r.stderr.count("ImportError: ") == 1 and "During handling" not in r.stderr, r.stderr  # not a chain
