@@ -25,7 +25,7 @@ def _load_extensions():
 
         warnings.warn(
             "cyctc was built without OpenMP (the compiler had none, or CYCTC_NO_OPENMP=1 was set at build time): "
-            "every call runs on one thread. The wheels from PyPI have OpenMP; see README, Install. Set "
+            "every call runs on one thread. The release wheels have OpenMP; see README, Install (From source). Set "
             "CYCTC_NO_OPENMP=1 to silence this warning when single-threaded is what you want.",
             RuntimeWarning, stacklevel=3)
 

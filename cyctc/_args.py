@@ -84,10 +84,11 @@ def float_input(x, name, ndim, xp=np):
 
 
 def check_size(x, name):
-    """Refuse a (B, T, C) array (typically a broadcast or strided view) with an axis of 2**31 or more, or more than
-    ``MAX_ELEMENTS`` elements, before anything is allocated for it."""
-    B, T, C = (int(n) for n in x.shape)
-    if max(B, T, C) > _INT32_MAX or B * T * C > MAX_ELEMENTS:
+    """Refuse a 3-axis array (typically a broadcast or strided view) with an axis of 2**31 or more, or more than
+    ``MAX_ELEMENTS`` elements, before anything is allocated for it. Call it in the caller's layout, so that the
+    message shows the shape as given."""
+    a, b, c = (int(n) for n in x.shape)
+    if max(a, b, c) > _INT32_MAX or a * b * c > MAX_ELEMENTS:
         raise ValueError(f"{name} of shape {tuple(x.shape)} is too large (every axis must be below 2**31, and the "
                          "element count at most 2**59)")
 
@@ -296,12 +297,12 @@ def normalize_loss_args(labels, logits, label_length, logit_length, logits_time_
     if dtype_out is None or np.dtype(dtype_out).kind != "f":
         dtype_out = x.dtype
     time_major = as_flag(logits_time_major, time_major_name)
+    check_size(x, logits_name)  # before the swap: the message shows the shape as given
     if time_major:
         x = x.swapaxes(0, 1)
     B, T, C = (int(n) for n in x.shape)
     if C == 0:
         raise ValueError(f"{logits_name} has an empty class axis (C = 0)")
-    check_size(x, logits_name)
     x = kernel_view(x, xp)
     blank = blank_class(blank_index, C, default_blank)
 

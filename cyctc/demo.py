@@ -10,7 +10,18 @@ import time
 import numpy as np
 
 
+EXAMPLES = """\
+examples:
+  # the default run: 768 training utterances of 10 symbols, 20 epochs (about a second on two cores)
+  cyctc demo
+
+  # a larger alphabet and more data, on one thread
+  cyctc demo --symbols 30 --utterances 2000 --epochs 30 --num-threads 1
+"""
+
+
 def add_arguments(p):
+    p.epilog = EXAMPLES
     p.add_argument("--epochs", type=int, default=20, help="passes over the training set (default 20)")
     p.add_argument("--utterances", type=int, default=768, help="training utterances (default 768)")
     p.add_argument("--batch-size", type=int, default=32, help="utterances per step (default 32)")

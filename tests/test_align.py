@@ -43,6 +43,56 @@ def test_viterbi_equals_brute_force(blank_index):
     assert checked_feasible > 10 and checked_infeasible > 3
 
 
+def viterbi_with_documented_ties(lp, labels, blank):
+    """The best path by the documented tie rule (README, ctc_align): of equally good predecessors, staying in the
+    state beats the step from the previous state, which beats the skip; at the end the final blank beats the last
+    label. None when no path exists. ``lp`` (T, C) must sum exactly (small integers) for ties to be exact."""
+    ext = [blank]
+    for c in labels:
+        ext += [int(c), blank]
+    T, S = len(lp), len(ext)
+    score = np.full((T, S), -np.inf)
+    back = np.zeros((T, S), dtype=int)
+    score[0, :2] = [lp[0, c] for c in ext[:2]]
+    for t in range(1, T):
+        for s in range(S):
+            steps = [0, 1] + ([2] if s % 2 and s >= 3 and ext[s] != ext[s - 2] else [])
+            best = max((k for k in steps if k <= s), key=lambda k: score[t - 1, s - k])  # the first of a tie
+            score[t, s], back[t, s] = score[t - 1, s - best] + lp[t, ext[s]], best
+    s = S - 1 if S == 1 or score[-1, S - 1] >= score[-1, S - 2] else S - 2
+    if score[-1, s] == -np.inf:
+        return None
+    path = []
+    for t in range(T - 1, -1, -1):
+        path.append(ext[s])
+        s -= back[t, s]
+    return path[::-1]
+
+
+def test_ties_follow_the_documented_rule():
+    """Scores on a coarse grid of whole numbers make many paths exactly as good: the path returned is the one the
+    documented tie rule picks (a kernel that prefers moving on, or ending on the label, fails here)."""
+    # by hand, uniform scores (every path equally good): the label as early as possible, then blanks
+    assert ctc_align(np.zeros((1, 3, 3)), [[1]]).path[0].tolist() == [1, 0, 0]
+    assert ctc_align(np.zeros((1, 3, 3)), [[1, 2]]).path[0].tolist() == [1, 2, 0]
+    assert ctc_align(np.zeros((1, 4, 3)), [[1, 1]]).path[0].tolist() == [1, 0, 1, 0]
+    rng = np.random.default_rng(23)
+    checked = 0
+    for _ in range(400):
+        T, C = int(rng.integers(1, 8)), int(rng.integers(2, 5))
+        blank = int(rng.integers(0, C))
+        labels = random_case(rng, T, C, int(rng.integers(0, 4)), blank)
+        lp = -rng.integers(0, 3, size=(T, C)).astype(np.float64)
+        want = viterbi_with_documented_ties(lp, labels, blank)
+        res = ctc_align(lp[None], [labels.tolist()], blank_index=blank)
+        if want is None:
+            assert not res.feasible[0]
+            continue
+        checked += 1
+        assert res.path[0].tolist() == want, (lp, labels, blank)
+    assert checked > 250
+
+
 def test_batch_with_lengths_padding_and_both_layouts():
     rng = np.random.default_rng(12)
     B, T, C, Lmax = 7, 6, 3, 3

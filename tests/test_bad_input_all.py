@@ -143,7 +143,7 @@ def test_empty_class_axis_and_huge_views(fn):
     for shape in [(2**31, B, C), (2**30, 1, 2**30)]:
         if fn not in TIME_MAJOR:
             shape = (shape[1], shape[0], shape[2])
-        expect(ValueError, [arg, "too large"], fn, **{arg: broadcast_huge(shape)})
+        expect(ValueError, [arg, "too large", f"of shape {shape}"], fn, **{arg: broadcast_huge(shape)})
 
 
 # ----------------------------------------------------------------------------------------- lengths

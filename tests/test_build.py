@@ -76,3 +76,24 @@ def test_demo_runs_and_learns(tmp_path):
     assert len(losses) == 3 and losses[-1] < losses[0]
     assert "label error rate" in out
     assert np.isfinite(losses).all()
+
+
+def test_an_unbuilt_source_tree_says_so(tmp_path):
+    """README, Install: from the root of a checkout whose extensions were not built in place, `import cyctc` and
+    `python -m cyctc` fail with one sentence naming the two ways out; from any other folder they work."""
+    pkg = os.path.dirname(cyctc.__file__)
+    tree = tmp_path / "checkout"
+    (tree / "cyctc").mkdir(parents=True)
+    (tree / "pyproject.toml").write_text("[project]\nname = 'cyctc'\n")
+    for name in ("__init__.py", "__main__.py"):
+        with open(os.path.join(pkg, name)) as f:
+            (tree / "cyctc" / name).write_text(f.read())
+    # -S: no site-packages, whose import hooks (an editable install of another checkout) could supply the
+    # extensions; the folder in the current directory is what Python imports either way
+    for argv in (["-c", "import cyctc"], ["-m", "cyctc", "config"]):
+        r = subprocess.run([sys.executable, "-S", *argv], cwd=tree, capture_output=True, text=True)
+        assert r.returncode != 0, r.stdout
+        assert "have not been built" in r.stderr and "pip install -e ." in r.stderr, r.stderr
+        assert r.stderr.count("ImportError: ") == 1 and "During handling" not in r.stderr, r.stderr  # not a chain
+    r = subprocess.run([sys.executable, "-m", "cyctc", "config"], cwd=tmp_path, capture_output=True, text=True)
+    assert r.returncode == 0 and f"cyctc {cyctc.__version__}" in r.stdout

@@ -4,6 +4,8 @@ Most runs call ``cyctc.cli.main`` in this process (fast); pipes, stdin/stdout an
 as subprocesses.
 """
 import os
+import re
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -13,7 +15,7 @@ import numpy as np
 import pytest
 
 import cyctc
-from cyctc.cli import main
+from cyctc.cli import COMMANDS, build_parser, main
 
 try:
     import kaldiio
@@ -252,6 +254,15 @@ def test_input_is_log_probs_and_probs(tmp_path):
         lo[t, c] -= eps
         fd = (_python_loss(np.log(hi), lab, 0)[0] - _python_loss(np.log(lo), lab, 0)[0]) / (2 * eps)
         assert g[t, c] == pytest.approx(fd, rel=1e-5, abs=1e-8)
+    # a probability of exactly 0 (a class the labels do not need): its gradient is 0, not nan or inf
+    p0 = p.copy()
+    p0[:, 2] = 0.0
+    p0 /= p0.sum(1, keepdims=True)
+    kaldiio.save_ark(str(tmp_path / "p0.ark"), {"a": p0})
+    assert _run("loss", "--input-is", "probs", f"ark:{tmp_path}/p0.ark", f"ark:{tmp_path}/l.ark",
+                f"ark,t:{tmp_path}/o3.txt", f"ark:{tmp_path}/g0.ark") == 0
+    g0 = dict(kaldiio.load_ark(str(tmp_path / "g0.ark")))["a"]
+    assert np.all(g0[:, 2] == 0) and np.isfinite(g0).all() and np.any(g0[:, [0, 1, 3]] != 0)
 
 
 @needs_kaldiio
@@ -304,6 +315,29 @@ def test_help_shows_an_example_pipeline(command, capsys):
     out = capsys.readouterr().out
     assert e.value.code == 0
     assert "examples:" in out and f"cyctc {command} " in out and "ark:" in out and "JOB" in out
+
+
+@pytest.mark.parametrize("command", [c[0] for c in COMMANDS])
+def test_every_help_shows_examples_that_parse(command, capsys):
+    """`cyctc COMMAND --help` of every command ends with examples, and each cyctc line among them is a valid call
+    of that command (options and arguments as its parser takes them)."""
+    with pytest.raises(SystemExit) as e:
+        main([command, "--help"])
+    out = capsys.readouterr().out
+    assert e.value.code == 0 and "examples:" in out
+    text = out.split("examples:", 1)[1].replace("\\\n", " ")  # continued lines joined
+    calls = []
+    for line in text.splitlines():
+        for part in ([] if line.strip().startswith("#") else line.split("|")):
+            words = shlex.split(part)
+            while words and re.fullmatch(r"\w+=\S*", words[0]):  # VAR=value before the command
+                words.pop(0)
+            if words[:1] == ["cyctc"]:
+                calls.append(words[1:])
+    assert calls and all(c[0] == command for c in calls), calls
+    for argv in calls:
+        args = build_parser().parse_args(argv)
+        assert args.command == command
 
 
 def test_entry_points():

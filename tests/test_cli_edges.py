@@ -135,6 +135,40 @@ def test_plain_stdout_on_a_full_disk():
     assert "Traceback" not in err and "Exception ignored" not in err
 
 
+@needs_full
+def test_stdout_failing_only_at_the_last_flush(monkeypatch, capsys):
+    """Output that fits stdout's buffer fails only when main() flushes it at the end (as under the sanitizers,
+    where `cyctc config` writes nothing before that): the error still says why, and the status is 1."""
+    full = open(FULL, "w", buffering=1 << 16)
+    monkeypatch.setattr(sys, "stdout", full)
+    try:
+        rc = main(["config"])
+    finally:
+        monkeypatch.undo()
+        full.close()
+    err = capsys.readouterr().err
+    assert rc == 1, err
+    assert "cyctc config: ERROR: cannot write to stdout: No space left on device (the output is incomplete)" in err
+
+
+@needs_full
+def test_summary_counts_only_what_was_written(data, tmp_path, capsys):
+    """On a full disk the summary's counts (infinite losses, average loss, aligned frames, decoded symbols) cover
+    only utterances whose batch reached every output: here none."""
+    d, feats, _ = data
+    long_labels = tmp_path / "labels.txt"  # u0 infeasible: more labels than frames
+    long_labels.write_text("".join(f"{k} " + " ".join(["1", "2"] * (12 if k == "u0" else 1)) + "\n" for k in KEYS))
+    rc, err = _run(capsys, "loss", f"ark:{d}/feats.ark", f"ark,t:{long_labels}", "ark,t:" + FULL)
+    assert rc == 1 and "done 0 utterance(s)" in err and "loss is inf" in err, err
+    assert "infinite" not in err and "average loss" not in err, err
+    rc, err = _run(capsys, "loss", f"ark:{d}/feats.ark", f"ark,t:{long_labels}", f"ark,t:{tmp_path}/loss.txt")
+    assert rc == 0 and "1 infinite and 0 nan loss(es) written" in err and "average loss per frame" in err, err
+    rc, err = _run(capsys, "align", f"ark:{d}/feats.ark", f"ark,t:{d}/labels.txt", "ark:" + FULL)
+    assert rc == 1 and "done 0 utterance(s)" in err and "average log-probability" not in err, err
+    rc, err = _run(capsys, "decode", f"ark:{d}/feats.ark", "ark:" + FULL)
+    assert rc == 1 and "done 0 utterance(s)" in err and "; 0 symbol(s) decoded" in err, err
+
+
 # ------------------------------------------------------------------------------------- broken index entries
 
 

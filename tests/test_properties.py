@@ -223,6 +223,20 @@ def test_reductions_and_zero_infinity():
     assert np.isposinf(cyctc.ctc_loss(lab, x, ll, tl, False, reduction="sum"))
 
 
+def test_mean_divides_by_label_length_at_least_1():
+    """reduction="mean" is PyTorch's: loss / max(label_length, 1) averaged over the batch, so a zero-length label
+    (the all-blank path) counts with its whole loss; the gradient carries the same factors."""
+    rng = np.random.default_rng(17)
+    x, lab, ll, tl = random_problem(rng, 4, 12, 6, 4)
+    ll[1], ll[3] = 0, 1
+    loss, grad = cyctc.ctc_loss(lab, x, ll, tl, False, return_grad=True)
+    assert np.isclose(loss[1], -np.sum(x[1, :tl[1], 0] - np.log(np.sum(np.exp(x[1, :tl[1]]), axis=1))), rtol=1e-13)
+    m, gm = cyctc.ctc_loss(lab, x, ll, tl, False, reduction="mean", return_grad=True)
+    divisor = np.array([ll[0], 1, ll[2], 1], dtype=np.float64)
+    np.testing.assert_allclose(m, np.mean(loss / divisor), rtol=1e-15)
+    np.testing.assert_allclose(gm, grad / (divisor[:, None, None] * 4), rtol=1e-15)
+
+
 def test_float16_is_computed_in_float32():
     rng = np.random.default_rng(16)
     x, lab, ll, tl = random_problem(rng, 3, 20, 6, 5, dtype=np.float16)

@@ -64,20 +64,23 @@ def main(argv=None):
         rc = 1
     except KeyboardInterrupt:
         return 130
-    if not _settle_stdout() and rc == 0:
-        print(f"cyctc {args.command}: ERROR: cannot write to stdout (the output is incomplete)", file=sys.stderr)
+    why = _settle_stdout()
+    if why is not None and rc == 0:
+        print(f"cyctc {args.command}: ERROR: cannot write to stdout: {why} (the output is incomplete)",
+              file=sys.stderr)
         rc = 1
     return rc
 
 
 def _settle_stdout():
-    """Flush stdout now; True when that worked. When it cannot be written (a full disk, a reader that left), what
-    is still buffered is dropped, so that the interpreter does not fail on it again at exit (a failing archive on
-    stdout was reported with its output already)."""
+    """Flush stdout now; None when that worked, else why not (e.g. "No space left on device"). When it cannot be
+    written (a full disk, a reader that left), what is still buffered is dropped, so that the interpreter does not
+    fail on it again at exit (a failing archive on stdout was reported with its output already)."""
     try:
         sys.stdout.flush()
-        return True
-    except (OSError, ValueError):
+        return None
+    except (OSError, ValueError) as e:
+        why = (e.strerror if isinstance(e, OSError) else None) or str(e)
         try:
             fd = sys.stdout.fileno()
             devnull = os.open(os.devnull, os.O_WRONLY)
@@ -85,7 +88,7 @@ def _settle_stdout():
             os.close(devnull)
         except (OSError, ValueError, AttributeError):
             pass
-        return False
+        return why
 
 
 if __name__ == "__main__":

@@ -92,11 +92,13 @@ def run(args):
                     name = table.to_sym.get(label, str(label)) if table is not None else str(label)
                     ctm_w.write_line(f"{u.key} 1 {fmt.format(start * args.frame_shift)} "
                                      f"{fmt.format((end - start) * args.frame_shift)} {name}")
-            stats["logp"] += logp
-            stats["frames"] += len(path)
             return True
 
-        common.run_loop(args, tally, labels, compute, write, (ali_w, ctm_w))
+        def done(u):  # counted once its batch reached every output
+            stats["logp"] += u.out[1]
+            stats["frames"] += len(u.out[0])
+
+        common.run_loop(args, tally, labels, compute, write, (ali_w, ctm_w), done)
     finally:
         common.close_outputs(tally, ali_w, ctm_w)
     extra = (f"average log-probability per frame {stats['logp'] / stats['frames']:.6g} over "

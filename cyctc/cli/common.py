@@ -324,18 +324,22 @@ def close_outputs(tally, *writers):
             tally.error(str(e))
 
 
-def run_loop(args, tally, labels, compute, write, outputs):
+def run_loop(args, tally, labels, compute, write, outputs, done=None):
     """Read, batch, ``compute(batch)`` (fills each Utt.out), ``write(utt)`` in input order (returning False when it
     skipped the utterance), then flush the ``outputs`` (writers, None skipped): an utterance counts as done once
-    its batch reached them all. Read errors are reported after everything before them is written; a write error
-    (a full disk) ends the loop with an error naming the output. The tally holds the outcome."""
+    its batch reached them all, and only then is ``done(utt)`` called (what a summary counts). Read errors are
+    reported after everything before them is written; a write error (a full disk) ends the loop with an error
+    naming the output. The tally holds the outcome."""
     outputs = [w for w in outputs if w is not None]
     try:
         for batch in batches(utterances(args, tally, labels), args.batch_size):
             compute(batch)
-            written = sum(write(u) is not False for u in batch)  # False: write() reported and skipped it
+            written = [u for u in batch if write(u) is not False]  # False: write() reported and skipped it
             for w in outputs:
                 w.flush()
-            tally.done += written
+            tally.done += len(written)
+            if done is not None:
+                for u in written:
+                    done(u)
     except KaldiIOError as e:
         tally.error(str(e))

@@ -107,10 +107,12 @@ def run(args):
                 out_w.write(u.key, ids)
             if score_w is not None:
                 score_w.write(u.key, u.x.dtype.type(logp))
-            stats["symbols"] += len(ids)
             return True
 
-        common.run_loop(args, tally, None, compute, write, (out_w, score_w))
+        def done(u):  # counted once its batch reached every output
+            stats["symbols"] += len(u.out[0])
+
+        common.run_loop(args, tally, None, compute, write, (out_w, score_w), done)
     finally:
         common.close_outputs(tally, out_w, score_w)
     return tally.finish(f"{stats['symbols']} symbol(s) decoded")

@@ -86,17 +86,22 @@ def run(args):
             if grad_w is not None:
                 grad_w.write(u.key, g)
             if np.isnan(loss):
-                stats["nan"] += 1
                 tally.warn(f"utterance {u.key!r}: loss is nan (non-finite scores)")
             elif np.isinf(loss):
-                stats["inf"] += 1
                 tally.warn(f"utterance {u.key!r}: loss is inf (infeasible: {u.mat.shape[0]} frames for "
                            f"{len(u.labels)} labels)")
+
+        def done(u):  # counted once its batch reached every output
+            loss = u.out[0]
+            if np.isnan(loss):
+                stats["nan"] += 1
+            elif np.isinf(loss):
+                stats["inf"] += 1
             else:
                 stats["sum"] += float(loss)
                 stats["frames"] += u.mat.shape[0]
 
-        common.run_loop(args, tally, labels, _compute(args, want_grad), write, (loss_w, grad_w))
+        common.run_loop(args, tally, labels, _compute(args, want_grad), write, (loss_w, grad_w), done)
     finally:
         common.close_outputs(tally, loss_w, grad_w)
     unused = len(labels) - tally.matched

@@ -10,10 +10,11 @@
  *
  *     INC=$(python -c 'import cyctc; print(cyctc.get_include())')
  *     SRC=$(python -c 'import cyctc; print(" ".join(cyctc.get_sources()))')
- *     gcc -O2 -fopenmp -c $SRC                  # ctc.o capi.o (C99; g++ compiles them as C++ too)
- *     g++ -O2 -fopenmp -I"$INC" my_program.cc ctc.o capi.o -o my_program -lm
+ *     gcc -O2 -ffp-contract=off -fopenmp -c $SRC                 # ctc.o capi.o (C99; g++ compiles them as C++ too)
+ *     g++ -O2 -ffp-contract=off -fopenmp -I"$INC" my-ctc-bin.cc ctc.o capi.o -o my-ctc-bin
  *
- * Without -fopenmp everything runs on one thread (same results).
+ * -ffp-contract=off (as the package's own build) keeps the results bit-identical to the Python API on the same
+ * machine. Without -fopenmp everything runs on one thread (same results). README.md, "C API", has a whole program.
  *
  * Example:
  *
