@@ -296,3 +296,30 @@ def test_many_distinct_classes_exact(k):
     if k:
         base = run_k(x, lab)
         assert np.array_equal(base[0], loss) and np.array_equal(base[1], g)
+
+
+@pytest.mark.parametrize("time_major", [False, True])
+def test_memmap_logits_read_in_place(tmp_path, time_major):
+    """Logits in a np.memmap (larger-than-RAM inputs) are read where they lie by the loss-only call: the call's
+    traced allocations (the frame normalisers, 16 bytes a frame, and O(L) rows) stay far below the array's size,
+    and the loss is that of the same array in memory."""
+    import tracemalloc
+    T, C_, L = 100000, 32, 300
+    x, lab = family("random", T, L, 4)
+    shape = (T, 1, C_) if time_major else (1, T, C_)
+    mm = np.lib.format.open_memmap(str(tmp_path / "logits.npy"), mode="w+", dtype=np.float32, shape=shape)
+    mm[...] = x.swapaxes(0, 1) if time_major else x
+    mm.flush()
+    del mm
+    logits = np.load(str(tmp_path / "logits.npy"), mmap_mode="r")
+    want = cyctc.ctc_loss(lab, np.array(logits), [L], [T], time_major, reduction="none", num_threads=2)
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        got = cyctc.ctc_loss(lab, logits, [L], [T], time_major, reduction="none", num_threads=2)
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert np.array_equal(got, want)
+    assert peak < logits.nbytes / 4, (peak, logits.nbytes)
