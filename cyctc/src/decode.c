@@ -386,6 +386,9 @@ static void beam_finish(beam_state *s, int K, int merge_repeated, int32_t *paths
 
 #define PAD 4  /* -inf (Viterbi) or 0 (posteriors) entries before state 0 of every row: prev[s - k] needs no test */
 #define CK_MAXD 62
+#define CK_ONE_PASS_MAX (48.0 * 1048576.0) /* bytes above which a plan keeps checkpoints even when one pass fits */
+#define BLK 32         /* states per exponent block of the posterior rows */
+#define ZEXP (-1e300)  /* the exponent of an all-zero block */
 
 enum { K_BLANK = 0, K_LABEL = 1, K_GAP = 2 };
 enum { F_START = 16, F_END = 32 };
@@ -411,6 +414,8 @@ struct chain_s {
     int32_t *cls;   /* S: class read for the state's score (C: the gap score, kept in lp[C]) */
     uint8_t *flags; /* S: bits 0-3 offsets 1..4 allowed, F_START, F_END */
     double *mask[4]; /* (S + PAD) each: Viterbi 0 / -inf, posteriors 1 / 0 (entries past S are 0) */
+    int64_t *far, *src; /* states with offset 3 or 4 allowed; states with such a successor (ascending) */
+    int64_t nfar, nsrc;
     double *lp;     /* C + 1 */
     double *em;     /* S + PAD */
     double *w[2];   /* work rows (S + PAD + 1 each; +1: the row's log scale) */
@@ -424,7 +429,7 @@ struct chain_s {
     /* outputs and state */
     int32_t *path;
     double *post;
-    double logB, ref;
+    double ref;
     int lost;
 };
 
@@ -530,11 +535,11 @@ static double ck_best_r(int64_t P0, int D, double rowb, double leafb, double fix
 /* work-space sizes of one sequence: doubles per stored row, fixed bytes, leaf bytes per frame */
 static void chain_sizes(int64_t S, int C, int posteriors, double *rowb, double *fixed, double *leafb)
 {
-    const double row = (double)(S + 2 * PAD + 1) * 8.0;
-    const double graph = (double)S * 5.0 + (double)(C + 1) * 8.0 + 4.0 * (double)(S + 2 * PAD) * 8.0 +
+    const double row = (double)(S + 2 * PAD + 1 + (S + BLK - 1) / BLK) * 8.0;
+    const double graph = (double)S * 5.0 + (double)(S / 2 + 2) * 16.0 + (double)(C + 1) * 16.0 + 4.0 * (double)(S + 2 * PAD) * 8.0 +
                          (double)(S + PAD) * 8.0; /* classes, flags, the frame, masks, scores */
     *rowb = row;
-    *fixed = graph + (posteriors ? 4.0 : 2.0) * row + 256.0;
+    *fixed = graph + (posteriors ? 4.0 * row + (BLK + 2 * PAD) * 8.0 : 2.0 * row) + 256.0;
     *leafb = posteriors ? row : (double)S;
 }
 
@@ -548,6 +553,12 @@ static int ck_plan_make(int64_t T, int64_t S, int C, int posteriors, double budg
     for (int D = 0; D <= CK_MAXD; D++) {
         int64_t r = 2;
         const double b = ck_best_r(P0, D, rowb, leafb, fixed, &r);
+        /* one pass over everything only while it stays small: touching (and faulting in) hundreds of MB costs
+         * more than the extra forward pass of one level of checkpoints */
+        if (D == 0 && b > CK_ONE_PASS_MAX && budget > CK_ONE_PASS_MAX) {
+            best = b;
+            continue;
+        }
         if (b <= budget) {
             *bytes = ck_bytes(P0, D, r, rowb, leafb, fixed, pl);
             return 0;
@@ -598,9 +609,13 @@ DECODE_HOT static int chain_frame(chain *g, int64_t t, int linear)
         for (int64_t s = 0; s < S; s++)
             em[s] = lp[cls[s]];
     } else {
-        const double ref = m == NEG_INF ? 0.0 : m; /* scores relative to the frame's best: at most 1 */
+        /* probabilities relative to the frame's best (at most 1), one exp per class */
+        const double ref = m == NEG_INF ? 0.0 : m;
+        double *ep = g->lp + C + 1;
+        for (int c = 0; c <= C; c++)
+            ep[c] = exp(g->lp[c] - ref);
         for (int64_t s = 0; s < S; s++)
-            em[s] = exp(lp[cls[s]] - ref);
+            em[s] = ep[cls[s]];
     }
     return 0;
 }
@@ -614,14 +629,16 @@ static void vit_init_row(const chain *g, double *row)
         row[PAD + s] = (g->flags[s] & F_START) ? em[s] : NEG_INF;
 }
 
-/* one Viterbi frame: cur = best predecessor in prev + the frame's scores; bk (when not NULL) gets the offsets */
+/* one Viterbi frame: cur = best predecessor in prev + the frame's scores; bk (when not NULL) gets the offsets.
+ * Offsets 3 and 4 exist only at the first label after a gap (one state per gap): the main loops look at the
+ * self-loop and offsets 1 and 2, and those few states are redone with all five candidates. */
 DECODE_HOT static void vit_step(const chain *g, const double *prevp, double *curp, uint8_t *bk)
 {
     const int64_t S = g->S;
     const double *prev = prevp + PAD, *em = g->em + PAD;
     const double *m1 = g->mask[0] + PAD, *m2 = g->mask[1] + PAD, *m3 = g->mask[2] + PAD, *m4 = g->mask[3] + PAD;
     double *cur = curp + PAD;
-    if (bk == NULL && g->maxk <= 2) {
+    if (bk == NULL) {
         for (int64_t s = 0; s < S; s++) {
             double best = prev[s], c = prev[s - 1] + m1[s];
             best = c > best ? c : best;
@@ -629,19 +646,7 @@ DECODE_HOT static void vit_step(const chain *g, const double *prevp, double *cur
             best = c > best ? c : best;
             cur[s] = best + em[s];
         }
-    } else if (bk == NULL) {
-        for (int64_t s = 0; s < S; s++) {
-            double best = prev[s], c = prev[s - 1] + m1[s];
-            best = c > best ? c : best;
-            c = prev[s - 2] + m2[s];
-            best = c > best ? c : best;
-            c = prev[s - 3] + m3[s];
-            best = c > best ? c : best;
-            c = prev[s - 4] + m4[s];
-            best = c > best ? c : best;
-            cur[s] = best + em[s];
-        }
-    } else if (g->maxk <= 2) {
+    } else {
         /* the offset is the first candidate equal to the maximum: the same as replacing only on a strictly larger
          * candidate in the order self-loop, 1, 2, written without branches */
         for (int64_t s = 0; s < S; s++) {
@@ -654,22 +659,22 @@ DECODE_HOT static void vit_step(const chain *g, const double *prevp, double *cur
             cur[s] = best + em[s];
             bk[s] = (uint8_t)arg;
         }
-    } else {
-        for (int64_t s = 0; s < S; s++) {
-            const double c0 = prev[s], c1 = prev[s - 1] + m1[s], c2 = prev[s - 2] + m2[s], c3 = prev[s - 3] + m3[s],
-                         c4 = prev[s - 4] + m4[s];
-            double best = c1 > c0 ? c1 : c0;
-            best = c2 > best ? c2 : best;
-            best = c3 > best ? c3 : best;
-            best = c4 > best ? c4 : best;
-            int32_t arg = c4 == best ? 4 : 0;
-            arg = c3 == best ? 3 : arg;
-            arg = c2 == best ? 2 : arg;
-            arg = c1 == best ? 1 : arg;
-            arg = c0 == best ? 0 : arg;
-            cur[s] = best + em[s];
-            bk[s] = (uint8_t)arg;
+    }
+    for (int64_t i = 0; i < g->nfar; i++) {
+        const int64_t s = g->far[i];
+        const double c[5] = {prev[s], prev[s - 1] + m1[s], prev[s - 2] + m2[s], prev[s - 3] + m3[s],
+                             prev[s - 4] + m4[s]};
+        double best = c[0];
+        int arg = 0;
+        for (int k = 1; k < 5; k++) {
+            if (c[k] > best) {
+                best = c[k];
+                arg = k;
+            }
         }
+        cur[s] = best + em[s];
+        if (bk)
+            bk[s] = (uint8_t)arg;
     }
 }
 
@@ -745,55 +750,133 @@ static int vit_segment(chain *g, int d, int64_t a, int64_t b, const double *row_
 
 /* --- posteriors ---------------------------------------------------------------------------------------------- */
 
-/* scale a linear row to sum 1; its log scale (accumulated from lscale) goes to row[PAD + S]; 0 when empty */
-static int fb_normalise(int64_t S, double *rowp, double lscale)
-{
-    double *row = rowp + PAD, c = 0.0;
-    for (int64_t s = 0; s < S; s++)
-        c += row[s];
-    if (!(c > 0.0))
-        return 0;
-    const double inv = 1.0 / c;
-    for (int64_t s = 0; s < S; s++)
-        row[s] *= inv;
-    row[S] = lscale + log(c);
-    return 1;
-}
+/* Posterior rows hold mantissas with one power-of-two exponent per block of BLK states (value = mantissa *
+ * 2^exponent, the exponents stored as doubles after the row's padding): a row of a long recording spans far more
+ * than a double's range (the untranscribed states of early utterances hold most of the forward mass long after the
+ * states that carry the posterior), while a block of neighbouring states does not. Blocks exchange values through
+ * exact power-of-two rescales, so recomputing a row repeats the same bits. An all-zero block has exponent ZEXP. */
 
-DECODE_HOT static int fb_step(const chain *g, const double *prevp, double *curp)
+static inline double *fb_exp(const chain *g, double *rowp) { return rowp + PAD + g->S + PAD; }
+
+/* scale each block of a row so that its largest mantissa lies in [0.5, 1); base[b]: the exponent its values
+ * are in now */
+DECODE_HOT static void fb_blocks(const chain *g, double *row, double *ex, const double *base)
 {
     const int64_t S = g->S;
-    const double *prev = prevp + PAD, *em = g->em + PAD;
+    for (int64_t b = 0, s0 = 0; s0 < S; b++, s0 += BLK) {
+        const int64_t s1 = s0 + BLK < S ? s0 + BLK : S;
+        double m = 0.0, mm[4] = {0.0, 0.0, 0.0, 0.0};
+        int64_t s = s0;
+        for (; s + 4 <= s1; s += 4)
+            for (int k = 0; k < 4; k++)
+                mm[k] = row[s + k] > mm[k] ? row[s + k] : mm[k];
+        for (; s < s1; s++)
+            m = row[s] > m ? row[s] : m;
+        for (int k = 0; k < 4; k++)
+            m = mm[k] > m ? mm[k] : m;
+        if (!(m > 0.0)) {
+            for (s = s0; s < s1; s++)
+                row[s] = 0.0;
+            ex[b] = ZEXP;
+            continue;
+        }
+        int e;
+        frexp(m, &e);
+        const double f = ldexp(1.0, -e);
+        /* values below 2^-960 of the block's largest are flushed to zero: they could only matter with a beta as
+         * far above the block's (fb_post's check sees that), and left alone they would become subnormal */
+        for (s = s0; s < s1; s++) {
+            const double v = row[s] * f;
+            row[s] = v < 0x1p-961 ? 0.0 : v;
+        }
+        ex[b] = base[b] + e;
+    }
+}
+
+static inline double fb_rescale(double from, double to)
+{
+    return from == ZEXP ? 0.0 : ldexp(1.0, (int)fmax(from - to, -2000.0));
+}
+
+/* one forward frame: cur = (sum of the allowed predecessors in prev) * the frame's scores; 0 when all zero */
+DECODE_HOT static int fb_step(chain *g, double *prevp, double *curp)
+{
+    const int64_t S = g->S;
+    const double *em = g->em + PAD;
     const double *m1 = g->mask[0] + PAD, *m2 = g->mask[1] + PAD, *m3 = g->mask[2] + PAD, *m4 = g->mask[3] + PAD;
-    double *cur = curp + PAD;
+    const double *pex = fb_exp(g, prevp);
+    double *cur = curp + PAD, *cex = fb_exp(g, curp), *base = g->tmp; /* tmp: the blocks' bases */
+    double *pr = g->tmp + (S + BLK - 1) / BLK + PAD;                   /* a block's predecessors, in its base */
+    int any = 0;
+    int64_t fi = 0;
     for (int k = 0; k < PAD; k++)
         curp[k] = 0.0;
-    if (g->maxk <= 2) {
-        for (int64_t s = 0; s < S; s++)
-            cur[s] = (prev[s] + prev[s - 1] * m1[s] + prev[s - 2] * m2[s]) * em[s];
-    } else {
-        for (int64_t s = 0; s < S; s++)
-            cur[s] = (prev[s] + prev[s - 1] * m1[s] + prev[s - 2] * m2[s] + prev[s - 3] * m3[s] +
-                      prev[s - 4] * m4[s]) * em[s];
+    for (int64_t b = 0, s0 = 0; s0 < S; b++, s0 += BLK) {
+        const int64_t s1 = s0 + BLK < S ? s0 + BLK : S;
+        const double eo = pex[b], en = b > 0 ? pex[b - 1] : ZEXP;
+        const double E = eo > en ? eo : en;
+        base[b] = E;
+        if (E == ZEXP) {
+            for (int64_t s = s0; s < s1; s++)
+                cur[s] = 0.0;
+            while (fi < g->nfar && g->far[fi] < s1)
+                fi++;
+            continue;
+        }
+        const double fo = fb_rescale(eo, E), fn = fb_rescale(en, E);
+        const double *prev = prevp + PAD;
+        for (int k = 1; k <= PAD; k++) {
+            const double v = s0 - k >= 0 ? prev[s0 - k] * fn : 0.0;
+            pr[-k] = v < 0x1p-1000 ? 0.0 : v; /* no subnormals (slow, and below anything that matters) */
+        }
+        for (int64_t s = s0; s < s1; s++) {
+            const double v = prev[s] * fo;
+            pr[s - s0] = v < 0x1p-1000 ? 0.0 : v;
+        }
+        const double *q = pr - s0;
+        for (int64_t s = s0; s < s1; s++)
+            cur[s] = (q[s] + q[s - 1] * m1[s] + q[s - 2] * m2[s]) * em[s];
+        for (; fi < g->nfar && g->far[fi] < s1; fi++) { /* offsets 3 and 4: see vit_step */
+            const int64_t s = g->far[fi];
+            cur[s] += (q[s - 3] * m3[s] + q[s - 4] * m4[s]) * em[s];
+        }
     }
-    return fb_normalise(S, curp, prev[S]);
+    fb_blocks(g, cur, cex, base);
+    for (int64_t b = 0; b * BLK < S; b++)
+        any |= cex[b] != ZEXP;
+    return any;
 }
 
-/* the posterior of the path's state at frame t from the forward row (alpha) and g->beta (beta at t) */
-DECODE_HOT static void fb_post(chain *g, int64_t t, const double *alphap)
+/* log2 of sum_s alpha_s beta_s (block exponents included); the path state's posterior into g->post[t] */
+DECODE_HOT static void fb_post(chain *g, int64_t t, double *alphap)
 {
     const int64_t S = g->S;
-    const double *al = alphap + PAD, *be = g->beta + PAD;
+    const double *al = alphap + PAD, *be = g->beta + PAD, *ea = fb_exp(g, alphap), *eb = fb_exp(g, g->beta);
+    double top = ZEXP;
+    for (int64_t b = 0; b * BLK < S; b++)
+        if (ea[b] != ZEXP && eb[b] != ZEXP && ea[b] + eb[b] > top)
+            top = ea[b] + eb[b];
     double dot = 0.0;
-    for (int64_t s = 0; s < S; s++)
-        dot += al[s] * be[s];
+    if (top != ZEXP) {
+        for (int64_t b = 0, s0 = 0; s0 < S; b++, s0 += BLK) {
+            if (ea[b] == ZEXP || eb[b] == ZEXP)
+                continue;
+            const int64_t s1 = s0 + BLK < S ? s0 + BLK : S;
+            double d = 0.0;
+            for (int64_t s = s0; s < s1; s++)
+                d += al[s] * be[s];
+            dot += d * fb_rescale(ea[b] + eb[b], top);
+        }
+    }
     const int32_t v = g->path[t];
-    g->post[t] = dot > 0.0 ? al[v] * be[v] / dot : 0.0;
-    const double total = (dot > 0.0 ? log(dot) : NEG_INF) + al[S] + g->logB;
+    const int64_t bv = v / BLK;
+    const double pv = (ea[bv] == ZEXP || eb[bv] == ZEXP) ? 0.0 : al[v] * be[v] * fb_rescale(ea[bv] + eb[bv], top);
+    g->post[t] = dot > 0.0 ? pv / dot : 0.0;
+    const double total = dot > 0.0 ? top + log2(dot) : NEG_INF;
     if (t == g->T - 1)
         g->ref = total;
     else if (!(fabs(total - g->ref) <= 1e-9 + 1e-15 * (double)g->T * (1.0 + fabs(g->ref))))
-        g->lost = 1; /* mass that mattered fell below the scaled rows' range */
+        g->lost = 1; /* mass that mattered fell below a block's range */
 }
 
 /* beta from frame t to t - 1, with the scores of frame t in g->em */
@@ -802,38 +885,52 @@ DECODE_HOT static void fb_back(chain *g)
     const int64_t S = g->S;
     const double *em = g->em + PAD, *m1 = g->mask[0] + PAD, *m2 = g->mask[1] + PAD, *m3 = g->mask[2] + PAD,
                  *m4 = g->mask[3] + PAD;
-    double *be = g->beta + PAD, *tmp = g->tmp + PAD;
-    for (int64_t s = 0; s < S; s++)
-        tmp[s] = em[s] * be[s];
-    for (int k = 0; k < PAD; k++)
-        tmp[S + k] = 0.0;
-    if (g->maxk <= 2) {
-        for (int64_t s = 0; s < S; s++)
-            be[s] = tmp[s] + tmp[s + 1] * m1[s + 1] + tmp[s + 2] * m2[s + 2];
-    } else {
-        for (int64_t s = 0; s < S; s++)
-            be[s] = tmp[s] + tmp[s + 1] * m1[s + 1] + tmp[s + 2] * m2[s + 2] + tmp[s + 3] * m3[s + 3] +
-                    tmp[s + 4] * m4[s + 4];
+    double *be = g->beta + PAD, *ex = fb_exp(g, g->beta), *base = g->tmp;
+    double *tq = g->tmp + (S + BLK - 1) / BLK; /* a block's successors (BLK + PAD), in its base */
+    int64_t fi = 0;
+    for (int64_t b = 0, s0 = 0; s0 < S; b++, s0 += BLK) {
+        const int64_t s1 = s0 + BLK < S ? s0 + BLK : S;
+        const double eo = ex[b], en = s1 < S ? ex[b + 1] : ZEXP;
+        const double E = eo > en ? eo : en;
+        base[b] = E;
+        if (E == ZEXP) {
+            for (int64_t s = s0; s < s1; s++)
+                be[s] = 0.0;
+            while (fi < g->nsrc && g->src[fi] < s1)
+                fi++;
+            continue;
+        }
+        const double fo = fb_rescale(eo, E), fn = fb_rescale(en, E);
+        for (int64_t s = s0; s < s1; s++) {
+            const double v = em[s] * be[s] * fo;
+            tq[s - s0] = v < 0x1p-1000 ? 0.0 : v;
+        }
+        for (int64_t s = s1; s < s1 + PAD; s++) {
+            const double v = s < S ? em[s] * be[s] * fn : 0.0;
+            tq[s - s0] = v < 0x1p-1000 ? 0.0 : v;
+        }
+        const double *q = tq - s0;
+        for (int64_t s = s0; s < s1; s++)
+            be[s] = q[s] + q[s + 1] * m1[s + 1] + q[s + 2] * m2[s + 2];
+        for (; fi < g->nsrc && g->src[fi] < s1; fi++) { /* offsets 3 and 4: see vit_step */
+            const int64_t s = g->src[fi];
+            be[s] += q[s + 3] * m3[s + 3] + q[s + 4] * m4[s + 4];
+        }
     }
-    double c = 0.0;
-    for (int64_t s = 0; s < S; s++)
-        c += be[s];
-    if (!(c > 0.0)) {
+    fb_blocks(g, be, ex, base);
+    int any = 0;
+    for (int64_t b = 0; b * BLK < S; b++)
+        any |= ex[b] != ZEXP;
+    if (!any)
         g->lost = 1;
-        return;
-    }
-    const double inv = 1.0 / c;
-    for (int64_t s = 0; s < S; s++)
-        be[s] *= inv;
-    g->logB += log(c);
 }
 
-static int fb_segment(chain *g, int d, int64_t a, int64_t b, const double *row_a)
+static int fb_segment(chain *g, int d, int64_t a, int64_t b, double *row_a)
 {
     const size_t R = g->row;
     if (d == g->pl.D) {
         double *rows = (double *)g->leaf; /* row of frame t at rows + (t - a - 1) * R */
-        const double *prev = row_a;
+        double *prev = row_a;
         for (int64_t t = a + 1; t <= b; t++) {
             if (chain_frame(g, t, 1))
                 return CHAIN_NONFINITE;
@@ -852,7 +949,7 @@ static int fb_segment(chain *g, int d, int64_t a, int64_t b, const double *row_a
     }
     const int64_t q = g->pl.P[d + 1], n = (b - a + q - 1) / q;
     double *slots = g->slots[d];
-    const double *prev = row_a;
+    double *prev = row_a;
     for (int64_t t = a + 1; t <= a + (n - 1) * q; t++) {
         if (chain_frame(g, t, 1))
             return CHAIN_NONFINITE;
@@ -876,14 +973,14 @@ static int fb_segment(chain *g, int d, int64_t a, int64_t b, const double *row_a
 static void chain_carve(chain *g, char *arena, const int32_t *tok, int posteriors)
 {
     const int64_t S = g->S;
-    const size_t R = g->row = (size_t)(S + 2 * PAD + 1);
+    const size_t R = g->row = (size_t)(S + 2 * PAD + 1 + (S + BLK - 1) / BLK);
     double *p = (double *)arena;
     for (int k = 0; k < 4; k++, p += S + 2 * PAD)
         g->mask[k] = p;
     g->em = p;
     p += S + PAD;
-    g->lp = p;
-    p += g->C + 1;
+    g->lp = p; /* the frame's log-probabilities (+ the gap score), then their exponentials */
+    p += 2 * (g->C + 1);
     g->w[0] = p;
     p += R;
     g->w[1] = p;
@@ -891,8 +988,8 @@ static void chain_carve(chain *g, char *arena, const int32_t *tok, int posterior
     if (posteriors) {
         g->beta = p;
         p += R;
-        g->tmp = p;
-        p += R;
+        g->tmp = p; /* the blocks' bases, then one block's neighbours */
+        p += R + BLK + 2 * PAD;
     }
     g->top = p;
     p += R;
@@ -905,9 +1002,18 @@ static void chain_carve(chain *g, char *arena, const int32_t *tok, int posterior
         p += (size_t)g->pl.P[g->pl.D] * R;
     else
         p = (double *)((char *)p + (((size_t)g->pl.P[g->pl.D] * (size_t)S + 7) & ~(size_t)7));
-    g->cls = (int32_t *)p;
+    g->far = (int64_t *)p;
+    g->src = g->far + (S / 2 + 2);
+    g->cls = (int32_t *)(g->src + (S / 2 + 2));
     g->flags = (uint8_t *)(g->cls + S);
     g->maxk = chain_graph(tok, S, g->C, g->blank, g->cls, g->flags);
+    g->nfar = g->nsrc = 0;
+    for (int64_t s = 0; s < S; s++) {
+        if (g->flags[s] & 12)
+            g->far[g->nfar++] = s;
+        if ((s + 3 < S && (g->flags[s + 3] & 4)) || (s + 4 < S && (g->flags[s + 4] & 8)))
+            g->src[g->nsrc++] = s;
+    }
     const double off = posteriors ? 0.0 : NEG_INF, on = posteriors ? 1.0 : 0.0;
     for (int k = 0; k < 4; k++) {
         for (int64_t s = 0; s < PAD; s++)
@@ -994,13 +1100,14 @@ static int cyctc_chain_run(const void *x, ptrdiff_t xs, chain_loader load, int64
             top[k] = 0.0;
         for (int64_t s = 0; s < g.S; s++)
             top[PAD + s] = (g.flags[s] & F_START) ? em[s] : 0.0;
-        if (!fb_normalise(g.S, top, 0.0))
-            g.lost = 1;
+        for (int64_t b = 0; b * BLK < g.S; b++)
+            g.tmp[b] = 0.0;
+        fb_blocks(&g, top + PAD, fb_exp(&g, top), g.tmp);
         for (int k = 0; k < PAD; k++)
             g.beta[k] = 0.0;
         for (int64_t s = 0; s < g.S; s++)
             g.beta[PAD + s] = (g.flags[s] & F_END) ? 1.0 : 0.0;
-        g.logB = 0.0;
+        fb_blocks(&g, g.beta + PAD, fb_exp(&g, g.beta), g.tmp);
         if (!g.lost)
             rc = fb_segment(&g, 0, 0, T - 1, top);
         if (!rc && !g.lost)
