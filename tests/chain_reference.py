@@ -18,10 +18,8 @@ def graph(tokens, blank):
         between = range(a + 1, s)
         if not all(optional[i] for i in between):
             return False
-        for end, other in ((s, a), (a, s)):
-            if 0 <= end < S and optional[end] and any(kind[i] == kind[end] for i in between):
-                if end == s or s == S:
-                    return False
+        if s < S and optional[s] and any(kind[i] == kind[s] for i in between):
+            return False  # landing on a blank (gap) after skipping a blank (gap) duplicates a path
         if a >= 0 and s < S:
             if kind[a] == kind[s] and kind[s] != "label":
                 return False

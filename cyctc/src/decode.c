@@ -364,8 +364,10 @@ static void beam_finish(beam_state *s, int K, int merge_repeated, int32_t *paths
  *       gap to land on a gap, would only duplicate a path),
  *   (c) s - k and s are not both blanks and not both gaps, and
  *   (d) s - k and s are not two labels of the same class (CTC needs a blank frame between equal labels).
- * A path may start in s when (a) and (b) hold for the states before s, and end in s when they hold for the states
- * after it. Every state has a self-loop. Without gaps this is exactly CTC's extended label sequence.
+ * A path may start in s when (a) and (b) hold for the states before s, and end in s when every state after it is
+ * optional. Every state has a self-loop. Without gaps this is exactly CTC's extended label sequence. Each frame
+ * labelling (a class or "untranscribed" per frame) that fits the tokens is then the reading of exactly one path:
+ * blanks next to a gap belong to the blank before it unless the gap took frames.
  *
  * Scores of a frame (log-probabilities lp, normalised first when asked): a blank state lp[blank], a label state
  * lp[class], a gap state max_c lp[c] - gap_penalty (the best class of the frame, minus a fixed penalty).
@@ -449,9 +451,7 @@ static int chain_step_ok(const int32_t *tok, int64_t S, int64_t a, int64_t s)
         if (ki == K_LABEL)
             return 0;                               /* (a) */
         if (ks != K_LABEL && ks >= 0 && ki == ks)
-            return 0;                               /* (b) for s */
-        if (s == S && ka != K_LABEL && ka >= 0 && ki == ka)
-            return 0;                               /* (b) for the end: nothing after a of a's kind */
+            return 0;                               /* (b) */
     }
     if (ks >= 0 && ka >= 0) {
         if (ks == ka && ks != K_LABEL)
