@@ -4,6 +4,8 @@ import numpy as np
 from . import common
 from .kaldi_io import IntVectorWriter, TextWriter
 
+LONG_FRAMES = 20000  # utterances longer than this are aligned one at a time (never padded into a batch)
+
 EXAMPLES = """\
 For each utterance of <logits-rspecifier> (Kaldi float matrices, T x C) whose id is in <labels-rspecifier>, finds
 the most probable frame-level CTC path that spells the labels (Viterbi; scores are log-softmax normalised per
@@ -80,14 +82,18 @@ def run(args):
                 u.out = (res.path[b, :T[b]], float(res.log_prob[b]), bool(res.feasible[b]), blank)
 
         def compute(batch):
-            try:
-                align(batch)
-            except MemoryError:  # one utterance needs more than --memory-limit: find it, align the others
-                for u in batch:
-                    try:
-                        align([u])
-                    except MemoryError as e:
-                        u.out = str(e)
+            # long utterances (an hour of frames) alone: padding the others to their length would copy them whole
+            short = [u for u in batch if u.x.shape[0] <= LONG_FRAMES]
+            groups = ([short] if short else []) + [[u] for u in batch if u.x.shape[0] > LONG_FRAMES]
+            for group in groups:
+                try:
+                    align(group)
+                except MemoryError:  # one utterance needs more than --memory-limit: find it, align the others
+                    for u in group:
+                        try:
+                            align([u])
+                        except MemoryError as e:
+                            u.out = str(e)
 
         def write(u):
             if isinstance(u.out, str):
