@@ -419,6 +419,7 @@ struct chain_s {
     int64_t *far, *src; /* states with offset 3 or 4 allowed; states with such a successor (ascending) */
     int64_t nfar, nsrc;
     double *lp;     /* C + 1 */
+    const double *sc; /* the current frame's score per class (lp, or its exponentials after it) */
     double *em;     /* S + PAD */
     double *w[2];   /* work rows (S + PAD + 1 each; +1: the row's log scale) */
     double *beta, *tmp;
@@ -591,7 +592,8 @@ double cyctc_chain_work_bytes(int64_t T, int C, int64_t n, int posteriors, doubl
 
 /* --- Viterbi ------------------------------------------------------------------------------------------------- */
 
-/* the frame's scores into g->em (state order); 1 when the frame holds NaN or +inf */
+/* the frame's scores per class (C: the gap score) into g->sc, state s reading g->sc[g->cls[s]]: log scores, or
+ * with linear probabilities relative to the frame's best; 1 when the frame holds NaN or +inf */
 DECODE_HOT static int chain_frame(chain *g, int64_t t, int linear)
 {
     if (g->load(g->x, g->xs, t, g->C, g->normalize, g->lp))
@@ -601,32 +603,26 @@ DECODE_HOT static int chain_frame(chain *g, int64_t t, int linear)
     for (int c = 0; c < C; c++)
         m = g->lp[c] > m ? g->lp[c] : m;
     g->lp[C] = m - g->gap_penalty;
-    const int64_t S = g->S;
-    const int32_t *cls = g->cls;
-    double *em = g->em + PAD;
-    const double *lp = g->lp;
     if (!linear) {
-        for (int64_t s = 0; s < S; s++)
-            em[s] = lp[cls[s]];
+        g->sc = g->lp;
     } else {
         /* probabilities relative to the frame's best (at most 1), one exp per class */
         const double ref = m == NEG_INF ? 0.0 : m;
         double *ep = g->lp + C + 1;
         for (int c = 0; c <= C; c++)
             ep[c] = exp(g->lp[c] - ref);
-        for (int64_t s = 0; s < S; s++)
-            em[s] = ep[cls[s]];
+        g->sc = ep;
     }
     return 0;
 }
 
 static void vit_init_row(const chain *g, double *row)
 {
-    const double *em = g->em + PAD;
+    const double *sc = g->sc;
     for (int k = 0; k < PAD; k++)
         row[k] = NEG_INF;
     for (int64_t s = 0; s < g->S; s++)
-        row[PAD + s] = (g->flags[s] & F_START) ? em[s] : NEG_INF;
+        row[PAD + s] = (g->flags[s] & F_START) ? sc[g->cls[s]] : NEG_INF;
 }
 
 /* one Viterbi frame: cur = best predecessor in prev + the frame's scores; bk (when not NULL) gets the offsets.
@@ -635,28 +631,31 @@ static void vit_init_row(const chain *g, double *row)
 DECODE_HOT static void vit_step(const chain *g, const double *prevp, double *curp, uint8_t *bk)
 {
     const int64_t S = g->S;
-    const double *prev = prevp + PAD, *em = g->em + PAD;
+    const double *prev = prevp + PAD, *sc = g->sc;
+    const int32_t *cls = g->cls;
     const double *m1 = g->mask[0] + PAD, *m2 = g->mask[1] + PAD, *m3 = g->mask[2] + PAD, *m4 = g->mask[3] + PAD;
     double *cur = curp + PAD;
+    /* offset 1 is allowed everywhere (neighbours are a blank and a token): m1 is only read for the few states
+     * redone below; prev[-1] is the -inf padding */
     if (bk == NULL) {
         for (int64_t s = 0; s < S; s++) {
-            double best = prev[s], c = prev[s - 1] + m1[s];
+            double best = prev[s], c = prev[s - 1];
             best = c > best ? c : best;
             c = prev[s - 2] + m2[s];
             best = c > best ? c : best;
-            cur[s] = best + em[s];
+            cur[s] = best + sc[cls[s]];
         }
     } else {
         /* the offset is the first candidate equal to the maximum: the same as replacing only on a strictly larger
          * candidate in the order self-loop, 1, 2, written without branches */
         for (int64_t s = 0; s < S; s++) {
-            const double c0 = prev[s], c1 = prev[s - 1] + m1[s], c2 = prev[s - 2] + m2[s];
+            const double c0 = prev[s], c1 = prev[s - 1], c2 = prev[s - 2] + m2[s];
             double best = c1 > c0 ? c1 : c0;
             best = c2 > best ? c2 : best;
             int32_t arg = c2 == best ? 2 : 0;
             arg = c1 == best ? 1 : arg;
             arg = c0 == best ? 0 : arg;
-            cur[s] = best + em[s];
+            cur[s] = best + sc[cls[s]];
             bk[s] = (uint8_t)arg;
         }
     }
@@ -672,7 +671,7 @@ DECODE_HOT static void vit_step(const chain *g, const double *prevp, double *cur
                 arg = k;
             }
         }
-        cur[s] = best + em[s];
+        cur[s] = best + sc[cls[s]];
         if (bk)
             bk[s] = (uint8_t)arg;
     }
@@ -758,39 +757,41 @@ static int vit_segment(chain *g, int d, int64_t a, int64_t b, const double *row_
 
 static inline double *fb_exp(const chain *g, double *rowp) { return rowp + PAD + g->S + PAD; }
 
-/* scale each block of a row so that its largest mantissa lies in [0.5, 1); base[b]: the exponent its values
- * are in now */
-DECODE_HOT static void fb_blocks(const chain *g, double *row, double *ex, const double *base)
+/* scale one block (n values) so that its largest lies in [0.5, 1); base: the exponent its values are in now.
+ * Values below 2^-960 of the block's largest are flushed to zero: they could only matter with a beta as far above
+ * the block's (fb_post's check sees that), and left alone they would become subnormal (slow). */
+static inline double fb_block_norm(double *v, int64_t n, double base)
+{
+    double m = 0.0, mm[4] = {0.0, 0.0, 0.0, 0.0};
+    int64_t s = 0;
+    for (; s + 4 <= n; s += 4)
+        for (int k = 0; k < 4; k++)
+            mm[k] = v[s + k] > mm[k] ? v[s + k] : mm[k];
+    for (; s < n; s++)
+        m = v[s] > m ? v[s] : m;
+    for (int k = 0; k < 4; k++)
+        m = mm[k] > m ? mm[k] : m;
+    if (!(m > 0.0)) {
+        for (s = 0; s < n; s++)
+            v[s] = 0.0;
+        return ZEXP;
+    }
+    int e;
+    frexp(m, &e);
+    const double f = ldexp(1.0, -e);
+    for (s = 0; s < n; s++) {
+        const double x = v[s] * f;
+        v[s] = x < 0x1p-961 ? 0.0 : x;
+    }
+    return base + e;
+}
+
+/* every block of a row (the first rows of the posteriors) */
+static void fb_blocks(const chain *g, double *row, double *ex, const double *base)
 {
     const int64_t S = g->S;
-    for (int64_t b = 0, s0 = 0; s0 < S; b++, s0 += BLK) {
-        const int64_t s1 = s0 + BLK < S ? s0 + BLK : S;
-        double m = 0.0, mm[4] = {0.0, 0.0, 0.0, 0.0};
-        int64_t s = s0;
-        for (; s + 4 <= s1; s += 4)
-            for (int k = 0; k < 4; k++)
-                mm[k] = row[s + k] > mm[k] ? row[s + k] : mm[k];
-        for (; s < s1; s++)
-            m = row[s] > m ? row[s] : m;
-        for (int k = 0; k < 4; k++)
-            m = mm[k] > m ? mm[k] : m;
-        if (!(m > 0.0)) {
-            for (s = s0; s < s1; s++)
-                row[s] = 0.0;
-            ex[b] = ZEXP;
-            continue;
-        }
-        int e;
-        frexp(m, &e);
-        const double f = ldexp(1.0, -e);
-        /* values below 2^-960 of the block's largest are flushed to zero: they could only matter with a beta as
-         * far above the block's (fb_post's check sees that), and left alone they would become subnormal */
-        for (s = s0; s < s1; s++) {
-            const double v = row[s] * f;
-            row[s] = v < 0x1p-961 ? 0.0 : v;
-        }
-        ex[b] = base[b] + e;
-    }
+    for (int64_t b = 0, s0 = 0; s0 < S; b++, s0 += BLK)
+        ex[b] = fb_block_norm(row + s0, (s0 + BLK < S ? s0 + BLK : S) - s0, base[b]);
 }
 
 static inline double fb_rescale(double from, double to)
@@ -802,11 +803,12 @@ static inline double fb_rescale(double from, double to)
 DECODE_HOT static int fb_step(chain *g, double *prevp, double *curp)
 {
     const int64_t S = g->S;
-    const double *em = g->em + PAD;
-    const double *m1 = g->mask[0] + PAD, *m2 = g->mask[1] + PAD, *m3 = g->mask[2] + PAD, *m4 = g->mask[3] + PAD;
+    const double *sc = g->sc;
+    const int32_t *cls = g->cls;
+    const double *m2 = g->mask[1] + PAD, *m3 = g->mask[2] + PAD, *m4 = g->mask[3] + PAD;
     const double *pex = fb_exp(g, prevp);
-    double *cur = curp + PAD, *cex = fb_exp(g, curp), *base = g->tmp; /* tmp: the blocks' bases */
-    double *pr = g->tmp + (S + BLK - 1) / BLK + PAD;                   /* a block's predecessors, in its base */
+    double *cur = curp + PAD, *cex = fb_exp(g, curp);
+    double *pr = g->tmp + PAD; /* a block's predecessors, in its base */
     int any = 0;
     int64_t fi = 0;
     for (int k = 0; k < PAD; k++)
@@ -815,10 +817,10 @@ DECODE_HOT static int fb_step(chain *g, double *prevp, double *curp)
         const int64_t s1 = s0 + BLK < S ? s0 + BLK : S;
         const double eo = pex[b], en = b > 0 ? pex[b - 1] : ZEXP;
         const double E = eo > en ? eo : en;
-        base[b] = E;
         if (E == ZEXP) {
             for (int64_t s = s0; s < s1; s++)
                 cur[s] = 0.0;
+            cex[b] = ZEXP;
             while (fi < g->nfar && g->far[fi] < s1)
                 fi++;
             continue;
@@ -835,15 +837,14 @@ DECODE_HOT static int fb_step(chain *g, double *prevp, double *curp)
         }
         const double *q = pr - s0;
         for (int64_t s = s0; s < s1; s++)
-            cur[s] = (q[s] + q[s - 1] * m1[s] + q[s - 2] * m2[s]) * em[s];
+            cur[s] = (q[s] + q[s - 1] + q[s - 2] * m2[s]) * sc[cls[s]]; /* offset 1: always (see vit_step) */
         for (; fi < g->nfar && g->far[fi] < s1; fi++) { /* offsets 3 and 4: see vit_step */
             const int64_t s = g->far[fi];
-            cur[s] += (q[s - 3] * m3[s] + q[s - 4] * m4[s]) * em[s];
+            cur[s] += (q[s - 3] * m3[s] + q[s - 4] * m4[s]) * sc[cls[s]];
         }
-    }
-    fb_blocks(g, cur, cex, base);
-    for (int64_t b = 0; b * BLK < S; b++)
+        cex[b] = fb_block_norm(cur + s0, s1 - s0, E);
         any |= cex[b] != ZEXP;
+    }
     return any;
 }
 
@@ -879,48 +880,47 @@ DECODE_HOT static void fb_post(chain *g, int64_t t, double *alphap)
         g->lost = 1; /* mass that mattered fell below a block's range */
 }
 
-/* beta from frame t to t - 1, with the scores of frame t in g->em */
+/* beta from frame t to t - 1, with the scores of frame t in g->sc */
 DECODE_HOT static void fb_back(chain *g)
 {
     const int64_t S = g->S;
-    const double *em = g->em + PAD, *m1 = g->mask[0] + PAD, *m2 = g->mask[1] + PAD, *m3 = g->mask[2] + PAD,
-                 *m4 = g->mask[3] + PAD;
-    double *be = g->beta + PAD, *ex = fb_exp(g, g->beta), *base = g->tmp;
-    double *tq = g->tmp + (S + BLK - 1) / BLK; /* a block's successors (BLK + PAD), in its base */
+    const double *sc = g->sc, *m2 = g->mask[1] + PAD, *m3 = g->mask[2] + PAD, *m4 = g->mask[3] + PAD;
+    const int32_t *cls = g->cls;
+    double *be = g->beta + PAD, *ex = fb_exp(g, g->beta);
+    double *tq = g->tmp; /* a block's successors (BLK + PAD), in its base */
     int64_t fi = 0;
+    int any = 0;
     for (int64_t b = 0, s0 = 0; s0 < S; b++, s0 += BLK) {
         const int64_t s1 = s0 + BLK < S ? s0 + BLK : S;
         const double eo = ex[b], en = s1 < S ? ex[b + 1] : ZEXP;
         const double E = eo > en ? eo : en;
-        base[b] = E;
         if (E == ZEXP) {
             for (int64_t s = s0; s < s1; s++)
                 be[s] = 0.0;
+            ex[b] = ZEXP;
             while (fi < g->nsrc && g->src[fi] < s1)
                 fi++;
             continue;
         }
         const double fo = fb_rescale(eo, E), fn = fb_rescale(en, E);
         for (int64_t s = s0; s < s1; s++) {
-            const double v = em[s] * be[s] * fo;
+            const double v = sc[cls[s]] * be[s] * fo;
             tq[s - s0] = v < 0x1p-1000 ? 0.0 : v;
         }
         for (int64_t s = s1; s < s1 + PAD; s++) {
-            const double v = s < S ? em[s] * be[s] * fn : 0.0;
+            const double v = s < S ? sc[cls[s]] * be[s] * fn : 0.0;
             tq[s - s0] = v < 0x1p-1000 ? 0.0 : v;
         }
         const double *q = tq - s0;
         for (int64_t s = s0; s < s1; s++)
-            be[s] = q[s] + q[s + 1] * m1[s + 1] + q[s + 2] * m2[s + 2];
+            be[s] = q[s] + q[s + 1] + q[s + 2] * m2[s + 2]; /* offset 1: always (see vit_step) */
         for (; fi < g->nsrc && g->src[fi] < s1; fi++) { /* offsets 3 and 4: see vit_step */
             const int64_t s = g->src[fi];
             be[s] += q[s + 3] * m3[s + 3] + q[s + 4] * m4[s + 4];
         }
-    }
-    fb_blocks(g, be, ex, base);
-    int any = 0;
-    for (int64_t b = 0; b * BLK < S; b++)
+        ex[b] = fb_block_norm(be + s0, s1 - s0, E); /* block b - 1, done, no longer reads ex[b] */
         any |= ex[b] != ZEXP;
+    }
     if (!any)
         g->lost = 1;
 }
@@ -1095,11 +1095,10 @@ static int cyctc_chain_run(const void *x, ptrdiff_t xs, chain_loader load, int64
         rc = CHAIN_NONFINITE;
     if (!rc) {
         double *top = g.top;
-        const double *em = g.em + PAD;
         for (int k = 0; k < PAD; k++)
             top[k] = 0.0;
         for (int64_t s = 0; s < g.S; s++)
-            top[PAD + s] = (g.flags[s] & F_START) ? em[s] : 0.0;
+            top[PAD + s] = (g.flags[s] & F_START) ? g.sc[g.cls[s]] : 0.0;
         for (int64_t b = 0; b * BLK < g.S; b++)
             g.tmp[b] = 0.0;
         fb_blocks(&g, top + PAD, fb_exp(&g, top), g.tmp);
