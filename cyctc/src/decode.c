@@ -420,7 +420,6 @@ struct chain_s {
     int64_t nfar, nsrc;
     double *lp;     /* C + 1 */
     const double *sc; /* the current frame's score per class (lp, or its exponentials after it) */
-    double *em;     /* S + PAD */
     double *w[2];   /* work rows (S + PAD + 1 each; +1: the row's log scale) */
     double *beta, *tmp;
     /* plan and storage */
@@ -537,8 +536,9 @@ static double ck_best_r(int64_t P0, int D, double rowb, double leafb, double fix
 static void chain_sizes(int64_t S, int C, int posteriors, double *rowb, double *fixed, double *leafb)
 {
     const double row = (double)(S + 2 * PAD + 1 + (S + BLK - 1) / BLK) * 8.0;
-    const double graph = (double)S * 5.0 + (double)(S / 2 + 2) * 16.0 + (double)(C + 1) * 16.0 + 4.0 * (double)(S + 2 * PAD) * 8.0 +
-                         (double)(S + PAD) * 8.0; /* classes, flags, the frame, masks, scores */
+    /* classes, flags, the lists of states with offsets 3 and 4, the frame's scores, the masks */
+    const double graph = (double)S * 5.0 + (double)(S / 2 + 2) * 16.0 + (double)(C + 1) * 16.0 +
+                         4.0 * (double)(S + 2 * PAD) * 8.0;
     *rowb = row;
     *fixed = graph + (posteriors ? 4.0 * row + (BLK + 2 * PAD) * 8.0 : 2.0 * row) + 256.0;
     *leafb = posteriors ? row : (double)S;
@@ -970,15 +970,13 @@ static int fb_segment(chain *g, int d, int64_t a, int64_t b, double *row_a)
 /* --- driver -------------------------------------------------------------------------------------------------- */
 
 /* carve the arena (bytes from ck_plan_make) into g's arrays; the masks are filled for Viterbi or posteriors */
-static void chain_carve(chain *g, char *arena, const int32_t *tok, int posteriors)
+static int chain_carve(chain *g, char *arena, double bytes, const int32_t *tok, int posteriors)
 {
     const int64_t S = g->S;
     const size_t R = g->row = (size_t)(S + 2 * PAD + 1 + (S + BLK - 1) / BLK);
     double *p = (double *)arena;
     for (int k = 0; k < 4; k++, p += S + 2 * PAD)
         g->mask[k] = p;
-    g->em = p;
-    p += S + PAD;
     g->lp = p; /* the frame's log-probabilities (+ the gap score), then their exponentials */
     p += 2 * (g->C + 1);
     g->w[0] = p;
@@ -1006,6 +1004,8 @@ static void chain_carve(chain *g, char *arena, const int32_t *tok, int posterior
     g->src = g->far + (S / 2 + 2);
     g->cls = (int32_t *)(g->src + (S / 2 + 2));
     g->flags = (uint8_t *)(g->cls + S);
+    if ((double)((char *)(g->flags + S) - arena) > bytes)
+        return -1; /* the layout outgrew the plan's bytes: a bug, refused rather than written past the arena */
     g->maxk = chain_graph(tok, S, g->C, g->blank, g->cls, g->flags);
     g->nfar = g->nsrc = 0;
     for (int64_t s = 0; s < S; s++) {
@@ -1022,7 +1022,8 @@ static void chain_carve(chain *g, char *arena, const int32_t *tok, int posterior
             g->mask[k][PAD + s] = (g->flags[s] >> k) & 1 ? on : off;
     }
     for (int k = 0; k < PAD; k++)
-        g->em[k] = 0.0, g->w[0][k] = g->w[1][k] = off;
+        g->w[0][k] = g->w[1][k] = off;
+    return 0;
 }
 
 static int cyctc_chain_run(const void *x, ptrdiff_t xs, chain_loader load, int64_t T, int C, const int32_t *tokens,
@@ -1061,7 +1062,10 @@ static int cyctc_chain_run(const void *x, ptrdiff_t xs, chain_loader load, int64
     char *arena = (char *)malloc((size_t)bytes);
     if (!arena)
         return CYCTC_DECODE_NOMEM;
-    chain_carve(&g, arena, tokens, 0);
+    if (chain_carve(&g, arena, bytes, tokens, 0)) {
+        free(arena);
+        return CYCTC_DECODE_NOMEM;
+    }
     int rc = 0;
     double score = NEG_INF;
     if (chain_frame(&g, 0, 0))
@@ -1089,7 +1093,10 @@ static int cyctc_chain_run(const void *x, ptrdiff_t xs, chain_loader load, int64
     arena = (char *)malloc((size_t)bytes);
     if (!arena)
         return CYCTC_DECODE_NOMEM;
-    chain_carve(&g, arena, tokens, 1);
+    if (chain_carve(&g, arena, bytes, tokens, 1)) {
+        free(arena);
+        return CYCTC_DECODE_NOMEM;
+    }
     rc = 0;
     if (chain_frame(&g, 0, 1))
         rc = CHAIN_NONFINITE;
