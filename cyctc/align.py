@@ -52,6 +52,9 @@ def run_chain(func, x, length, tokens, n_tokens, blank, normalize, gap_penalty, 
     B, T, C = x.shape
     nt = resolve_num_threads(num_threads)
     n_tokens = np.ascontiguousarray(n_tokens, dtype=np.int64)
+    if B and int(n_tokens.max()) >= 2**30:  # states 2n + 1 are int32 in the kernel's paths
+        raise ValueError(f"{func}: {int(n_tokens.max())} labels (and untranscribed stretches) in one sequence is too "
+                         f"many (at most 2**30 - 1)")
     share, threads = _work_budget(func, length, n_tokens, C, posteriors, memory_limit, nt)
     path = np.full((B, max(T, 1)), -1, dtype=np.int32)
     post = np.full((B, max(T, 1)), np.nan) if posteriors else None
