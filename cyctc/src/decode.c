@@ -420,6 +420,7 @@ struct chain_s {
     int64_t nfar, nsrc;
     double *lp;     /* C + 1 */
     const double *sc; /* the current frame's score per class (lp, or its exponentials after it) */
+    double *em;       /* S: the current frame's score per state */
     double *w[2];   /* work rows (S + PAD + 1 each; +1: the row's log scale) */
     double *beta, *tmp;
     /* plan and storage */
@@ -537,7 +538,7 @@ static void chain_sizes(int64_t S, int C, int posteriors, double *rowb, double *
 {
     const double row = (double)(S + 2 * PAD + 1 + (S + BLK - 1) / BLK) * 8.0;
     /* classes, flags, the lists of states with offsets 3 and 4, the frame's scores, the masks */
-    const double graph = (double)S * 5.0 + (double)(S / 2 + 2) * 16.0 + (double)(C + 1) * 16.0 +
+    const double graph = (double)S * 5.0 + (double)(S / 2 + 2) * 16.0 + (double)(C + 1) * 16.0 + (double)S * 8.0 +
                          4.0 * (double)(S + 2 * PAD) * 8.0;
     *rowb = row;
     *fixed = graph + (posteriors ? 4.0 * row + (BLK + 2 * PAD) * 8.0 : 2.0 * row) + 256.0;
@@ -613,6 +614,16 @@ DECODE_HOT static int chain_frame(chain *g, int64_t t, int linear)
             ep[c] = exp(g->lp[c] - ref);
         g->sc = ep;
     }
+    /* the scores in state order, so that the recursions' loops stay vectorisable: the blank everywhere, then the
+     * tokens (odd states) */
+    const double *sc = g->sc;
+    const int32_t *cls = g->cls;
+    double *em = g->em;
+    const double sb = sc[g->blank];
+    for (int64_t s = 0; s < g->S; s++)
+        em[s] = sb;
+    for (int64_t s = 1; s < g->S; s += 2)
+        em[s] = sc[cls[s]];
     return 0;
 }
 
@@ -631,8 +642,7 @@ static void vit_init_row(const chain *g, double *row)
 DECODE_HOT static void vit_step(const chain *g, const double *prevp, double *curp, uint8_t *bk)
 {
     const int64_t S = g->S;
-    const double *prev = prevp + PAD, *sc = g->sc;
-    const int32_t *cls = g->cls;
+    const double *prev = prevp + PAD, *em = g->em;
     const double *m1 = g->mask[0] + PAD, *m2 = g->mask[1] + PAD, *m3 = g->mask[2] + PAD, *m4 = g->mask[3] + PAD;
     double *cur = curp + PAD;
     /* offset 1 is allowed everywhere (neighbours are a blank and a token): m1 is only read for the few states
@@ -643,7 +653,7 @@ DECODE_HOT static void vit_step(const chain *g, const double *prevp, double *cur
             best = c > best ? c : best;
             c = prev[s - 2] + m2[s];
             best = c > best ? c : best;
-            cur[s] = best + sc[cls[s]];
+            cur[s] = best + em[s];
         }
     } else {
         /* the offset is the first candidate equal to the maximum: the same as replacing only on a strictly larger
@@ -655,7 +665,7 @@ DECODE_HOT static void vit_step(const chain *g, const double *prevp, double *cur
             int32_t arg = c2 == best ? 2 : 0;
             arg = c1 == best ? 1 : arg;
             arg = c0 == best ? 0 : arg;
-            cur[s] = best + sc[cls[s]];
+            cur[s] = best + em[s];
             bk[s] = (uint8_t)arg;
         }
     }
@@ -671,7 +681,7 @@ DECODE_HOT static void vit_step(const chain *g, const double *prevp, double *cur
                 arg = k;
             }
         }
-        cur[s] = best + sc[cls[s]];
+        cur[s] = best + em[s];
         if (bk)
             bk[s] = (uint8_t)arg;
     }
@@ -757,6 +767,19 @@ static int vit_segment(chain *g, int d, int64_t a, int64_t b, const double *row_
 
 static inline double *fb_exp(const chain *g, double *rowp) { return rowp + PAD + g->S + PAD; }
 
+/* 2^k for integer k (0 below the normal range), from the exponent bits: exact, no library call */
+static inline double pow2i(int64_t k)
+{
+    if (k < -1022)
+        return 0.0;
+    union {
+        uint64_t u;
+        double d;
+    } v;
+    v.u = (uint64_t)(k + 1023) << 52;
+    return v.d;
+}
+
 /* scale one block (n values) so that its largest lies in [0.5, 1); base: the exponent its values are in now.
  * Values below 2^-960 of the block's largest are flushed to zero: they could only matter with a beta as far above
  * the block's (fb_post's check sees that), and left alone they would become subnormal (slow). */
@@ -778,7 +801,7 @@ static inline double fb_block_norm(double *v, int64_t n, double base)
     }
     int e;
     frexp(m, &e);
-    const double f = ldexp(1.0, -e);
+    const double f = (e >= -1023 && e <= 1022) ? pow2i(-e) : ldexp(1.0, -e);
     for (s = 0; s < n; s++) {
         const double x = v[s] * f;
         v[s] = x < 0x1p-961 ? 0.0 : x;
@@ -796,15 +819,15 @@ static void fb_blocks(const chain *g, double *row, double *ex, const double *bas
 
 static inline double fb_rescale(double from, double to)
 {
-    return from == ZEXP ? 0.0 : ldexp(1.0, (int)fmax(from - to, -2000.0));
+    /* from <= to always (to is the larger of the two); far below: nothing */
+    return from == ZEXP || from - to < -1022.0 ? 0.0 : pow2i((int64_t)(from - to));
 }
 
 /* one forward frame: cur = (sum of the allowed predecessors in prev) * the frame's scores; 0 when all zero */
 DECODE_HOT static int fb_step(chain *g, double *prevp, double *curp)
 {
     const int64_t S = g->S;
-    const double *sc = g->sc;
-    const int32_t *cls = g->cls;
+    const double *em = g->em;
     const double *m2 = g->mask[1] + PAD, *m3 = g->mask[2] + PAD, *m4 = g->mask[3] + PAD;
     const double *pex = fb_exp(g, prevp);
     double *cur = curp + PAD, *cex = fb_exp(g, curp);
@@ -837,10 +860,10 @@ DECODE_HOT static int fb_step(chain *g, double *prevp, double *curp)
         }
         const double *q = pr - s0;
         for (int64_t s = s0; s < s1; s++)
-            cur[s] = (q[s] + q[s - 1] + q[s - 2] * m2[s]) * sc[cls[s]]; /* offset 1: always (see vit_step) */
+            cur[s] = (q[s] + q[s - 1] + q[s - 2] * m2[s]) * em[s]; /* offset 1: always (see vit_step) */
         for (; fi < g->nfar && g->far[fi] < s1; fi++) { /* offsets 3 and 4: see vit_step */
             const int64_t s = g->far[fi];
-            cur[s] += (q[s - 3] * m3[s] + q[s - 4] * m4[s]) * sc[cls[s]];
+            cur[s] += (q[s - 3] * m3[s] + q[s - 4] * m4[s]) * em[s];
         }
         cex[b] = fb_block_norm(cur + s0, s1 - s0, E);
         any |= cex[b] != ZEXP;
@@ -884,8 +907,7 @@ DECODE_HOT static void fb_post(chain *g, int64_t t, double *alphap)
 DECODE_HOT static void fb_back(chain *g)
 {
     const int64_t S = g->S;
-    const double *sc = g->sc, *m2 = g->mask[1] + PAD, *m3 = g->mask[2] + PAD, *m4 = g->mask[3] + PAD;
-    const int32_t *cls = g->cls;
+    const double *em = g->em, *m2 = g->mask[1] + PAD, *m3 = g->mask[2] + PAD, *m4 = g->mask[3] + PAD;
     double *be = g->beta + PAD, *ex = fb_exp(g, g->beta);
     double *tq = g->tmp; /* a block's successors (BLK + PAD), in its base */
     int64_t fi = 0;
@@ -904,11 +926,11 @@ DECODE_HOT static void fb_back(chain *g)
         }
         const double fo = fb_rescale(eo, E), fn = fb_rescale(en, E);
         for (int64_t s = s0; s < s1; s++) {
-            const double v = sc[cls[s]] * be[s] * fo;
+            const double v = em[s] * be[s] * fo;
             tq[s - s0] = v < 0x1p-1000 ? 0.0 : v;
         }
         for (int64_t s = s1; s < s1 + PAD; s++) {
-            const double v = s < S ? sc[cls[s]] * be[s] * fn : 0.0;
+            const double v = s < S ? em[s] * be[s] * fn : 0.0;
             tq[s - s0] = v < 0x1p-1000 ? 0.0 : v;
         }
         const double *q = tq - s0;
@@ -979,6 +1001,8 @@ static int chain_carve(chain *g, char *arena, double bytes, const int32_t *tok, 
         g->mask[k] = p;
     g->lp = p; /* the frame's log-probabilities (+ the gap score), then their exponentials */
     p += 2 * (g->C + 1);
+    g->em = p;
+    p += S;
     g->w[0] = p;
     p += R;
     g->w[1] = p;
