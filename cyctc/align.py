@@ -192,9 +192,10 @@ def ctc_align(log_probs, labels, input_length=None, label_length=None, blank_ind
 
     Notes
     -----
-    Without ``memory_limit`` pressure the work space per example in flight is T * (2L + 1) bytes of back-pointers
-    plus a few rows of 8 * (2L + 1) bytes. Read in place: a float32/float64 ``np.memmap`` (or any array whose
-    class axis is contiguous) is not copied.
+    Work space per example in flight: one pass with T * (2L + 1) bytes of back-pointers while that stays under
+    48 MB; beyond, about sqrt(T) checkpoint rows of 8 * (2L + 1) bytes and one stretch of back-pointers (two
+    passes over the frames), and more levels of checkpoints only when ``memory_limit`` requires them. Read in
+    place: a float32/float64 ``np.memmap`` (or any array whose class axis is contiguous) is not copied.
     """
     x, _ = args.float_frames(log_probs, "log_probs", args.as_flag(time_major, "time_major"))
     B, T, C = x.shape

@@ -128,9 +128,10 @@ def ctc_segment(log_probs, utterances, blank_index=0, *, input_length=None, time
 
     Notes
     -----
-    Work space per recording in flight, unbounded: T * S bytes of back-pointers for the Viterbi, T rows of 8 * S
-    bytes for the posteriors (S = 2 * (L + N) + 1 states, L labels in all); the budget caps both by checkpointing
-    (an hour at 50 frames/s with S = 40000 fits in a few hundred MB).
+    Work space per recording in flight: the Viterbi's back-pointers (T * S bytes) and the posteriors' forward rows
+    (T rows of 8 * S bytes, S = 2 * (L + N) + 1 states, L labels in all) are both checkpointed, about sqrt(T) rows
+    each (an hour at 50 frames/s with S = 36000 takes about 240 MB), fewer when ``memory_limit`` requires. The two
+    phases run one after the other; the budget bounds each.
     """
     tm = args.as_flag(time_major, "time_major")
     x_in = args.host(log_probs)
