@@ -203,7 +203,8 @@ def run(args):
                     f"{next(iter(pending))!r})")
         failed = True
     if failed:
-        tally.info("nothing written")
+        tally.info(f"nothing written ({tally.done} utterance(s) of the other recordings were segmented)")
+        tally.done = 0
         return tally.finish() or 1
     writers = []
     try:
