@@ -375,15 +375,22 @@ static void beam_finish(beam_state *s, int K, int merge_repeated, int32_t *paths
  * Viterbi: the best path, ties broken by preferring the self-loop, then the nearest predecessor (offset 1, 2, 3,
  * 4), and at the end the last end state (the final blank over the last label). Posteriors: the probability, over
  * all paths of the graph weighted by their probability, that the path is in state v_t at frame t, for the states
- * v_t of the best path; computed with rows scaled to sum 1 per frame, and checked: when the scaling loses mass
- * that matters (a row spanning more than a double's range), the posteriors are reported as lost, not returned.
+ * v_t of the best path; computed in linear space with one power-of-two exponent per block of BLK states (see
+ * fb_block_norm), and checked at every frame (sum_s alpha_t(s) beta_t(s) must stay P): when mass that matters
+ * was lost, the posteriors are reported as lost, not returned.
  *
  * Memory. The recursion keeps score rows every few frames (checkpoints) and recomputes the frames between them:
  * a plan of D levels splits the T - 1 transitions into pieces of P[1] frames, each of those into pieces of P[2],
  * ..., down to leaves of P[D] frames, which are solved directly (Viterbi: one byte of back-pointer per state and
  * frame, then backtracking; posteriors: the forward rows of the leaf, then the backward rows through it). A level
  * keeps at most (its pieces - 1) rows. Recomputing a row from a checkpoint repeats the same operations in the same
- * order, so the result is the same bits for every plan; the plan only trades memory for D + 1 passes.
+ * order, so the result is the same bits for every plan; the plan only trades memory for D + 1 passes. One pass
+ * (D = 0) is used only while its bytes stay below CK_ONE_PASS_MAX: beyond that, faulting in and streaming through
+ * hundreds of MB costs more than the extra pass of one level of checkpoints.
+ *
+ * Speed: the offsets 3 and 4 exist only at the first label after a gap, one state per gap; the loops take the
+ * self-loop and offsets 1 (always allowed: neighbours are a blank and a token) and 2 (a mask), vectorised, and
+ * those few states are redone after them.
  */
 
 #define PAD 4  /* -inf (Viterbi) or 0 (posteriors) entries before state 0 of every row: prev[s - k] needs no test */
@@ -407,7 +414,7 @@ typedef int (*chain_loader)(const void *x, ptrdiff_t xs, int64_t t, int C, int n
 struct chain_s {
     /* problem */
     int64_t T, S;
-    int C, blank, normalize, posteriors, maxk;
+    int C, blank, normalize, posteriors, maxk; /* maxk: the largest offset the graph uses */
     double gap_penalty;
     const void *x;
     ptrdiff_t xs;
