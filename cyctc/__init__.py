@@ -35,12 +35,13 @@ _load_extensions()
 from .align import ctc_align, ctc_segments
 from .decode import ctc_beam_search_decoder, ctc_decode, ctc_greedy_decoder
 from .labels import ctc_unique_labels
+from .segment import ctc_segment
 from .loss import ctc_batch_cost, ctc_loss, ctc_loss_v1
 
 __version__ = "0.1.0"
 
 __all__ = ["ctc_loss", "ctc_loss_v1", "ctc_batch_cost", "ctc_unique_labels", "ctc_greedy_decoder", "ctc_beam_search_decoder", "ctc_decode",
-           "ctc_align", "ctc_segments", "show_config", "get_include", "get_sources", "__version__"]
+           "ctc_align", "ctc_segments", "ctc_segment", "show_config", "get_include", "get_sources", "__version__"]
 
 
 def get_include():

@@ -3,7 +3,7 @@
 
 Three layers:
 
-* ``src/decode.c`` -- per-sequence kernels in plain C (greedy, prefix beam search, Viterbi alignment);
+* ``src/decode.c`` -- per-sequence kernels in plain C (greedy, prefix beam search, chain alignment);
 * the loops below -- one ``prange`` over the batch per call, each iteration running the kernel on one sequence.
   Sequences share nothing, so the results are bit-identical for any thread count;
 * the Python faces ``cyctc/decode.py`` and ``cyctc/align.py`` -- validate (``cyctc/_decode_args.py``), allocate
@@ -14,7 +14,7 @@ axis and element-multiple strides (frame t of sequence b starts at ``x + b * xsb
 other array C-contiguous with the dtype named in each docstring.
 """
 from cython.parallel cimport prange
-from libc.stdint cimport int8_t, int32_t
+from libc.stdint cimport int8_t, int32_t, int64_t
 cimport numpy as cnp
 
 cnp.import_array()
@@ -35,10 +35,13 @@ cdef extern from "src/decode.h":
     int cyctc_beam_search_f64(const double *x, Py_ssize_t xs, int T, int C, int blank, int beam_width,
                               int top_paths, int merge_repeated, int32_t *paths, Py_ssize_t path_stride,
                               int32_t *lengths, double *log_probs) noexcept nogil
-    int cyctc_viterbi_align_f32(const float *x, Py_ssize_t xs, int T, int C, const int32_t *labels, int L,
-                                int blank, int normalize, int32_t *path, double *log_prob) noexcept nogil
-    int cyctc_viterbi_align_f64(const double *x, Py_ssize_t xs, int T, int C, const int32_t *labels, int L,
-                                int blank, int normalize, int32_t *path, double *log_prob) noexcept nogil
+    int cyctc_chain_align_f32(const float *x, Py_ssize_t xs, int64_t T, int C, const int32_t *tokens, int64_t n,
+                              int blank, int normalize, double gap_penalty, double budget, int32_t *path,
+                              double *log_prob, double *post) noexcept nogil
+    int cyctc_chain_align_f64(const double *x, Py_ssize_t xs, int64_t T, int C, const int32_t *tokens, int64_t n,
+                              int blank, int normalize, double gap_penalty, double budget, int32_t *path,
+                              double *log_prob, double *post) noexcept nogil
+    double cyctc_chain_work_bytes(int64_t T, int C, int64_t n, int posteriors, double budget) noexcept nogil
 
 
 def openmp_enabled():
@@ -108,34 +111,49 @@ def beam_search(cnp.ndarray x, cnp.ndarray length, int blank, int beam_width, in
     return nomem
 
 
-def viterbi_align(cnp.ndarray x, cnp.ndarray length, cnp.ndarray labels, cnp.ndarray label_length, int blank,
-                  bint normalize, cnp.ndarray path, cnp.ndarray log_prob, cnp.ndarray status, int num_threads):
-    """Viterbi alignment of each sequence b: path[b, :length[b]], log_prob[b], status[b] (a CYCTC_DECODE_* code).
+def chain_work_bytes(int64_t T, int C, int64_t n, bint posteriors, double budget):
+    """Work space of one chain alignment within ``budget`` bytes: > 0 bytes, or minus the smallest budget that
+    works (see cyctc_chain_work_bytes in src/decode.h)."""
+    return cyctc_chain_work_bytes(T, C, n, posteriors, budget)
 
-    length, label_length: int32 (B,); labels: int32 (B, Lmax); path: int32 (B, >= max length);
-    log_prob: float64 (B,); status: int8 (B,). Returns how many sequences ran out of memory.
+
+def chain_align(cnp.ndarray x, cnp.ndarray length, cnp.ndarray tokens, cnp.ndarray n_tokens, int blank,
+                bint normalize, double gap_penalty, double budget, cnp.ndarray path, cnp.ndarray log_prob,
+                object post, cnp.ndarray status, int num_threads):
+    """Chain alignment of each sequence b (src/decode.h): states path[b, :length[b]], log_prob[b], posteriors
+    post[b, :length[b]] when post is not None, status[b] (a CYCTC_DECODE_* code); ``budget`` bytes of work space
+    per sequence.
+
+    length: int32 (B,); tokens: int32 (B, Nmax) (CYCTC_GAP = -1 marks a gap); n_tokens: int64 (B,);
+    path: int32 (B, >= max length); log_prob: float64 (B,); post: float64 (B, >= max length) or None;
+    status: int8 (B,). Returns how many sequences ran out of memory.
     """
     cdef Py_ssize_t B = x.shape[0], b
     cdef int C = <int>x.shape[2], rc
     cdef Py_ssize_t xsb = x.strides[0] // x.itemsize, xst = x.strides[1] // x.itemsize
-    cdef Py_ssize_t Lmax = labels.shape[1], ps = path.shape[1]
+    cdef Py_ssize_t N = tokens.shape[1], ps = path.shape[1]
     cdef bint f32 = x.dtype.num == cnp.NPY_FLOAT
     cdef const float *xf = <const float *>cnp.PyArray_DATA(x)
     cdef const double *xd = <const double *>cnp.PyArray_DATA(x)
     cdef const int32_t *tl = <const int32_t *>cnp.PyArray_DATA(length)
-    cdef const int32_t *lab = <const int32_t *>cnp.PyArray_DATA(labels)
-    cdef const int32_t *ll = <const int32_t *>cnp.PyArray_DATA(label_length)
+    cdef const int32_t *tok = <const int32_t *>cnp.PyArray_DATA(tokens)
+    cdef const int64_t *nt = <const int64_t *>cnp.PyArray_DATA(n_tokens)
     cdef int32_t *pp = <int32_t *>cnp.PyArray_DATA(path)
     cdef double *lp = <double *>cnp.PyArray_DATA(log_prob)
+    cdef double *po = NULL
+    cdef cnp.ndarray post_a
+    if post is not None:
+        post_a = post
+        po = <double *>cnp.PyArray_DATA(post_a)
     cdef int8_t *st = <int8_t *>cnp.PyArray_DATA(status)
     cdef int nomem = 0
     for b in prange(B, nogil=True, schedule="dynamic", num_threads=num_threads):
         if f32:
-            rc = cyctc_viterbi_align_f32(xf + b * xsb, xst, tl[b], C, lab + b * Lmax, ll[b], blank, normalize,
-                                         pp + b * ps, lp + b)
+            rc = cyctc_chain_align_f32(xf + b * xsb, xst, tl[b], C, tok + b * N, nt[b], blank, normalize,
+                                       gap_penalty, budget, pp + b * ps, lp + b, po + b * ps if po != NULL else NULL)
         else:
-            rc = cyctc_viterbi_align_f64(xd + b * xsb, xst, tl[b], C, lab + b * Lmax, ll[b], blank, normalize,
-                                         pp + b * ps, lp + b)
+            rc = cyctc_chain_align_f64(xd + b * xsb, xst, tl[b], C, tok + b * N, nt[b], blank, normalize,
+                                       gap_penalty, budget, pp + b * ps, lp + b, po + b * ps if po != NULL else NULL)
         st[b] = <int8_t>rc
         if rc == CYCTC_DECODE_NOMEM:
             nomem += 1

@@ -78,8 +78,10 @@ def beam_sizes(beam_width, top_paths):
     return w, k
 
 
-def align_labels(labels, label_length, B, C, blank):
+def align_labels(labels, label_length, B, C, blank, wildcard=None):
     """(labels int32 C-contiguous (B, Lmax >= 1), label_length int32 (B,)) validated against C and the blank.
+
+    With ``wildcard`` (a negative int), entries equal to it are allowed and come back as -1 (a gap token).
 
     ``labels`` is a dense (B, Lmax) integer array (or nested lists of that shape), a scipy.sparse (B, Lmax) matrix
     (stored entries are the labels, explicit zeros included), or a ragged list of B one-dimensional integer
@@ -126,7 +128,30 @@ def align_labels(labels, label_length, B, C, blank):
     labels = dense_labels(labels, "labels", B, f"the batch size is {B}")
     Lmax = labels.shape[1]
     label_length = lengths(label_length, "label_length", B, Lmax)
-    check_labels(labels, label_length, C, blank)
+    gaps = None
+    if wildcard is not None:
+        valid = np.arange(Lmax) < label_length[:, None]
+        gaps = (labels == wildcard) & valid
+        if C > 1:  # any class but the blank stands in for a wildcard in the check
+            check_labels(np.where(gaps, (blank + 1) % C, labels), label_length, C, blank)
+        elif (valid & ~gaps).any():
+            b_, j_ = np.argwhere(valid & ~gaps)[0]
+            raise ValueError(f"labels[{b_}, {j_}] = {labels[b_, j_]}: with one class (the blank) only the wildcard "
+                             f"{wildcard} can be a label")
+    else:
+        check_labels(labels, label_length, C, blank)
     dense = np.zeros((B, max(Lmax, 1)), dtype=np.int32)
     dense[:, :Lmax] = np.where(np.arange(Lmax) < label_length[:, None], labels, 0)
+    if gaps is not None:
+        dense[:, :Lmax][gaps] = -1
     return dense, label_length
+
+
+def penalty(value, name="untranscribed_penalty"):
+    """A finite float >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a number, got {type(value).__name__}")
+    v = float(value)
+    if not (np.isfinite(v) and v >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return v

@@ -16,6 +16,8 @@ from .. import __version__
 COMMANDS = (
     ("loss", "cyctc.cli.loss", "per-utterance CTC loss (and gradient) of Kaldi matrix archives"),
     ("align", "cyctc.cli.align", "CTC forced alignment to a Kaldi alignment archive (and a CTM of labels)"),
+    ("segment", "cyctc.cli.segment", "find each utterance of a transcript in long recordings: Kaldi segments, CTM, "
+                                     "confidence"),
     ("decode", "cyctc.cli.decode", "greedy or beam-search CTC decoding to Kaldi text"),
     ("demo", "cyctc.demo", "train a small numpy model with cyctc's loss on synthetic data"),
     ("config", "cyctc.cli.config", "print cyctc's build configuration"),

@@ -4,6 +4,8 @@ import numpy as np
 from . import common
 from .kaldi_io import IntVectorWriter, TextWriter
 
+LONG_FRAMES = 20000  # utterances longer than this are aligned one at a time (never padded into a batch)
+
 EXAMPLES = """\
 For each utterance of <logits-rspecifier> (Kaldi float matrices, T x C) whose id is in <labels-rspecifier>, finds
 the most probable frame-level CTC path that spells the labels (Viterbi; scores are log-softmax normalised per
@@ -14,7 +16,8 @@ blank frames included). With <ctm-wxfilename>, also writes one line per label se
 
 Utterances without labels, with bad labels, or with no possible alignment (too few frames) are reported and
 skipped; the exit status is 1 when none succeeded or a file failed (a malformed input, a full disk), 2 for usage
-errors.
+errors. Long utterances (an hour of frames) are aligned within --memory-limit by checkpointing; an utterance
+whose smallest work space exceeds it is reported and skipped.
 
 examples:
   # alignments as a binary archive and a CTM of the tokens
@@ -42,6 +45,7 @@ def add_arguments(p):
                                    "; the CTM shows symbols. An unknown symbol skips its utterance")
     p.add_argument("--frame-shift", type=float, default=0.01,
                    help="seconds per frame for the CTM (default 0.01)")
+    common.add_memory_limit_option(p)
 
 
 def _time_format(frame_shift):
@@ -69,15 +73,32 @@ def run(args):
     try:
         ctm_w = TextWriter(args.ctm_wxfilename, "ctm-wxfilename") if args.ctm_wxfilename else None
 
-        def compute(batch):
+        def align(batch):
             x, T, lab, L = common.pad_batch(batch)
             blank = common.resolve_blank(args.blank, x.shape[2])
             res = ctc_align(x, lab, T, L, blank_index=blank, time_major=False, normalize=True,
-                            num_threads=args.num_threads)
+                            num_threads=args.num_threads, memory_limit=args.memory_limit)
             for b, u in enumerate(batch):
                 u.out = (res.path[b, :T[b]], float(res.log_prob[b]), bool(res.feasible[b]), blank)
 
+        def compute(batch):
+            # long utterances (an hour of frames) alone: padding the others to their length would copy them whole
+            short = [u for u in batch if u.x.shape[0] <= LONG_FRAMES]
+            groups = ([short] if short else []) + [[u] for u in batch if u.x.shape[0] > LONG_FRAMES]
+            for group in groups:
+                try:
+                    align(group)
+                except MemoryError:  # one utterance needs more than --memory-limit: find it, align the others
+                    for u in group:
+                        try:
+                            align([u])
+                        except MemoryError as e:
+                            u.out = str(e)
+
         def write(u):
+            if isinstance(u.out, str):
+                tally.skip(u.key, "over --memory-limit", u.out)
+                return False
             path, logp, feasible, blank = u.out
             if not feasible:
                 if np.isnan(logp):

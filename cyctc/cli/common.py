@@ -61,6 +61,26 @@ def add_score_options(p, batch_default=16):
                         "core count; results do not depend on it")
 
 
+def _memory_size(text):
+    import argparse
+
+    from .._memory import parse_size
+
+    try:
+        return parse_size(text, "--memory-limit")
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def add_memory_limit_option(p):
+    """--memory-limit SIZE: the work space of each computation (bytes, or 512M, 2G; parsed by cyctc._memory), into
+    ``args.memory_limit`` (None: CYCTC_MEMORY_LIMIT from the environment, else 1 GiB)."""
+    p.add_argument("--memory-limit", type=_memory_size, default=None, metavar="SIZE",
+                   help="work space of each computation: bytes, or a number with a unit K, M, G (e.g. 512M); "
+                        "default: CYCTC_MEMORY_LIMIT from the environment, else 1G. Long utterances are checkpointed "
+                        "to fit; results do not depend on it")
+
+
 def check_common_options(args, outputs=()):
     """The usage error of the shared options and of the specifiers (a message for ``usage_error``, exit status 2),
     or None. ``outputs``: (attribute, name, kind) of the command's outputs, kind "scalar" (an ark of per-utterance

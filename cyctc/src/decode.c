@@ -9,8 +9,8 @@
  *              the beam and comes back is the same node, exactly as in TF. The beam itself is a binary heap with
  *              the worst prefix on top. Nodes neither in the beam nor ancestors of a beam entry can never matter
  *              again and are dropped by an occasional compaction, so memory stays proportional to the live tree.
- *   viterbi_*  the max-product recursion over the extended label sequence with one byte of back-pointer per
- *              (frame, state).
+ *   chain_*    alignment over a chain of tokens (labels and untranscribed gaps): Viterbi and path posteriors,
+ *              checkpointed so that the work space fits a byte budget at any T (see the section's comment).
  */
 /* Python's build flags include -fwrapv, under which GCC cannot prove that int loop indices do not wrap and leaves
  * the kernel's loops scalar; nothing here relies on wrapping arithmetic. */
@@ -24,6 +24,15 @@
 #include <string.h>
 
 #define NEG_INF (-INFINITY)
+
+/* the alignment's hot loops are compiled twice on x86-64 with GCC (AVX2 and baseline), picked at load time; with
+ * -ffp-contract=off both give the same bits (maxima, sums and products, each rounded once) */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(CYCTC_NO_CLONES) &&              \
+    !defined(__SANITIZE_ADDRESS__)
+#define DECODE_HOT __attribute__((target_clones("arch=x86-64-v3", "default")))
+#else
+#define DECODE_HOT
+#endif
 
 /* log(exp(a) + exp(b)) with -inf as log 0 (the larger term factored out, as TF does) */
 static inline double log_add(double a, double b)
@@ -344,97 +353,808 @@ static void beam_finish(beam_state *s, int K, int merge_repeated, int32_t *paths
 }
 
 /* ------------------------------------------------------------------------------------------------------------ */
-/* Viterbi forced alignment                                                                                      */
+/* chain alignment: Viterbi and path posteriors over a token chain, checkpointed under a byte budget             */
 /* ------------------------------------------------------------------------------------------------------------ */
+/*
+ * The graph. n tokens (label classes, or CYCTC_GAP for an untranscribed stretch) become S = 2n + 1 states: state
+ * 2j + 1 is token j, the even states are blanks (blank, t1, blank, t2, ..., tn, blank). Blanks and gaps are
+ * "optional" (a path may spend no frame in them); labels are not. State s may follow state s - k (k = 1..4) when
+ *   (a) every state strictly between them is optional,
+ *   (b) when s is optional, no state between them has the kind of s (skipping a blank to land on a blank, or a
+ *       gap to land on a gap, would only duplicate a path),
+ *   (c) s - k and s are not both blanks and not both gaps, and
+ *   (d) s - k and s are not two labels of the same class (CTC needs a blank frame between equal labels).
+ * A path may start in s when (a) and (b) hold for the states before s, and end in s when every state after it is
+ * optional. Every state has a self-loop. Without gaps this is exactly CTC's extended label sequence. Each frame
+ * labelling (a class or "untranscribed" per frame) that fits the tokens is then the reading of exactly one path:
+ * blanks next to a gap belong to the blank before it unless the gap took frames.
+ *
+ * Scores of a frame (log-probabilities lp, normalised first when asked): a blank state lp[blank], a label state
+ * lp[class], a gap state max_c lp[c] - gap_penalty (the best class of the frame, minus a fixed penalty).
+ *
+ * Viterbi: the best path, ties broken by preferring the self-loop, then the nearest predecessor (offset 1, 2, 3,
+ * 4), and at the end the last end state (the final blank over the last label). Posteriors: the probability, over
+ * all paths of the graph weighted by their probability, that the path is in state v_t at frame t, for the states
+ * v_t of the best path; computed in linear space with one power-of-two exponent per block of BLK states (see
+ * fb_block_norm), and checked at every frame (sum_s alpha_t(s) beta_t(s) must stay P): when mass that matters
+ * was lost, the posteriors are reported as lost, not returned.
+ *
+ * Memory. The recursion keeps score rows every few frames (checkpoints) and recomputes the frames between them:
+ * a plan of D levels splits the T - 1 transitions into pieces of P[1] frames, each of those into pieces of P[2],
+ * ..., down to leaves of P[D] frames, which are solved directly (Viterbi: one byte of back-pointer per state and
+ * frame, then backtracking; posteriors: the forward rows of the leaf, then the backward rows through it). A level
+ * keeps at most (its pieces - 1) rows. Recomputing a row from a checkpoint repeats the same operations in the same
+ * order, so the result is the same bits for every plan; the plan only trades memory for D + 1 passes. One pass
+ * (D = 0) is used only while its bytes stay below CK_ONE_PASS_MAX: beyond that, faulting in and streaming through
+ * hundreds of MB costs more than the extra pass of one level of checkpoints.
+ *
+ * Speed: the offsets 3 and 4 exist only at the first label after a gap, one state per gap; the loops take the
+ * self-loop and offsets 1 (always allowed: neighbours are a blank and a token) and 2 (a mask), vectorised, and
+ * those few states are redone after them.
+ */
+
+#define PAD 4  /* -inf (Viterbi) or 0 (posteriors) entries before state 0 of every row: prev[s - k] needs no test */
+#define CK_MAXD 62
+#define CK_ONE_PASS_MAX (48.0 * 1048576.0) /* bytes above which a plan keeps checkpoints even when one pass fits */
+#define BLK 32         /* states per exponent block of the posterior rows */
+#define ZEXP (-1e300)  /* the exponent of an all-zero block */
+
+enum { K_BLANK = 0, K_LABEL = 1, K_GAP = 2 };
+enum { F_START = 16, F_END = 32 };
 
 typedef struct {
-    int T, L, S, blank;
-    const int32_t *labels;
-    double *rows;       /* the two score rows below, one allocation */
-    double *prev, *cur; /* best log score of each extended state at the previous / current frame (swapped) */
-    uint8_t *back;      /* T x S: how many states back the best predecessor lies (0, 1 or 2) */
-} viterbi_state;
+    int D;
+    int64_t P[CK_MAXD + 1]; /* P[0] = T - 1; P[d + 1]: the longest piece at level d + 1; P[D]: the leaf length */
+    int64_t pieces[CK_MAXD + 1];
+} ck_plan;
 
-static inline int ext_class(const viterbi_state *v, int s) { return (s & 1) ? v->labels[s >> 1] : v->blank; }
+typedef struct chain_s chain;
+typedef int (*chain_loader)(const void *x, ptrdiff_t xs, int64_t t, int C, int normalize, double *out);
 
-static int viterbi_init(viterbi_state *v, int T, const int32_t *labels, int L, int blank)
+struct chain_s {
+    /* problem */
+    int64_t T, S;
+    int C, blank, normalize, posteriors, maxk; /* maxk: the largest offset the graph uses */
+    double gap_penalty;
+    const void *x;
+    ptrdiff_t xs;
+    chain_loader load;
+    /* graph */
+    int32_t *cls;   /* S: class read for the state's score (C: the gap score, kept in lp[C]) */
+    uint8_t *flags; /* S: bits 0-3 offsets 1..4 allowed, F_START, F_END */
+    double *mask[4]; /* (S + PAD) each: Viterbi 0 / -inf, posteriors 1 / 0 (entries past S are 0) */
+    int64_t *far, *src; /* states with offset 3 or 4 allowed; states with such a successor (ascending) */
+    int64_t nfar, nsrc;
+    double *lp;     /* C + 1 */
+    const double *sc; /* the current frame's score per class (lp, or its exponentials after it) */
+    double *em;       /* S: the current frame's score per state */
+    double *w[2];   /* work rows (S + PAD + 1 each; +1: the row's log scale) */
+    double *beta, *tmp;
+    /* plan and storage */
+    ck_plan pl;
+    size_t row; /* doubles per stored row */
+    double *top;
+    double *slots[CK_MAXD + 1];
+    void *leaf;
+    /* outputs and state */
+    int32_t *path;
+    double *post;
+    double ref;
+    int lost;
+};
+
+static int chain_kind(const int32_t *tok, int64_t s)
 {
-    v->T = T;
-    v->L = L;
-    v->S = 2 * L + 1;
-    v->blank = blank;
-    v->labels = labels;
-    v->rows = (double *)malloc(2 * (size_t)v->S * sizeof(double));
-    v->prev = v->rows;
-    v->cur = v->rows ? v->rows + v->S : NULL;
-    v->back = (uint8_t *)malloc((size_t)(T > 0 ? T : 1) * (size_t)v->S);
-    if (!v->rows || !v->back) {
-        free(v->rows);
-        free(v->back);
-        return CYCTC_DECODE_NOMEM;
+    if (!(s & 1))
+        return K_BLANK;
+    return tok[s >> 1] == CYCTC_GAP ? K_GAP : K_LABEL;
+}
+
+/* is the step a -> s (a < s, possibly a = -1: the start; s = S: the end) allowed by rules (a)-(d)? */
+static int chain_step_ok(const int32_t *tok, int64_t S, int64_t a, int64_t s)
+{
+    const int ks = s < S ? chain_kind(tok, s) : -1, ka = a >= 0 ? chain_kind(tok, a) : -1;
+    for (int64_t i = a + 1; i < s; i++) {
+        const int ki = chain_kind(tok, i);
+        if (ki == K_LABEL)
+            return 0;                               /* (a) */
+        if (ks != K_LABEL && ks >= 0 && ki == ks)
+            return 0;                               /* (b) */
     }
-    return CYCTC_DECODE_OK;
+    if (ks >= 0 && ka >= 0) {
+        if (ks == ka && ks != K_LABEL)
+            return 0;                               /* (c) */
+        if (ks == K_LABEL && ka == K_LABEL && tok[s >> 1] == tok[a >> 1])
+            return 0;                               /* (d) */
+    }
+    return 1;
 }
 
-static void viterbi_free(viterbi_state *v)
+/* the graph's flags and classes (cls, flags must hold S entries); returns the largest offset used */
+static int chain_graph(const int32_t *tok, int64_t S, int C, int blank, int32_t *cls, uint8_t *flags)
 {
-    free(v->rows);
-    free(v->back);
+    int maxk = 1;
+    for (int64_t s = 0; s < S; s++) {
+        const int k = chain_kind(tok, s);
+        cls[s] = k == K_BLANK ? blank : k == K_GAP ? C : tok[s >> 1];
+        uint8_t f = 0;
+        for (int d = 1; d <= 4 && s - d >= 0; d++) {
+            if (chain_step_ok(tok, S, s - d, s)) {
+                f |= (uint8_t)(1 << (d - 1));
+                maxk = d > maxk ? d : maxk;
+            }
+        }
+        if (s < 4 && chain_step_ok(tok, S, -1, s))
+            f |= F_START;
+        if (s >= S - 4 && chain_step_ok(tok, S, s, S))
+            f |= F_END;
+        flags[s] = f;
+    }
+    return maxk;
 }
 
-static void viterbi_step(viterbi_state *v, int t, const double *lp)
+/* --- planning ------------------------------------------------------------------------------------------------ */
+
+/* bytes of a plan with D levels of ratio r (as a double: never overflows), filling pl when not NULL */
+static double ck_bytes(int64_t P0, int D, int64_t r, double rowb, double leafb, double fixed, ck_plan *pl)
 {
-    const int S = v->S;
-    uint8_t *bk = v->back + (size_t)t * S;
-    double *cur = v->cur;
-    if (t == 0) {
-        for (int s = 0; s < S; s++) {
-            cur[s] = s < 2 ? lp[ext_class(v, s)] : NEG_INF;
-            bk[s] = 0;
+    int64_t P = P0;
+    double b = fixed + rowb; /* + the top segment's start row */
+    if (pl) {
+        pl->D = D;
+        pl->P[0] = P0;
+    }
+    for (int d = 0; d < D; d++) {
+        int64_t q = (P + r - 1) / r;
+        if (q < 1)
+            q = 1;
+        const int64_t pieces = (P + q - 1) / q;
+        b += (double)(pieces > 1 ? pieces - 1 : 0) * rowb;
+        if (pl) {
+            pl->P[d + 1] = q;
+            pl->pieces[d] = pieces;
+        }
+        P = q;
+    }
+    return b + (double)P * leafb;
+}
+
+/* the smallest plan of D levels: its ratio and bytes */
+static double ck_best_r(int64_t P0, int D, double rowb, double leafb, double fixed, int64_t *r_out)
+{
+    if (D == 0) {
+        *r_out = 2;
+        return ck_bytes(P0, 0, 2, rowb, leafb, fixed, NULL);
+    }
+    double best = INFINITY;
+    int64_t rmax = P0 < 65536 ? P0 : 65536;
+    if (rmax < 2)
+        rmax = 2;
+    for (int64_t r = 2; r <= rmax; r++) {
+        const double b = ck_bytes(P0, D, r, rowb, leafb, fixed, NULL);
+        if (b < best) {
+            best = b;
+            *r_out = r;
+        }
+    }
+    return best;
+}
+
+/* work-space sizes of one sequence: doubles per stored row, fixed bytes, leaf bytes per frame */
+static void chain_sizes(int64_t S, int C, int posteriors, double *rowb, double *fixed, double *leafb)
+{
+    const double row = (double)(S + 2 * PAD + 1 + (S + BLK - 1) / BLK) * 8.0;
+    /* classes, flags, the lists of states with offsets 3 and 4, the frame's scores, the masks */
+    const double graph = (double)S * 5.0 + (double)(S / 2 + 2) * 16.0 + (double)(C + 1) * 16.0 + (double)S * 8.0 +
+                         4.0 * (double)(S + 2 * PAD) * 8.0;
+    *rowb = row;
+    *fixed = graph + (posteriors ? 4.0 * row + (BLK + 2 * PAD) * 8.0 : 2.0 * row) + 256.0;
+    *leafb = posteriors ? row : (double)S;
+}
+
+/* the plan: the fewest levels that fit the budget (0 when one pass with every back-pointer fits); -1 when none */
+static int ck_plan_make(int64_t T, int64_t S, int C, int posteriors, double budget, ck_plan *pl, double *bytes)
+{
+    double rowb, fixed, leafb;
+    chain_sizes(S, C, posteriors, &rowb, &fixed, &leafb);
+    const int64_t P0 = T > 0 ? T - 1 : 0;
+    double best = INFINITY;
+    for (int D = 0; D <= CK_MAXD; D++) {
+        int64_t r = 2;
+        const double b = ck_best_r(P0, D, rowb, leafb, fixed, &r);
+        /* one pass over everything only while it stays small: touching (and faulting in) hundreds of MB costs
+         * more than the extra forward pass of one level of checkpoints */
+        if (D == 0 && b > CK_ONE_PASS_MAX && budget > CK_ONE_PASS_MAX) {
+            best = b;
+            continue;
+        }
+        if (b <= budget) {
+            *bytes = ck_bytes(P0, D, r, rowb, leafb, fixed, pl);
+            return 0;
+        }
+        best = b < best ? b : best;
+        if (D > 0 && ((P0 >> D) == 0 || D > 1 + 64))
+            break; /* ratio 2 already reaches leaves of one frame: more levels only add rows */
+    }
+    *bytes = best;
+    return -1;
+}
+
+double cyctc_chain_work_bytes(int64_t T, int C, int64_t n, int posteriors, double budget)
+{
+    ck_plan pl;
+    double vit, fb = 0.0;
+    if (T == 0)
+        return 1.0;
+    const int rv = ck_plan_make(T, 2 * n + 1, C, 0, budget, &pl, &vit);
+    const int rf = posteriors ? ck_plan_make(T, 2 * n + 1, C, 1, budget, &pl, &fb) : 0;
+    if (rv == 0 && rf == 0)
+        return vit > fb ? vit : fb;
+    /* the smallest budget that works: each phase's minimum (a plan search without a budget) */
+    if (rv == 0)
+        ck_plan_make(T, 2 * n + 1, C, 0, 0.0, &pl, &vit);
+    if (posteriors && rf == 0)
+        ck_plan_make(T, 2 * n + 1, C, 1, 0.0, &pl, &fb);
+    return -(vit > fb ? vit : fb);
+}
+
+/* --- Viterbi ------------------------------------------------------------------------------------------------- */
+
+/* the frame's scores per class (C: the gap score) into g->sc, state s reading g->sc[g->cls[s]]: log scores, or
+ * with linear probabilities relative to the frame's best; 1 when the frame holds NaN or +inf */
+DECODE_HOT static int chain_frame(chain *g, int64_t t, int linear)
+{
+    if (g->load(g->x, g->xs, t, g->C, g->normalize, g->lp))
+        return 1;
+    const int C = g->C;
+    double m = NEG_INF;
+    for (int c = 0; c < C; c++)
+        m = g->lp[c] > m ? g->lp[c] : m;
+    g->lp[C] = m - g->gap_penalty;
+    if (!linear) {
+        g->sc = g->lp;
+    } else {
+        /* probabilities relative to the frame's best (at most 1), one exp per class */
+        const double ref = m == NEG_INF ? 0.0 : m;
+        double *ep = g->lp + C + 1;
+        for (int c = 0; c <= C; c++)
+            ep[c] = exp(g->lp[c] - ref);
+        g->sc = ep;
+    }
+    /* the scores in state order, so that the recursions' loops stay vectorisable: the blank everywhere, then the
+     * tokens (odd states) */
+    const double *sc = g->sc;
+    const int32_t *cls = g->cls;
+    double *em = g->em;
+    const double sb = sc[g->blank];
+    for (int64_t s = 0; s < g->S; s++)
+        em[s] = sb;
+    for (int64_t s = 1; s < g->S; s += 2)
+        em[s] = sc[cls[s]];
+    return 0;
+}
+
+static void vit_init_row(const chain *g, double *row)
+{
+    const double *sc = g->sc;
+    for (int k = 0; k < PAD; k++)
+        row[k] = NEG_INF;
+    for (int64_t s = 0; s < g->S; s++)
+        row[PAD + s] = (g->flags[s] & F_START) ? sc[g->cls[s]] : NEG_INF;
+}
+
+/* one Viterbi frame: cur = best predecessor in prev + the frame's scores; bk (when not NULL) gets the offsets.
+ * Offsets 3 and 4 exist only at the first label after a gap (one state per gap): the main loops look at the
+ * self-loop and offsets 1 and 2, and those few states are redone with all five candidates. */
+DECODE_HOT static void vit_step(const chain *g, const double *prevp, double *curp, uint8_t *bk)
+{
+    const int64_t S = g->S;
+    const double *prev = prevp + PAD, *em = g->em;
+    const double *m1 = g->mask[0] + PAD, *m2 = g->mask[1] + PAD, *m3 = g->mask[2] + PAD, *m4 = g->mask[3] + PAD;
+    double *cur = curp + PAD;
+    /* offset 1 is allowed everywhere (neighbours are a blank and a token): m1 is only read for the few states
+     * redone below; prev[-1] is the -inf padding */
+    if (bk == NULL) {
+        for (int64_t s = 0; s < S; s++) {
+            double best = prev[s], c = prev[s - 1];
+            best = c > best ? c : best;
+            c = prev[s - 2] + m2[s];
+            best = c > best ? c : best;
+            cur[s] = best + em[s];
         }
     } else {
-        const double *prev = v->prev;
-        for (int s = 0; s < S; s++) {
-            double best = prev[s];
-            uint8_t arg = 0;
-            if (s >= 1 && prev[s - 1] > best) {
-                best = prev[s - 1];
-                arg = 1;
-            }
-            if ((s & 1) && s >= 3 && v->labels[s >> 1] != v->labels[(s >> 1) - 1] && prev[s - 2] > best) {
-                best = prev[s - 2];
-                arg = 2;
-            }
-            cur[s] = best == NEG_INF ? NEG_INF : best + lp[ext_class(v, s)];
-            bk[s] = arg;
+        /* the offset is the first candidate equal to the maximum: the same as replacing only on a strictly larger
+         * candidate in the order self-loop, 1, 2, written without branches */
+        for (int64_t s = 0; s < S; s++) {
+            const double c0 = prev[s], c1 = prev[s - 1], c2 = prev[s - 2] + m2[s];
+            double best = c1 > c0 ? c1 : c0;
+            best = c2 > best ? c2 : best;
+            int32_t arg = c2 == best ? 2 : 0;
+            arg = c1 == best ? 1 : arg;
+            arg = c0 == best ? 0 : arg;
+            cur[s] = best + em[s];
+            bk[s] = (uint8_t)arg;
         }
     }
-    v->cur = v->prev;
-    v->prev = cur;
+    for (int64_t i = 0; i < g->nfar; i++) {
+        const int64_t s = g->far[i];
+        const double c[5] = {prev[s], prev[s - 1] + m1[s], prev[s - 2] + m2[s], prev[s - 3] + m3[s],
+                             prev[s - 4] + m4[s]};
+        double best = c[0];
+        int arg = 0;
+        for (int k = 1; k < 5; k++) {
+            if (c[k] > best) {
+                best = c[k];
+                arg = k;
+            }
+        }
+        cur[s] = best + em[s];
+        if (bk)
+            bk[s] = (uint8_t)arg;
+    }
 }
 
-/* after T steps: backtrack into path; returns OK or INFEASIBLE */
-static int viterbi_finish(viterbi_state *v, int32_t *path, double *log_prob)
+/* the end state of the best path in a row at the last frame (the last of equal maxima); -1 when none is finite */
+static int64_t vit_pick_end(const chain *g, const double *rowp, double *score)
 {
-    const int T = v->T, S = v->S;
+    const double *row = rowp + PAD;
+    int64_t arg = -1;
+    double best = NEG_INF;
+    for (int64_t s = g->S - 1; s >= 0 && s >= g->S - 4; s--) {
+        if ((g->flags[s] & F_END) && row[s] > best) {
+            best = row[s];
+            arg = s;
+        }
+    }
+    *score = best;
+    return arg;
+}
+
+#define CHAIN_NONFINITE (-3)
+#define CHAIN_INFEASIBLE (-4)
+
+/* the path over frames a..b of a segment at level d, whose row at frame a is row_a and whose state at frame b is
+ * *s (or, when *s < 0, the best end state, found once frame b = T - 1 is reached); *s becomes the state at a */
+static int vit_segment(chain *g, int d, int64_t a, int64_t b, const double *row_a, int64_t *s, double *score)
+{
+    const int64_t S = g->S;
+    if (d == g->pl.D) {
+        uint8_t *bk = (uint8_t *)g->leaf;
+        const double *prev = row_a;
+        for (int64_t t = a + 1; t <= b; t++) {
+            if (chain_frame(g, t, 0))
+                return CHAIN_NONFINITE;
+            double *cur = g->w[(t - a) & 1];
+            vit_step(g, prev, cur, bk + (size_t)(t - a - 1) * (size_t)S);
+            prev = cur;
+        }
+        if (*s < 0 && (*s = vit_pick_end(g, prev, score)) < 0)
+            return CHAIN_INFEASIBLE;
+        int64_t v = *s;
+        for (int64_t t = b; t > a; t--) {
+            g->path[t] = (int32_t)v;
+            v -= bk[(size_t)(t - a - 1) * (size_t)S + (size_t)v];
+        }
+        g->path[a] = (int32_t)v;
+        *s = v;
+        return 0;
+    }
+    const int64_t q = g->pl.P[d + 1], n = (b - a + q - 1) / q;
+    const int64_t stop = *s < 0 ? b : a + (n - 1) * q;
+    double *slots = g->slots[d];
+    const double *prev = row_a;
+    for (int64_t t = a + 1; t <= stop; t++) {
+        if (chain_frame(g, t, 0))
+            return CHAIN_NONFINITE;
+        double *cur = g->w[(t - a) & 1];
+        vit_step(g, prev, cur, NULL);
+        if ((t - a) % q == 0 && (t - a) / q < n)
+            memcpy(slots + (size_t)((t - a) / q - 1) * g->row, cur, (size_t)(S + PAD) * sizeof(double));
+        prev = cur;
+    }
+    if (*s < 0 && (*s = vit_pick_end(g, prev, score)) < 0)
+        return CHAIN_INFEASIBLE;
+    for (int64_t j = n - 1; j >= 0; j--) {
+        const int64_t pa = a + j * q, pb = pa + q < b ? pa + q : b;
+        const double *r = j == 0 ? row_a : slots + (size_t)(j - 1) * g->row;
+        const int rc = vit_segment(g, d + 1, pa, pb, r, s, score);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+/* --- posteriors ---------------------------------------------------------------------------------------------- */
+
+/* Posterior rows hold mantissas with one power-of-two exponent per block of BLK states (value = mantissa *
+ * 2^exponent, the exponents stored as doubles after the row's padding): a row of a long recording spans far more
+ * than a double's range (the untranscribed states of early utterances hold most of the forward mass long after the
+ * states that carry the posterior), while a block of neighbouring states does not. Blocks exchange values through
+ * exact power-of-two rescales, so recomputing a row repeats the same bits. An all-zero block has exponent ZEXP. */
+
+static inline double *fb_exp(const chain *g, double *rowp) { return rowp + PAD + g->S + PAD; }
+
+/* 2^k for integer k (0 below the normal range), from the exponent bits: exact, no library call */
+static inline double pow2i(int64_t k)
+{
+    if (k < -1022)
+        return 0.0;
+    union {
+        uint64_t u;
+        double d;
+    } v;
+    v.u = (uint64_t)(k + 1023) << 52;
+    return v.d;
+}
+
+/* scale one block (n values) so that its largest lies in [0.5, 1); base: the exponent its values are in now.
+ * Values below 2^-960 of the block's largest are flushed to zero: they could only matter with a beta as far above
+ * the block's (fb_post's check sees that), and left alone they would become subnormal (slow). */
+static inline double fb_block_norm(double *v, int64_t n, double base)
+{
+    double m = 0.0, mm[4] = {0.0, 0.0, 0.0, 0.0};
+    int64_t s = 0;
+    for (; s + 4 <= n; s += 4)
+        for (int k = 0; k < 4; k++)
+            mm[k] = v[s + k] > mm[k] ? v[s + k] : mm[k];
+    for (; s < n; s++)
+        m = v[s] > m ? v[s] : m;
+    for (int k = 0; k < 4; k++)
+        m = mm[k] > m ? mm[k] : m;
+    if (!(m > 0.0)) {
+        for (s = 0; s < n; s++)
+            v[s] = 0.0;
+        return ZEXP;
+    }
+    int e;
+    frexp(m, &e);
+    const double f = (e >= -1023 && e <= 1022) ? pow2i(-e) : ldexp(1.0, -e);
+    for (s = 0; s < n; s++) {
+        const double x = v[s] * f;
+        v[s] = x < 0x1p-961 ? 0.0 : x;
+    }
+    return base + e;
+}
+
+/* every block of a row (the first rows of the posteriors) */
+static void fb_blocks(const chain *g, double *row, double *ex, const double *base)
+{
+    const int64_t S = g->S;
+    for (int64_t b = 0, s0 = 0; s0 < S; b++, s0 += BLK)
+        ex[b] = fb_block_norm(row + s0, (s0 + BLK < S ? s0 + BLK : S) - s0, base[b]);
+}
+
+static inline double fb_rescale(double from, double to)
+{
+    /* from <= to always (to is the larger of the two); far below: nothing */
+    return from == ZEXP || from - to < -1022.0 ? 0.0 : pow2i((int64_t)(from - to));
+}
+
+/* one forward frame: cur = (sum of the allowed predecessors in prev) * the frame's scores; 0 when all zero */
+DECODE_HOT static int fb_step(chain *g, double *prevp, double *curp)
+{
+    const int64_t S = g->S;
+    const double *em = g->em;
+    const double *m2 = g->mask[1] + PAD, *m3 = g->mask[2] + PAD, *m4 = g->mask[3] + PAD;
+    const double *pex = fb_exp(g, prevp);
+    double *cur = curp + PAD, *cex = fb_exp(g, curp);
+    double *pr = g->tmp + PAD; /* a block's predecessors, in its base */
+    int any = 0;
+    int64_t fi = 0;
+    for (int k = 0; k < PAD; k++)
+        curp[k] = 0.0;
+    for (int64_t b = 0, s0 = 0; s0 < S; b++, s0 += BLK) {
+        const int64_t s1 = s0 + BLK < S ? s0 + BLK : S;
+        const double eo = pex[b], en = b > 0 ? pex[b - 1] : ZEXP;
+        const double E = eo > en ? eo : en;
+        if (E == ZEXP) {
+            for (int64_t s = s0; s < s1; s++)
+                cur[s] = 0.0;
+            cex[b] = ZEXP;
+            while (fi < g->nfar && g->far[fi] < s1)
+                fi++;
+            continue;
+        }
+        const double fo = fb_rescale(eo, E), fn = fb_rescale(en, E);
+        const double *prev = prevp + PAD;
+        for (int k = 1; k <= PAD; k++) {
+            const double v = s0 - k >= 0 ? prev[s0 - k] * fn : 0.0;
+            pr[-k] = v < 0x1p-1000 ? 0.0 : v; /* no subnormals (slow, and below anything that matters) */
+        }
+        for (int64_t s = s0; s < s1; s++) {
+            const double v = prev[s] * fo;
+            pr[s - s0] = v < 0x1p-1000 ? 0.0 : v;
+        }
+        const double *q = pr - s0;
+        for (int64_t s = s0; s < s1; s++)
+            cur[s] = (q[s] + q[s - 1] + q[s - 2] * m2[s]) * em[s]; /* offset 1: always (see vit_step) */
+        for (; fi < g->nfar && g->far[fi] < s1; fi++) { /* offsets 3 and 4: see vit_step */
+            const int64_t s = g->far[fi];
+            cur[s] += (q[s - 3] * m3[s] + q[s - 4] * m4[s]) * em[s];
+        }
+        cex[b] = fb_block_norm(cur + s0, s1 - s0, E);
+        any |= cex[b] != ZEXP;
+    }
+    return any;
+}
+
+/* log2 of sum_s alpha_s beta_s (block exponents included); the path state's posterior into g->post[t] */
+DECODE_HOT static void fb_post(chain *g, int64_t t, double *alphap)
+{
+    const int64_t S = g->S;
+    const double *al = alphap + PAD, *be = g->beta + PAD, *ea = fb_exp(g, alphap), *eb = fb_exp(g, g->beta);
+    double top = ZEXP;
+    for (int64_t b = 0; b * BLK < S; b++)
+        if (ea[b] != ZEXP && eb[b] != ZEXP && ea[b] + eb[b] > top)
+            top = ea[b] + eb[b];
+    double dot = 0.0;
+    if (top != ZEXP) {
+        for (int64_t b = 0, s0 = 0; s0 < S; b++, s0 += BLK) {
+            if (ea[b] == ZEXP || eb[b] == ZEXP)
+                continue;
+            const int64_t s1 = s0 + BLK < S ? s0 + BLK : S;
+            double d = 0.0;
+            for (int64_t s = s0; s < s1; s++)
+                d += al[s] * be[s];
+            dot += d * fb_rescale(ea[b] + eb[b], top);
+        }
+    }
+    const int32_t v = g->path[t];
+    const int64_t bv = v / BLK;
+    const double pv = (ea[bv] == ZEXP || eb[bv] == ZEXP) ? 0.0 : al[v] * be[v] * fb_rescale(ea[bv] + eb[bv], top);
+    g->post[t] = dot > 0.0 ? pv / dot : 0.0;
+    const double total = dot > 0.0 ? top + log2(dot) : NEG_INF;
+    if (t == g->T - 1)
+        g->ref = total;
+    else if (!(fabs(total - g->ref) <= 1e-9 + 1e-15 * (double)g->T * (1.0 + fabs(g->ref))))
+        g->lost = 1; /* mass that mattered fell below a block's range */
+}
+
+/* beta from frame t to t - 1, with the scores of frame t in g->sc */
+DECODE_HOT static void fb_back(chain *g)
+{
+    const int64_t S = g->S;
+    const double *em = g->em, *m2 = g->mask[1] + PAD, *m3 = g->mask[2] + PAD, *m4 = g->mask[3] + PAD;
+    double *be = g->beta + PAD, *ex = fb_exp(g, g->beta);
+    double *tq = g->tmp; /* a block's successors (BLK + PAD), in its base */
+    int64_t fi = 0;
+    int any = 0;
+    for (int64_t b = 0, s0 = 0; s0 < S; b++, s0 += BLK) {
+        const int64_t s1 = s0 + BLK < S ? s0 + BLK : S;
+        const double eo = ex[b], en = s1 < S ? ex[b + 1] : ZEXP;
+        const double E = eo > en ? eo : en;
+        if (E == ZEXP) {
+            for (int64_t s = s0; s < s1; s++)
+                be[s] = 0.0;
+            ex[b] = ZEXP;
+            while (fi < g->nsrc && g->src[fi] < s1)
+                fi++;
+            continue;
+        }
+        const double fo = fb_rescale(eo, E), fn = fb_rescale(en, E);
+        for (int64_t s = s0; s < s1; s++) {
+            const double v = em[s] * be[s] * fo;
+            tq[s - s0] = v < 0x1p-1000 ? 0.0 : v;
+        }
+        for (int64_t s = s1; s < s1 + PAD; s++) {
+            const double v = s < S ? em[s] * be[s] * fn : 0.0;
+            tq[s - s0] = v < 0x1p-1000 ? 0.0 : v;
+        }
+        const double *q = tq - s0;
+        for (int64_t s = s0; s < s1; s++)
+            be[s] = q[s] + q[s + 1] + q[s + 2] * m2[s + 2]; /* offset 1: always (see vit_step) */
+        for (; fi < g->nsrc && g->src[fi] < s1; fi++) { /* offsets 3 and 4: see vit_step */
+            const int64_t s = g->src[fi];
+            be[s] += q[s + 3] * m3[s + 3] + q[s + 4] * m4[s + 4];
+        }
+        ex[b] = fb_block_norm(be + s0, s1 - s0, E); /* block b - 1, done, no longer reads ex[b] */
+        any |= ex[b] != ZEXP;
+    }
+    if (!any)
+        g->lost = 1;
+}
+
+static int fb_segment(chain *g, int d, int64_t a, int64_t b, double *row_a)
+{
+    const size_t R = g->row;
+    if (d == g->pl.D) {
+        double *rows = (double *)g->leaf; /* row of frame t at rows + (t - a - 1) * R */
+        double *prev = row_a;
+        for (int64_t t = a + 1; t <= b; t++) {
+            if (chain_frame(g, t, 1))
+                return CHAIN_NONFINITE;
+            double *cur = rows + (size_t)(t - a - 1) * R;
+            if (!fb_step(g, prev, cur))
+                g->lost = 1;
+            prev = cur;
+        }
+        for (int64_t t = b; t > a && !g->lost; t--) {
+            fb_post(g, t, rows + (size_t)(t - a - 1) * R);
+            if (chain_frame(g, t, 1))
+                return CHAIN_NONFINITE;
+            fb_back(g);
+        }
+        return 0;
+    }
+    const int64_t q = g->pl.P[d + 1], n = (b - a + q - 1) / q;
+    double *slots = g->slots[d];
+    double *prev = row_a;
+    for (int64_t t = a + 1; t <= a + (n - 1) * q; t++) {
+        if (chain_frame(g, t, 1))
+            return CHAIN_NONFINITE;
+        double *cur = (t - a) % q == 0 ? slots + (size_t)((t - a) / q - 1) * R : g->w[(t - a) & 1];
+        if (!fb_step(g, prev, cur))
+            g->lost = 1;
+        prev = cur;
+    }
+    for (int64_t j = n - 1; j >= 0 && !g->lost; j--) {
+        const int64_t pa = a + j * q, pb = pa + q < b ? pa + q : b;
+        const int rc = fb_segment(g, d + 1, pa, pb, j == 0 ? row_a : slots + (size_t)(j - 1) * R);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+/* --- driver -------------------------------------------------------------------------------------------------- */
+
+/* carve the arena (bytes from ck_plan_make) into g's arrays; the masks are filled for Viterbi or posteriors */
+static int chain_carve(chain *g, char *arena, double bytes, const int32_t *tok, int posteriors)
+{
+    const int64_t S = g->S;
+    const size_t R = g->row = (size_t)(S + 2 * PAD + 1 + (S + BLK - 1) / BLK);
+    double *p = (double *)arena;
+    for (int k = 0; k < 4; k++, p += S + 2 * PAD)
+        g->mask[k] = p;
+    g->lp = p; /* the frame's log-probabilities (+ the gap score), then their exponentials */
+    p += 2 * (g->C + 1);
+    g->em = p;
+    p += S;
+    g->w[0] = p;
+    p += R;
+    g->w[1] = p;
+    p += R;
+    if (posteriors) {
+        g->beta = p;
+        p += R;
+        g->tmp = p; /* the blocks' bases, then one block's neighbours */
+        p += R + BLK + 2 * PAD;
+    }
+    g->top = p;
+    p += R;
+    for (int d = 0; d < g->pl.D; d++) {
+        g->slots[d] = p;
+        p += (size_t)(g->pl.pieces[d] > 1 ? g->pl.pieces[d] - 1 : 0) * R;
+    }
+    g->leaf = p;
+    if (posteriors)
+        p += (size_t)g->pl.P[g->pl.D] * R;
+    else
+        p = (double *)((char *)p + (((size_t)g->pl.P[g->pl.D] * (size_t)S + 7) & ~(size_t)7));
+    g->far = (int64_t *)p;
+    g->src = g->far + (S / 2 + 2);
+    g->cls = (int32_t *)(g->src + (S / 2 + 2));
+    g->flags = (uint8_t *)(g->cls + S);
+    if ((double)((char *)(g->flags + S) - arena) > bytes)
+        return -1; /* the layout outgrew the plan's bytes: a bug, refused rather than written past the arena */
+    g->maxk = chain_graph(tok, S, g->C, g->blank, g->cls, g->flags);
+    g->nfar = g->nsrc = 0;
+    for (int64_t s = 0; s < S; s++) {
+        if (g->flags[s] & 12)
+            g->far[g->nfar++] = s;
+        if ((s + 3 < S && (g->flags[s + 3] & 4)) || (s + 4 < S && (g->flags[s + 4] & 8)))
+            g->src[g->nsrc++] = s;
+    }
+    const double off = posteriors ? 0.0 : NEG_INF, on = posteriors ? 1.0 : 0.0;
+    for (int k = 0; k < 4; k++) {
+        for (int64_t s = 0; s < PAD; s++)
+            g->mask[k][s] = g->mask[k][PAD + S + s] = off;
+        for (int64_t s = 0; s < S; s++)
+            g->mask[k][PAD + s] = (g->flags[s] >> k) & 1 ? on : off;
+    }
+    for (int k = 0; k < PAD; k++)
+        g->w[0][k] = g->w[1][k] = off;
+    return 0;
+}
+
+static int cyctc_chain_run(const void *x, ptrdiff_t xs, chain_loader load, int64_t T, int C, const int32_t *tokens,
+                    int64_t n, int blank, int normalize, double gap_penalty, double budget, int32_t *path,
+                    double *log_prob, double *post)
+{
+    chain g;
+    memset(&g, 0, sizeof(g));
+    g.T = T;
+    g.S = 2 * n + 1;
+    g.C = C;
+    g.blank = blank;
+    g.normalize = normalize;
+    g.gap_penalty = gap_penalty;
+    g.x = x;
+    g.xs = xs;
+    g.load = load;
+    g.path = path;
+    g.post = post;
+    for (int64_t t = 0; t < T; t++)
+        path[t] = -1;
+    if (post)
+        for (int64_t t = 0; t < T; t++)
+            post[t] = NAN;
     if (T == 0) {
-        *log_prob = v->L == 0 ? 0.0 : NEG_INF;
-        return v->L == 0 ? CYCTC_DECODE_OK : CYCTC_DECODE_INFEASIBLE;
+        /* the empty path: feasible when every token is a gap */
+        int ok = 1;
+        for (int64_t j = 0; j < n; j++)
+            ok &= tokens[j] == CYCTC_GAP;
+        *log_prob = ok ? 0.0 : NEG_INF;
+        return ok ? CYCTC_DECODE_OK : CYCTC_DECODE_INFEASIBLE;
     }
-    const double *last = v->prev;
-    int s = S - 1;
-    if (S >= 2 && last[S - 2] > last[S - 1])
-        s = S - 2;
-    if (last[s] == NEG_INF) {
-        for (int t = 0; t < T; t++)
+    double bytes;
+    if (ck_plan_make(T, g.S, C, 0, budget, &g.pl, &bytes))
+        return CYCTC_DECODE_BUDGET;
+    char *arena = (char *)malloc((size_t)bytes);
+    if (!arena)
+        return CYCTC_DECODE_NOMEM;
+    if (chain_carve(&g, arena, bytes, tokens, 0)) {
+        free(arena);
+        return CYCTC_DECODE_NOMEM;
+    }
+    int rc = 0;
+    double score = NEG_INF;
+    if (chain_frame(&g, 0, 0))
+        rc = CHAIN_NONFINITE;
+    if (!rc) {
+        vit_init_row(&g, g.top);
+        int64_t s = -1;
+        rc = vit_segment(&g, 0, 0, T - 1, g.top, &s, &score);
+    }
+    free(arena);
+    if (rc) {
+        for (int64_t t = 0; t < T; t++)
             path[t] = -1;
-        *log_prob = NEG_INF;
-        return CYCTC_DECODE_INFEASIBLE;
+        *log_prob = rc == CHAIN_NONFINITE ? NAN : NEG_INF;
+        return rc == CHAIN_NONFINITE ? CYCTC_DECODE_NONFINITE : CYCTC_DECODE_INFEASIBLE;
     }
-    *log_prob = last[s];
-    for (int t = T - 1; t >= 0; t--) {
-        path[t] = ext_class(v, s);
-        s -= v->back[(size_t)t * S + s];
+    *log_prob = score;
+    if (!post)
+        return CYCTC_DECODE_OK;
+
+    /* posteriors over the same graph, under their own plan */
+    memset(g.slots, 0, sizeof(g.slots));
+    if (ck_plan_make(T, g.S, C, 1, budget, &g.pl, &bytes))
+        return CYCTC_DECODE_BUDGET;
+    arena = (char *)malloc((size_t)bytes);
+    if (!arena)
+        return CYCTC_DECODE_NOMEM;
+    if (chain_carve(&g, arena, bytes, tokens, 1)) {
+        free(arena);
+        return CYCTC_DECODE_NOMEM;
+    }
+    rc = 0;
+    if (chain_frame(&g, 0, 1))
+        rc = CHAIN_NONFINITE;
+    if (!rc) {
+        double *top = g.top;
+        for (int k = 0; k < PAD; k++)
+            top[k] = 0.0;
+        for (int64_t s = 0; s < g.S; s++)
+            top[PAD + s] = (g.flags[s] & F_START) ? g.sc[g.cls[s]] : 0.0;
+        for (int64_t b = 0; b * BLK < g.S; b++)
+            g.tmp[b] = 0.0;
+        fb_blocks(&g, top + PAD, fb_exp(&g, top), g.tmp);
+        for (int k = 0; k < PAD; k++)
+            g.beta[k] = 0.0;
+        for (int64_t s = 0; s < g.S; s++)
+            g.beta[PAD + s] = (g.flags[s] & F_END) ? 1.0 : 0.0;
+        fb_blocks(&g, g.beta + PAD, fb_exp(&g, g.beta), g.tmp);
+        if (!g.lost)
+            rc = fb_segment(&g, 0, 0, T - 1, top);
+        if (!rc && !g.lost)
+            fb_post(&g, 0, top);
+    }
+    free(arena);
+    if (rc || g.lost) {
+        for (int64_t t = 0; t < T; t++)
+            post[t] = NAN;
+        return rc ? CYCTC_DECODE_NONFINITE : CYCTC_DECODE_POSTERIOR_LOST;
     }
     return CYCTC_DECODE_OK;
 }

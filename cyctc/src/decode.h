@@ -10,7 +10,8 @@
  *                           blanks removed; neg_sum_logits = -sum_t max_c x[t, c] on the raw values
  *   cyctc_beam_search_*     prefix beam search with TF's ctc_beam_search_decoder semantics (log-softmax applied
  *                           internally; probabilities summed over the alignments the beam kept)
- *   cyctc_viterbi_align_*   forced alignment: the most probable frame-level path that collapses to given labels
+ *   cyctc_chain_align_*     forced alignment: the most probable frame-level path that collapses to given labels,
+ *                           optionally with untranscribed stretches, and its posteriors, within a memory budget
  */
 #ifndef CYCTC_DECODE_H
 #define CYCTC_DECODE_H
@@ -26,7 +27,12 @@ extern "C" {
 #define CYCTC_DECODE_OK 0
 #define CYCTC_DECODE_INFEASIBLE 1 /* alignment: no path of non-zero probability (too few frames or -inf scores) */
 #define CYCTC_DECODE_NONFINITE 2  /* a valid frame holds NaN (or +inf): result NaN */
+#define CYCTC_DECODE_POSTERIOR_LOST 3 /* alignment found; its posteriors exceed the scaled rows' range */
 #define CYCTC_DECODE_NOMEM (-1)   /* out of memory: outputs undefined */
+#define CYCTC_DECODE_BUDGET (-2)  /* the memory budget is below the smallest work space of the call */
+
+/* the token of an untranscribed stretch in cyctc_chain_align_* */
+#define CYCTC_GAP (-1)
 
 /*
  * Greedy (best-path) decoding of one sequence.
@@ -62,21 +68,35 @@ int cyctc_beam_search_f64(const double *x, ptrdiff_t xs, int T, int C, int blank
                           double *log_probs);
 
 /*
- * Viterbi forced alignment of one sequence over the extended labels (blank, l1, blank, ..., lL, blank).
+ * Alignment of one sequence to a chain of tokens (see decode.c, "chain alignment", for the graph and the rules).
  *   x, xs, T, C      T valid frames of C log-probabilities (used as given, or log-softmax normalised first
  *                    when normalize is 1)
- *   labels, L        the label sequence, classes in [0, C) never equal to blank
- *   path             receives T classes: the best frame-level path (collapses to labels)
- *   log_prob         receives its log-probability sum_t x[t, path[t]]
- * Ties between equally good predecessors prefer staying in the same state, then the step from the previous
- * state, then the skip; at the end the final blank beats the last label on a tie.
- * Returns CYCTC_DECODE_OK; CYCTC_DECODE_INFEASIBLE (no path with a finite score: path all -1, log_prob -inf);
- * CYCTC_DECODE_NONFINITE (NaN or +inf among the valid frames: path all -1, log_prob NaN); CYCTC_DECODE_NOMEM.
+ *   tokens, n        label classes in [0, C), never the blank, or CYCTC_GAP: a stretch of untranscribed audio of
+ *                    any length (zero frames included); no two gaps next to each other. Labels only: CTC.
+ *   gap_penalty      an untranscribed frame scores the frame's best log-probability minus gap_penalty (>= 0)
+ *   budget           bytes of work space this call may allocate (see cyctc_chain_work_bytes)
+ *   path             receives T states of the best path: state 2j + 1 is token j, even states are blanks
+ *   log_prob         receives the best path's score
+ *   post             NULL, or receives T posteriors: the probability of the path's state at each frame over all
+ *                    paths of the graph
+ * Returns CYCTC_DECODE_OK; CYCTC_DECODE_INFEASIBLE (path all -1, log_prob -inf); CYCTC_DECODE_NONFINITE (NaN or
+ * +inf in a valid frame: path all -1, log_prob NaN); CYCTC_DECODE_BUDGET (the budget is below the minimum: see
+ * cyctc_chain_work_bytes); CYCTC_DECODE_POSTERIOR_LOST (path and log_prob are valid, the posteriors could not be
+ * represented: post all NaN); CYCTC_DECODE_NOMEM. post is all NaN unless the result is OK.
  */
-int cyctc_viterbi_align_f32(const float *x, ptrdiff_t xs, int T, int C, const int32_t *labels, int L, int blank,
-                            int normalize, int32_t *path, double *log_prob);
-int cyctc_viterbi_align_f64(const double *x, ptrdiff_t xs, int T, int C, const int32_t *labels, int L, int blank,
-                            int normalize, int32_t *path, double *log_prob);
+int cyctc_chain_align_f32(const float *x, ptrdiff_t xs, int64_t T, int C, const int32_t *tokens, int64_t n,
+                          int blank, int normalize, double gap_penalty, double budget, int32_t *path,
+                          double *log_prob, double *post);
+int cyctc_chain_align_f64(const double *x, ptrdiff_t xs, int64_t T, int C, const int32_t *tokens, int64_t n,
+                          int blank, int normalize, double gap_penalty, double budget, int32_t *path,
+                          double *log_prob, double *post);
+
+/*
+ * The work space cyctc_chain_align_* allocates for T frames, C classes and n tokens (with posteriors: the larger
+ * of its two phases, which run one after the other) within budget bytes: a positive byte count, or minus the
+ * smallest budget that works when budget is below it.
+ */
+double cyctc_chain_work_bytes(int64_t T, int C, int64_t n, int posteriors, double budget);
 
 #ifdef __cplusplus
 }

@@ -87,33 +87,15 @@ int SFX(cyctc_beam_search)(const REAL *x, ptrdiff_t xs, int T, int C, int blank,
     return rc;
 }
 
-int SFX(cyctc_viterbi_align)(const REAL *x, ptrdiff_t xs, int T, int C, const int32_t *labels, int L, int blank,
-                             int normalize, int32_t *path, double *log_prob)
+static int SFX(chain_load)(const void *x, ptrdiff_t xs, int64_t t, int C, int normalize, double *out)
 {
-    double *row = (double *)malloc((size_t)C * sizeof(double));
-    viterbi_state v;
-    if (!row)
-        return CYCTC_DECODE_NOMEM;
-    if (viterbi_init(&v, T, labels, L, blank) != CYCTC_DECODE_OK) {
-        free(row);
-        return CYCTC_DECODE_NOMEM;
-    }
-    int rc = CYCTC_DECODE_OK;
-    for (int t = 0; t < T; t++) {
-        if (SFX(load_row)(x + t * xs, C, normalize, row)) {
-            rc = CYCTC_DECODE_NONFINITE;
-            break;
-        }
-        viterbi_step(&v, t, row);
-    }
-    if (rc == CYCTC_DECODE_OK) {
-        rc = viterbi_finish(&v, path, log_prob);
-    } else {
-        for (int t = 0; t < T; t++)
-            path[t] = -1;
-        *log_prob = NAN;
-    }
-    viterbi_free(&v);
-    free(row);
-    return rc;
+    return SFX(load_row)((const REAL *)x + t * xs, C, normalize, out);
+}
+
+int SFX(cyctc_chain_align)(const REAL *x, ptrdiff_t xs, int64_t T, int C, const int32_t *tokens, int64_t n,
+                           int blank, int normalize, double gap_penalty, double budget, int32_t *path,
+                           double *log_prob, double *post)
+{
+    return cyctc_chain_run(x, xs, SFX(chain_load), T, C, tokens, n, blank, normalize, gap_penalty, budget, path,
+                           log_prob, post);
 }
