@@ -153,3 +153,32 @@ def test_align_memory_limit(book, tmp_path, capsys):
               f"ark,t:{tmp_path}/lab.txt", f"ark,t:{tmp_path}/ali.txt")
     err = capsys.readouterr().err
     assert rc == 1 and "over --memory-limit" in err and "minimum work space" in err
+
+
+def test_loss_memory_limit(tmp_path, capsys, monkeypatch):
+    """cyctc loss --memory-limit: the same losses and gradients under a budget that checkpoints the long utterance
+    (and runs it alone: utterances over 20000 frames are never padded into a batch); an utterance whose minimum
+    work space exceeds the limit is reported and skipped, the others written; a bad size is a usage error."""
+    from cyctc.cli import common
+    monkeypatch.setattr(common, "LONG_FRAMES", 500)
+    rng = np.random.default_rng(4)
+    mats = {"a": rng.standard_normal((300, 8)).astype(np.float32), "b": rng.standard_normal((3000, 8)).astype(np.float32)}
+    kaldiio.save_ark(str(tmp_path / "x.ark"), mats)
+    (tmp_path / "lab.txt").write_text("a 1 2 3\nb " + " ".join(str(v) for v in rng.integers(1, 8, 400)) + "\n")
+    outs = []
+    for lim in ("1G", "2M"):  # b with every row stored: 2.6 MB; its minimum: 1.4 MB
+        rc = _run("loss", "--memory-limit", lim, f"ark:{tmp_path}/x.ark", f"ark,t:{tmp_path}/lab.txt",
+                  f"ark,t:{tmp_path}/loss_{lim}.txt", f"ark:{tmp_path}/grad_{lim}.ark")
+        assert rc == 0
+        outs.append(((tmp_path / f"loss_{lim}.txt").read_text(),
+                     dict(kaldiio.load_ark(str(tmp_path / f"grad_{lim}.ark")))))
+    assert outs[0][0] == outs[1][0]
+    for k in mats:
+        assert np.array_equal(outs[0][1][k], outs[1][1][k])
+    rc = _run("loss", "--memory-limit", "600K", f"ark:{tmp_path}/x.ark", f"ark,t:{tmp_path}/lab.txt",
+              f"ark,t:{tmp_path}/loss.txt", f"ark:{tmp_path}/grad.ark")
+    err = capsys.readouterr().err
+    assert "over --memory-limit" in err and "'b'" in err
+    assert (tmp_path / "loss.txt").read_text().split()[0] == "a"
+    with pytest.raises(SystemExit):
+        _run("loss", "--memory-limit", "lots", f"ark:{tmp_path}/x.ark", f"ark,t:{tmp_path}/lab.txt", "ark,t:-")

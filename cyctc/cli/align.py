@@ -4,7 +4,6 @@ import numpy as np
 from . import common
 from .kaldi_io import IntVectorWriter, TextWriter
 
-LONG_FRAMES = 20000  # utterances longer than this are aligned one at a time (never padded into a batch)
 
 EXAMPLES = """\
 For each utterance of <logits-rspecifier> (Kaldi float matrices, T x C) whose id is in <labels-rspecifier>, finds
@@ -81,20 +80,6 @@ def run(args):
             for b, u in enumerate(batch):
                 u.out = (res.path[b, :T[b]], float(res.log_prob[b]), bool(res.feasible[b]), blank)
 
-        def compute(batch):
-            # long utterances (an hour of frames) alone: padding the others to their length would copy them whole
-            short = [u for u in batch if u.x.shape[0] <= LONG_FRAMES]
-            groups = ([short] if short else []) + [[u] for u in batch if u.x.shape[0] > LONG_FRAMES]
-            for group in groups:
-                try:
-                    align(group)
-                except MemoryError:  # one utterance needs more than --memory-limit: find it, align the others
-                    for u in group:
-                        try:
-                            align([u])
-                        except MemoryError as e:
-                            u.out = str(e)
-
         def write(u):
             if isinstance(u.out, str):
                 tally.skip(u.key, "over --memory-limit", u.out)
@@ -119,7 +104,8 @@ def run(args):
             stats["logp"] += u.out[1]
             stats["frames"] += len(u.out[0])
 
-        common.run_loop(args, tally, labels, compute, write, (ali_w, ctm_w), done)
+        common.run_loop(args, tally, labels, lambda batch: common.in_groups(batch, align), write, (ali_w, ctm_w),
+                        done)
     finally:
         common.close_outputs(tally, ali_w, ctm_w)
     extra = (f"average log-probability per frame {stats['logp'] / stats['frames']:.6g} over "

@@ -344,6 +344,26 @@ def close_outputs(tally, *writers):
             tally.error(str(e))
 
 
+LONG_FRAMES = 20000  # utterances longer than this are computed one at a time (never padded into a batch)
+
+
+def in_groups(batch, fn):
+    """``fn(group)`` over the batch: the utterances of at most LONG_FRAMES frames together, each longer one alone
+    (padding the others to an hour's length would copy them whole). An utterance whose work space alone exceeds
+    --memory-limit gets its MemoryError's message as ``u.out``; the command's write reports and skips it."""
+    short = [u for u in batch if u.x.shape[0] <= LONG_FRAMES]
+    groups = ([short] if short else []) + [[u] for u in batch if u.x.shape[0] > LONG_FRAMES]
+    for group in groups:
+        try:
+            fn(group)
+        except MemoryError:  # one utterance needs more than --memory-limit: find it, compute the others
+            for u in group:
+                try:
+                    fn([u])
+                except MemoryError as e:
+                    u.out = str(e)
+
+
 def run_loop(args, tally, labels, compute, write, outputs, done=None):
     """Read, batch, ``compute(batch)`` (fills each Utt.out), ``write(utt)`` in input order (returning False when it
     skipped the utterance), then flush the ``outputs`` (writers, None skipped): an utterance counts as done once

@@ -28,6 +28,9 @@ examples:
 
   # one job of a JOB=1:N split (see README)
   cyctc loss scp:exp/split4/logits.JOB.scp ark:exp/labels.ark ark,t:exp/loss.JOB.txt
+
+  # hour-long utterances with their gradients in at most 2 GiB of work space (rows checkpointed to fit)
+  cyctc loss --memory-limit 2G scp:exp/long/logits.scp ark:exp/long/labels.ark ark,t:loss.txt ark:grad.ark
 """
 
 
@@ -41,6 +44,7 @@ def add_arguments(p):
     common.add_score_options(p)
     common.add_symbol_table_option(p, "labels are symbols ('utt-id a b c', as Kaldi's data/text)",
                                    "; an unknown symbol skips its utterance")
+    common.add_memory_limit_option(p)
 
 
 def _compute(args, want_grad):
@@ -50,7 +54,7 @@ def _compute(args, want_grad):
         x, T, lab, L = common.pad_batch(batch)
         blank = common.resolve_blank(args.blank, x.shape[2])
         out = cyctc.ctc_loss(lab, x, L, T, logits_time_major=False, blank_index=blank, return_grad=want_grad,
-                             num_threads=args.num_threads)
+                             num_threads=args.num_threads, memory_limit=args.memory_limit)
         loss, grad = out if want_grad else (out, None)
         for b, u in enumerate(batch):
             g = None
@@ -61,7 +65,7 @@ def _compute(args, want_grad):
                         g = np.where(u.mat > 0, g / u.mat, 0.0).astype(u.mat.dtype)
             u.out = (loss[b], g)
 
-    return compute
+    return lambda batch: common.in_groups(batch, compute)
 
 
 def run(args):
@@ -81,6 +85,9 @@ def run(args):
         grad_w = MatrixWriter(args.grad_wspecifier, "grad-wspecifier") if want_grad else None
 
         def write(u):
+            if isinstance(u.out, str):
+                tally.skip(u.key, "over --memory-limit", u.out)
+                return False
             loss, g = u.out
             loss_w.write(u.key, loss)
             if grad_w is not None:
