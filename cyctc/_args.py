@@ -275,6 +275,24 @@ def concatenated_labels(labels, label_length, B, name="targets", length_name="ta
     return out, ll
 
 
+def padding_lengths(paddings, name, shape):
+    """optax's padding indicators -- (B, N), 1 where an entry is padding, 0 where it is used -- as (lengths int32
+    (B,), order). ``order`` is None when every row is right-padded (zeros, then ones: the usual case); otherwise an
+    (B, N) index array that moves each row's used entries to its front, in order (``np.take_along_axis``)."""
+    p = np.asarray(paddings)
+    if p.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {p.shape}")
+    if p.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold numbers (0 or 1), got dtype {p.dtype}")
+    used = p == 0
+    if not np.all(used | (p == 1)):
+        raise ValueError(f"{name} must hold 0 (used) or 1 (padding) only")
+    lengths = used.sum(axis=-1).astype(np.int32)
+    if np.array_equal(used, np.arange(p.shape[-1]) < lengths[:, None]):
+        return lengths, None
+    return lengths, np.argsort(~used, axis=-1, kind="stable")
+
+
 def dense_labels(labels, name, B, batch_says):
     """Dense labels as an integer (B, Lmax) numpy array, or a TypeError/ValueError naming ``name``; ``batch_says``
     ends the message when the row count is not B."""
