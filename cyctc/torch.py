@@ -52,39 +52,51 @@ _NAMES = dict(logits_name="log_probs", logit_length_name="input_lengths", labels
 _LOW = (torch.float16, torch.bfloat16)
 
 
-def _frame_lse(x, fast):
-    """log-sum-exp over the class axis of (T, B, C) ``x``. ``fast``: one exp, a sum and a log (no max pass) when
-    that is exact enough -- every frame's sum finite and not near underflow -- checked on the host (CPU only)."""
-    if fast:
-        s = x.exp().sum(-1)
-        tiny = torch.finfo(x.dtype).tiny * 2.0 ** 30
-        if bool(torch.isfinite(s).all()) and bool((s > tiny).all()):
-            return s.log_()
-    return torch.logsumexp(x, -1)
+def _host_semantics(x, loss, grad, il, zero_infinity):
+    """PyTorch's numbers from cyctc's, on the host, in numpy (no trip through PyTorch's thread pool): the loss and
+    gradient corrections of the module docstring, zero_infinity, and NaN gradients for infeasible examples.
+    ``x`` (T, B, C) float32/64; ``loss`` float64 (B,); ``grad`` like x or None; ``il`` int (B,). In place where it
+    can; returns (loss in x's dtype, grad)."""
+    T = x.shape[0]
+    valid = np.arange(T)[:, None] < il[None, :]                                   # (T, B)
+    with np.errstate(over="ignore", under="ignore", divide="ignore", invalid="ignore"):
+        s = np.exp(x).sum(axis=-1)      # one exp, a sum and a log: exact enough unless a sum over/underflows
+        if s.size and not (np.isfinite(s).all() and s.min() > np.finfo(x.dtype).tiny * 2.0 ** 30):
+            m = x.max(axis=-1)
+            m = np.where(np.isfinite(m), m, 0)
+            s = np.exp(x - m[:, :, None]).sum(axis=-1)
+            lse = np.log(s) + m
+        else:
+            lse = np.log(s)
+        lse = np.where(valid, lse, 0)
+        loss = loss - lse.sum(axis=0, dtype=np.float64)
+        infeasible = np.isinf(loss)
+        if grad is not None:
+            if lse.size and np.abs(lse).max() > 8 * np.finfo(x.dtype).eps:
+                # not normalised: PyTorch's exp(lp) - occupancy from cyctc's softmax(lp) - occupancy (infeasible
+                # examples keep cyctc's zero gradient: PyTorch's is 0 with zero_infinity, NaN without)
+                keep = (valid & ~infeasible[None, :])[:, :, None]
+                grad += np.where(keep, np.exp(x) - np.exp(x - lse[:, :, None]), 0).astype(grad.dtype, copy=False)
+            if not zero_infinity and infeasible.any():
+                grad[valid & infeasible[None, :]] = np.nan
+    if zero_infinity:
+        loss[infeasible] = 0.0
+    return loss.astype(x.dtype), grad
 
 
-def _torch_semantics(x, loss, grad, il, zero_infinity, on_host):
-    """PyTorch's numbers from cyctc's: the loss and gradient corrections of the module docstring, zero_infinity and
-    NaN gradients for infeasible examples. ``loss`` float64 (B,) tensor; ``grad`` (T, B, C) tensor or None;
-    ``il`` int64 (B,) on x's device. Returns (loss in x's dtype, grad)."""
-    T, B = x.shape[0], x.shape[1]
+def _device_semantics(x, loss, grad, il, zero_infinity):
+    """``_host_semantics`` for CUDA tensors, in PyTorch ops that never wait for the device (the corrections are
+    applied whatever the input; ``loss`` float64 (B,) tensor, ``grad`` tensor or None, ``il`` on x's device)."""
+    T = x.shape[0]
+    zero = torch.zeros((), dtype=x.dtype, device=x.device)
     valid = torch.arange(T, device=x.device)[:, None] < il[None, :]               # (T, B)
-    lse = _frame_lse(x, on_host)
-    lse = torch.where(valid, lse, torch.zeros((), dtype=lse.dtype, device=lse.device))
+    lse = torch.where(valid, torch.logsumexp(x, -1), zero)
     loss = loss - lse.to(torch.float64).sum(0)
     infeasible = torch.isinf(loss)
     if grad is not None:
-        # on the device, always (a check would wait for it); on the host, only for inputs not normalised already
-        normalised = on_host and (lse.numel() == 0 or float(lse.abs().max()) <= 8 * torch.finfo(x.dtype).eps)
-        if not normalised:
-            # the input is not normalised: PyTorch's exp(lp) - occupancy, from softmax(lp) - occupancy
-            # (infeasible examples keep cyctc's zero gradient: PyTorch's is 0 with zero_infinity, NaN without)
-            corr = x.exp() - (x - lse[:, :, None]).exp()
-            keep = (valid & ~infeasible[None, :])[:, :, None]
-            grad.add_(torch.where(keep, corr, torch.zeros((), dtype=x.dtype, device=x.device)))
-        if zero_infinity:
-            pass  # cyctc's gradient of an infeasible example is already 0
-        elif not on_host or bool(infeasible.any()):
+        keep = (valid & ~infeasible[None, :])[:, :, None]
+        grad = grad + torch.where(keep, x.exp() - (x - lse[:, :, None]).exp(), zero)
+        if not zero_infinity:
             nan = torch.full((), float("nan"), dtype=x.dtype, device=x.device)
             grad = torch.where(infeasible[None, :, None] & valid[:, :, None], nan, grad)
     if zero_infinity:
@@ -97,16 +109,13 @@ def _host_numpy(t):
 
 
 def _cpu_forward(log_probs, targets, input_lengths, target_lengths, blank, zero_infinity, need_grad, num_threads):
-    x = log_probs.detach()
-    xn = x.numpy()
+    xn = log_probs.detach().numpy()
     B = xn.shape[1] if xn.ndim == 3 else 0
     labels, ll = _args.concatenated_labels(_host_numpy(targets), _host_numpy(target_lengths), B)
     a = _args.normalize_loss_args(labels, xn, ll, _host_numpy(input_lengths), True, None, blank, **_NAMES)
     loss, grad = _loss.compute(a, True, need_grad, None, resolve_num_threads(num_threads or torch.get_num_threads()))
-    il = torch.from_numpy(a.logit_length).to(torch.int64)
-    loss, grad = _torch_semantics(x, torch.from_numpy(loss), None if grad is None else torch.from_numpy(grad), il,
-                                  zero_infinity, on_host=True)
-    return loss, grad
+    loss, grad = _host_semantics(xn, loss, grad, a.logit_length, zero_infinity)
+    return torch.from_numpy(loss), None if grad is None else torch.from_numpy(grad)
 
 
 def _cuda_forward(log_probs, targets, input_lengths, target_lengths, blank, zero_infinity, need_grad):
@@ -131,7 +140,7 @@ def _cuda_forward(log_probs, targets, input_lengths, target_lengths, blank, zero
         loss_t = torch.from_dlpack(loss)
         grad_t = None if grad is None else torch.from_dlpack(grad)
     il_dev = torch.from_numpy(np.asarray(il_host, dtype=np.int64)).to(dev, non_blocking=True)
-    return _torch_semantics(log_probs.detach(), loss_t, grad_t, il_dev, zero_infinity, on_host=False)
+    return _device_semantics(log_probs.detach(), loss_t, grad_t, il_dev, zero_infinity)
 
 
 @torch.library.custom_op("cyctc::ctc_loss", mutates_args=())
