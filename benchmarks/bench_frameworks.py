@@ -180,12 +180,13 @@ def run_one(framework, shapes, threads, rounds):
 
 def table(results):
     rows = ["| framework | shape (B, T, C, L) | framework's own (ms) | cyctc bridge (ms) | speed-up | "
-            "max loss / grad difference (relative) |", "|---|---|---|---|---|---|"]
+            "max loss / grad difference (relative) | other processes' CPU share |", "|---|---|---|---|---|---|---|"]
     for r in results:
         rows.append(f"| {r['framework']} {r['version']}: {OWN[r['framework']]} -> {BRIDGE[r['framework']]} | "
                     f"{r['shape']} ({r['B']}, {r['T']}, {r['C']}, {r['L']}) | {r['own_ms']:.2f} | "
                     f"{r['cyctc_ms']:.2f} | {r['speedup']:.1f}x | "
-                    f"{r['check']['loss_rel']:.1e} / {r['check']['grad_rel']:.1e} |")
+                    f"{r['check']['loss_rel']:.1e} / {r['check']['grad_rel']:.1e} | "
+                    f"{'-' if r['other_load'] is None else format(r['other_load'], '.0%')} |")
     return "\n".join(rows)
 
 
@@ -198,10 +199,17 @@ def main(argv=None):
     ap.add_argument("--json")
     ap.add_argument("--txt")
     ap.add_argument("--_child", help=argparse.SUPPRESS)
+    ap.add_argument("--wait-load", type=float, metavar="X",
+                    help="before starting, wait (up to 15 min) until the 1-minute load average is below X")
     args = ap.parse_args(argv)
     if args._child:
         print(json.dumps(run_one(args._child, args.shapes, args.threads, args.rounds)))
         return 0
+    if args.wait_load is not None:
+        from bench_cpu import wait_for_quiet
+
+        wait_for_quiet(args.wait_load)
+    load0 = os.getloadavg()
     results, failed = [], []
     for fw in args.frameworks:
         cmd = [sys.executable, os.path.abspath(__file__), "--_child", fw, "--threads", str(args.threads),
@@ -215,7 +223,8 @@ def main(argv=None):
 
     head = (f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
             f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} threads, "
-            f"cyctc {cyctc.__version__}, float32, forward + backward, median of {args.rounds} rounds")
+            f"cyctc {cyctc.__version__}, float32, forward + backward, median of {args.rounds} rounds, "
+            f"load average at start {load0[0]:.2f}")
     text = head + "\n\n" + table(results) + ("\n\nnot run: " + "; ".join(failed) if failed else "") + "\n"
     print(text)
     if args.txt:

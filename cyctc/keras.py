@@ -7,7 +7,8 @@
 ``y_true`` (B, Lmax) with the blank as class C - 1, lengths (B, 1) or (B,); returns the (B, 1) losses as a
 TensorFlow op with its gradient with respect to ``y_pred``: Keras's own numbers (TF1's CTC on log(y_pred + 1e-7),
 see ``cyctc.ctc_batch_cost``), exact instead of within float32's error. Works eagerly, in ``tf.function`` and in
-``model.fit`` (with ``jit_compile`` off: the op is a host callback, see ``cyctc.tf``). Labels and lengths may be
+``model.fit`` (with Keras's default ``jit_compile="auto"``; not ``jit_compile=True``: the op is a host callback,
+see ``cyctc.tf``). Labels and lengths may be
 float tensors holding whole numbers, as Keras casts them.
 """
 import tensorflow as tf

@@ -13,7 +13,7 @@ as the loss (``softmax - occupancy``, exact) and scaled by the incoming gradient
 * Infeasible examples give ``inf`` and a zero gradient; TensorFlow's dense path gives a finite loss >= 706.89 (its
   stand-in for log 0) and a non-zero gradient. Large true losses are exact (README: Differences from TensorFlow).
 * The op is not XLA-compilable (a host callback): under ``jit_compile=True`` (``tf.function`` or Keras's
-  ``model.compile``) TensorFlow refuses it; leave ``jit_compile`` off for the step that computes the loss.
+  ``model.compile``) TensorFlow refuses it; Keras's default ``jit_compile="auto"`` works.
 * Tensors on a GPU are copied to the host and back (TensorFlow's numpy_function does that); there is no device path
   for TensorFlow yet.
 * ``num_threads`` (keyword-only, an addition): cyctc's CPU threads, as in ``cyctc.ctc_loss``.

@@ -18,8 +18,9 @@ frame t, PyTorch's numbers are, exactly, for any input (normalised or not):
     loss_torch[b] = loss_cyctc[b] - sum(lse[t, b] for t < input_lengths[b])
     grad_torch    = grad_cyctc + exp(log_probs) - exp(log_probs - lse)        (on valid frames)
 
-The bridge applies both corrections (the gradient's only where some frame's ``|lse|`` exceeds a few units of
-rounding, i.e. the input is not already normalised; below that the correction is under the dtype's rounding).
+The bridge applies both corrections (for CPU tensors, the gradient's only where some frame's ``|lse|`` exceeds a few
+units of rounding, i.e. the input is not already normalised; below that the correction is under the dtype's
+rounding; for CUDA tensors always, as a check would wait for the device).
 
 * ``float32`` and ``float64`` are computed in their dtype's kernel (exact: float64 accumulation inside);
   ``float16`` and ``bfloat16`` inputs are computed in float32 and the loss is float32, as under PyTorch's autocast

@@ -133,7 +133,7 @@ def test_keras_model_fit():
 
     model = keras.Sequential([keras.Input((T, F)), keras.layers.Dense(32, activation="tanh"),
                               keras.layers.Dense(C, activation="softmax")])
-    model.compile(optimizer=keras.optimizers.Adam(0.02), loss=loss, jit_compile=False)
+    model.compile(optimizer=keras.optimizers.Adam(0.02), loss=loss)   # jit_compile "auto", Keras's default
     hist = model.fit(feats, labels, batch_size=8, epochs=15, verbose=0)
     losses = hist.history["loss"]
     assert np.all(np.isfinite(losses)) and losses[-1] < 0.7 * losses[0]
