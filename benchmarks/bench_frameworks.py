@@ -143,8 +143,10 @@ def _keras_pair(p, threads):
             return float(loss), g.numpy()
         return run
 
+    import keras
+
     return (make(tf.keras.backend.ctc_batch_cost), make(lambda *a: ck.ctc_batch_cost(*a, num_threads=threads)),
-            tf.__version__)
+            f"{keras.__version__} (tf {tf.__version__})")
 
 
 PAIRS = {"torch": _torch_pair, "jax": _jax_pair, "tf": _tf_pair, "keras": _keras_pair}
