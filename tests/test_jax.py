@@ -5,6 +5,8 @@ import pytest
 
 from conftest import toolchain_unavailable
 
+pytestmark = pytest.mark.frameworks
+
 try:
     import jax
     import jax.numpy as jnp

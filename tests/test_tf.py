@@ -8,6 +8,8 @@ import pytest
 
 from conftest import toolchain_unavailable
 
+pytestmark = pytest.mark.frameworks
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 try:
     import tensorflow as tf

@@ -6,6 +6,8 @@ import pytest
 
 from conftest import toolchain_unavailable
 
+pytestmark = pytest.mark.frameworks
+
 try:
     import torch
     import torch.nn.functional as F
