@@ -217,11 +217,25 @@ def test_tiny_model_trains():
         torch.testing.assert_close(crit(lp, tg, il, tl), F.ctc_loss(lp, tg, il, tl))
 
 
-def test_backward_without_grad_refused():
+def test_loss_only_calls_skip_the_gradient(monkeypatch):
+    """Under no_grad, or for log_probs that do not require grad, the kernel is asked for the loss only."""
+    from cyctc import loss as cyloss
+
+    asked = []
+    real = cyloss.compute
+
+    def spy(a, merge, want_grad, *rest):
+        asked.append(want_grad)
+        return real(a, merge, want_grad, *rest)
+
+    monkeypatch.setattr(cyloss, "compute", spy)
     lp, tg, il, tl = _case(15)
     with torch.no_grad():
-        loss = ct.ctc_loss(lp, tg, il, tl)
+        loss = ct.ctc_loss(lp.clone().requires_grad_(), tg, il, tl)
     assert not loss.requires_grad
+    ct.ctc_loss(lp, tg, il, tl)
+    ct.ctc_loss(lp.clone().requires_grad_(), tg, il, tl).backward()
+    assert asked == [False, False, True]
 
 
 @pytest.mark.parametrize("call, exc, name", [
