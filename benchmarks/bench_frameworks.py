@@ -226,7 +226,7 @@ def main(argv=None):
     head = (f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
             f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {args.threads} threads, "
             f"cyctc {cyctc.__version__}, float32, forward + backward, median of {args.rounds} rounds, "
-            f"load average at start {load0[0]:.2f}")
+            f"load average at start {load0[0]:.2f}, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}")
     text = head + "\n\n" + table(results) + ("\n\nnot run: " + "; ".join(failed) if failed else "") + "\n"
     print(text)
     if args.txt:
