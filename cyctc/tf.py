@@ -18,7 +18,6 @@ as the loss (``softmax - occupancy``, exact) and scaled by the incoming gradient
   for TensorFlow yet.
 * ``num_threads`` (keyword-only, an addition): cyctc's CPU threads, as in ``cyctc.ctc_loss``.
 """
-import numpy as np
 import tensorflow as tf
 
 from . import loss as _loss

@@ -151,7 +151,8 @@ def test_keras_model_fit():
     (lambda x, lab, ll, tl: ctf.ctc_loss(lab, x, ll, tl + 99), "logit_length"),
     (lambda x, lab, ll, tl: ctf.ctc_loss(lab + 9, x, ll, tl), "labels"),
     (lambda x, lab, ll, tl: ctf.ctc_loss(lab, x, ll, tl, blank_index=99), "blank_index"),
-    (lambda x, lab, ll, tl: ck.ctc_batch_cost(lab.astype(np.float32) + 0.5, tf.transpose(x, [1, 0, 2]), tl, ll), "y_true"),
+    (lambda x, lab, ll, tl: ck.ctc_batch_cost(lab.astype(np.float32) + 0.5, tf.transpose(x, [1, 0, 2]), tl, ll),
+     "y_true"),
     (lambda x, lab, ll, tl: ck.ctc_batch_cost(lab, tf.transpose(x, [1, 0, 2]), tl[:2], ll), "input_length"),
 ], ids=["label-length", "logit-length", "labels", "blank", "y_true", "input_length"])
 def test_errors_name_argument(call, name):
