@@ -294,3 +294,13 @@ def test_cuda_glue_on_fake_cupy(monkeypatch):
         want_loss, want_grad = ct._cpu_forward(lp, tg, il, tl, 0, False, True, 1)
         torch.testing.assert_close(loss, want_loss)
         torch.testing.assert_close(grad, want_grad, equal_nan=True)
+    # targets and lengths as (stand-in) CUDA tensors: fetched to the host in ONE device-to-host copy, the only sync
+    monkeypatch.setattr(torch.Tensor, "is_cuda", property(lambda self: True))
+    fake_cupy.reset()
+    flat = torch.cat([tg[b, :tl[b]] for b in range(tg.shape[0])])
+    loss, grad = ct._cuda_forward(lp, flat, il, tl, 0, True, True)
+    assert fake_cupy.COUNTS["syncs"] == 1
+    monkeypatch.undo()
+    want_loss, want_grad = ct._cpu_forward(lp, tg, il, tl, 0, True, True, 1)
+    torch.testing.assert_close(loss, want_loss)
+    torch.testing.assert_close(grad, want_grad)
