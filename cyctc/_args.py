@@ -148,13 +148,13 @@ def int_vector(v, name, n, xp=np, whole_floats=False):
     return np.ascontiguousarray(v, dtype=np.int32) if xp is np else xp.ascontiguousarray(v, dtype=np.int32)
 
 
-def blank_class(blank_index, C, default=0):
+def blank_class(blank_index, C, default=0, name="blank_index"):
     """The blank class in [0, C) from TF's blank_index (None -> default; negative counts from C)."""
     if blank_index is None:
         return default
-    b = as_index(blank_index, "blank_index")
+    b = as_index(blank_index, name)
     if not -C <= b < C:
-        raise ValueError(f"blank_index must be in [-{C}, {C}) for {C} classes, got {b}")
+        raise ValueError(f"{name} must be in [-{C}, {C}) for {C} classes, got {b}")
     return b + C if b < 0 else b
 
 
@@ -247,6 +247,53 @@ def check_unique(unique, labels, label_length):
                          f"but labels[{b}, {j}] = {labels[b, j]}")
 
 
+def concatenated_labels(labels, label_length, B, name="targets", length_name="target_lengths"):
+    """PyTorch's concatenated targets -- a 1-D integer array holding every example's labels one after another,
+    example b's being the next ``label_length[b]`` -- as zero-padded (B, max(label_length)) labels for
+    ``normalize_loss_args``; 2-D labels are returned unchanged. Host arrays only (the bridges fetch device ones).
+    Returns (labels, label_length as validated int32 (B,))."""
+    ll = int_vector(label_length, length_name, B)
+    if not hasattr(labels, "ndim"):
+        try:
+            labels = np.asarray(labels)
+        except Exception as e:
+            raise TypeError(f"{name} must be an array of integers: {e}") from None
+    if labels.ndim != 1:
+        return labels, ll
+    if labels.dtype.kind not in "iu" and not (labels.size == 0 and labels.dtype.kind == "f"):
+        raise TypeError(f"{name} must have an integer dtype, got {labels.dtype}")
+    total = int(ll.astype(np.int64).sum())
+    if total > labels.shape[0]:
+        raise ValueError(f"{name} is 1-D (concatenated) with {labels.shape[0]} entries, but {length_name} add up to "
+                         f"{total}")
+    width = int(ll.max()) if B else 0
+    out = np.zeros((B, max(width, 1)), dtype=np.int64)
+    if total:
+        rows = np.repeat(np.arange(B), ll)
+        starts = np.cumsum(ll, dtype=np.int64) - ll
+        cols = np.arange(total) - np.repeat(starts, ll)
+        out[rows, cols] = labels[:total]
+    return out, ll
+
+
+def padding_lengths(paddings, name, shape):
+    """optax's padding indicators -- (B, N), 1 where an entry is padding, 0 where it is used -- as (lengths int32
+    (B,), order). ``order`` is None when every row is right-padded (zeros, then ones: the usual case); otherwise an
+    (B, N) index array that moves each row's used entries to its front, in order (``np.take_along_axis``)."""
+    p = np.asarray(paddings)
+    if p.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {p.shape}")
+    if p.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold numbers (0 or 1), got dtype {p.dtype}")
+    used = p == 0
+    if not np.all(used | (p == 1)):
+        raise ValueError(f"{name} must hold 0 (used) or 1 (padding) only")
+    lengths = used.sum(axis=-1).astype(np.int32)
+    if np.array_equal(used, np.arange(p.shape[-1]) < lengths[:, None]):
+        return lengths, None
+    return lengths, np.argsort(~used, axis=-1, kind="stable")
+
+
 def dense_labels(labels, name, B, batch_says):
     """Dense labels as an integer (B, Lmax) numpy array, or a TypeError/ValueError naming ``name``; ``batch_says``
     ends the message when the row count is not B."""
@@ -269,12 +316,14 @@ def dense_labels(labels, name, B, batch_says):
 
 def normalize_loss_args(labels, logits, label_length, logit_length, logits_time_major, unique, blank_index,
                         default_blank=0, logits_name="logits", logit_length_name="logit_length",
-                        labels_name="labels", time_major_name="logits_time_major"):
+                        labels_name="labels", time_major_name="logits_time_major", label_length_name="label_length",
+                        blank_name="blank_index"):
     """Validate ``tf.nn.ctc_loss``-style arguments.
 
     Returns a ``LossArgs`` with ``x`` the logits as a (B, T, C) float32/float64 view with contiguous class axis,
     ``labels`` int32 (B, Lmax >= 1) C-contiguous, ``label_length`` and ``logit_length`` int32 (B,), ``blank`` in
-    [0, C), ``time_major``, ``dtype_out`` (the logits' own float dtype) and ``xp`` (numpy or cupy).
+    [0, C), ``time_major``, ``dtype_out`` (the logits' own float dtype) and ``xp`` (numpy or cupy). The ``*_name``
+    arguments are the caller's names of the arguments, used in every error (the framework bridges pass theirs).
     """
     # The common call -- numpy arrays already of the kernels' types and layout, valid values -- is recognised by one
     # scan in C that builds the very arrays the path below would; anything else, every error included, takes that
@@ -291,7 +340,7 @@ def normalize_loss_args(labels, logits, label_length, logit_length, logits_time_
     if (type(labels).__module__.startswith("cupy") or type(label_length).__module__.startswith("cupy")
             or type(logit_length).__module__.startswith("cupy") or unique is not None):
         labels, label_length, logit_length, unique = fetch_small_args(
-            labels, label_length, logit_length, unique, logits, labels_name, logit_length_name)
+            labels, label_length, logit_length, unique, logits, labels_name, logit_length_name, label_length_name)
     dtype_out = getattr(logits, "dtype", None)
     x = float_input(logits, logits_name, 3, xp)
     if dtype_out is None or np.dtype(dtype_out).kind != "f":
@@ -304,7 +353,7 @@ def normalize_loss_args(labels, logits, label_length, logit_length, logits_time_
     if C == 0:
         raise ValueError(f"{logits_name} has an empty class axis (C = 0)")
     x = kernel_view(x, xp)
-    blank = blank_class(blank_index, C, default_blank)
+    blank = blank_class(blank_index, C, default_blank, blank_name)
 
     if logit_length is None:
         tl = np.full(B, T, dtype=np.int32)
@@ -316,17 +365,18 @@ def normalize_loss_args(labels, logits, label_length, logit_length, logits_time_
     nm = labels_name
     if is_sparse(labels):
         if label_length is not None:
-            raise ValueError(f"label_length must be None when {nm} are sparse (the stored entries give them)")
+            raise ValueError(f"{label_length_name} must be None when {nm} are sparse (the stored entries give them)")
         if unique is not None:
             raise ValueError("unique is only supported with dense labels")
         lab, ll = sparse_to_dense(labels, nm, B)
     else:
         lab = dense_labels(labels, nm, B, f"{logits_name} has batch size {B}")
         if label_length is None:
-            raise ValueError(f"label_length is required with dense {nm} (or pass {nm} as a scipy.sparse matrix)")
-        ll = int_vector(_host(label_length), "label_length", B)
+            raise ValueError(f"{label_length_name} is required with dense {nm} (or pass {nm} as a scipy.sparse "
+                             "matrix)")
+        ll = int_vector(_host(label_length), label_length_name, B)
         if B and _cpu.int_range(ll)[1] > lab.shape[1]:
-            raise ValueError(f"label_length must be <= Lmax = {lab.shape[1]} (the columns of {nm}), "
+            raise ValueError(f"{label_length_name} must be <= Lmax = {lab.shape[1]} (the columns of {nm}), "
                              f"got {ll.max()}")
         if unique is not None:
             check_unique(unique, lab, ll)
@@ -360,11 +410,11 @@ def upload_small(arrays, like):
 
 
 def fetch_small_args(labels, label_length, logit_length, unique, logits, labels_name="labels",
-                     logit_length_name="logit_length"):
+                     logit_length_name="logit_length", label_length_name="label_length"):
     """``fetch_small`` for the loss functions' (labels, label_length, logit_length, unique pair)."""
     pair = isinstance(unique, (tuple, list)) and len(unique) == 2
     vals = [labels, label_length, logit_length] + (list(unique) if pair else [unique])
-    names = [labels_name, "label_length", logit_length_name, "unique[0] (unique_y)", "unique[1] (unique_idx)"]
+    names = [labels_name, label_length_name, logit_length_name, "unique[0] (unique_y)", "unique[1] (unique_idx)"]
     vals = fetch_small(vals, names, like=logits)
     return vals[0], vals[1], vals[2], (tuple(vals[3:]) if pair else vals[3])
 
