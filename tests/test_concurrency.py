@@ -139,7 +139,7 @@ def _long_calls():
     return {
         "ctc_loss+grad": lambda: cyctc.ctc_loss(np.repeat(lab, 6, 0), np.repeat(x, 6, 0), [300] * 6, None, False,
                                                 return_grad=True, num_threads=1),
-        "ctc_loss": lambda: cyctc.ctc_loss(np.repeat(lab, 4, 0), np.repeat(x, 4, 0), [300] * 4, None, False,
+        "ctc_loss": lambda: cyctc.ctc_loss(np.repeat(lab, 16, 0), np.repeat(x, 16, 0), [300] * 16, None, False,
                                            num_threads=1),
         "ctc_beam_search_decoder": lambda: cyctc.ctc_beam_search_decoder(xd, None, beam_width=64, num_threads=1),
         "ctc_align": lambda: cyctc.ctc_align(xa, laba, None, [1200], normalize=True, num_threads=1),
