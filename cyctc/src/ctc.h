@@ -42,6 +42,9 @@
  * The log-space path thus remains for needed classes less probable than e^-650 in some frame (logits beyond about
  * +-650 apart), for lost mass that could matter (a confident model whose every frame disagrees with the labels, so
  * that states flushed early come to carry the answer), and for a frame whose posterior mass disagrees with P.
+ * The alignment chain kernel (decode.c, ctc_align's and ctc_segment's posteriors) scales its rows the same way,
+ * with blocks of 32 of its own states (its graph has untranscribed states and no split layout); the CUDA kernels
+ * still keep one exponent per row (the third-generation kernel of the CUDA issue is to take this scheme).
  *
  * The stage functions take `scratch`: cyctc_loss_scratch(work, L) for loss-only calls (the sequence's own), or a
  * buffer of cyctc_thread_scratch_size(Lmax) doubles owned by the calling thread for gradient calls.

@@ -313,31 +313,6 @@ static CYCTC_ALWAYS_INLINE void exp_block_f64(const double *x, double m, double 
 #endif
 }
 
-/* sum a[i] * b[i] in 4 lanes (lane j takes i = j mod 4), then the tail (explicit vectors where available: the
- * vectoriser leaves the array-of-accumulators form scalar) */
-static inline double dot(const double *a, const double *b, int n)
-{
-    int i = 0;
-#if CYCTC_VEC
-    cyctc_v4d acc = {0.0, 0.0, 0.0, 0.0};
-    for (; i + 4 <= n; i += 4) {
-        cyctc_v4d x, y;
-        memcpy(&x, a + i, sizeof x);
-        memcpy(&y, b + i, sizeof y);
-        acc += x * y;
-    }
-#else
-    double acc[4] = {0.0, 0.0, 0.0, 0.0};
-    for (; i + 4 <= n; i += 4)
-        for (int j = 0; j < 4; j++)
-            acc[j] += a[i + j] * b[i + j];
-#endif
-    double s = (acc[0] + acc[1]) + (acc[2] + acc[3]);
-    for (; i < n; i++)
-        s += a[i] * b[i];
-    return s;
-}
-
 /* the class map (see the work space layout above), or with cm == NULL only its size: returns nd, the slots of
  * a frame's distinct-class probabilities (L + 1 when the labels have too many classes to search) */
 static inline int fill_class_map(const cyctc_seq *q, int32_t *cm)
