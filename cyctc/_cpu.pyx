@@ -30,6 +30,7 @@ cdef extern from "src/omp_compat.h":
 cdef extern from "src/ctc.h":
     int CYCTC_LOGSPACE
     int CYCTC_NOMEM
+    int CYCTC_OVERBUDGET
     ctypedef struct cyctc_seq:
         int T
         int C
@@ -39,6 +40,7 @@ cdef extern from "src/ctc.h":
         const int32_t *labels
         Py_ssize_t xs
         double *ecache
+        int64_t logspace_room
         int ckpt
     ctypedef struct cyctc_state:
         int flags
@@ -309,6 +311,7 @@ def ctc_loss_grad(cnp.ndarray x, cnp.ndarray labels, cnp.ndarray label_length, c
                 seqs[b].xs = xst
                 seqs[b].ecache = NULL
                 seqs[b].ckpt = 1
+                seqs[b].logspace_room = -1
                 offsets[b] = total
                 total += cyctc_work_size(tl[b], ll[b], with_grad)
                 max_ll = max(max_ll, <int64_t>ll[b])
@@ -387,6 +390,10 @@ def ctc_loss_grad(cnp.ndarray x, cnp.ndarray labels, cnp.ndarray label_length, c
                             seqs[b].ecache = work + cache_total
                             cache_total += cyctc_ecache_size(&seqs[b])
             nt = num_threads
+            if limit > 0:  # the log-space fallback's rows too: what the group leaves, shared by the threads
+                with nogil:
+                    for b in range(b0, b1):
+                        seqs[b].logspace_room = max(0, limit - fixed - need - cache_total) // max(nt, 1)
             work_units = <int64_t>(b1 - b0) * T * (C + 8 * Lmax)
             if nt > 1 and work_units < <int64_t>nt * MIN_WORK_PER_THREAD:
                 nt = max(1, <int>(work_units // MIN_WORK_PER_THREAD))
@@ -407,12 +414,22 @@ def ctc_loss_grad(cnp.ndarray x, cnp.ndarray labels, cnp.ndarray label_length, c
                         flagsp[b] = states[b].flags
                     if states[b].flags & CYCTC_NOMEM:
                         rc = -2
+                    if states[b].flags & CYCTC_OVERBUDGET and rc == 0:
+                        rc = -3
+                        cache_b = b
             PyMem_RawFree(work)
             work = NULL
             if rc == -1:
                 raise MemoryError("cyctc: cannot allocate per-thread scratch")
             if rc == -2:
                 raise MemoryError("cyctc: cannot allocate the log-space rows of a sequence")
+            if rc == -3:
+                b = <int>cache_b
+                w_b = 3 * 8 * (<int64_t>(tl[b] if with_grad else 2) + 2) * (2 * <int64_t>ll[b] + 1)
+                raise MemoryError(
+                    f"cyctc (CTC loss): example {b} needs the log-space fallback (its logits defeat the scaled "
+                    f"recursion), whose rows take {w_b} bytes, more than memory_limit of {memory_limit} bytes leaves "
+                    f"({8 * seqs[b].logspace_room} bytes a thread); raise memory_limit (or CYCTC_MEMORY_LIMIT)")
             b0 = b1
     finally:
         PyMem_RawFree(state)

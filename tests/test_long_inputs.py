@@ -323,3 +323,19 @@ def test_memmap_logits_read_in_place(tmp_path, time_major):
         tracemalloc.stop()
     assert np.array_equal(got, want)
     assert peak < logits.nbytes / 4, (peak, logits.nbytes)
+
+
+def test_memory_limit_counts_the_log_space_rows():
+    """An example that needs the log-space fallback (logits far apart) allocates 24 bytes a state-frame of rows:
+    within memory_limit, or a MemoryError that names memory_limit; with room, the same bits as unbounded."""
+    rng = np.random.default_rng(2)
+    T, L, C_ = 2000, 100, 20
+    x = 60 * rng.standard_normal((1, T, C_))
+    lab = rng.integers(1, C_, (1, L))
+    assert run_k(x, lab.astype(np.int32))[2][0] & LOGSPACE
+    base = cyctc.ctc_loss(lab, x, [L], [T], False, return_grad=True, reduction="none", num_threads=2)
+    with pytest.raises(MemoryError, match="log-space.*memory_limit"):
+        cyctc.ctc_loss(lab, x, [L], [T], False, return_grad=True, num_threads=2, memory_limit=16 << 20)
+    got = cyctc.ctc_loss(lab, x, [L], [T], False, return_grad=True, reduction="none", num_threads=2,
+                         memory_limit=40 << 20)
+    assert np.array_equal(got[0], base[0]) and np.array_equal(got[1], base[1])

@@ -119,6 +119,7 @@ cyctc_status CAPI_NAME(const REAL *logits, int max_time, int batch_size, int num
             seqs[b].xs = xst;
             seqs[b].ecache = NULL; /* no probability cache: the same bits, with fewer bytes */
             seqs[b].ckpt = 1;      /* every row stored */
+            seqs[b].logspace_room = -1;
             offsets[b] = total;
             total += cyctc_work_size(Tb, label_lengths[b], with_grad);
         }

@@ -68,6 +68,7 @@ extern "C" {
 #define CYCTC_LOGSPACE 4   /* the scaled recursion lost precision: recomputed in log space */
 #define CYCTC_EMPTY 8      /* no frames and no labels: loss 0, nothing to compute */
 #define CYCTC_NOMEM 16     /* the log-space path could not allocate its rows: loss NaN; drivers report an error */
+#define CYCTC_OVERBUDGET 32 /* the log-space path's rows exceed q->logspace_room: loss NaN; drivers report an error */
 
 typedef struct {
     int T;                 /* valid frames */
@@ -79,6 +80,7 @@ typedef struct {
     ptrdiff_t xs;          /* elements between consecutive frames of this sequence's logits (class axis contiguous) */
     double *ecache;        /* gradient calls: NULL, or cyctc_ecache_size(q) doubles where stage 1 keeps each frame's
                             * class probabilities for stage 2 (same results, fewer exponentials) */
+    int64_t logspace_room; /* doubles the log-space path may allocate for this sequence; < 0: no bound */
     int ckpt;              /* gradient calls: 0 or 1, every row stored; k > 1, a row every k frames (ctc_rows.h, the
                             * stored rows; cyctc_grad_work_size): the same results in less memory */
 } cyctc_seq;

@@ -459,6 +459,11 @@ void SFX(cyctc_logspace)(const cyctc_seq *q, const REAL *x, const double *norm, 
     /* log alpha of every frame (gradient) or two (loss only), then two log beta rows: double-double, so they do
      * not fit the work rows; this path is the rare one and allocates its own */
     const int64_t na = with_grad ? T : 2;
+    if (q->logspace_room >= 0 && (int64_t)(sizeof(cyctc_dd) / sizeof(double)) * (na + 2) * S > q->logspace_room) {
+        st->flags = CYCTC_OVERBUDGET; /* within the work-space budget it cannot run */
+        st->loss = NAN;
+        return;
+    }
     cyctc_dd *buf = (cyctc_dd *)malloc(sizeof(cyctc_dd) * (size_t)((na + 2) * (int64_t)S));
     if (buf == NULL) {
         st->flags = CYCTC_NOMEM;
@@ -558,7 +563,7 @@ CYCTC_HOT void SFX(cyctc_grad_row)(const cyctc_seq *q, const cyctc_state *st, in
         memset(g, 0, sizeof(REAL) * C);
         return;
     }
-    if (st->flags & (CYCTC_NONFINITE | CYCTC_NOMEM)) {
+    if (st->flags & (CYCTC_NONFINITE | CYCTC_NOMEM | CYCTC_OVERBUDGET)) {
         for (int c = 0; c < C; c++)
             g[c] = (REAL)NAN;
     }
