@@ -51,6 +51,15 @@
 #define CYCTC_UNROLL
 #endif
 
+// SASS markers for benchmarks/sass_report.py: CYCTC_MARK(1) opens the body of a chain kernel's per-frame loop on the
+// scaled path, CYCTC_MARK(2) closes it. They become PMTRIG instructions only when the source is compiled with
+// -DCYCTC_SASS_MARKERS (the report's own build); the shipped kernels have none.
+#if defined(CYCTC_SASS_MARKERS) && defined(__CUDA_ARCH__)
+#define CYCTC_MARK(n) asm volatile("pmevent " #n ";")
+#else
+#define CYCTC_MARK(n)
+#endif
+
 #ifndef DYNAMIC_SHARED
 #define DYNAMIC_SHARED(T, name)                                  \
   extern __shared__ __align__(16) unsigned char cyctc_smem_[];   \
@@ -329,6 +338,7 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
   for (int j = 0; j < CYCTC_PRE; ++j) p_next[j] = prob_of(0, tid + j * nthr);
   const int none = -0x40000000;  // "no exponent": an empty segment
   for (int i = 0; i < Tb; ++i) {
+    CYCTC_MARK(1);
     const int t = dir == 0 ? i : Tb - 1 - i;
     const int pb = (i + 1) & 1, cb = i & 1;  // buffers of the previous and current rows
     const T* prev = main_row(pb);
@@ -464,6 +474,7 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
     } else {
       __syncthreads();
     }
+    CYCTC_MARK(2);
   }
   // P (the chain's end mass) and the shadow's bound, read by every thread from the last rows: a uniform decision
   if (!hopeless) {
