@@ -254,13 +254,13 @@ def test_matches_the_cpu_core_including_non_finite_logits(dtype, merge, drivers,
     np.testing.assert_allclose(np.nan_to_num(res["grad"]), np.nan_to_num(ref_grad), rtol=0, atol=atol)
 
 
-@pytest.mark.parametrize("shared_limit", [None, 0], ids=["rows-in-shared", "rows-in-global"])
-def test_labels_longer_than_a_block_are_tiled(shared_limit, drivers, tmp_path):
-    """Lmax = 700, float64: S = 1401 states on 512 threads (3 tiles); no label-length limit as in warp-ctc (639) or cuDNN."""
+def test_labels_longer_than_a_block_are_tiled(drivers, tmp_path):
+    """Lmax = 700, float64: S = 1401 states in blocks of K = 2 on 512 threads (2 tiles, whose values wait in the
+    global workspace between frames); no label-length limit as in warp-ctc (639) or cuDNN."""
     rng = np.random.default_rng(5)
     B, T, C, Lmax = 2, 760, 6, 700
     labels = rng.integers(1, C, size=(B, Lmax)).astype(np.int32)
-    for b in range(B):  # no adjacent repeats, so T = 760 frames suffice
+    for b in range(B):  # no adjacent repeats, so T frames suffice
         for i in range(1, Lmax):
             while labels[b, i] == labels[b, i - 1]:
                 labels[b, i] = rng.integers(1, C)
@@ -268,13 +268,14 @@ def test_labels_longer_than_a_block_are_tiled(shared_limit, drivers, tmp_path):
     tl = np.array([T, 500], np.int32)
     labels[1, 333:] = 0
     raw = rng.standard_normal((B, T, C))
+    S = 2 * Lmax + 1
+    K, cpb, nthr, ntile = _backend.chain_geometry(S, raw.dtype)
+    assert (K, cpb, nthr, ntile) == (2, 1, 512, 2)
     plan = _backend.launch_config(B, T, C, Lmax, raw.dtype, (T * C, C), blank=0, merge_repeated=True,
-                                  grad_strides=(T * C, C), dynamic_shared_limit=shared_limit)
+                                  grad_strides=(T * C, C))
     ab = next(ln for ln in plan.launches if "chain" in ln.kernel)
-    assert ab.block[0] == 512 and 2 * Lmax + 1 > 2 * ab.block[0]
-    assert (ab.shared_bytes > 0) == (shared_limit is None)
-    res = harness.loss_run(str(tmp_path / "r"), raw, False, labels, ll, tl, 0, True, dynamic_shared_limit=shared_limit)(
-        drivers["plain"], "FIBER_RAND", 11)
+    assert ab.block[0] == 512 and ab.grid[0] == 2 * B and ab.shared_bytes == _backend.chain_shared_bytes(S, "float64")
+    res = harness.loss_run(str(tmp_path / "r"), raw, False, labels, ll, tl, 0, True)(drivers["plain"], "FIBER_RAND", 11)
     ref_loss, ref_grad = cases.numpy_ctc(raw, labels, ll, tl, 0, True)
     np.testing.assert_allclose(res["loss"], ref_loss, rtol=1e-11)
     np.testing.assert_allclose(res["grad"], ref_grad, rtol=0, atol=1e-10)
@@ -300,11 +301,12 @@ def test_thread_sanitizer_reports_nothing(drivers, tmp_path):
 def test_emulation_catches_a_deleted_barrier(drivers, tmp_path):
     """The harness is not blind: the driver also holds a copy of ctc.cu without the __syncthreads() between frames
     of the forward recursion (harness.MUTANTS), which then reads rows that other threads have not written yet. The
-    fibre schedules give wrong results and ThreadSanitizer names the race. (Labels of 20: several warps per chain;
-    within one warp the shuffles of the row maxima keep the lanes in step.)"""
+    fibre schedules give wrong results and ThreadSanitizer names the race. (Labels of 40: S = 81 states in blocks
+    of 2 (float64) on 64 threads, two warps per chain; within one warp the shuffles keep the lanes in step.)"""
     case = cases.load_loss_case(next(p for p in LOSS_FILES if os.path.basename(p).startswith("003")))
     rng = np.random.default_rng(4)
-    raw, labels, ll, tl = _confident_case(rng, 2, 60, 7, 20, np.float64, peak=1.0)
+    raw, labels, ll, tl = _confident_case(rng, 2, 90, 7, 40, np.float64, peak=1.0)
+    assert _backend.chain_geometry(81, "float64")[1:3] == (1, 64)
     ref_loss, ref_grad = cases.numpy_ctc(raw, labels, ll, tl, 0)
     case = cases.LossCase("mutant", raw, False, labels, ll, tl, 0, True, ref_loss, ref_grad, 1e-10, 1e-10)
     run = harness.loss_run(str(tmp_path), case.raw, case.time_major, case.labels, case.label_length,
@@ -325,11 +327,11 @@ def test_emulation_catches_a_deleted_barrier(drivers, tmp_path):
 BENCH_SHAPES = {"tiny": (1, 50, 20, 10), "ocr": (64, 32, 80, 10), "speech-char": (32, 400, 29, 60),
                 "speech-bpe": (16, 200, 1000, 40), "large-vocab": (8, 150, 5000, 30), "long": (4, 1500, 29, 300),
                 "one-long": (1, 3000, 29, 600), "many-short": (256, 100, 40, 20), "training": (64, 1000, 5000, 200)}
-# the last four: both sides of the chain's shared-memory limit (float32 1422 / 1423, float64 706 / 707)
+# edge shapes: one-warp chains and their limit (float32 S <= 128, float64 <= 64), multi-warp chains, tiles
 EXTRA_SHAPES = [(1, 1, 2, 1), (4, 1500, 29, 300), (2, 10, 5, 3000), (2, 10, 5, 2000), (3, 10000, 29, 2000),
-                (2, 10, 5, 1500), (2, 10, 5, 1499), (2, 10, 5, 1422), (2, 10, 5, 1423), (2, 10, 5, 706),
-                (2, 10, 5, 707)]
-LAUNCH_BOUNDS = {"cyctc_rows": "256", "cyctc_chain": "sizeof(T) == 4 ? 1024 : 512, 1", "cyctc_grad": "256, 1"}
+                (2, 10, 5, 1023), (2, 10, 5, 1024), (2, 10, 5, 511), (2, 10, 5, 512), (2, 10, 5, 63), (2, 10, 5, 64),
+                (2, 10, 5, 31), (2, 10, 5, 32), (9, 10, 5, 20), (1, 20000, 32, 30000)]
+LAUNCH_BOUNDS = {"cyctc_rows": "256", "cyctc_chain": "512, 1", "cyctc_grad": "256, 1"}
 
 
 def _launch_bounds_in_source():
@@ -340,20 +342,22 @@ def _launch_bounds_in_source():
 def test_launch_plans_respect_cuda_limits():
     """Every plan (benchmark shapes and edge shapes, both dtypes, loss only and with gradient): at most 3 launches,
     blocks within the kernels' __launch_bounds__ (read from ctc.cu), shared memory within the 48 KiB a launch gets
-    without the opt-in attribute (rows move to global memory beyond), grid within CUDA's limits, and the chain's
-    critical path at most T + 2 barrier steps (T with the scaled recursion)."""
+    without the opt-in attribute, grid within CUDA's limits; chains of at most 32 K states one warp each, CHAINS_PER_BLOCK
+    to a block, longer ones a block each, tiled beyond 512 K states; the critical path T + 3 barrier steps for
+    multi-warp chains (the non-finite vote, one a frame, two for the end decision), none for one-warp chains."""
     assert _launch_bounds_in_source() == LAUNCH_BOUNDS
     for B, T, C, Lmax in list(BENCH_SHAPES.values()) + EXTRA_SHAPES:
         for dtype in ("float32", "float64"):
             for grad in (None, (T * C, C)):
                 plan = _backend.launch_config(B, T, C, Lmax, dtype, (T * C, C), blank=0, merge_repeated=True,
                                               grad_strides=grad)
-                ct = _backend.CTYPES[dtype]
+                ct, K = _backend.CTYPES[dtype], _backend.CHAIN_K[dtype]
                 names = [ln.kernel for ln in plan.launches]
-                assert names == [f"cyctc_rows<{ct}>", f"cyctc_chain<{ct}>"] + ([f"cyctc_grad<{ct}>"] if grad else [])
+                assert names == [f"cyctc_rows<{ct}>", f"cyctc_chain<{ct}, {K}>"] + \
+                    ([f"cyctc_grad<{ct}>"] if grad else [])
                 for ln in plan.launches:
                     kname = ln.kernel.split("<")[0]
-                    bound = (1024 if dtype == "float32" else 512) if kname == "cyctc_chain" else 256
+                    bound = 512 if kname == "cyctc_chain" else 256
                     assert ln.block[0] % 32 == 0 and 32 <= ln.block[0] <= bound and ln.block[1:] == (1, 1)
                     assert ln.shared_bytes + _backend.STATIC_SHARED[dtype] <= _backend.SHARED_LIMIT
                     assert 1 <= ln.grid[0] < 2 ** 31 and 1 <= ln.grid[1] <= 65535 and ln.grid[2] == 1
@@ -362,16 +366,24 @@ def test_launch_plans_respect_cuda_limits():
                 rows, chain = plan.launches[0], plan.launches[1]
                 assert rows.grid[0] * rows.block[0] // 32 >= B * T  # one warp per row
                 S = 2 * Lmax + 1
-                cap = 1024 if dtype == "float32" else 512
-                assert chain.grid == (B, 2 if grad else 1, 1) and chain.block[0] == min(cap, (S + 31) // 32 * 32)
-                fits = _backend.chain_shared_bytes(S, dtype) + _backend.STATIC_SHARED[dtype] <= _backend.SHARED_LIMIT
-                assert (chain.shared_bytes > 0) == fits
+                nchain = B * (2 if grad else 1)
+                blocks = -(-S // K)
+                if blocks <= 32:
+                    cpb = _backend.CHAINS_PER_BLOCK
+                    assert chain.block[0] == 32 * cpb and chain.grid[0] == -(-nchain // cpb)
+                    assert chain.shared_bytes == 0
+                else:
+                    nthr = min(512, -(-blocks // 32) * 32)
+                    assert chain.block[0] == nthr and chain.grid[0] == nchain
+                    ntile = -(-blocks // nthr)
+                    assert chain.shared_bytes == 2 * ntile * (nthr // 32) * (2 * _backend._isz(dtype) + 8)
                 sizes = dict((n, c) for n, _, c in plan.workspaces)
                 assert sizes["arows"] == sizes["brows"] == (B * T * S if grad else 1)
-                assert sizes["work"] == (1 if fits else (2 if grad else 1) * B * _backend._chain_work(S))
+                assert sizes["aexp"] == (B * T * blocks if grad else 1)
+                assert sizes["work"] == nchain * _backend._chain_work(S, dtype)
                 summary = _backend.launch_plan_summary(B, T, C, Lmax, dtype, with_grad=grad is not None)
                 assert [d["kernel"] for d in summary] == names
-                assert max(d["barrier_steps"] for d in summary) == T <= T + 2
+                assert max(d["barrier_steps"] for d in summary) == (T + 3 if blocks > 32 else 0)
                 assert [(d["grid"], d["block"], d["shared_bytes"]) for d in summary] == \
                     [(ln.grid, ln.block, ln.shared_bytes) for ln in plan.launches]
                 if dtype == "float32":  # FP64 only for per-example / per-row scalars (loss, gradient scale)
@@ -380,9 +392,14 @@ def test_launch_plans_respect_cuda_limits():
     assert empty.launches == ()
     no_frames = _backend.launch_config(3, 0, 3, 1, "float64", (0, 3), blank=0, merge_repeated=True,
                                        grad_strides=(0, 3))
-    assert [ln.kernel for ln in no_frames.launches] == ["cyctc_chain<double>"]
+    assert [ln.kernel for ln in no_frames.launches] == ["cyctc_chain<double, 2>"]
     with pytest.raises(TypeError, match="float32 or float64"):
         _backend.launch_config(1, 1, 2, 1, "float16", (2, 2), blank=0, merge_repeated=True)
+    # the hour's labels (50000) fit float32's boundary slots, not float64's (72 KiB of 47 KiB)
+    _backend.launch_config(1, 10, 5, 50000, "float32", (50, 5), blank=0, merge_repeated=True, grad_strides=(50, 5))
+    for dtype, Lmax in (("float64", 50000), ("float32", 2_000_000)):
+        with pytest.raises(ValueError, match="too long for the CUDA backend's shared memory"):
+            _backend.launch_config(1, 10, 5, Lmax, dtype, (50, 5), blank=0, merge_repeated=True)
 
 
 class _FakeDevice:
@@ -470,7 +487,7 @@ def test_cupy_glue_passes_what_the_plan_says(monkeypatch):
                 assert type(got) is kinds[kind] and got == value, (name, kind, value, got)
     calls.clear()
     loss, grad = _backend.loss_and_grad(A, False, False, None)
-    assert grad is None and [c[0] for c in calls] == ["cyctc_rows<float>", "cyctc_chain<float>"]
+    assert grad is None and [c[0] for c in calls] == ["cyctc_rows<float>", "cyctc_chain<float, 4>"]
     other = wrap(case.labels)
     other.device = _FakeDevice(1)
     with pytest.raises(ValueError, match="device 1"):
@@ -546,8 +563,9 @@ def _confident_case(rng, B, T, C, Lmax, dtype, peak=4.0):
 @pytest.mark.parametrize("shape", ["tiny", "ocr", "many-short"])
 def test_emulated_barrier_steps_match_the_plan(shape, drivers, tmp_path):
     """The emulation counts the __syncthreads every block passes: the chain's longest block passes exactly the
-    plan's barrier_steps = T (forward and backward chains are separate, concurrent blocks), the row kernels
-    none; and the results match the float64 oracle. (Big shapes: see test_launch_plans_respect_cuda_limits.)"""
+    plan's barrier_steps (T + 3 for a chain of several warps, none for one-warp chains; forward and backward chains
+    run concurrently), the row kernels none; and the results match the float64 oracle. (Big shapes: see
+    test_launch_plans_respect_cuda_limits.)"""
     B, T, C, Lmax = BENCH_SHAPES[shape]
     B = min(B, 8)  # the same per-block critical path, fewer blocks to emulate
     rng = np.random.default_rng(3)
@@ -555,7 +573,8 @@ def test_emulated_barrier_steps_match_the_plan(shape, drivers, tmp_path):
     res = harness.loss_run(str(tmp_path), raw, False, labels, ll, tl, 0, True)(drivers["plain"], "FIBER_RAND", 5)
     summary = {d["kernel"]: d["barrier_steps"] for d in _backend.launch_plan_summary(B, T, C, Lmax, "float32")}
     assert res["_barriers"] == summary
-    assert summary["cyctc_chain<float>"] == T
+    one_warp = _backend.chain_geometry(2 * Lmax + 1, "float32")[1] > 1
+    assert summary["cyctc_chain<float, 4>"] == (0 if one_warp else T + 3)
     ref_loss, ref_grad = cases.numpy_ctc(raw, labels, ll, tl, 0)
     cases.assert_loss_close(res["loss"], ref_loss, 1e-6)
     np.testing.assert_allclose(res["grad"], ref_grad, rtol=0, atol=1e-5)
@@ -635,7 +654,7 @@ def test_extreme_magnitudes(dtype, drivers, tmp_path):
 
 @pytest.mark.parametrize("kind", ["confident", "random"])
 def test_long_inputs_float32(kind, drivers, tmp_path):
-    """T = 10000, L = 2000 (S = 4001 states: 4 tiles of 1024 threads, rows in global memory) and T = 3000, float32
+    """T = 10000, L = 2000 (S = 4001 states: 2 tiles of 512 threads, tiles in global memory) and T = 3000, float32
     through the emulation with flush-to-zero, against the float64 CPU core: loss within 1e-4 absolute (losses are
     above 100) and the gradient within 1e-5, without a log-space pass."""
     from cyctc import _cpu
@@ -654,9 +673,28 @@ def test_long_inputs_float32(kind, drivers, tmp_path):
     ref_loss = _cpu.ctc_loss_grad(x64, labels, ll, tl, 0, True, g64, np.ones(len(ll)), 1)
     assert (ref_loss > 100).all()
     cases.assert_loss_close(res["loss"], ref_loss, 1e-6)
-    # both stay on the scaled path (segment exponents give rows any range): T barrier steps, no log-space pass
-    assert res["_barriers"]["cyctc_chain<float>"] == raw.shape[1]
+    # both stay on the scaled path (block exponents give rows any range): T + 3 barrier steps, no log-space pass
+    assert res["_barriers"]["cyctc_chain<float, 4>"] == raw.shape[1] + 3
     np.testing.assert_allclose(res["grad"], g64, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_long_random_input_stays_on_the_scaled_path(seed, drivers, tmp_path):
+    """Issue 20's no-cliff rule in the emulation: random-normal logits (an untrained model), (1, 20000, 32, 4000),
+    float32 with flush-to-zero, loss only: the chain (S = 8001 states, 4 tiles of 512 threads) passes T + 3
+    barriers, so it took no log-space pass, and its loss agrees with the float64 CPU core."""
+    from cyctc import _cpu
+
+    rng = np.random.default_rng(100 + seed)
+    T, C, L = 20000, 32, 4000
+    raw = rng.standard_normal((1, T, C)).astype(np.float32)
+    labels = rng.integers(1, C, size=(1, L)).astype(np.int32)
+    ll, tl = np.array([L], np.int32), np.array([T], np.int32)
+    res = harness.loss_run(str(tmp_path), raw, False, labels, ll, tl, 0, True, want_grad=False)(
+        drivers["plain"], "FIBER_FWD", 0)
+    assert res["_barriers"]["cyctc_chain<float, 4>"] == T + 3
+    ref = _cpu.ctc_loss_grad(raw.astype(np.float64), labels, ll, tl, 0, True, None, None, 1)
+    np.testing.assert_allclose(res["loss"], ref, rtol=2e-6)
 
 
 def test_flush_to_zero_does_not_change_the_decisions(drivers, tmp_path):

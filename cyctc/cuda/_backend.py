@@ -31,14 +31,21 @@ __all__ = [
     "NVRTC_OPTIONS", "nvrtc_options", "load_nvrtc", "get_function", "available", "reason", "ctc_loss_grad",
     "loss_and_grad", "greedy_decode", "launch_plan_summary", "OLD_DESIGN", "STATIC_SHARED", "SHARED_LIMIT",
     "table_dynamic_shared_limit", "dynamic_shared_limit", "kernel_attributes", "chain_dynamic_shared_limit",
+    "chain_geometry", "CHAIN_K", "CHAINS_PER_BLOCK", "CHAIN_THREADS_MAX",
 ]
 
 # kernel name expressions per source file; "{T}" is replaced by the C type of the input dtype
 SOURCES = {
-    "ctc.cu": ("cyctc_rows<{T}>", "cyctc_chain<{T}>", "cyctc_grad<{T}>"),
+    "ctc.cu": ("cyctc_rows<{T}>", "cyctc_chain<{T}, {K}>", "cyctc_grad<{T}>"),
     "greedy.cu": ("cyctc_greedy_argmax<{T}>", "cyctc_greedy_collapse"),
 }
 CTYPES = {"float32": "float", "float64": "double"}
+# cyctc_chain's states per thread (its second template argument): a block of K chain states in registers, with one
+# binary exponent (4 float32 / 2 float64 values: ptxas then needs ~115 registers, no spills, within the 128 a
+# 512-thread block allows)
+CHAIN_K = {"float32": 4, "float64": 2}
+CHAINS_PER_BLOCK = 4   # chains of at most 32 K states: one warp each, this many to a block
+CHAIN_THREADS_MAX = 512  # longer chains: a block each, at most this many threads (tiles beyond)
 # Options given to cupy.RawModule. CuPy appends "-ftz=true", "-arch=..." and "--device-as-default-execution-space"
 # itself (nvrtc_options() spells the full list out for the NVRTC tests).
 NVRTC_OPTIONS = ("--std=c++17",)
@@ -48,10 +55,9 @@ SHARED_LIMIT = 48 * 1024  # shared memory (static + dynamic) any CUDA launch may
 # compiled kernel's own attributes instead (chain_dynamic_shared_limit); this table is the bound for plans made
 # without one (the emulation, the cost model). tests/test_shared_memory.py compiles ctc.cu with NVRTC and checks
 # the table against ptxas's report for every architecture.
-STATIC_SHARED = {"float32": 768, "float64": 1024}
+STATIC_SHARED = {"float32": 544, "float64": 928}
 
 _ROW_BLOCK = 256       # row kernels (rows, gradient, argmax): 8 warps per block, one warp per (b, t) row
-_RECURSION_MAX = {"float32": 1024, "float64": 512}  # cyctc_chain: threads over the states of one chain
 
 
 def nvrtc_options(arch: str) -> Tuple[str, ...]:
@@ -65,7 +71,7 @@ def name_expressions(source: str, dtype: Optional[str] = None) -> Tuple[str, ...
     out = []
     for d in dtypes:
         for expr in SOURCES[source]:
-            name = expr.format(T=CTYPES[d])
+            name = expr.format(T=CTYPES[d], K=CHAIN_K[d])
             if name not in out:
                 out.append(name)
     return tuple(out)
@@ -152,9 +158,9 @@ def launch_config(B: int, T: int, C: int, Lmax: int, dtype, x_strides: Sequence[
     dynamic_shared_limit : int or None
         Bytes of dynamic shared memory the cyctc_chain launch may ask for: on a device, what the compiled kernel's
         attributes allow (:func:`chain_dynamic_shared_limit`); None: :func:`table_dynamic_shared_limit` (48 KiB less
-        the kernel's static shared memory as ptxas reports it). When the chain's rows and segment data
-        (:func:`chain_shared_bytes`) do not fit, they live in a global workspace instead (tests pass 0 to exercise
-        that path).
+        the kernel's static shared memory as ptxas reports it). Only chains longer than one warp use dynamic shared
+        memory (:func:`chain_shared_bytes`: a boundary slot per warp and tile); labels whose slots do not fit are
+        refused with a ValueError.
 
     Returns
     -------
@@ -162,9 +168,10 @@ def launch_config(B: int, T: int, C: int, Lmax: int, dtype, x_strides: Sequence[
         Inputs the launches name: ``x``, ``labels`` (int32 (B, Lmax) C-contiguous), ``label_length``,
         ``logit_length`` (int32 (B,)), ``grad_scale`` (float64 (B,)) and ``grad`` (when planned); output ``loss``
         (float64 (B,)); workspaces ``rinfo``, ``prob``, ``arows``, ``brows``, ``alo``, ``blo``, ``aexp``, ``bexp``,
-        ``fmt``, ``work``, ``lmap``.
-        Launches: ``cyctc_rows`` (one warp per row), ``cyctc_chain`` (grid (B, 2): forward and backward chains
-        concurrently; (B, 1) for a loss only), ``cyctc_grad`` (one warp per row, gradient only).
+        ``fmt``, ``work``, ``wexp``, ``lmap``.
+        Launches: ``cyctc_rows`` (one warp per row), ``cyctc_chain`` (B * ndir chains, ndir = 2 with a gradient:
+        forward and backward chains concurrently; :func:`chain_geometry`), ``cyctc_grad`` (one warp per row,
+        gradient only).
     """
     dtype = _dtype_name(dtype)
     T_ = CTYPES[dtype]
@@ -179,8 +186,13 @@ def launch_config(B: int, T: int, C: int, Lmax: int, dtype, x_strides: Sequence[
         dynamic_shared_limit = table_dynamic_shared_limit(dtype)
     elif int(dynamic_shared_limit) < 0:
         raise ValueError(f"dynamic_shared_limit must be >= 0 bytes, got {dynamic_shared_limit}")
-    use_shared = chain_shared_bytes(S, dtype) <= int(dynamic_shared_limit)
-    nseg = (S + 31) // 32
+    K, cpb, nthr, ntile = chain_geometry(S, dtype)
+    shared = chain_shared_bytes(S, dtype)
+    if shared > int(dynamic_shared_limit):
+        raise ValueError(f"labels of {Lmax} are too long for the CUDA backend's shared memory ({shared} bytes of "
+                         f"boundary slots, {int(dynamic_shared_limit)} available)")
+    nseg = (S + K - 1) // K
+    nchain = ndir * B
     workspaces = (
         ("rinfo", dtype, max(1, 2 * B * T)),
         ("prob", dtype, max(1, B * T * (Lmax + 1))),
@@ -189,11 +201,12 @@ def launch_config(B: int, T: int, C: int, Lmax: int, dtype, x_strides: Sequence[
         # low parts of the log-space fallback's rows (float32 only; written only for examples that fall back)
         ("alo", dtype, max(1, B * T * S) if want_grad and dtype == "float32" else 1),
         ("blo", dtype, max(1, B * T * S) if want_grad and dtype == "float32" else 1),
-        # exponents of the stored rows' 32-state segments
+        # exponents of the stored rows' state blocks (K states each, in chain order)
         ("aexp", "int32", max(1, B * T * nseg) if want_grad else 1),
         ("bexp", "int32", max(1, B * T * nseg) if want_grad else 1),
         ("fmt", "int32", max(1, 2 * B)),
-        ("work", dtype, 1 if use_shared else max(1, ndir * B * _chain_work(S))),
+        ("work", dtype, max(1, nchain * _chain_work(S, dtype))),
+        ("wexp", "int32", max(1, nchain * _chain_wexp(S, dtype))),
         ("lmap", "int32", max(1, 2 * B * Lmax) if want_grad else 1),
     )
     launches = []
@@ -205,39 +218,64 @@ def launch_config(B: int, T: int, C: int, Lmax: int, dtype, x_strides: Sequence[
         grid, block = _rows_grid(B * T)
         launches.append(Launch("ctc.cu", f"cyctc_rows<{T_}>", grid, block, 0, common + (
             ("i32", B), ("i32", T), ("i32", C), ("buf", "rinfo"), ("buf", "prob"))))
-    launches.append(Launch("ctc.cu", f"cyctc_chain<{T_}>", (B, ndir, 1), (chain_threads(S, dtype), 1, 1),
-                           chain_shared_bytes(S, dtype) if use_shared else 0, common + (
-        ("i32", int(bool(merge_repeated))), ("buf", "rinfo"), ("buf", "prob"), ("i32", T), ("buf", "arows"),
-        ("buf", "brows"), ("buf", "alo"), ("buf", "blo"), ("buf", "aexp"), ("buf", "bexp"), ("buf", "fmt"),
-        ("buf", "work"), ("i32", int(use_shared)), ("buf", "lmap"),
+    grid = ((nchain + cpb - 1) // cpb, 1, 1)
+    launches.append(Launch("ctc.cu", f"cyctc_chain<{T_}, {K}>", grid, (cpb * nthr if cpb > 1 else nthr, 1, 1),
+                           shared, common + (
+        ("i32", int(bool(merge_repeated))), ("buf", "rinfo"), ("buf", "prob"), ("i32", B), ("i32", T),
+        ("i32", ndir), ("i32", cpb), ("buf", "arows"), ("buf", "brows"), ("buf", "alo"), ("buf", "blo"),
+        ("buf", "aexp"), ("buf", "bexp"), ("buf", "fmt"), ("buf", "work"), ("buf", "wexp"), ("buf", "lmap"),
         ("i32", int(want_grad)), ("buf", "loss"))))
     if want_grad and T > 0:
         sgb, sgt = _strides(grad_strides)
         grid, block = _rows_grid(B * T)
         launches.append(Launch("ctc.cu", f"cyctc_grad<{T_}>", grid, block, 0, common + (
             ("buf", "rinfo"), ("buf", "arows"), ("buf", "brows"), ("buf", "alo"), ("buf", "blo"), ("buf", "aexp"),
-            ("buf", "bexp"), ("buf", "fmt"),
-            ("i32", B), ("i32", T),
+            ("buf", "bexp"), ("buf", "fmt"), ("i32", K), ("i32", B), ("i32", T),
             ("i32", C), ("buf", "lmap"), ("buf", "loss"), ("buf", "grad_scale"), ("buf", "grad"), ("i64", sgb),
             ("i64", sgt))))
     return Plan(workspaces, tuple(launches))
 
 
+def chain_geometry(S: int, dtype="float32") -> Tuple[int, int, int, int]:
+    """(K, cpb, nthr, ntile) of cyctc_chain for chains of S extended states: K states per thread; a chain of at most
+    32 K states is one warp and ``cpb`` (:data:`CHAINS_PER_BLOCK`) of them share a block; a longer one has a block
+    of ``nthr`` threads (a multiple of 32, at most :data:`CHAIN_THREADS_MAX`), over ``ntile`` tiles of nthr K
+    states (ctc.cu chain_tiles)."""
+    K = CHAIN_K[_dtype_name(dtype)]
+    blocks = (S + K - 1) // K
+    if blocks <= 32:
+        return K, CHAINS_PER_BLOCK, 32, 1
+    nthr = _round_warp(blocks, 32, CHAIN_THREADS_MAX)
+    return K, 1, nthr, (blocks + nthr - 1) // nthr
+
+
 def chain_threads(S: int, dtype="float32") -> int:
-    """Threads of a cyctc_chain block for S extended states (a multiple of 32, at most 1024 for float32 and 512 for
-    float64, the kernel's __launch_bounds__; tiles beyond)."""
-    return _round_warp(S, 32, _RECURSION_MAX[_dtype_name(dtype)])
+    """Threads of one chain (32 for a one-warp chain)."""
+    return chain_geometry(S, dtype)[2]
 
 
-def _chain_work(S: int) -> int:
-    """Values a cyctc_chain block keeps (ctc.cu chain_work): four rows of S, and per 32-state segment the maxima
-    and exponents of two main and two shadow rows."""
-    return 4 * S + 8 * ((S + 31) // 32)
+def _chain_work(S: int, dtype="float32") -> int:
+    """Values one chain keeps in ``work`` (ctc.cu chain_work): four rows of S for the log-space fallback, and when
+    tiled the main and shadow values of every tile."""
+    K, _, nthr, nt = chain_geometry(S, dtype)
+    return 4 * S + (2 * nt * nthr * K if nt > 1 else 0)
+
+
+def _chain_wexp(S: int, dtype="float32") -> int:
+    """Ints one chain keeps in ``wexp`` (ctc.cu chain_wexp): when tiled, the main and shadow exponent of every state
+    block."""
+    _, _, nthr, nt = chain_geometry(S, dtype)
+    return 2 * nt * nthr if nt > 1 else 1
 
 
 def chain_shared_bytes(S: int, dtype) -> int:
-    """Dynamic shared memory of a cyctc_chain block: two main and two shadow rows of S values, segment data."""
-    return _chain_work(S) * _isz(_dtype_name(dtype))
+    """Dynamic shared memory of a cyctc_chain block: none for one-warp chains; else per frame parity and warp of
+    the chain's tiles a boundary slot (main and shadow value and exponent)."""
+    dtype = _dtype_name(dtype)
+    _, cpb, nthr, nt = chain_geometry(S, dtype)
+    if cpb > 1:
+        return 0
+    return 2 * nt * (nthr // 32) * (2 * _isz(dtype) + 8)
 
 
 def _isz(dtype: str) -> int:
@@ -264,8 +302,8 @@ _CHAIN_OPS = 30
 
 def _kernel_costs(name, B, T, C, S, isz, with_grad):
     """Per-launch costs of the kernels in ctc.cu (all examples at full length, scaled recursion, no fallback)."""
-    rows, L1, nseg = B * T, (S - 1) // 2 + 1, (S + 31) // 32
     f32 = isz == 4
+    rows, L1, nseg = B * T, (S - 1) // 2 + 1, -(-S // CHAIN_K["float32" if f32 else "float64"])
     ndir = 2 if with_grad else 1
 
     def ops(n64, n32):
@@ -275,10 +313,13 @@ def _kernel_costs(name, B, T, C, S, isz, with_grad):
         return dict(barrier_steps=0, bytes_read=rows * (C + L1) * isz + rows * 8 + B * 8,
                     bytes_written=rows * (2 + L1) * isz, transcendentals=rows * (C + L1), **ops(0, rows * (C * 4 + L1 * 3)))
     if name.startswith("cyctc_chain"):
-        # one barrier step per frame (the non-finite check shares step 0's); forward and backward run concurrently.
+        # multi-warp chains: one barrier step per frame, the non-finite vote before and two for the end decision;
+        # one-warp chains: none (warp-synchronous). Forward and backward chains run concurrently.
         # "fallback": what one direction of one example adds when it is recomputed in log space (pairs hi + lo: two
         # exp/log1p per predecessor, ~40 operations per state and frame)
-        return dict(barrier_steps=T, fallback=dict(barrier_steps=T + 1, transcendentals=T * S * 5,
+        one_warp = chain_geometry(S, "float32" if f32 else "float64")[1] > 1
+        return dict(barrier_steps=0 if one_warp else T + 3, fallback=dict(barrier_steps=0 if one_warp else T,
+                                                                           transcendentals=T * S * 5,
                                                    fp32_ops=T * S * 40, fp64_ops=T + 4,
                                                    bytes_read=T * (S + 2) * isz,
                                                    bytes_written=(2 if f32 else 1) * T * S * isz if with_grad else 0),
@@ -443,7 +484,7 @@ def _module(device_id: int, source: str, dtype: str):
 @functools.lru_cache(maxsize=None)
 def get_function(device_id: int, source: str, kernel: str):
     """The compiled kernel ``kernel`` of ``source`` on device ``device_id`` (compiled once, cached)."""
-    dtype = next((d for d, c in CTYPES.items() if f"<{c}>" in kernel), "float32")
+    dtype = next((d for d, c in CTYPES.items() if f"<{c}>" in kernel or f"<{c}," in kernel), "float32")
     cp = _cupy()
     with cp.cuda.Device(device_id):
         return _module(device_id, source, dtype).get_function(kernel)
@@ -461,7 +502,8 @@ def kernel_attributes(fn) -> dict:
 def chain_dynamic_shared_limit(device_id: int, dtype) -> int:
     """Dynamic shared memory cyctc_chain may ask for on device ``device_id``, from the compiled kernel's own
     attributes (:func:`dynamic_shared_limit`); compiles the kernel if it is not cached yet."""
-    fn = get_function(device_id, "ctc.cu", f"cyctc_chain<{CTYPES[_dtype_name(dtype)]}>")
+    d = _dtype_name(dtype)
+    fn = get_function(device_id, "ctc.cu", f"cyctc_chain<{CTYPES[d]}, {CHAIN_K[d]}>")
     a = kernel_attributes(fn)
     return dynamic_shared_limit(a["shared_size_bytes"], a["max_dynamic_shared_size_bytes"])
 

@@ -84,6 +84,7 @@ template <> struct Num<float> {
   static __device__ __forceinline__ float ex(float v) { return expf(v); }
   static __device__ __forceinline__ float lg(float v) { return logf(v); }
   static __device__ __forceinline__ float lg1p(float v) { return log1pf(v); }
+  static __device__ __forceinline__ float ab(float v) { return fabsf(v); }
 };
 template <> struct Num<double> {
   static __device__ __forceinline__ double inf() { return __longlong_as_double(0x7ff0000000000000LL); }
@@ -100,6 +101,7 @@ template <> struct Num<double> {
   static __device__ __forceinline__ double ex(double v) { return exp(v); }
   static __device__ __forceinline__ double lg(double v) { return log(v); }
   static __device__ __forceinline__ double lg1p(double v) { return log1p(v); }
+  static __device__ __forceinline__ double ab(double v) { return fabs(v); }
 };
 
 // Unevaluated sums h + l (|l| <= ulp(h) / 2 after each operation), -inf as (-inf, 0): the log-space fallback.
@@ -161,10 +163,6 @@ __device__ __forceinline__ int warp_max_int(int v) {
 }
 __device__ __forceinline__ float warp_max_nonneg(float v) { return __int_as_float(warp_max_int(__float_as_int(v))); }
 __device__ __forceinline__ double warp_max_nonneg(double v) { return warp_max(v); }
-
-// Values of R a chain block keeps (shared memory, or `work`): four rows, then per 32-state segment the maxima and
-// exponents (int) of two main and two shadow rows.
-__device__ __forceinline__ int chain_work(int S_stride) { return 4 * S_stride + 8 * ((S_stride + 31) / 32); }
 
 // Smallest number of frames an alignment of the example's labels needs.
 __device__ __forceinline__ int min_frames(const int* lab, int L, int merge_repeated) {
@@ -234,50 +232,90 @@ cyctc_rows(const T* __restrict__ x, long long sx_b, long long sx_t, const int* _
   for (int k = lane; k <= L; k += 32) {
     const T v = xr[k == 0 ? blank : lab[k - 1]];
     T p = N::ex(v - m) / s;  // (x - m) first: shift-invariant at any magnitude
-    if (v > -N::inf() && !(p >= N::th())) {  // nonzero probability below the range: marked by a bound 2^ep, ep < 0
+    if (v > -N::inf() && !(p >= N::th())) {  // nonzero probability below the range: marked as -2^ep, p < 2^ep
       const T ep = ceil(((v - m) - N::lg(s)) * T(1.4426950408889634)) + T(1);
-      p = ep < T(-1) ? (ep > T(-1e9) ? ep : T(-1e9)) : T(-1);
+      p = -N::pow2(ep < T(-1) ? (ep > T(N::min_exp) ? (int)ep : N::min_exp) : -1);
     }
     pr[k] = finite ? p : N::nan();
   }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
-// 2. The chains. grid (B, ndir): ndir = 2 with a gradient (forward and backward), 1 for a loss only. Block
-// blockDim.x (a multiple of 32, <= 1024) threads over the states of one example. Shared (or, when use_shared == 0,
-// global `work`: 4 * S_stride values of R per block): two main rows and two shadow rows.
-// arows / brows: (B, T_, S_stride) R (gradient only); fmt: (2, B) int; lmap: (B, 2, Lmax) int: [0] next position
-// with the same label or -1, [1] 1 at a label's first occurrence; loss: (B,) double, -log p(labels | x).
-// threads per chain block: 1024 for float, 512 for double (the register file holds 64 per thread at 1024); the
-// minimum of 1 block per multiprocessor keeps ptxas from capping the double instantiation at 64 registers (spills)
-template <typename T>
-__global__ void __launch_bounds__(sizeof(T) == 4 ? 1024 : 512, 1)
+// 2. The chains (third generation). A chain is one example in one direction (dir 0 forward, 1 backward; ndir = 2
+// with a gradient, 1 for a loss only), chain c = b * ndir + dir. Each thread holds K consecutive chain states in
+// registers (a "state block"; K even, so every block starts at a blank), with one binary exponent E per block: a
+// state's value is v * 2^E. A chain of at most 32 K states is one warp, and cpb > 1 such chains share a block (warp
+// w of block x runs chain x * cpb + w; no block barrier anywhere). A longer chain has a block of its own (cpb = 1,
+// blockDim.x threads, one __syncthreads() per frame); beyond blockDim.x * K states each thread runs several tiles
+// of state blocks a frame, whose values wait in `work` (global memory) between frames.
+// Per frame and state block: the left neighbour's last value (the only state that flows in: the block starts at a
+// blank) and its exponent arrive by two shuffles (lane 0: from the previous warp's boundary slot in shared memory,
+// written before the previous barrier); the block's new exponent Et puts the larger of its own and the incoming
+// maximum near 2^head; the sums of the allowed predecessors are formed in the old units and scaled once by an exact
+// power of two built from the exponent field (no ldexp); the frame's probabilities were loaded a frame ahead.
+// Flushes: a product below TH (4 x the smallest normal) whose inputs are nonzero is a flush: the state is set to
+// exactly 0 (FTZ and IEEE subnormals behave identically) and an upper bound of what was lost (max(|in p|, TH), p
+// being -2^ep for a probability marked by the row pass, p < 2^ep) is recorded. Nothing else is paid until a flush
+// happens: at the first frame with one (a vote at the frame's barrier) the chain switches to a loop that also runs
+// the shadow rows (the same recursion on the recorded bounds, with an upper bound of each probability, every
+// nonzero-input product rounded up to at least TH, exponents of their own). By linearity the shadow's end mass
+// bounds the lost mass's share of P and of every frame's posteriors; when it is at most P * 2^-TOL_BITS (32
+// float, 50 double) the results are exact to that, otherwise this direction is recomputed in log space (values
+// relative to a lagged row maximum, offsets accumulated in double) with rows in `work`: T more steps.
+// Forward chains write the loss; with a gradient, forward rows alpha_t(s) go to arows and backward rows beta_t(s)
+// (the sum of the successors, before frame t's probability) to brows, with the exponent of each state block (in
+// chain order) in aexp / bexp, and fmt[dir, b] says linear (0) or log (1).
+// work (per chain): 4 S_stride values (the log-space rows), then, when tiled, the main and shadow values of every
+// tile (2 Spad); wexp (per chain, tiled only): the main and shadow exponents of every state block. Dynamic shared
+// memory (multi-warp chains): per frame parity and warp of the chain (tiles included) the boundary slot: the
+// warp's last value and exponent, main and shadow.
+namespace cyctc_ctc {
+// Blocks of K states per thread over S_stride states on nthr threads: tiles, and padded states (ntile nthr K).
+__device__ __forceinline__ int chain_tiles(int S, int K, int nthr) { return ((S + K - 1) / K + nthr - 1) / nthr; }
+// Values of R a chain keeps in `work`, and ints in `wexp` (the plan allocates the same: _backend.chain_work).
+__device__ __forceinline__ long long chain_work(int S_stride, int K, int nthr) {
+  const int nt = chain_tiles(S_stride, K, nthr);
+  return 4LL * S_stride + (nt > 1 ? 2LL * nt * nthr * K : 0);
+}
+__device__ __forceinline__ long long chain_wexp(int S_stride, int K, int nthr) {
+  const int nt = chain_tiles(S_stride, K, nthr);
+  return nt > 1 ? 2LL * nt * nthr : 1;
+}
+}  // namespace cyctc_ctc
+
+// at most 512 threads a block, so that ptxas may give each up to 128 registers: the loop holds ~115 without spills
+template <typename T, int K>
+__global__ void __launch_bounds__(512, 1)
 cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* __restrict__ labels, int Lmax,
             const int* __restrict__ label_length, const int* __restrict__ logit_length, int blank,
-            int merge_repeated, const T* __restrict__ rinfo, const T* __restrict__ prob, int T_,
-            T* __restrict__ arows, T* __restrict__ brows, T* __restrict__ alo, T* __restrict__ blo,
-            int* __restrict__ aexp, int* __restrict__ bexp, int* __restrict__ fmt, T* __restrict__ work,
-            int use_shared, int* __restrict__ lmap, int want_grad, double* __restrict__ loss) {
+            int merge_repeated, const T* __restrict__ rinfo, const T* __restrict__ prob, int B, int T_,
+            int ndir, int cpb, T* __restrict__ arows, T* __restrict__ brows, T* __restrict__ alo,
+            T* __restrict__ blo, int* __restrict__ aexp, int* __restrict__ bexp, int* __restrict__ fmt,
+            T* __restrict__ work, int* __restrict__ wexp, int* __restrict__ lmap, int want_grad,
+            double* __restrict__ loss) {
   using namespace cyctc_ctc;
   typedef Num<T> N;
+  static_assert(K >= 2 && K % 2 == 0, "state blocks start at a blank");
   DYNAMIC_SHARED(T, smem);
-  __shared__ T s_wmax[2][32];  // per-warp maxima of the last two rows (log space)
-  // per-warp largest (segment exponent + exponent of the segment's maximum) of the last two main / shadow rows
-  __shared__ int s_wexp[2][32], s_wlexp[2][32];
-  const int b = blockIdx.x, dir = blockIdx.y, B = gridDim.x;
+  __shared__ T s_wmax[2][32];   // log space: per-warp maxima of the last two rows (multi-warp chains)
+  __shared__ T s_endv[8][4];    // per chain slot: the last two states' values, main then shadow
+  __shared__ int s_ende[8][4];  // and their exponents
+  __shared__ int s_flag[8];     // per chain slot: the end decision
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int slot = cpb > 1 ? warp : 0, nthr = cpb > 1 ? 32 : (int)blockDim.x;
+  const int ct = cpb > 1 ? lane : (int)threadIdx.x;  // the thread's index in its chain
+  const long long chain = (long long)blockIdx.x * cpb + slot;
+  if (chain >= (long long)B * ndir) return;  // whole warps (cpb > 1) or the whole block (cpb == 1)
+  const int b = (int)(chain / ndir), dir = (int)(chain % ndir);
+  const bool one_warp = nthr == 32;
   const int S_stride = 2 * Lmax + 1;
   const int L = label_length[b], Tb = logit_length[b], S = 2 * L + 1;
   const int* lab = labels + (long long)b * Lmax;
-  const int tid = threadIdx.x, nthr = blockDim.x, warp = tid / 32, nwarps = (nthr + 31) / 32;
-  T* rows = use_shared ? smem : work + ((long long)dir * B + b) * chain_work(S_stride);
-  // main rows 0 and 1, then shadow rows 0 and 1 (no arrays of pointers: they would live in local memory)
-#define main_row(k) (rows + (k) * S_stride)
-#define shad_row(k) (rows + (2 + (k)) * S_stride)
 
   if (want_grad && dir == 0) {  // class -> states map for cyctc_grad: chains of equal labels, in increasing position
     int* nxt = lmap + (long long)b * 2 * Lmax;
     int* first = nxt + Lmax;
-    for (int i = tid; i < L; i += nthr) {
+    for (int i = ct; i < L; i += nthr) {
       const int c = lab[i];
       int j = i + 1;
       while (j < L && lab[j] != c) ++j;
@@ -287,255 +325,398 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
       first[i] = k < 0;
     }
   }
-  if (Tb < min_frames(lab, L, merge_repeated) || Tb == 0) {  // uniform over the block
-    if (dir == 0 && tid == 0) loss[b] = L == 0 && Tb == 0 ? 0.0 : Num<double>::inf();
+  if (Tb < min_frames(lab, L, merge_repeated) || Tb == 0) {  // uniform over the chain
+    if (dir == 0 && ct == 0) loss[b] = L == 0 && Tb == 0 ? 0.0 : Num<double>::inf();
     return;
   }
-  // Frame of step i, and the probability row of that frame. The backward chain walks the frames downwards and the
-  // states in reverse order (state r of the chain is extended state S - 1 - r), i.e. it is the forward chain of the
-  // reversed label: its value at (t, r) is p_t(s) beta_t(s), beta_t(s) the sum over the successors of s at t + 1.
   const T* prob_b = prob + (long long)b * T_ * (Lmax + 1);
   const T* rinfo_b = rinfo + (long long)b * T_ * 2;
+  const int ntile = chain_tiles(S, K, nthr), ntile_max = chain_tiles(S_stride, K, nthr);
+  const int Spad = ntile_max * nthr * K, nwc = nthr / 32, nw = ntile_max * nwc;
+  const int nseg = (S_stride + K - 1) / K;  // state blocks of a stored row
+  T* wrow = work + chain * chain_work(S_stride, K, nthr);
+  T* wmain = wrow + 4 * S_stride;  // tiled only: main then shadow values (Spad each)
+  int* wE = wexp + chain * chain_wexp(S_stride, K, nthr);
+  T* bv = smem;  // multi-warp: boundary slots [2][nw] main, [2][nw] shadow values, then [2][nw] exponents of each
+  int* bE = reinterpret_cast<int*>(smem + 4 * nw);
   T* store = dir == 0 ? arows : brows;
-  if (want_grad) store += (long long)b * T_ * S_stride;  // loss-only plans allocate no rows
-  const int ntile = (S + nthr - 1) / nthr;
-  // label index k (0: blank) and transitions of chain state r
+  int* rexp = dir == 0 ? aexp : bexp;
+  if (want_grad) {  // loss-only plans allocate no rows
+    store += (long long)b * T_ * S_stride;
+    rexp += (long long)b * T_ * nseg;
+  }
 #define CYCTC_STATE(r) ((dir == 0 ? (r) : S - 1 - (r)))
-#define CYCTC_KIDX(r) (((r) & 1) ? 1 + (CYCTC_STATE(r) >> 1) : 0)
-#define CYCTC_LABEL_AT(r) (lab[CYCTC_STATE(r) >> 1])
-  // may chain state r repeat itself / be entered from r - 2?
-#define CYCTC_STAY(r) (merge_repeated || !((r) & 1))
-#define CYCTC_SKIP(r) (((r) & 1) && (r) >= 3 && (!merge_repeated || CYCTC_LABEL_AT(r) != CYCTC_LABEL_AT((r) - 2)))
-#define CYCTC_PRE 1  // tiles whose probabilities are loaded a step ahead, in registers
 
-  // ---- scaled linear space ----
-  // Each segment of 32 chain states (g = r / 32: the states of one warp in one tile) has its own binary exponent: a
-  // row's values are v * 2^E_g, each segment's maximum kept near 2^head (not 1), so that a segment's states have the
-  // whole range down to TH (2^-244 of its maximum in float) and the row as a whole any range (alpha rows of long
-  // inputs span more than float32's range; a segment spans far less). The shadow row has segments of its own.
-  // Segment maxima and exponents of the last two rows live after the four rows (exponents as int).
-  const int nseg = (S_stride + 31) / 32;
-  T* segmax = rows + 4 * S_stride;                                     // [2][nseg]
-  int* segE = reinterpret_cast<int*>(rows + 4 * S_stride + 2 * nseg);  // [2][nseg]
-  T* lsegmax = rows + 4 * S_stride + 4 * nseg;                         // shadow: [2][nseg]
-  int* lsegE = reinterpret_cast<int*>(rows + 4 * S_stride + 6 * nseg);
-  int* rexp = dir == 0 ? aexp : bexp;  // (B, T_, nseg): segment exponents of the stored rows (gradient only)
-  if (want_grad) rexp += (long long)b * T_ * nseg;
-  const int lane = tid % 32;
-  int Emax = -N::head;     // the previous row's largest segment exponent plus its maximum's (uniform)
-  int nonfinite = 0;       // a valid frame holds NaN or inf
-  for (int t = tid; t < Tb; t += nthr) nonfinite |= !(rinfo_b[2 * t] == rinfo_b[2 * t]);
-  bool hopeless = false;  // the lost mass already rivals the row: go to log space now (a uniform decision)
-  // probability of chain state r at step ii; 0 for a state that cannot reach the chain's end in the frames left
-  // (at most two states a frame): it has no weight in P or in any posterior, and dropping it exactly lets the
-  // scales follow the states that matter
-  auto prob_of = [&](int ii, int r) -> T {
-    const int tt = dir == 0 ? ii : Tb - 1 - ii;
-    return r < S && r + 2 * (Tb - 1 - ii) >= S - 2 ? prob_b[(long long)tt * (Lmax + 1) + CYCTC_KIDX(r)] : T(0);
+  // the thread's current tile: chain states r0 .. r0 + K - 1, main values v / exponent E / maximum m, shadow
+  // values vs / Es / ms; per label state (k odd, index k / 2) its probability column and skip multiplier
+  T v[K], vs[K], skip[K / 2];
+  int E = 0, Es = 0, r0 = 0, col0 = 0;  // label state 2h + 1's probability column: col0 + h (forward), col0 - h
+  const int dcol = dir == 0 ? 1 : -1;
+  T m = 0, ms = 0;
+  const T stay = merge_repeated ? T(1) : T(0);  // may a label state repeat itself?
+  auto setup = [&](int j) {
+    r0 = (j * nthr + ct) * K;
+    col0 = 1 + (CYCTC_STATE(r0 + 1) >> 1);
+    CYCTC_UNROLL
+    for (int h = 0; h < K / 2; ++h) {
+      const int r = r0 + 2 * h + 1, s = CYCTC_STATE(r), lp = s >> 1;
+      const int lq = dir == 0 ? lp - 1 : lp + 1;  // the label two chain states back
+      skip[h] = r < S && r >= 3 && (!merge_repeated || lab[lp] != lab[lq]) ? T(1) : T(0);
+    }
   };
-  T p_next[CYCTC_PRE];
-  CYCTC_UNROLL
-  for (int j = 0; j < CYCTC_PRE; ++j) p_next[j] = prob_of(0, tid + j * nthr);
-  const int none = -0x40000000;  // "no exponent": an empty segment
-  for (int i = 0; i < Tb; ++i) {
-    CYCTC_MARK(1);
-    const int t = dir == 0 ? i : Tb - 1 - i;
-    const int pb = (i + 1) & 1, cb = i & 1;  // buffers of the previous and current rows
-    const T* prev = main_row(pb);
-    const T* prevl = shad_row(pb);
-    T* cur = main_row(cb);
-    T* curl = shad_row(cb);
-    if (i > 0) {  // from the previous rows' per-warp exponents (written before the barrier that ended step i - 1)
-      Emax = warp_max_int(lane < nwarps ? s_wexp[pb][lane] : none);
-      const int Elmax = warp_max_int(lane < nwarps ? s_wlexp[pb][lane] : none);
-      if (Elmax != none && Elmax > Emax - N::tol_bits / 2) {
-        hopeless = true;
-        break;
-      }
-    }
-    int lexp = none, lexpl = none;
-    // one tile of states (a whole warp: every lane calls, lanes past S with r >= S); pr: the state's probability
-    auto step = [&](int j, T pr) {
-      const int r = tid + j * nthr, g = r / 32;
-      const bool valid = r < S;
-      T in = 0, inl = 0, inl_raw = 0;
-      int Eg_new = -N::head, Lg_new = -N::head - 64;
-      bool scale_flush = false;
-      if (i > 0 && g < nseg) {
-        // the segment's new exponent: from its own maximum, or from the left neighbour's last two states (which
-        // flow in), the larger; an empty pair keeps the old one
-        const int Eg = segE[pb * nseg + g];
-        const T mg = segmax[pb * nseg + g];
-        const int Tg = mg > T(0) ? Eg + N::expo(mg) - N::head : none;
-        int Eg1 = Eg, Tg1 = none;
-        if (g > 0) {  // what flows in from the left: the left segment's last two states
-          Eg1 = segE[pb * nseg + g - 1];
-          const T a1 = prev[32 * g - 1], a2 = prev[32 * g - 2], mg1 = a1 > a2 ? a1 : a2;
-          Tg1 = mg1 > T(0) ? Eg1 + N::expo(mg1) - N::head : none;
-        }
-        Eg_new = Tg > Tg1 ? Tg : Tg1;
-        const bool live = Eg_new != none;  // the main segment has (or receives) mass
-        if (!live) Eg_new = Eg;
-        // the shadow segment likewise, its maximum scaled to [0.5, 1); an empty one, or one fallen more than 2^96
-        // below a live main segment's units (an injection would leave the range), is rebased to 2^-64 of them
-        // (values this pushes below TH are rounded up to TH below: it stays an upper bound). Where the main
-        // segment is empty nothing is injected: the shadow follows its own maximum.
-        const int Lg = lsegE[pb * nseg + g];
-        const T ml = lsegmax[pb * nseg + g];
-        const int TLg = ml > T(0) ? Lg + N::expo(ml) : none;
-        int Lg1 = Lg, TLg1 = none;
-        if (g > 0) {
-          Lg1 = lsegE[pb * nseg + g - 1];
-          const T a1 = prevl[32 * g - 1], a2 = prevl[32 * g - 2], ml1 = a1 > a2 ? a1 : a2;
-          TLg1 = ml1 > T(0) ? Lg1 + N::expo(ml1) : none;
-        }
-        Lg_new = TLg > TLg1 ? TLg : TLg1;
-        if (Lg_new == none || (live && Lg_new < Eg_new - 96)) Lg_new = Eg_new - 64;
-        if (valid) {
-          T own = CYCTC_STAY(r) ? prev[r] : T(0), left = 0;
-          T ownl = CYCTC_STAY(r) ? prevl[r] : T(0), leftl = 0;
-          if (r >= 1) {
-            const bool same = (r - 1) / 32 == g;
-            (same ? own : left) += prev[r - 1];
-            (same ? ownl : leftl) += prevl[r - 1];
-          }
-          if (CYCTC_SKIP(r)) {
-            const bool same = (r - 2) / 32 == g;
-            (same ? own : left) += prev[r - 2];
-            (same ? ownl : leftl) += prevl[r - 2];
-          }
-          const T so = N::ldx(own, Eg - Eg_new), sl = left > T(0) ? N::ldx(left, Eg1 - Eg_new) : T(0);
-          scale_flush = (own > T(0) && !(so >= N::th())) || (left > T(0) && !(sl >= N::th()));
-          in = (so >= N::th() ? so : T(0)) + (sl >= N::th() ? sl : T(0));
-          inl_raw = ownl + leftl;
-          inl = N::ldx(ownl, Lg - Lg_new) + (leftl > T(0) ? N::ldx(leftl, Lg1 - Lg_new) : T(0));
-        }
-      } else {
-        in = r < 2 ? N::pow2(N::head) : T(0);
-      }
-      const bool marked = pr < T(0), nonzero = pr != T(0);  // marked: p < 2^pr, below TH
-      const int ep = marked ? (int)pr : N::expo(pr);
-      const T p = marked ? T(0) : pr;
-      T n = in * p;
-      bool flush = false;
-      if (!(n >= N::th())) {
-        flush = in > T(0) && nonzero;
-        n = 0;
-      }
-      // shadow: the same step with an upper bound of p, every nonzero-input product at least TH
-      T nl = inl * (marked ? N::ldx(T(1), ep) : p);
-      if (inl_raw > T(0) && nonzero && !(nl >= N::th())) nl = N::th();
-      if (!nonzero) nl = 0;
-      // a lost product is below 2^(expo(in) + ep) of the segment's units; an input lost in rescaling below TH
-      // (times p < 2^ep); in the shadow's units, and at least TH there
-      const int dE = Eg_new - Lg_new;
-      if (flush) {
-        const T lost = N::ldx(T(1), N::expo(in) + ep + dE);
-        nl += lost >= N::th() ? lost : N::th();
-      }
-      if (scale_flush && nonzero) {
-        const T lost = N::ldx(N::th(), ep + dE);
-        nl += lost >= N::th() ? lost : N::th();
-      }
-      if (valid) {
-        cur[r] = n;
-        curl[r] = nl;
-        if (want_grad) store[(long long)t * S_stride + CYCTC_STATE(r)] = dir == 0 ? n : in;
-      }
-      const T m = warp_max_nonneg(n), mlg = warp_max_nonneg(nl);  // the segment's maxima (the warp is the segment)
-      if (m > T(0)) lexp = lexp > Eg_new + N::expo(m) ? lexp : Eg_new + N::expo(m);
-      if (mlg > T(0)) lexpl = lexpl > Lg_new + N::expo(mlg) ? lexpl : Lg_new + N::expo(mlg);
-      if (lane == 0 && g < nseg) {
-        segmax[cb * nseg + g] = m;
-        segE[cb * nseg + g] = Eg_new;
-        lsegmax[cb * nseg + g] = mlg;
-        lsegE[cb * nseg + g] = Lg_new;
-        if (want_grad) rexp[(long long)t * nseg + g] = Eg_new;  // g in chain order
-      }
-    };
+  auto load_tile = [&](int j) {  // tiled chains: the tile's state from work
+    const long long o = (long long)(j * nthr + ct);
     CYCTC_UNROLL
-    for (int j = 0; j < CYCTC_PRE; ++j)
-      if (j < ntile) step(j, p_next[j]);
-    for (int j = CYCTC_PRE; j < ntile; ++j) step(j, prob_of(i, tid + j * nthr));
-    // the next frame's probabilities of the first tiles: loads in flight across the barrier
-    CYCTC_UNROLL
-    for (int j = 0; j < CYCTC_PRE; ++j) p_next[j] = i + 1 < Tb ? prob_of(i + 1, tid + j * nthr) : T(0);
-    lexp = warp_max_int(lexp);
-    lexpl = warp_max_int(lexpl);
-    if (lane == 0) {
-      s_wexp[cb][warp] = lexp;
-      s_wlexp[cb][warp] = lexpl;
+    for (int k = 0; k < K; ++k) {
+      v[k] = wmain[o * K + k];
+      vs[k] = wmain[Spad + o * K + k];
     }
-    if (i == 0) {
-      if (__syncthreads_or(nonfinite)) {  // a valid frame holds NaN or inf: loss NaN (uniform)
-        if (dir == 0 && tid == 0) loss[b] = Num<double>::nan();
-        return;
+    E = wE[o];
+    Es = wE[ntile_max * nthr + o];
+    m = 0;
+    ms = 0;
+    CYCTC_UNROLL
+    for (int k = 0; k < K; ++k) {
+      m = v[k] > m ? v[k] : m;
+      ms = vs[k] > ms ? vs[k] : ms;
+    }
+  };
+  auto save_tile = [&](int j) {
+    const long long o = (long long)(j * nthr + ct);
+    CYCTC_UNROLL
+    for (int k = 0; k < K; ++k) {
+      wmain[o * K + k] = v[k];
+      wmain[Spad + o * K + k] = vs[k];
+    }
+    wE[o] = E;
+    wE[ntile_max * nthr + o] = Es;
+  };
+  // probabilities of the tile's states at step i: [0] the blank's, [1 + h] label state 2h + 1's; p[K] per state,
+  // 0 for a state past S or one that cannot reach the chain's end in the frames left (at most two states a frame
+  // become so): it has no weight in P or in any posterior, and dropping it lets the scales follow the states that do
+  auto load_p = [&](int i, T* p) {
+    const int tt = dir == 0 ? i : Tb - 1 - i;
+    const T* row = prob_b + (long long)tt * (Lmax + 1);
+    const int lo = S - 2 - 2 * (Tb - 1 - i);
+    if (r0 >= lo && r0 + K <= S) {  // every state valid (the common case)
+      const T pb = row[0];
+      CYCTC_UNROLL
+      for (int h = 0; h < K / 2; ++h) {
+        p[2 * h] = pb;
+        p[2 * h + 1] = row[col0 + h * dcol];
       }
     } else {
-      __syncthreads();
-    }
-    CYCTC_MARK(2);
-  }
-  // P (the chain's end mass) and the shadow's bound, read by every thread from the last rows: a uniform decision
-  if (!hopeless) {
-    const int lb = (Tb - 1) & 1;
-    const T* last = main_row(lb);
-    const T* lastl = shad_row(lb);
-    // P = v1 2^E1 + v2 2^E2 (the last two chain states, maybe in two segments), as P 2^EP
-    const int g1 = (S - 1) / 32, g2 = S >= 2 ? (S - 2) / 32 : g1;
-    const int E1 = segE[lb * nseg + g1], E2 = segE[lb * nseg + g2];
-    const T v1 = last[S - 1], v2 = S >= 2 ? last[S - 2] : T(0);
-    const int EP = E1 > E2 ? E1 : E2;
-    const T P = N::ldx(v1, E1 - EP) + N::ldx(v2, E2 - EP);
-    const int L1 = lsegE[lb * nseg + g1], L2 = lsegE[lb * nseg + g2];
-    const int EB = L1 > L2 ? L1 : L2;
-    const T Bd = N::ldx(lastl[S - 1], L1 - EB) + (S >= 2 ? N::ldx(lastl[S - 2], L2 - EB) : T(0));
-    const bool dead = !(P > T(0)) && !(Bd > T(0));  // no alignment has any probability: loss +inf
-    // Bd may be rounded down by ldx: at most one ulp of each term, far inside the bound's factor 2
-    const bool exact = P > T(0) && (!(Bd > T(0)) || N::expo(Bd) + 1 + EB <= N::expo(P) - 1 + EP - N::tol_bits);
-    if (exact || dead) {
-      if (dir == 0 && tid == 0) {
-        double l = Num<double>::inf();
-        if (!dead) {  // log of P's mantissa (in [0.5, 1): small, precise) plus its binary exponent
-          const int eP = N::expo(P);
-          l = -((double)N::lg(P * N::pow2(-eP)) + (double)(EP + eP) * 0.69314718055994530942);
-        }
-        loss[b] = l > 0.0 ? l : 0.0;  // P <= 1: a rounding error below 0 is reported as 0
+      CYCTC_UNROLL
+      for (int k = 0; k < K; ++k) {
+        const int r = r0 + k;
+        p[k] = r >= lo && r < S ? row[(k & 1) ? col0 + (k / 2) * dcol : 0] : T(0);
       }
-      if (want_grad && tid == 0) fmt[dir * B + b] = 0;
+    }
+  };
+  const int none = -0x40000000, shift_max = -N::min_exp;  // pow2(e) is exact for -shift_max <= e <= shift_max
+  auto pow2c = [&](int e) -> T { return e >= -shift_max ? N::pow2(e < shift_max ? e : shift_max) : T(0); };
+  // the left neighbour's last value and exponent (main: w = 0, shadow: w = 1) from the previous frame
+  auto left_of = [&](int j, int cb, T val, int ex, int w, T* lv, int* lE) {
+    *lv = __shfl_up_sync(0xffffffffu, val, 1);
+    *lE = __shfl_up_sync(0xffffffffu, ex, 1);
+    const int g = j * nwc + ct / 32;  // the warp's index over the chain's tiles
+    if (lane == 0) {
+      if (g == 0) {
+        *lv = T(0);
+        *lE = 0;
+      } else {
+        *lv = bv[(2 * w + (cb ^ 1)) * nw + g - 1];
+        *lE = bE[(2 * w + (cb ^ 1)) * nw + g - 1];
+      }
+    }
+  };
+  auto put_boundary = [&](int j, int cb) {  // multi-warp: the last lane's values for the next warp
+    if (lane == 31) {
+      const int g = j * nwc + ct / 32;
+      bv[cb * nw + g] = v[K - 1];
+      bv[(2 + cb) * nw + g] = vs[K - 1];
+      bE[cb * nw + g] = E;
+      bE[(2 + cb) * nw + g] = Es;
+    }
+  };
+  // The new exponent of a block whose maximum is mx (exponent ex) receiving lv (exponent lE), and a third candidate
+  // (im, in units 2^iE: the largest value injected, or 0): the largest target less head, never more than
+  // shift_max below a nonzero input's exponent (so that its scale factor is a normal power of two)
+  auto target = [&](T mx, int ex, T lv, int lE, T im, int iE) -> int {
+    const int a = mx > T(0) ? ex + N::expo(mx) : none, l = lv > T(0) ? lE + N::expo(lv) : none;
+    const int c = im > T(0) ? iE + N::expo(im) : none;
+    int t = a > l ? a : l;
+    t = t > c ? t : c;
+    if (t == none) return ex;
+    t -= N::head;
+    if (mx > T(0) && t < ex - shift_max) t = ex - shift_max;
+    if (lv > T(0) && t < lE - shift_max) t = lE - shift_max;
+    if (im > T(0) && t < iE - shift_max) t = iE - shift_max;
+    return t;
+  };
+  // One frame (of frame t) of the main rows for the current tile: v <- new values, E <- Et, stored to the gradient
+  // rows when asked; lost[k]: the bound of what state k lost (0 where nothing), returns the largest. p: the states'
+  // probabilities.
+  auto main_step = [&](int j, int cb, const T* p, T* lost, int t) -> T {
+    T lv;
+    int lE;
+    left_of(j, cb, v[K - 1], E, 0, &lv, &lE);
+    const int Et = target(m, E, lv, lE, T(0), 0);
+    const T f = pow2c(E - Et), g = pow2c(lE - Et);
+    T lvg = lv * g;
+    const bool lflush = lv > T(0) && !(lvg >= N::th());  // the incoming term fell below the range
+    if (lflush) lvg = T(0);
+    T mx = 0, lmax = 0;
+    // the gradient row's entry of state r0 (chain states r0 + k lie at srow + k * dcol); states past S not stored
+    T* srow = store + ((long long)t * S_stride + CYCTC_STATE(r0));
+    const int nst = want_grad ? S - r0 : 0;
+    CYCTC_UNROLL
+    for (int k = K - 1; k >= 0; --k) {  // downwards: v[k - 1], v[k - 2] are still the previous frame's
+      T raw, in;
+      if (k == 0) {  // blank: itself, and the left block's last (label) state
+        raw = v[0] + lv;
+        T o = v[0] * f;
+        in = (o >= N::th() ? o : T(0)) + lvg;
+      } else if (k == 1) {  // label: itself (when it may repeat), the blank before, the label before (left block)
+        const T o = stay * v[1] + v[0];
+        raw = skip[0] * lv + o;
+        T of = o * f;
+        in = (of >= N::th() ? of : T(0)) + skip[0] * lvg;
+      } else if (k & 1) {
+        raw = skip[k / 2] * v[k - 2] + (stay * v[k] + v[k - 1]);
+        in = raw * f;
+      } else {
+        raw = v[k] + v[k - 1];
+        in = raw * f;
+      }
+      const T q = in * p[k];
+      const bool low = !(q >= N::th());
+      const bool fl = (low && raw > T(0) && p[k] != T(0)) || (k < 2 && lflush && p[k] != T(0) && (k == 0 || skip[0] > T(0)));
+      const T aq = N::ab(q);
+      const T ls = fl ? (aq > N::th() ? aq : N::th()) : T(0);
+      lost[k] = ls;
+      lmax = lmax > ls ? lmax : ls;
+      const T n = low ? T(0) : q;
+      v[k] = n;
+      mx = mx > n ? mx : n;
+      if (k < nst) srow[k * dcol] = dir == 0 ? n : (in >= N::th() ? in : T(0));
+    }
+    E = Et;
+    m = mx;
+    if (want_grad && r0 < S) rexp[(long long)t * nseg + r0 / K] = Et;
+    return lmax;
+  };
+  // One frame of the shadow rows (after main_step of the same frame, whose bounds lost[] it injects).
+  auto shadow_step = [&](int j, int cb, const T* p, const T* lost, T lmax) {
+    T lv;
+    int lE;
+    left_of(j, cb, vs[K - 1], Es, 1, &lv, &lE);
+    const int Et = target(ms, Es, lv, lE, lmax, E);
+    const T f = pow2c(Es - Et), g = pow2c(lE - Et), gi = pow2c(E - Et);
+    const T lvg = lv * g;
+    T mx = 0;
+    CYCTC_UNROLL
+    for (int k = K - 1; k >= 0; --k) {
+      T raw, in;
+      if (k == 0) {
+        raw = vs[0] + lv;
+        in = vs[0] * f + lvg;
+      } else if (k == 1) {
+        const T o = stay * vs[1] + vs[0];
+        raw = skip[0] * lv + o;
+        in = o * f + skip[0] * lvg;
+      } else if (k & 1) {
+        raw = skip[k / 2] * vs[k - 2] + (stay * vs[k] + vs[k - 1]);
+        in = raw * f;
+      } else {
+        raw = vs[k] + vs[k - 1];
+        in = raw * f;
+      }
+      const T pa = N::ab(p[k]);  // p, or the bound 2^ep of a marked probability
+      T n = in * pa;
+      if (raw > T(0) && pa > T(0) && !(n >= N::th())) n = N::th();
+      if (!(pa > T(0))) n = T(0);
+      T li = lost[k] * gi;
+      if (lost[k] > T(0) && !(li >= N::th())) li = N::th();
+      n += li;
+      vs[k] = n;
+      mx = mx > n ? mx : n;
+    }
+    Es = Et;
+    ms = mx;
+  };
+
+  // step -1: a virtual row with 2^head in chain state 0 (then step 0 gives state 0 and 1 their probabilities)
+  for (int j = 0; j < ntile; ++j) {
+    setup(j);
+    CYCTC_UNROLL
+    for (int k = 0; k < K; ++k) v[k] = vs[k] = T(0);
+    E = Es = 0;
+    if (r0 == 0) {  // 2^head in units of 2^-head: 1
+      v[0] = N::pow2(N::head);
+      E = -N::head;
+    }
+    m = v[0];
+    ms = 0;
+    if (!one_warp) put_boundary(j, 1);  // what step 0 reads as the previous frame's boundaries
+    if (ntile > 1) save_tile(j);
+  }
+  {  // a valid frame holding NaN or inf: loss NaN (one vote before the frames, which
+     // also orders the boundary slots written above before step 0 reads them)
+    int nonfinite = 0;
+    for (int t = ct; t < Tb; t += nthr) nonfinite |= !(rinfo_b[2 * t] == rinfo_b[2 * t]);
+    nonfinite = one_warp ? __any_sync(0xffffffffu, nonfinite) : __syncthreads_or(nonfinite);
+    if (nonfinite) {
+      if (dir == 0 && ct == 0) loss[b] = Num<double>::nan();
       return;
     }
   }
-  __syncthreads();  // everyone has read the last rows: they are reused below
+  if (ntile == 1) setup(0);
+  T p[K];  // single-tile chains: this frame's probabilities, loaded during the previous frame
+  if (ntile == 1) load_p(0, p);
+  int i = 0;
+  bool active = false;  // the shadow rows run
+  for (; i < Tb && !active; ++i) {
+    CYCTC_MARK(1);
+    const int t = dir == 0 ? i : Tb - 1 - i, cb = i & 1;
+    T lmax = 0;
+    for (int j = 0; j < ntile; ++j) {
+      if (ntile > 1) {
+        setup(j);
+        load_tile(j);
+        load_p(i, p);
+      }
+      // before the first flush the shadow is empty: vs receives this frame's bounds, in the main units
+      const T lm = main_step(j, cb, p, vs, t);
+      Es = E;
+      ms = lm;
+      lmax = lmax > lm ? lmax : lm;
+      if (!one_warp) put_boundary(j, cb);
+      if (ntile > 1) save_tile(j);
+    }
+    if (ntile == 1 && i + 1 < Tb) load_p(i + 1, p);  // in flight across the barrier
+    active = one_warp ? __any_sync(0xffffffffu, lmax > T(0)) : __syncthreads_or(lmax > T(0));
+    CYCTC_MARK(2);
+  }
+  for (; i < Tb; ++i) {  // after a flush: main and shadow rows
+    const int t = dir == 0 ? i : Tb - 1 - i, cb = i & 1;
+    for (int j = 0; j < ntile; ++j) {
+      if (ntile > 1) {
+        setup(j);
+        load_tile(j);
+        load_p(i, p);
+      }
+      T lost[K];
+      const T lm = main_step(j, cb, p, lost, t);
+      shadow_step(j, cb, p, lost, lm);
+      if (!one_warp) put_boundary(j, cb);
+      if (ntile > 1) save_tile(j);
+    }
+    if (ntile == 1 && i + 1 < Tb) load_p(i + 1, p);
+    if (one_warp) __syncwarp();
+    else __syncthreads();
+  }
+
+  // P (the chain's end mass: its last two states) and the shadow's bound, decided by the chain's thread 0
+  {
+    auto emit = [&](int rr, int w) {  // the holder of chain state rr writes it to the slot's end record
+      if (rr < 0) {  // S == 1: one state; the chain's thread 0 (which holds it) writes a zero record
+        if (ct == 0) {
+          s_endv[slot][w] = s_endv[slot][2 + w] = T(0);
+          s_ende[slot][w] = s_ende[slot][2 + w] = 0;
+        }
+        return;
+      }
+      const int blk = rr / K, kk = rr % K;
+      if (ntile > 1) {
+        if (ct == 0) {  // tiled: every tile waits in work
+          s_endv[slot][w] = wmain[(long long)rr];
+          s_endv[slot][2 + w] = wmain[Spad + (long long)rr];
+          s_ende[slot][w] = wE[blk];
+          s_ende[slot][2 + w] = wE[ntile_max * nthr + blk];
+        }
+      } else if (blk == ct) {
+        T a = 0, c = 0;
+        CYCTC_UNROLL
+        for (int k = 0; k < K; ++k)
+          if (k == kk) {
+            a = v[k];
+            c = vs[k];
+          }
+        s_endv[slot][w] = a;
+        s_endv[slot][2 + w] = c;
+        s_ende[slot][w] = E;
+        s_ende[slot][2 + w] = Es;
+      }
+    };
+    emit(S - 1, 0);
+    emit(S - 2, 1);
+    if (one_warp) __syncwarp();
+    else __syncthreads();
+    if (ct == 0) {
+      const int E1 = s_ende[slot][0], E2 = s_ende[slot][1];
+      const T v1 = s_endv[slot][0], v2 = s_endv[slot][1];
+      int EP = v1 > T(0) ? E1 : E2;
+      if (v1 > T(0) && v2 > T(0)) EP = E1 > E2 ? E1 : E2;
+      const T P = v1 * pow2c(E1 - EP) + v2 * pow2c(E2 - EP);
+      const int L1 = s_ende[slot][2], L2 = s_ende[slot][3];
+      const T b1 = s_endv[slot][2], b2 = s_endv[slot][3];
+      int EB = b1 > T(0) ? L1 : L2;
+      if (b1 > T(0) && b2 > T(0)) EB = L1 > L2 ? L1 : L2;
+      const T Bd = b1 * pow2c(L1 - EB) + b2 * pow2c(L2 - EB);
+      const bool dead = !(P > T(0)) && !(Bd > T(0));  // no alignment has any probability: loss +inf
+      // a term more than shift_max below the other was dropped by pow2c: far inside the bound's factor 2
+      const bool exact = P > T(0) && (!(Bd > T(0)) || N::expo(Bd) + 1 + EB <= N::expo(P) - 1 + EP - N::tol_bits);
+      if (exact || dead) {
+        if (dir == 0) {
+          double l = Num<double>::inf();
+          if (!dead) {  // log of P's mantissa (in [0.5, 1): small, precise) plus its binary exponent
+            const int eP = N::expo(P);
+            l = -((double)N::lg(P * N::pow2(-eP)) + (double)(EP + eP) * 0.69314718055994530942);
+          }
+          loss[b] = l > 0.0 ? l : 0.0;  // P <= 1: a rounding error below 0 is reported as 0
+        }
+        if (want_grad) fmt[dir * B + b] = 0;
+      }
+      s_flag[slot] = exact || dead;
+    }
+    if (one_warp) __syncwarp();
+    else __syncthreads();
+    if (s_flag[slot]) return;  // uniform over the chain
+  }
 
   // ---- log space (this direction only, when its shadow bound failed) ----
   // Values are logs relative to a lagged row maximum (the maxima accumulated in double, off), each held as an
-  // unevaluated pair hi + lo of R values (hi in the main rows, lo in the shadow rows): a log value as large as the
-  // loss then keeps ~2^-48 of its magnitude in float32. Stored: hi to arows / brows, lo to alo / blo (float32 only:
+  // unevaluated pair hi + lo of R values (hi in rows 0-1 of work, lo in rows 2-3): a log value as large as the loss
+  // then keeps ~2^-48 of its magnitude in float32. Stored: hi to arows / brows, lo to alo / blo (float32 only:
   // double's hi alone is precise enough).
+#define main_row(k) (wrow + (k) * S_stride)
+#define shad_row(k) (wrow + (2 + (k)) * S_stride)
+#define CYCTC_STAY(r) (merge_repeated || !((r) & 1))
+#define CYCTC_LABEL_AT(r) (lab[CYCTC_STATE(r) >> 1])
+#define CYCTC_SKIP(r) (((r) & 1) && (r) >= 3 && (!merge_repeated || CYCTC_LABEL_AT(r) != CYCTC_LABEL_AT((r) - 2)))
   const T* xb = x + b * sx_b;
   T* store_lo = (dir == 0 ? alo : blo) + (want_grad && sizeof(T) == 4 ? (long long)b * T_ * S_stride : 0);
   double off = 0.0;
-  for (int i = 0; i < Tb; ++i) {
-    const int t = dir == 0 ? i : Tb - 1 - i;
-    const T* prev = main_row((i + 1) & 1);
-    const T* prevl = shad_row((i + 1) & 1);
-    T* cur = main_row(i & 1);
-    T* curl = shad_row(i & 1);
+  T prev_max = 0;  // the previous row's maximum (one-warp chains keep it in a register)
+  for (int ii = 0; ii < Tb; ++ii) {
+    const int t = dir == 0 ? ii : Tb - 1 - ii;
+    const T* prev = main_row((ii + 1) & 1);
+    const T* prevl = shad_row((ii + 1) & 1);
+    T* cur = main_row(ii & 1);
+    T* curl = shad_row(ii & 1);
     T sh = 0;
-    if (i > 0) {
-      const T mx = warp_max(lane < nwarps ? s_wmax[(i + 1) & 1][lane] : -N::inf());
+    if (ii > 0) {
+      const T mx = one_warp ? prev_max : warp_max(lane < nwc ? s_wmax[(ii + 1) & 1][lane] : -N::inf());
       sh = mx > -N::inf() ? mx : T(0);
       off += (double)sh;
     }
     const T mt = rinfo_b[2 * t], log_s = N::lg(rinfo_b[2 * t + 1]);
     const T* xt = xb + t * sx_t;
     T lmax = -N::inf();
-    for (int j = 0; j < ntile; ++j) {
-      const int r = tid + j * nthr;
-      if (r >= S) break;
+    for (int r = ct; r < S; r += nthr) {
       Pair<T> in;
-      if (i == 0) {
+      if (ii == 0) {
         in = Pair<T>{r < 2 ? T(0) : -N::inf(), T(0)};
       } else {
         in = Pair<T>{CYCTC_STAY(r) ? prev[r] : -N::inf(), CYCTC_STAY(r) ? prevl[r] : T(0)};
@@ -549,17 +730,22 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
       cur[r] = n.h;
       curl[r] = n.l;
       if (want_grad) {
-        const Pair<T> v = dir == 0 ? n : in;
-        store[(long long)t * S_stride + s] = v.h;
-        if (sizeof(T) == 4) store_lo[(long long)t * S_stride + s] = v.l;
+        const Pair<T> w = dir == 0 ? n : in;
+        store[(long long)t * S_stride + s] = w.h;
+        if (sizeof(T) == 4) store_lo[(long long)t * S_stride + s] = w.l;
       }
       lmax = n.h > lmax ? n.h : lmax;
     }
     lmax = warp_max(lmax);
-    if (tid % 32 == 0) s_wmax[i & 1][warp] = lmax;
-    __syncthreads();
+    if (one_warp) {
+      prev_max = lmax;
+      __syncwarp();
+    } else {
+      if (lane == 0) s_wmax[ii & 1][warp] = lmax;
+      __syncthreads();
+    }
   }
-  if (tid == 0) {
+  if (ct == 0) {
     const T* last = main_row((Tb - 1) & 1);
     const T* lastl = shad_row((Tb - 1) & 1);
     const Pair<T> lp = S >= 2 ? log_add(Pair<T>{last[S - 1], lastl[S - 1]}, Pair<T>{last[S - 2], lastl[S - 2]})
@@ -573,11 +759,9 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
 #undef main_row
 #undef shad_row
 #undef CYCTC_STATE
-#undef CYCTC_KIDX
 #undef CYCTC_LABEL_AT
 #undef CYCTC_STAY
 #undef CYCTC_SKIP
-#undef CYCTC_PRE
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -590,11 +774,11 @@ namespace cyctc_ctc {
 template <typename R>
 struct Posterior {
   const R *a, *b, *alo, *blo;  // alo / blo: the low parts of log-space rows (float only)
-  const int *ea, *eb;           // segment exponents of linear rows (segments of 32 states in chain order)
-  int S;
+  const int *ea, *eb;           // exponents of linear rows' state blocks (kseg states each, in chain order)
+  int S, kseg;
   bool lin, a_log, b_log;       // both rows linear / each row in log space
-  __device__ __forceinline__ int seg_a(int s) const { return s / 32; }
-  __device__ __forceinline__ int seg_b(int s) const { return (S - 1 - s) / 32; }
+  __device__ __forceinline__ int seg_a(int s) const { return s / kseg; }
+  __device__ __forceinline__ int seg_b(int s) const { return (S - 1 - s) / kseg; }
   // log of a linear row's value: log v + (segment exponent - the row's first segment's) ln 2, as a pair
   __device__ __forceinline__ Pair<R> lin_log(R v, int d) const {
     // ln 2 = c1 + c2 + c3, c1 and c2 of 8 significant bits: d * c1 and d * c2 are exact for |d| < 2^16
@@ -653,7 +837,8 @@ cyctc_grad(const T* __restrict__ x, long long sx_b, long long sx_t, const int* _
            const int* __restrict__ label_length, const int* __restrict__ logit_length, int blank,
            const T* __restrict__ rinfo, const T* __restrict__ arows, const T* __restrict__ brows,
            const T* __restrict__ alo, const T* __restrict__ blo, const int* __restrict__ aexp,
-           const int* __restrict__ bexp, const int* __restrict__ fmt, int B, int T_, int C, const int* __restrict__ lmap,
+           const int* __restrict__ bexp, const int* __restrict__ fmt, int kseg, int B, int T_, int C,
+           const int* __restrict__ lmap,
            const double* __restrict__ loss, const double* __restrict__ grad_scale, T* __restrict__ grad, long long sg_b,
            long long sg_t) {
   using namespace cyctc_ctc;
@@ -681,10 +866,11 @@ cyctc_grad(const T* __restrict__ x, long long sx_b, long long sx_t, const int* _
   Posterior<T> post;
   post.a = arows + row * S_stride;
   post.b = brows + row * S_stride;
-  const int nseg = (S_stride + 31) / 32;
+  const int nseg = (S_stride + kseg - 1) / kseg;
   post.ea = aexp + row * nseg;
   post.eb = bexp + row * nseg;
   post.S = S;
+  post.kseg = kseg;
   post.alo = alo + (sizeof(T) == 4 ? row * S_stride : 0);  // float64 plans allocate no low parts
   post.blo = blo + (sizeof(T) == 4 ? row * S_stride : 0);
   post.a_log = fmt[b] != 0;

@@ -442,6 +442,8 @@ inline int __reduce_max_sync(unsigned, int v) {
   }
   return m;
 }
+// __any_sync (vote.any): a warp-wide OR through the same exchange, the whole warp calling
+inline int __any_sync(unsigned mask, int pred) { return __reduce_max_sync(mask, pred ? 1 : 0); }
 template <class T> T atomicAdd(T* p, T v) { return std::atomic_ref<T>(*p).fetch_add(v); }
 template <class T> T atomicExch(T* p, T v) { return std::atomic_ref<T>(*p).exchange(v); }
 template <class T> T atomicCAS(T* p, T cmp, T v) { std::atomic_ref<T>(*p).compare_exchange_strong(cmp, v); return cmp; }
