@@ -1,12 +1,12 @@
 """The chain kernel's shared memory: the launch plans never ask for more than a launch may use.
 
 A launch gets 48 KiB of shared memory without opting in, static (the kernel's own ``__shared__`` variables) and
-dynamic (what the launch asks for) together. ``cyctc_chain`` keeps its rows in dynamic shared memory when they fit
-and in a global workspace otherwise. On a device the glue takes the limit from the compiled kernel's own attributes;
-without one (emulation, cost model) from ``_backend.STATIC_SHARED``, which is checked here against what ptxas reports
-for the kernel NVRTC compiles (no GPU needed). The boundary lengths are those where a wrong static size (the 512 B
-the table once held, against ptxas's 768 B for float and 1024 B for double) made launches fail: float32 Lmax 1423 to
-1429, float64 707 to 714.
+dynamic (what the launch asks for) together. ``cyctc_chain`` asks for dynamic shared memory only for chains longer
+than one warp: a boundary slot (main and shadow value and exponent) per warp of each tile and frame parity. Labels
+whose slots do not fit are refused with a ValueError before anything is launched. On a device the glue takes the
+limit from the compiled kernel's own attributes; without one (emulation, cost model) from ``_backend.STATIC_SHARED``,
+which is checked here against what ptxas reports for the kernel NVRTC compiles (no GPU needed). (Second generation:
+a wrong static size, 512 B in the table against ptxas's 768 B, made launches at float32 Lmax 1423-1429 fail.)
 """
 
 import re
@@ -19,9 +19,9 @@ from conftest import toolchain_unavailable
 
 from cyctc.cuda import _backend
 
-# (dtype, the longest label whose chain rows still fit in shared memory): 4 * (4 S + 8 ceil(S / 32)) + 768 <= 48 KiB
-# for float, 8 * (...) + 1024 <= 48 KiB for double, S = 2 Lmax + 1
-LAST_IN_SHARED = {"float32": 1422, "float64": 706}
+# (dtype, the longest label whose boundary slots still fit): 512 threads of K states (4 float, 2 double) a tile,
+# 2 parities x 16 warps x (2 values + 2 int exponents) a tile, within 48 KiB less the static 544 / 928 bytes
+LAST_IN_SHARED = {"float32": 96255, "float64": 31743}
 ARCHS = ("sm_80", "sm_90", "sm_100", "sm_120")
 
 
@@ -69,7 +69,7 @@ def test_static_shared_table_is_what_ptxas_reports(arch):
         pytest.skip(f"this NVRTC cannot compile for {arch}")
     smem = ptxas_static_shared(arch)
     for dtype, ctype in _backend.CTYPES.items():
-        assert smem[f"cyctc_chain<{ctype}>"] == _backend.STATIC_SHARED[dtype], (arch, smem)
+        assert smem[f"cyctc_chain<{ctype}, {_backend.CHAIN_K[dtype]}>"] == _backend.STATIC_SHARED[dtype], (arch, smem)
         # the other kernels ask for no dynamic shared memory: their static part alone must fit
         assert all(v <= _backend.SHARED_LIMIT for v in smem.values())
 
@@ -78,26 +78,31 @@ def _chain(plan):
     return next(ln for ln in plan.launches if ln.kernel.startswith("cyctc_chain"))
 
 
+def _slots_bytes(Lmax, dtype):
+    K, isz = (4, 4) if dtype == "float32" else (2, 8)
+    blocks = -(-(2 * Lmax + 1) // K)
+    if blocks <= 32:
+        return 0
+    nthr = min(512, -(-blocks // 32) * 32)
+    return 2 * -(-blocks // nthr) * (nthr // 32) * (2 * isz + 8)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("grad", [False, True], ids=["loss", "grad"])
 def test_plans_at_the_boundary_lengths_fit_a_launch(dtype, grad):
     last = LAST_IN_SHARED[dtype]
     static = _backend.STATIC_SHARED[dtype]
     B, T, C = 2, 3, 5
-    for Lmax in range(last - 5, last + 10):  # covers float32 1423..1429 and float64 707..714
-        plan = _backend.launch_config(B, T, C, Lmax, dtype, (T * C, C), blank=0, merge_repeated=True,
-                                      grad_strides=(T * C, C) if grad else None)
-        chain = _chain(plan)
-        in_shared = chain.shared_bytes > 0
-        assert in_shared == (Lmax <= last), (dtype, Lmax, chain.shared_bytes)
-        if in_shared:
-            assert chain.shared_bytes == _backend.chain_shared_bytes(2 * Lmax + 1, dtype)
-            assert chain.shared_bytes + static <= _backend.SHARED_LIMIT
-        else:
-            assert _backend.chain_shared_bytes(2 * Lmax + 1, dtype) + static > _backend.SHARED_LIMIT
-            work = dict((n, c) for n, _, c in plan.workspaces)["work"]
-            assert work == (2 if grad else 1) * B * _backend._chain_work(2 * Lmax + 1)
-        assert ("i32", int(in_shared)) == chain.args[-4]  # the kernel's use_shared argument says the same
+    assert _slots_bytes(last, dtype) + static <= _backend.SHARED_LIMIT < _slots_bytes(last + 1, dtype) + static
+    for Lmax in list(range(last - 3, last + 4)) + [1, 63, 64, 500, 5000]:
+        args = dict(blank=0, merge_repeated=True, grad_strides=(T * C, C) if grad else None)
+        if Lmax > last:
+            with pytest.raises(ValueError, match=f"labels of {Lmax} are too long"):
+                _backend.launch_config(B, T, C, Lmax, dtype, (T * C, C), **args)
+            continue
+        chain = _chain(_backend.launch_config(B, T, C, Lmax, dtype, (T * C, C), **args))
+        assert chain.shared_bytes == _slots_bytes(Lmax, dtype) == _backend.chain_shared_bytes(2 * Lmax + 1, dtype)
+        assert chain.shared_bytes + static <= _backend.SHARED_LIMIT
 
 
 def test_dynamic_limit_from_attributes():
@@ -113,18 +118,18 @@ def test_dynamic_limit_from_attributes():
         _backend.launch_config(1, 2, 3, 1, "float32", (6, 3), blank=0, merge_repeated=True, dynamic_shared_limit=-1)
 
 
-@pytest.mark.parametrize("attrs, Lmax, in_shared", [
-    ({}, LAST_IN_SHARED["float32"], True),                           # ptxas's own numbers
+@pytest.mark.parametrize("attrs, Lmax, fits", [
+    ({}, LAST_IN_SHARED["float32"], True),                            # ptxas's own numbers
     ({}, LAST_IN_SHARED["float32"] + 1, False),
     ({"shared_size_bytes": 4096}, LAST_IN_SHARED["float32"], False),  # more static memory than the table says
-    ({"shared_size_bytes": 0}, LAST_IN_SHARED["float32"] + 1, True),  # less: the room is used
-    ({"max_dynamic_shared_size_bytes": 16 * 1024}, 600, False),      # the kernel's own dynamic maximum
-    ({"max_dynamic_shared_size_bytes": 16 * 1024}, 480, True),
+    ({"shared_size_bytes": 0}, LAST_IN_SHARED["float32"] + 300, True),  # less: the room is used
+    ({"max_dynamic_shared_size_bytes": 16 * 1024}, 35000, False),       # the kernel's own dynamic maximum
+    ({"max_dynamic_shared_size_bytes": 16 * 1024}, 30000, True),
 ])
-def test_device_glue_plans_with_the_compiled_kernels_attributes(monkeypatch, attrs, Lmax, in_shared):
+def test_device_glue_plans_with_the_compiled_kernels_attributes(monkeypatch, attrs, Lmax, fits):
     """ctc_loss_grad asks the compiled cyctc_chain for its shared-memory attributes (through the driver, as on a
-    device) and plans with them: a kernel that needs more static memory than the table gets its rows in global
-    memory, and the launch never asks for more than the kernel allows."""
+    device) and plans with them: labels whose boundary slots exceed what the kernel allows are refused before any
+    launch, and a launch never asks for more than the kernel allows."""
     cp = fake_cupy.install(monkeypatch)
     kernels = {}
 
@@ -136,11 +141,15 @@ def test_device_glue_plans_with_the_compiled_kernels_attributes(monkeypatch, att
     B, T, C = 1, 4, 5
     x = cp.asarray(np.zeros((B, T, C), np.float32))
     labels = np.ones((B, Lmax), np.int32)
+    name = "cyctc_chain<float, 4>"
+    if not fits:
+        with pytest.raises(ValueError, match="too long for the CUDA backend's shared memory"):
+            _backend.ctc_loss_grad(x, labels, [Lmax], [T], 0, True, cp.empty((B, T, C), np.float32), None)
+        assert all(not k.calls for k in kernels.values())  # nothing launched
+        return
     _backend.ctc_loss_grad(x, labels, [Lmax], [T], 0, True, cp.empty((B, T, C), np.float32), None)
-    (grid, block, args, shared_mem), = kernels["cyctc_chain<float>"].calls
-    need = _backend.chain_shared_bytes(2 * Lmax + 1, "float32")
-    k = kernels["cyctc_chain<float>"]
+    (grid, block, args, shared_mem), = kernels[name].calls
+    k = kernels[name]
     static, dynamic_max = k.attributes[1], k.attributes[8]
-    assert (shared_mem > 0) == in_shared
-    if in_shared:
-        assert shared_mem == need and shared_mem <= dynamic_max and shared_mem + static <= _backend.SHARED_LIMIT
+    assert shared_mem == _backend.chain_shared_bytes(2 * Lmax + 1, "float32") > 0
+    assert shared_mem <= dynamic_max and shared_mem + static <= _backend.SHARED_LIMIT
