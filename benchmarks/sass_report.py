@@ -61,9 +61,6 @@ import tempfile
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-# Report on the checkout this file lives in (its cyctc/cuda/ctc.cu), not on another installed copy of cyctc.
-if os.path.isfile(os.path.join(ROOT, "cyctc", "cuda", "ctc.cu")) and ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 OPEN, CLOSE = 1, 2  # CYCTC_MARK(n) -> pmevent n -> PMTRIG (1 << n)
 MARKER_DEFINE = "-DCYCTC_SASS_MARKERS"
@@ -80,6 +77,25 @@ class MarkerError(RuntimeError):
 
 # ---------------------------------------------------------------------------------------------------------------
 # Tools
+
+def backend(installed=False):
+    """``cyctc.cuda._backend``: by default the one of the checkout this file lives in (``cyctc/cuda/_backend.py``
+    beside ``benchmarks/``, loaded from its file: it needs no compiled extension, and the report is then about this
+    checkout's ``ctc.cu`` even where another copy of cyctc is installed); the installed package's when there is no
+    such file or ``installed`` is True."""
+    path = os.path.join(ROOT, "cyctc", "cuda", "_backend.py")
+    if installed or not os.path.isfile(path):
+        from cyctc.cuda import _backend
+
+        return _backend
+    name = "_sass_report_backend"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[name] = mod  # dataclasses look their module up
+        spec.loader.exec_module(mod)
+    return sys.modules[name]
+
 
 def _nvidia_roots():
     spec = importlib.util.find_spec("nvidia")
@@ -142,9 +158,7 @@ def _libnvrtc(nvrtc_module):
     except OSError:
         pass
     if not paths:
-        from cyctc.cuda import _backend
-
-        paths = _backend._nvrtc_library_candidates()
+        paths = backend()._nvrtc_library_candidates()
     for p in paths:
         try:
             lib = ctypes.CDLL(p)
@@ -175,12 +189,12 @@ def _get_cubin(nvrtc, prog):
     return cubin
 
 
-def compile_cubin(source_text, names, arch="sm_90", extra_options=(), filename="ctc.cu"):
-    """NVRTC: ``source_text`` with the kernels ``names`` for ``arch`` -> (cubin bytes, log, {name: lowered name}).
-
-    Options: ``_backend.nvrtc_options(arch)``, ``-DCYCTC_SASS_MARKERS``, ``-Xptxas=-v`` and ``extra_options``."""
-    from cyctc.cuda import _backend
-
+def compile_cubin(source_text, names, arch="sm_90", extra_options=(), filename="ctc.cu", _backend=None):
+    """NVRTC: ``source_text`` with the kernels ``names`` for ``arch`` -> (cubin bytes, log, {name: lowered name},
+    options). Options: ``_backend.nvrtc_options(arch)``, ``-DCYCTC_SASS_MARKERS``, ``-Xptxas=-v`` and
+    ``extra_options``; ``_backend`` defaults to :func:`backend`."""
+    if _backend is None:
+        _backend = backend()
     try:
         nvrtc = _backend.load_nvrtc()
     except Exception as e:  # cupy missing, no libnvrtc
@@ -514,12 +528,12 @@ def analyse_function(instrs, K=1, require_markers=True):
     )
 
 
-def analyse_source(source_text, names, arch="sm_90", extra_options=(), filename="ctc.cu", marked=None):
+def analyse_source(source_text, names, arch="sm_90", extra_options=(), filename="ctc.cu", marked=None, _backend=None):
     """Compile, disassemble and analyse. ``marked(name) -> bool``: kernels whose markers are required (default: the
     chain kernels). Returns the report dict (see :func:`main`'s --json)."""
     if marked is None:
         marked = is_chain_kernel
-    cubin, log, lowered, options = compile_cubin(source_text, names, arch, extra_options, filename)
+    cubin, log, lowered, options = compile_cubin(source_text, names, arch, extra_options, filename, _backend)
     sass = disassemble(cubin)
     funcs = parse_sass(sass)
     res = parse_ptxas_log(log)
@@ -532,9 +546,14 @@ def analyse_source(source_text, names, arch="sm_90", extra_options=(), filename=
         entry["spill_bytes"] = entry.get("spill_stores", 0) + entry.get("spill_loads", 0)
         req = marked(name)
         try:
-            K = states_per_thread(name) if is_chain_kernel(name) else 1
+            try:
+                K = states_per_thread(name)
+            except ValueError:
+                if req:
+                    raise
+                K = 1
             loop = analyse_function(funcs[low], K, require_markers=req)
-        except MarkerError as e:
+        except (MarkerError, ValueError) as e:
             raise MarkerError(f"{name} ({arch}): {e}") from e
         entry["loop"] = loop
         entry["whole_kernel"] = classify(strip_padding(funcs[low]))
@@ -613,13 +632,14 @@ def main(argv=None):
     ap.add_argument("--arch", default="sm_90", help="real architecture to compile for (default sm_90)")
     ap.add_argument("--source", default="ctc.cu", help="kernel file of cyctc/cuda (default ctc.cu)")
     ap.add_argument("--json", help="also write the report to this JSON file")
+    ap.add_argument("--installed", action="store_true",
+                    help="report on the installed cyctc's kernels (default: this checkout's cyctc/cuda)")
     args = ap.parse_args(argv)
     try:
-        from cyctc.cuda import _backend
-
+        _backend = backend(args.installed)
         text = _backend.kernel_source(args.source)
         names = _backend.name_expressions(args.source)
-        report = analyse_source(text, names, args.arch, filename=args.source)
+        report = analyse_source(text, names, args.arch, filename=args.source, _backend=_backend)
         if args.source == "ctc.cu" and not any(is_chain_kernel(k["name"]) for k in report["kernels"]):
             raise MarkerError("no chain kernel (cyctc_chain<...>) among the name expressions")
     except ToolError as e:
@@ -632,7 +652,8 @@ def main(argv=None):
     cuobjdump = find_tool("cuobjdump")
     report.update(date=datetime.date.today().isoformat(), git=_git_rev(), nvrtc=nvrtc_version,
                   cuobjdump=tool_version(cuobjdump), cuobjdump_path=cuobjdump, nvdisasm_path=find_tool("nvdisasm"))
-    print(f"SASS report: {args.source} for {args.arch} (NVRTC {nvrtc_version}, cuobjdump {report['cuobjdump']}; "
+    report["backend"] = os.path.abspath(_backend.__file__)
+    print(f"SASS report: {os.path.join(os.path.dirname(report['backend']), args.source)} for {args.arch} (NVRTC {nvrtc_version}, cuobjdump {report['cuobjdump']}; "
           f"source sha256 {report['source_sha256'][:12]}, git {report['git']})")
     print("per frame and thread, static, between the CYCTC_MARK markers (PMTRIG excluded), averaged over the copies; "
           "instr/state = (instr/frame + back edge) / K")
