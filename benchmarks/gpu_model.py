@@ -1,29 +1,73 @@
 #!/usr/bin/env python
-"""Roofline-and-latency cost model of one float32 CTC loss + gradient call on an H100, three designs side by side.
+"""Instruction-level cost model of one float32 CTC loss + gradient call on an H200: cyctc (second and third
+generation chain kernels) against PyTorch's native CUDA CTC. ESTIMATES, not measurements: bench_gpu.py on a device
+measures (issue 22), and where it has, its figures replace these.
 
-    python benchmarks/gpu_model.py [--shapes tiny ocr ...] [--markdown] [--json out.json] [--launches]
+    python benchmarks/gpu_model.py [--shapes speech-char long ...] [--sass committed|live|FILE]
+                                   [--k 8] [--instr-per-state 16] [--warps-per-block 8] [--launches] [--json out.json]
 
-Designs, each a list of launches (dicts with the keys of ``cyctc.cuda._backend.launch_plan_summary``: kernel, grid,
-block, shared_bytes, barrier_steps, bytes_read, bytes_written, fp64_ops, fp32_ops, transcendentals):
+What is modelled
+================
 
-* ``old``: cyctc's first-generation kernels (log-space double recursion, forward then backward in one block of at
-  most 512 threads, FP64 row kernels): ``_backend.OLD_DESIGN`` where the backend provides it, else this file's own
-  summary of ``_backend.launch_config`` from before the rewrite (``_first_generation``);
-* ``new``: ``_backend.launch_plan_summary`` -- the real launch plan of the installed backend;
-* ``torch``: PyTorch's native CUDA CTC as ``bench_gpu.py`` calls it (log_softmax, ``F.ctc_loss``, backward), modelled
-  here from aten/src/ATen/native/cuda/LossCTC.cu (read, not copied): ``_torch_native``.
+The chain (the T-step recursion) is where the designs differ; everything else is bandwidth.
 
-Every launch costs the largest of three lower bounds, plus a fixed gap:
+A *chain* is one example in one direction (forward or backward). Its per-frame step on one SM costs
 
-* memory: (bytes read + written) / min(HBM bandwidth x efficiency, SMs in use x bytes one SM moves per clock);
-* throughput: FP32 and FP64 operations and transcendentals at the H100's issue rates x occupancy share;
-* latency: barrier steps x the latency of one step (barrier + the thread's dependent arithmetic for its states,
-  + an L2 round trip per state tile when the step's loads are issued after the previous barrier; a design that
-  loads a step's inputs one step ahead still waits at least one L2 latency per step);
+    frame cycles = max(issue, latency)
+    issue   = warps per scheduler x max(I, 8 x MUFU)   (a scheduler issues one warp-instruction per clock; the 16
+                                                         SFU lanes of an SM take 8 clocks per warp-wide MUFU)
+    latency = I x alu_latency / ilp                     (one warp's own dependent path through its instructions)
+              + collectives x shfl_latency              (shuffles / warp reductions on that path)
+              + the memory round trips on the path      (shared memory, L2 or HBM, per state tile)
+              + barrier_cycles                          (when a chain spans several warps, or a block shares a barrier)
 
-occupancy share = min(1, blocks / SMs). The call's estimate is the sum over its launches, and at least its host
-cost (Python/dispatcher time per call + per launch). All constants are in ``H100`` below; the figures are estimates
-to compare designs, not predictions to the microsecond: bench_gpu.py measures.
+where I is the instructions one thread executes per frame (all its state tiles) and "warps per scheduler" counts
+every warp resident on the SM (the SM's four schedulers share them). A launch takes waves x T x frame cycles, the
+waves and residency following from the occupancy limits (64 warps, 32 blocks, 65536 registers and 228 KiB of
+shared memory per SM, the kernel's registers from ptxas). Every example is taken at full length, on the scaled path.
+The other kernels (cyctc's rows and gradient kernels, PyTorch's log_softmax, gradient and elementwise kernels) are
+bound by bytes / min(HBM 4.8 TB/s x 0.85, SMs in use x 64 B per clock), or by their instruction issue. Each launch
+adds a 1.5 us gap; a call costs at least its host time.
+
+cyctc, second generation (``cyctc_chain<T>``, today's ctc.cu): grid (B, 2), forward and backward chains
+concurrently, one state per thread, ``_backend.chain_threads(S)`` threads (at most 1024; more states walk tiles).
+I per frame = the loop body's static instruction count from ``sass_report.py`` without its inner loop (one pass
+with one tile: 559 for float on sm_90) plus the inner loop's body (487) per further tile. These static counts
+include the rare paths, so the estimate is an upper bound of the issue work (by perhaps 10-15 %). On the path: the
+rows' generic loads (2 shared-memory round trips), 6 warp reductions, one barrier per frame.
+
+cyctc, third generation (``cyctc_chain<T, K>``, being built): K consecutive states per thread in registers;
+neighbours by warp shuffles (``collectives``, about 3 a frame, on the path); a chain of S states takes
+ceil(S / 32K) warps, one warp needs no block barrier, several warps exchange their boundary states through shared
+memory with one __syncthreads per frame; ``chains per block`` chains share a block (a block of about
+``warps_per_block`` warps); the next frame's probabilities are prefetched (no memory latency on the path);
+S > 1024 K walks tiles (rows in global memory: an L2 round trip per tile). I = instructions per state x K. The
+inputs (K, instructions per state, warps per block, registers) are parameters, taken from ``sass_report.py`` where
+ctc.cu has a ``cyctc_chain<float, K>`` and otherwise assumed (K = 8, 16 instructions per state, 64 registers): the
+model says which.
+
+PyTorch native (aten/src/ATen/native/cuda/LossCTC.cu, described in our words): ``F.ctc_loss`` on log_softmax output.
+The forward (alpha) kernel gives each example a row of a 2-D block: the x dimension covers the extended states,
+rounded up to a power of two >= S and capped at 1024 threads (longer label sequences loop over state tiles), the y
+dimension packs as many examples as fit in 1024 threads, and the grid's y dimension covers the rest of the batch. It
+walks the frames with a __syncthreads between frames; in each frame a thread reads the previous frame's log-alpha of
+its state and of its one or two predecessors from a (B, T, S) global tensor, reads the label of its state (and the
+one two states back, for the skip test) and the frame's log-probability of that label from global memory, and
+combines the predecessors in log space (the maximum, then exp of each difference, a sum, a log: three exps and one
+log per state), writing log-alpha back to global memory. The issue's SASS count of that step is about 111
+instructions per state and frame (we take 111 and 4 MUFU). The backward kernel computes log-beta the same way,
+after the forward (the two kernels run one after the other). The gradient has two variants chosen by a size rule
+(as we recall it, roughly 2 T + 2.4 B + 0.2 C > 450 picks the "large" one): the large one exponentiates the
+log-probabilities into the gradient tensor, subtracts the blanks' occupancies through a logsumexp over every other
+state of alpha + beta (tensor operations), scales by the incoming gradient, then a kernel with a thread per (example,
+label position) walks the frames and subtracts each non-blank state's occupancy with atomic adds; the small one
+has a thread per (frame, example) that log-adds alpha + beta over all states into its gradient row and then turns
+the row into the gradient, class by class. Padded frames are zeroed by one more kernel; log_softmax's forward and
+backward and a few bookkeeping operations (the loss's reduction, its backward, fills) surround it. The log-alpha
+reads are L2 hits (the previous frame, written by the block); the log-probability gather is an L2 hit when the
+(T, B, C) tensor fits in L2 (50 MB) and an HBM access otherwise; both wait on the path of every state tile.
+
+All constants are in ``H200`` below; these are estimates to compare designs, not predictions to the microsecond.
 """
 
 import argparse
@@ -37,208 +81,320 @@ sys.path.insert(0, HERE)
 
 from bench_gpu import GPU_SHAPES  # noqa: E402
 
-H100 = dict(
-    name="H100 SXM5 (estimate)",
+SASS_JSON = os.path.join(HERE, "results", "sass_gen2_2026-12-04.json")
+
+H200 = dict(
+    name="H200 SXM (estimate)",
     sm_count=132,
-    clock_ghz=1.83,
-    hbm_tb_s=3.35,            # peak HBM3 bandwidth
+    clock_ghz=1.98,
+    hbm_tb_s=4.8,             # peak HBM3e bandwidth
     hbm_efficiency=0.85,      # share of the peak a streaming kernel reaches
-    sm_bytes_per_clock=64,    # global-memory (L2) bytes one SM moves per clock: caps kernels with few blocks
-    fp32_lanes_per_sm=128,    # FP32 operations per SM per clock (an FMA counts as one operation)
-    fp64_lanes_per_sm=64,
-    sfu_per_sm=16,            # FP32 transcendental (MUFU) operations per SM per clock
-    fp64_transcendental_ops=20,  # FP64 exp / log1p: a software sequence of about this many FP64 operations
-    barrier_cycles=50,        # __syncthreads of up to 1024 threads
-    shared_cycles=30,         # shared-memory load latency
-    l2_cycles=300,            # L2 hit latency (a state row or a logit gathered from global memory)
-    dep_cycles_fp32=2.0,      # per FP32 operation on a thread's dependent chain (4-cycle latency, ILP 2)
-    dep_cycles_fp64=4.0,      # per FP64 operation (8-cycle latency, ILP 2)
-    dep_cycles_mufu=20,       # per FP32 transcendental
-    launch_gap_us=1.5,        # device-side gap between dependent back-to-back kernels
+    l2_bytes=50 * 2 ** 20,    # L2 cache
+    sm_bytes_per_clock=64,    # global-memory bytes one SM moves per clock: caps kernels with few blocks
+    schedulers_per_sm=4,      # warp schedulers: one warp-instruction per clock each
+    lanes_per_sm=128,         # FP32 / INT32 lanes
+    sfu_per_sm=16,            # MUFU lanes: a warp-wide MUFU occupies a scheduler's 4 SFU lanes for 8 clocks
+    regs_per_sm=65536,        # 32-bit registers
+    smem_per_sm=228 * 1024,   # shared memory per SM (up to 227 KiB per block)
+    max_warps_per_sm=64,
+    max_blocks_per_sm=32,
+    alu_latency=4,            # cycles of a dependent FP32 / INT32 instruction
+    shfl_latency=24,          # a shuffle or warp reduction on the dependent path
+    shared_latency=30,        # shared-memory load
+    l2_latency=260,           # L2 hit
+    hbm_latency=600,          # L2 miss to HBM
+    barrier_cycles=40,        # __syncthreads once every warp has arrived
+    launch_gap_us=1.5,        # device-side gap between dependent kernels
     host_us_per_launch=5.0,   # host cost of one kernel launch (CuPy RawKernel / PyTorch op)
-    host_us_cyctc=60.0,       # cyctc's Python glue per call (bench_gpu.py --glue-overhead: 55-115 us with a numpy
-                              # stand-in for CuPy; real CuPy operations cost more, the count of them less)
-    host_us_torch=60.0,       # PyTorch dispatcher + autograd per call beyond the per-op launches (estimate)
+    host_us_cyctc=60.0,       # cyctc's Python glue per call (bench_gpu.py --glue-overhead: 25-115 us)
+    host_us_torch=60.0,       # PyTorch dispatcher + autograd per call beyond the per-op launches
 )
 
-# whether a design's per-step loads wait behind the previous barrier (True) or were issued one step ahead (False)
-LOADS_ON_STEP_PATH = {"old": True, "new": False, "torch": True}
+# PyTorch's alpha / beta step per state and frame (issue 20: SASS of the native alpha kernel)
+TORCH_INSTR_PER_STATE = 111
+TORCH_MUFU_PER_STATE = 4      # three exps and a log
+TORCH_REGISTERS = 40          # (estimate; the kernel is small)
+
+# third-generation assumptions when ctc.cu has no cyctc_chain<float, K> yet (the lead's design figures)
+GEN3_DEFAULTS = dict(K=8, instr_per_state=16.0, registers=64, collectives=3, warps_per_block=8, ilp=None)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The three designs' launch summaries
+# SASS counts
 
-def _backend():
+def load_sass(source="committed"):
+    """The sass_report.py report: ``committed`` (benchmarks/results/sass_gen2_2026-12-04.json), ``live`` (compile
+    now: needs NVRTC and cuobjdump) or a JSON file. Returns (report dict, description)."""
+    if source == "live":
+        import sass_report
+
+        be = sass_report.backend()
+        rep = sass_report.analyse_source(be.kernel_source("ctc.cu"), be.name_expressions("ctc.cu"), "sm_90",
+                                         _backend=be)
+        return rep, "live from sass_report.py (sm_90)"
+    path = SASS_JSON if source == "committed" else source
+    with open(path) as f:
+        rep = json.load(f)
+    return rep, f"from {os.path.relpath(path, os.path.dirname(HERE))}"
+
+
+def gen2_counts(report):
+    """Per-frame instructions of the second-generation float chain: (one pass with one tile, per further tile,
+    registers)."""
+    k = next(k for k in report["kernels"] if k["name"] == "cyctc_chain<float>")
+    lp = k["loop"]
+    inner = sum(d["instructions"] for d in lp["inner_loops"]) / lp["copies"]
+    one = lp["instr_per_frame_without_inner_loops"] + lp["back_edge_per_frame"]
+    return dict(one_pass=one, per_tile=inner, registers=k["registers"])
+
+
+def gen3_params(report=None, **override):
+    """Third-generation inputs: from a ``cyctc_chain<float, K>`` in ``report`` if there is one, else
+    GEN3_DEFAULTS; ``override`` wins. Adds ``source``."""
+    p = dict(GEN3_DEFAULTS, source="assumed (K = 8, 16 instructions per state, 64 registers)")
+    if report is not None:
+        for k in report["kernels"]:
+            lp = k.get("loop")
+            if k["name"].startswith("cyctc_chain<float,") and lp:
+                shfl = lp["per_frame"].get("shfl", 0)
+                p.update(K=lp["K"], instr_per_state=lp["instr_per_state"], registers=k["registers"],
+                         collectives=max(1, shfl), source=f"measured: {k['name']} in the SASS report")
+                break
+    for key, v in override.items():
+        if v is not None:
+            p[key] = v
+            if key in ("K", "instr_per_state", "registers"):
+                p["source"] = "given on the command line"
+    return p
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Building blocks
+
+def occupancy(threads_per_block, registers, smem_per_block, hw=H200, min_blocks_bound=None):
+    """Blocks of one kernel resident per SM (0: it cannot launch)."""
+    warps = math.ceil(threads_per_block / 32)
+    regs_per_warp = math.ceil(registers * 32 / 256) * 256  # allocated per warp in units of 256 registers
+    lim = [hw["max_blocks_per_sm"], hw["max_warps_per_sm"] // warps, hw["regs_per_sm"] // (regs_per_warp * warps)]
+    if smem_per_block:
+        lim.append(hw["smem_per_sm"] // smem_per_block)
+    return max(0, min(lim))
+
+
+def chain_launch(name, frames, chains, warps_per_chain, chains_per_block, instr, hw=H200, *, registers=64,
+                 smem_per_block=0, mufu=0.0, ilp=2.0, collectives=0, memory_on_path=0.0, barrier=True,
+                 bytes_moved=0, instr_path=None):
+    """One chain kernel: ``chains`` independent chains of ``frames`` steps, each over ``warps_per_chain`` warps,
+    ``chains_per_block`` to a block; ``instr`` / ``mufu``: instructions / MUFU a thread executes per frame;
+    ``memory_on_path``: cycles of memory round trips on a frame's dependent path; ``instr_path``: the instructions
+    of the busiest thread when ``instr`` is an average over threads of which some idle (default ``instr``).
+    Returns the launch dict."""
+    threads = warps_per_chain * chains_per_block * 32
+    if threads > 1024:
+        raise ValueError(f"{name}: {threads} threads in a block")
+    blocks = math.ceil(chains / chains_per_block)
+    per_sm = occupancy(threads, registers, smem_per_block, hw)
+    if per_sm < 1:
+        raise ValueError(f"{name}: a block of {threads} threads, {registers} registers, {smem_per_block} B shared "
+                         "does not fit an SM")
+    waves = math.ceil(blocks / (hw["sm_count"] * per_sm))
+    resident = min(per_sm, math.ceil(blocks / hw["sm_count"]))  # blocks on the busiest SM in a wave
+    warps_per_sched = math.ceil(resident * warps_per_chain * chains_per_block / hw["schedulers_per_sm"])
+    sfu_clocks = 32 / (hw["sfu_per_sm"] / hw["schedulers_per_sm"])
+    issue = warps_per_sched * max(instr, sfu_clocks * mufu)
+    latency = ((instr if instr_path is None else instr_path) * hw["alu_latency"] / ilp + collectives * hw["shfl_latency"] + memory_on_path
+               + (hw["barrier_cycles"] if barrier else 0))
+    frame = max(issue, latency)
+    hz = hw["clock_ghz"] * 1e9
+    t_chain = waves * frames * frame / hz * 1e6
+    sms = min(blocks, hw["sm_count"])
+    t_mem = bytes_moved / min(hw["hbm_tb_s"] * 1e12 * hw["hbm_efficiency"], sms * hw["sm_bytes_per_clock"] * hz) * 1e6
+    bound = "issue" if issue >= latency else "latency"
+    if t_mem > t_chain:
+        bound = "memory"
+    return dict(kernel=name, grid=(blocks, 1, 1), block=(threads, 1, 1), kind="chain", frames=frames,
+                warps_per_chain=warps_per_chain, chains_per_block=chains_per_block, blocks_per_sm=per_sm,
+                waves=waves, instr_per_frame=instr, issue_cycles=issue, latency_cycles=latency, frame_cycles=frame,
+                bytes=bytes_moved, est_us=max(t_chain, t_mem) + hw["launch_gap_us"], bound=bound)
+
+
+def stream_launch(name, blocks, threads, bytes_moved, instr_per_thread=0.0, hw=H200):
+    """A bandwidth kernel: bytes over min(HBM, SMs in use x 64 B/clock), or its instruction issue (the larger)."""
+    hz = hw["clock_ghz"] * 1e9
+    sms = min(max(1, blocks), hw["sm_count"])
+    t_mem = bytes_moved / min(hw["hbm_tb_s"] * 1e12 * hw["hbm_efficiency"], sms * hw["sm_bytes_per_clock"] * hz) * 1e6
+    warps = blocks * math.ceil(threads / 32)
+    t_issue = warps * instr_per_thread / (sms * hw["schedulers_per_sm"] * hz) * 1e6
+    bound = "memory" if t_mem >= t_issue else "issue"
+    return dict(kernel=name, grid=(blocks, 1, 1), block=(threads, 1, 1), kind="stream", bytes=bytes_moved,
+                est_us=max(t_mem, t_issue) + hw["launch_gap_us"], bound=bound)
+
+
+def _rows_and_grad(B, T, C, Lmax, hw):
+    """cyctc's rows and gradient kernels (as today, one warp per (b, t) row), from the launch plan."""
     from cyctc.cuda import _backend
 
-    return _backend
-
-
-def _round_warp(n, lo, hi):
-    return max(lo, min(hi, (n + 31) // 32 * 32))
-
-
-def _first_generation(B, T, C, Lmax, with_grad=True):
-    """Summary of the first-generation kernels (ctc.cu before the rewrite, commit a5fe765), used only when the
-    installed backend has no ``OLD_DESIGN``: row_lse (FP64 online logsumexp), alpha_beta (log-space double, forward
-    then backward, 3 log-adds = exp + log1p per state and frame), grad (FP64 softmax and occupancy sums)."""
-    S, isz, rows = 2 * Lmax + 1, 4, B * T
-    row_grid, row_block = ((rows + 7) // 8, 1, 1), (256, 1, 1)
-    passes = 2 if with_grad else 1
-    out = [dict(kernel="cyctc_row_lse<float>", grid=row_grid, block=row_block, shared_bytes=0, barrier_steps=0,
-                bytes_read=rows * C * isz, bytes_written=rows * 8, fp64_ops=rows * C * 4, fp32_ops=0,
-                transcendentals=rows * C),
-           dict(kernel="cyctc_alpha_beta<float>", grid=(B, 1, 1), block=(_round_warp(S, 32, 512), 1, 1),
-                shared_bytes=16 * S if 16 * S + 256 <= 48 * 1024 else 0, barrier_steps=passes * T + 2,
-                bytes_read=passes * rows * S * (isz + 8), bytes_written=(2 * rows * S * 8 if with_grad else 0) + B * 8,
-                fp64_ops=passes * rows * S * 10, fp32_ops=0, transcendentals=passes * rows * S * 4)]
-    if with_grad:
-        out.append(dict(kernel="cyctc_grad<float>", grid=row_grid, block=row_block, shared_bytes=0, barrier_steps=0,
-                        bytes_read=rows * (C * isz + S * 8 + 8), bytes_written=rows * C * isz,
-                        fp64_ops=rows * (C + S) * 4, fp32_ops=0, transcendentals=rows * (C + S)))
+    out = []
+    for ln in _backend.launch_plan_summary(B, T, C, Lmax, dtype="float32", with_grad=True):
+        if ln["kernel"].startswith("cyctc_chain"):
+            continue
+        blocks, threads = math.prod(ln["grid"]), math.prod(ln["block"])
+        # per thread: its share of the row's FP32 work and transcendentals (MUFU at 8 clocks a warp)
+        per_thread = (ln["fp32_ops"] + 8 * ln["transcendentals"]) / (blocks * threads)
+        out.append(stream_launch(ln["kernel"], blocks, threads, ln["bytes_read"] + ln["bytes_written"], per_thread,
+                                 hw))
     return out
 
 
-def _torch_native(B, T, C, Lmax, with_grad=True):
-    """PyTorch's native CUDA path for F.ctc_loss(x.log_softmax(-1), ...) + backward, float32 (LossCTC.cu):
-    the forward kernel keeps log_alpha (B, T, S) in global memory, one block row per example with threads over the
-    states (a power of two >= S, at most 1024, tiles beyond), T barrier-separated steps of 3 expf + 1 logf per
-    state; the backward runs the beta kernel (T more steps, log_beta (B, T, S) in global memory), collects
-    alpha*beta per class and forms the gradient with elementwise kernels; log_softmax forward and backward around
-    it. Small bookkeeping kernels (offsets, fills, the sum and its backward) are counted as launches only."""
-    S, isz, rows, N = 2 * Lmax + 1, 4, B * T, B * T * C
-    threads = 1024
-    while threads // 2 >= S:
-        threads //= 2
-    batch = max(1, min(1024 // threads, B))
-    grid = (1, (B + batch - 1) // batch, 1)  # the block's threads loop over the state tiles
-    gather = rows * min(C * isz, S * 32)  # the states' log-probs: a 32-byte sector each, at most the whole row
-    chain = dict(grid=grid, block=(threads, batch, 1), shared_bytes=0, barrier_steps=T,
-                 bytes_read=rows * S * isz * 3 + gather, bytes_written=rows * S * isz, fp64_ops=0,
-                 fp32_ops=rows * S * 12, transcendentals=rows * S * 4)
-    rowk = (rows, 1, 1), (128, 1, 1)  # log_softmax: a block per row
-    elem = (max(1, (N + 511) // 512), 1, 1), (128, 1, 1)  # elementwise kernels: 4 elements per thread
-    out = [dict(kernel="log_softmax fwd", grid=rowk[0], block=rowk[1], shared_bytes=0, barrier_steps=0,
-                bytes_read=N * isz, bytes_written=N * isz, fp64_ops=0, fp32_ops=N * 4, transcendentals=N),
-           dict(kernel="ctc_loss_gpu_kernel (alpha)", **chain)]
-    if with_grad:
-        out += [dict(kernel="ctc_loss_backward_betas_gpu_kernel", **chain),
-                dict(kernel="collect + gradient (elementwise)", grid=elem[0], block=elem[1], shared_bytes=0,
-                     barrier_steps=0, bytes_read=2 * rows * S * isz + 3 * N * isz, bytes_written=2 * N * isz,
-                     fp64_ops=0, fp32_ops=rows * (S * 6 + C * 6), transcendentals=rows * (2 * S + 2 * C)),
-                dict(kernel="log_softmax bwd", grid=rowk[0], block=rowk[1], shared_bytes=0, barrier_steps=0,
-                     bytes_read=2 * N * isz, bytes_written=N * isz, fp64_ops=0, fp32_ops=N * 3, transcendentals=N)]
-    small = 7 if with_grad else 3  # target offsets, alpha/beta/grad fills, sum, sum backward, zero padded frames
-    for i in range(small):
-        out.append(dict(kernel="bookkeeping", grid=(1, 1, 1), block=(128, 1, 1), shared_bytes=0, barrier_steps=0,
-                        bytes_read=0, bytes_written=0, fp64_ops=0, fp32_ops=0, transcendentals=0))
-    return out
-
-
-def design_launches(design, B, T, C, Lmax, with_grad=True):
-    """The launch summaries of ``design`` ("old", "new", "torch"), or None where the backend lacks it."""
-    if design == "torch":
-        return _torch_native(B, T, C, Lmax, with_grad)
-    be = _backend()
-    if design == "new":
-        f = getattr(be, "launch_plan_summary", None)
-        return None if f is None else f(B, T, C, Lmax, dtype="float32", with_grad=with_grad)
-    if design == "old":
-        f = getattr(be, "OLD_DESIGN", None)
-        if f is not None:
-            return f(B, T, C, Lmax, dtype="float32", with_grad=with_grad)
-        return _first_generation(B, T, C, Lmax, with_grad)
-    raise ValueError(f"unknown design {design!r}")
+def _chain_bytes(B, T, Lmax):
+    S = 2 * Lmax + 1
+    # per direction: the probability rows read, the state rows written for the gradient (float)
+    return 2 * B * T * ((Lmax + 1) * 4 + S * 4 + ((S + 31) // 32) * 4)
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The model
+# The designs
 
-def _threads(launch):
-    gx, gy, gz = launch["grid"]
-    bx, by, bz = launch["block"]
-    return gx * gy * gz, bx * by * bz
+def cyctc_gen2(B, T, C, Lmax, counts, hw=H200):
+    """Second generation: today's plan (grid (B, 2), chain_threads(S) threads) and its SASS counts."""
+    from cyctc.cuda import _backend
 
-
-def launch_time_us(launch, loads_on_path, hw=H100, states=None):
-    """(estimate, bound) for one launch: the largest of the memory, throughput and latency bounds (us).
-    ``states``: extended states per example (S), to count the state tiles a thread walks per step."""
-    blocks, per_block = _threads(launch)
-    share = min(1.0, blocks / hw["sm_count"])
-    hz = hw["clock_ghz"] * 1e9
-    byts = launch["bytes_read"] + launch["bytes_written"]
-    bw = min(hw["hbm_tb_s"] * 1e12 * hw["hbm_efficiency"], min(blocks, hw["sm_count"]) * hw["sm_bytes_per_clock"] * hz)
-    t_mem = byts / bw * 1e6
-    fp64_heavy = launch["fp64_ops"] > launch["fp32_ops"]
-    tr = launch["transcendentals"]
-    fp64 = launch["fp64_ops"] + (tr * hw["fp64_transcendental_ops"] if fp64_heavy else 0)
-    t_ops = (launch["fp32_ops"] / (hw["fp32_lanes_per_sm"] * hw["sm_count"] * hz * share)
-             + fp64 / (hw["fp64_lanes_per_sm"] * hw["sm_count"] * hz * share)
-             + (0 if fp64_heavy else tr / (hw["sfu_per_sm"] * hw["sm_count"] * hz * share))) * 1e6
-    t_lat = 0.0
-    steps = launch["barrier_steps"]
-    if steps:
-        per = steps * blocks * per_block  # thread-steps
-        chain = (launch["fp32_ops"] / per * hw["dep_cycles_fp32"] + launch["fp64_ops"] / per * hw["dep_cycles_fp64"]
-                 + tr / per * (hw["fp64_transcendental_ops"] * hw["dep_cycles_fp64"] if fp64_heavy
-                               else hw["dep_cycles_mufu"]))
-        if loads_on_path:  # each tile's loads are issued after the previous tile's stores
-            tiles = math.ceil(states / launch["block"][0]) if states else 1
-            cycles = hw["barrier_cycles"] + tiles * (hw["shared_cycles"] + hw["l2_cycles"]) + chain
-        else:
-            cycles = hw["barrier_cycles"] + max(hw["shared_cycles"] + chain, hw["l2_cycles"])
-        t_lat = steps * cycles / hz * 1e6
-    bounds = {"memory": t_mem, "throughput": t_ops, "latency": t_lat}
-    bound = max(bounds, key=bounds.get)
-    return bounds[bound] + hw["launch_gap_us"], bound
+    S = 2 * Lmax + 1
+    threads = _backend.chain_threads(S, "float32")
+    tiles = math.ceil(S / threads)
+    instr = counts["one_pass"] + (tiles - 1) * counts["per_tile"]
+    # on the path: the rows' loads through generic pointers from shared memory (2 round trips), and for the tiles
+    # after the first (not prefetched) the probability load from L2
+    mem = 2 * hw["shared_latency"] * tiles + (tiles - 1) * hw["l2_latency"]
+    smem = _backend.chain_shared_bytes(S, "float32")
+    smem = smem if smem <= _backend.table_dynamic_shared_limit("float32") else 0
+    chain = chain_launch("cyctc_chain<float>", T, 2 * B, threads // 32, 1, instr, hw,
+                         registers=counts["registers"], smem_per_block=smem + _backend.STATIC_SHARED["float32"],
+                         ilp=2.0, collectives=6 * tiles, memory_on_path=mem, barrier=True,
+                         bytes_moved=_chain_bytes(B, T, Lmax))
+    return _with_rows_and_grad(chain, B, T, C, Lmax, hw)
 
 
-def estimate(design, B, T, C, Lmax, with_grad=True, hw=H100):
-    """Totals of one call under ``design``: launches, barrier steps, bytes, FP64 operations, estimated us."""
-    launches = design_launches(design, B, T, C, Lmax, with_grad)
-    if launches is None:
-        return None
-    rows = []
-    for ln in launches:
-        t, bound = launch_time_us(ln, LOADS_ON_STEP_PATH[design], hw, 2 * Lmax + 1)
-        rows.append(dict(ln, est_us=t, bound=bound))
-    device = sum(r["est_us"] for r in rows)
-    host = (hw["host_us_torch"] if design == "torch" else hw["host_us_cyctc"]) + hw["host_us_per_launch"] * len(rows)
-    return dict(design=design, launches=len(rows), barrier_steps=sum(r["barrier_steps"] for r in rows),
-                bytes=sum(r["bytes_read"] + r["bytes_written"] for r in rows),
-                fp64_ops=sum(r["fp64_ops"] for r in rows), fp32_ops=sum(r["fp32_ops"] for r in rows),
-                transcendentals=sum(r["transcendentals"] for r in rows), device_us=device, host_us=host,
-                est_us=max(device, host), per_launch=rows)
+def cyctc_gen3(B, T, C, Lmax, params, hw=H200):
+    """Third generation: K states per thread, warps per chain = ceil(S / 32K), chains sharing a block."""
+    S = 2 * Lmax + 1
+    K = int(params["K"])
+    per_warp = 32 * K
+    tiles = max(1, math.ceil(S / (1024 * K)))  # beyond 32 warps: tiles, rows in global memory
+    warps = min(32, math.ceil(S / per_warp))
+    cpb = max(1, int(params["warps_per_block"]) // warps)
+    cpb = min(cpb, 2 * B)
+    instr = params["instr_per_state"] * K * tiles
+    ilp = params.get("ilp") or min(float(K), 4.0)  # K independent states per thread hide the ALU latency
+    mem = (tiles - 1) * hw["l2_latency"] + (2 * hw["shared_latency"] if warps > 1 else 0)
+    smem = 2 * 2 * 32 * 4 * cpb * warps  # boundary states of each warp, two buffers (small)
+    chain = chain_launch(f"cyctc_chain<float, {K}>", T, 2 * B, warps, cpb, instr, hw,
+                         registers=int(params["registers"]), smem_per_block=smem, ilp=ilp,
+                         collectives=params["collectives"] * tiles, memory_on_path=mem,
+                         barrier=warps > 1 or tiles > 1, bytes_moved=_chain_bytes(B, T, Lmax))
+    return _with_rows_and_grad(chain, B, T, C, Lmax, hw)
 
 
-def model(shapes, hw=H100):
-    out = []
-    for name, (B, T, C, L) in shapes:
-        out.append(dict(shape=name, B=B, T=T, C=C, L=L,
-                        designs={d: estimate(d, B, T, C, L, True, hw) for d in ("old", "new", "torch")}))
+def _with_rows_and_grad(chain, B, T, C, Lmax, hw):
+    rows_grad = _rows_and_grad(B, T, C, Lmax, hw)
+    return [rows_grad[0], chain] + rows_grad[1:]
+
+
+def torch_is_large(B, T, C):
+    """PyTorch's choice of gradient variant (as we recall the rule)."""
+    return 2 * T + (24 * B) // 10 + (2 * C) // 10 > 450
+
+
+def torch_native(B, T, C, Lmax, hw=H200):
+    """PyTorch's native path: log_softmax, alpha, beta, the gradient variant, log_softmax backward, bookkeeping."""
+    S = 2 * Lmax + 1
+    N = B * T * C
+    isz = 4
+    tx = 1024
+    while tx // 2 >= S:
+        tx //= 2
+    ty = max(1, min(1024 // tx, B))
+    tiles = math.ceil(S / tx)
+    active = S / (tiles * tx)  # share of the x threads with a state (the others only test their index)
+    instr = tiles * (active * TORCH_INSTR_PER_STATE + (1 - active) * 10)
+    lp_latency = hw["l2_latency"] if N * isz <= hw["l2_bytes"] else hw["hbm_latency"]
+    chain_bytes = B * T * S * isz * 2 + B * T * min(C * isz, S * 32)  # write + reread alpha, the gathered log-probs
+    out = [stream_launch("log_softmax fwd", B * T, 128, 2 * N * isz, 4 * C / 128 * 8, hw)]
+    for kname in ("ctc_loss_log_alpha (alpha)", "ctc_loss_backward_log_beta (beta)"):
+        # a block holds ty examples (its "chain" here: they share its barrier), the grid covers the batch
+        out.append(chain_launch(kname, T, math.ceil(B / ty), math.ceil(tx * ty / 32), 1, instr, hw, registers=TORCH_REGISTERS,
+                                mufu=tiles * active * TORCH_MUFU_PER_STATE, ilp=2.0, collectives=0,
+                                memory_on_path=tiles * max(hw["l2_latency"], lp_latency), barrier=True,
+                                bytes_moved=chain_bytes, instr_path=tiles * TORCH_INSTR_PER_STATE))
+    if torch_is_large(B, T, C):
+        elem = max(1, N // 512)
+        out += [stream_launch("exp(log_probs) -> grad", elem, 128, 2 * N * isz, 0, hw),
+                stream_launch("blank logsumexp (alpha+beta) + sub", max(1, B * T * (Lmax + 1) // 512), 128,
+                              2 * B * T * (Lmax + 1) * isz * 2 + 3 * B * T * isz, 0, hw),
+                stream_launch("grad *= grad_out", elem, 128, 2 * N * isz, 0, hw),
+                # a thread per (example, label position) walks the frames: atomics into the gradient
+                chain_launch("collect_nonblank (atomics)", T, B * math.ceil(math.ceil(Lmax / 32) / 32),
+                             min(32, math.ceil(Lmax / 32)), 1, 60, hw,
+                             registers=TORCH_REGISTERS, mufu=2, ilp=2.0, memory_on_path=hw["l2_latency"],
+                             barrier=False, bytes_moved=B * T * Lmax * isz * 5)]
+    else:
+        # a thread per (frame, example): log-add over the S states (reads alpha, beta), then the C classes
+        threads = B * T
+        per_thread = S * 40 + C * 20
+        out.append(stream_launch("collect (thread per frame)", max(1, threads // 128), 128,
+                                 2 * B * T * S * isz + 3 * N * isz, per_thread, hw))
+    out += [stream_launch("zero padded frames", max(1, B * T // 128), 128, B * T * 8, 0, hw),
+            stream_launch("log_softmax bwd", B * T, 128, 3 * N * isz, 3 * C / 128 * 8, hw)]
+    for _ in range(5):  # target offsets, fills, the reduction and its backward
+        out.append(dict(kernel="bookkeeping", grid=(1, 1, 1), block=(128, 1, 1), kind="small", bytes=0,
+                        est_us=hw["launch_gap_us"], bound="launch"))
     return out
 
 
-def _fmt_us(us):
-    return f"{us / 1e3:.2f} ms" if us >= 1000 else f"{us:.0f} us"
+def total(launches, host_us, hw=H200):
+    device = sum(ln["est_us"] for ln in launches)
+    host = host_us + hw["host_us_per_launch"] * len(launches)
+    return dict(launches=len(launches), device_us=device, host_us=host, est_us=max(device, host),
+                per_launch=launches)
 
 
-def format_markdown(results):
-    head = ("| shape (B, T, C, L) | launches old / new / torch | barrier steps old / new / torch | "
-            "MB moved old / new / torch | FP64 Mop old / new / torch | est. old | est. new | est. torch | "
-            "torch / new |")
-    lines = [head, "|" + "---|" * 9]
+def model(shapes, gen2=None, gen3=None, hw=H200):
+    """Per shape: estimates for ``gen2`` (counts from :func:`gen2_counts`; None: skipped), ``gen3`` (parameters
+    from :func:`gen3_params`; None: skipped) and PyTorch native, and the ratios torch / cyctc."""
+    out = []
+    for name, (B, T, C, L) in shapes:
+        r = dict(shape=name, B=B, T=T, C=C, L=L, designs={})
+        r["designs"]["torch"] = total(torch_native(B, T, C, L, hw), hw["host_us_torch"], hw)
+        if gen2 is not None:
+            r["designs"]["gen2"] = total(cyctc_gen2(B, T, C, L, gen2, hw), hw["host_us_cyctc"], hw)
+        if gen3 is not None:
+            r["designs"]["gen3"] = total(cyctc_gen3(B, T, C, L, gen3, hw), hw["host_us_cyctc"], hw)
+        t = r["designs"]["torch"]["est_us"]
+        r["ratio"] = {d: t / e["est_us"] for d, e in r["designs"].items() if d != "torch"}
+        out.append(r)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Output
+
+def _ms(us):
+    return f"{us / 1e3:.3f}"
+
+
+def format_table(results):
+    designs = [d for d in ("gen2", "gen3") if d in results[0]["designs"]]
+    head = ["shape (B, T, C, L)"] + [f"cyctc {d} ms" for d in designs] + ["torch native ms"] + \
+        [f"torch / {d}" for d in designs]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         d = r["designs"]
-
-        def trio(key, f):
-            return " / ".join(f(d[k][key]) if d[k] else "n/a" for k in ("old", "new", "torch"))
-        est = [(_fmt_us(d[k]["est_us"]) + ("*" if d[k]["host_us"] >= d[k]["device_us"] else "")) if d[k] else "n/a"
-               for k in ("old", "new", "torch")]
-        ratio = f"{d['torch']['est_us'] / d['new']['est_us']:.1f}x" if d["new"] else "n/a"
-        lines.append(f"| {r['shape']} ({r['B']}, {r['T']}, {r['C']}, {r['L']}) | {trio('launches', str)} | "
-                     f"{trio('barrier_steps', str)} | {trio('bytes', lambda v: f'{v / 1e6:.1f}')} | "
-                     f"{trio('fp64_ops', lambda v: f'{v / 1e6:.1f}')} | {est[0]} | {est[1]} | {est[2]} | {ratio} |")
+        star = lambda e: "*" if e["host_us"] >= e["device_us"] else ""  # noqa: E731
+        cells = [f"{r['shape']} ({r['B']}, {r['T']}, {r['C']}, {r['L']})"]
+        cells += [_ms(d[x]["est_us"]) + star(d[x]) for x in designs]
+        cells += [_ms(d["torch"]["est_us"]) + star(d["torch"])]
+        cells += [f"{r['ratio'][x]:.2f}x" for x in designs]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -246,21 +402,35 @@ def format_launches(results):
     lines = []
     for r in results:
         for design, e in r["designs"].items():
-            if not e:
-                continue
-            lines.append(f"{r['shape']} [{design}] host {_fmt_us(e['host_us'])}, device {_fmt_us(e['device_us'])}")
+            lines.append(f"{r['shape']} [{design}] device {_ms(e['device_us'])} ms, host {_ms(e['host_us'])} ms")
             for ln in e["per_launch"]:
-                if ln["kernel"] == "bookkeeping":
+                if ln["kind"] == "small":
                     continue
-                lines.append(f"    {ln['kernel']:<36} grid {ln['grid']} block {ln['block']} steps "
-                             f"{ln['barrier_steps']:>5}  {(ln['bytes_read'] + ln['bytes_written']) / 1e6:9.1f} MB  "
-                             f"{_fmt_us(ln['est_us']):>9} ({ln['bound']})")
+                extra = ""
+                if ln["kind"] == "chain":
+                    extra = (f" {ln['warps_per_chain']} warps/chain x {ln['chains_per_block']}/block, "
+                             f"{ln['blocks_per_sm']} blocks/SM, {ln['waves']} wave(s), {ln['instr_per_frame']:.0f} "
+                             f"instr/frame: issue {ln['issue_cycles']:.0f} / latency {ln['latency_cycles']:.0f} "
+                             "cycles a frame")
+                lines.append(f"    {ln['kernel']:<38} grid {ln['grid'][0]:>6} x {ln['block'][0]:>4}  "
+                             f"{ln['bytes'] / 1e6:9.1f} MB  {_ms(ln['est_us']):>8} ms ({ln['bound']}){extra}")
     return "\n".join(lines)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shapes", nargs="+", help="shape names or name=B,T,C,L (default: the GPU benchmark grid)")
+    ap.add_argument("--sass", default="committed",
+                    help="SASS counts: committed (benchmarks/results/sass_gen2_2026-12-04.json), live (run "
+                         "sass_report.py now: NVRTC + cuobjdump) or a sass_report.py JSON file")
+    ap.add_argument("--k", type=int, help="third generation: states per thread (default: measured, else 8)")
+    ap.add_argument("--instr-per-state", type=float,
+                    help="third generation: instructions per state per frame (default: measured, else 16)")
+    ap.add_argument("--registers", type=int, help="third generation: registers per thread (default: measured, "
+                                                  "else 64)")
+    ap.add_argument("--warps-per-block", type=int, help="third generation: warps per block that chains share "
+                                                        "(default 8)")
+    ap.add_argument("--collectives", type=float, help="third generation: shuffles on a frame's path (default 3)")
     ap.add_argument("--json", help="write the per-launch model to this file")
     ap.add_argument("--launches", action="store_true", help="also print every launch with its bound")
     args = ap.parse_args(argv)
@@ -270,22 +440,35 @@ def main(argv=None):
         shapes = parse_shapes(args.shapes)
     except ValueError as e:
         ap.error(str(e))
-    results = model(shapes)
-    be = _backend()
-    print(f"Cost model, float32 loss + gradient, {H100['name']}: {H100['sm_count']} SMs at {H100['clock_ghz']} GHz, "
-          f"HBM {H100['hbm_tb_s']} TB/s x {H100['hbm_efficiency']}; old design from "
-          f"{'_backend.OLD_DESIGN' if hasattr(be, 'OLD_DESIGN') else 'gpu_model._first_generation'}; new design "
-          f"{'from _backend.launch_plan_summary' if hasattr(be, 'launch_plan_summary') else 'n/a (backend has no launch_plan_summary)'}")
-    print(format_markdown(results))
-    print("est.: the larger of device time and host time per call; * host-bound (the host floor: "
-          f"{H100['host_us_cyctc']:.0f} us cyctc glue or {H100['host_us_torch']:.0f} us PyTorch, + "
-          f"{H100['host_us_per_launch']:.0f} us per launch)")
+    try:
+        report, where = load_sass(args.sass)
+    except Exception as e:
+        print(f"gpu_model: error: no SASS counts ({type(e).__name__}: {e})", file=sys.stderr)
+        return 2
+    gen2 = gen2_counts(report) if any(k["name"] == "cyctc_chain<float>" for k in report["kernels"]) else None
+    if gen2 is None and args.sass != "committed":  # ctc.cu has moved on: gen-2's figures stay in the committed file
+        gen2 = gen2_counts(load_sass("committed")[0])
+    gen3 = gen3_params(report, K=args.k, instr_per_state=args.instr_per_state, registers=args.registers,
+                       warps_per_block=args.warps_per_block, collectives=args.collectives)
+    results = model(shapes, gen2, gen3)
+    hw = H200
+    print(f"ESTIMATES (no device has measured these): float32 loss + gradient on an {hw['name']}: "
+          f"{hw['sm_count']} SMs at {hw['clock_ghz']} GHz, HBM {hw['hbm_tb_s']} TB/s x {hw['hbm_efficiency']}")
+    print(f"SASS counts {where}; gen2: {gen2['one_pass']:.0f} instructions a frame for one tile + "
+          f"{gen2['per_tile']:.0f} per further tile, {gen2['registers']} registers; gen3: K = {gen3['K']}, "
+          f"{gen3['instr_per_state']:g} instructions per state ({gen3['source']}), {gen3['registers']} registers, "
+          f"{gen3['collectives']:g} shuffles on the path, chains sharing blocks of up to {gen3['warps_per_block']} "
+          "warps")
+    print(format_table(results))
+    print(f"*: host-bound (the host floor: {hw['host_us_cyctc']:.0f} us cyctc glue or {hw['host_us_torch']:.0f} us "
+          f"PyTorch, + {hw['host_us_per_launch']:.0f} us per launch). torch / x > 1: x is faster.")
     if args.launches:
         print()
         print(format_launches(results))
     if args.json:
         with open(args.json, "w") as f:
-            json.dump(dict(hardware=H100, results=results), f, indent=1, default=str)
+            json.dump(dict(hardware=hw, sass=where, gen2=gen2, gen3=gen3, results=results), f, indent=1,
+                      default=str)
     return 0
 
 

@@ -1,5 +1,6 @@
-"""benchmarks/gpu_model.py: runs on every GPU benchmark shape for every design the backend provides, and its
-arithmetic holds together (physical lower bounds, sums, the new design's critical-path and launch bounds)."""
+"""benchmarks/gpu_model.py: the instruction-level H200 model holds together (its formulas, occupancy, monotonicity in
+T and S), the second generation's SASS counts reproduce issue 20's finding (behind PyTorch native on long and
+one-long), and the third-generation inputs are taken from the SASS report when ctc.cu has a cyctc_chain<T, K>."""
 
 import math
 import os
@@ -9,88 +10,154 @@ import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
 
-import gpu_model  # noqa: E402
+import gpu_model as gm  # noqa: E402
 from bench_gpu import GPU_SHAPES  # noqa: E402
 
-from cyctc.cuda import _backend  # noqa: E402
-
-HW = gpu_model.H100
-DESIGNS = ("old", "new", "torch")
+HW = gm.H200
 
 
 @pytest.fixture(scope="module")
-def results():
-    return gpu_model.model(list(GPU_SHAPES.items()))
+def gen2():
+    return gm.gen2_counts(gm.load_sass("committed")[0])
 
 
-def test_every_shape_and_design(results):
+@pytest.fixture(scope="module")
+def gen3():
+    return gm.gen3_params(None)
+
+
+@pytest.fixture(scope="module")
+def results(gen2, gen3):
+    return gm.model(list(GPU_SHAPES.items()), gen2, gen3)
+
+
+def test_h200_constants():
+    assert (HW["sm_count"], HW["clock_ghz"], HW["hbm_tb_s"]) == (132, 1.98, 4.8)
+    assert (HW["schedulers_per_sm"], HW["regs_per_sm"], HW["smem_per_sm"]) == (4, 65536, 228 * 1024)
+
+
+def test_gen2_counts_from_the_committed_sass(gen2):
+    # sass_report on today's ctc.cu (sm_90): 559 + 2 back edge for one tile, 487 per further tile, 64 registers
+    assert gen2 == dict(one_pass=561, per_tile=487, registers=64)
+
+
+def test_every_shape_every_design(results):
     assert [r["shape"] for r in results] == list(GPU_SHAPES)
     for r in results:
-        B, T, C, L = r["B"], r["T"], r["C"], r["L"]
-        for design in DESIGNS:
-            e = r["designs"][design]
-            if e is None:  # only the new design, and only on a backend without launch_plan_summary
-                assert design == "new" and not hasattr(_backend, "launch_plan_summary")
-                continue
-            logits = B * T * C * 4
-            # the logits are read at least once and the gradient written once
-            assert e["bytes"] >= 2 * logits, (r["shape"], design)
-            assert e["launches"] == len(e["per_launch"]) >= 2
-            for ln in e["per_launch"]:
-                blocks = math.prod(ln["grid"])
-                threads = math.prod(ln["block"])
-                assert blocks >= 1 and 1 <= threads <= 1024 and 0 <= ln["shared_bytes"] <= 48 * 1024
-                # no launch beats the HBM peak or the whole GPU's issue rate
-                assert ln["est_us"] >= (ln["bytes_read"] + ln["bytes_written"]) / (HW["hbm_tb_s"] * 1e6)
-                assert ln["est_us"] >= HW["launch_gap_us"]
+        assert set(r["designs"]) == {"torch", "gen2", "gen3"}
+        for name, e in r["designs"].items():
             assert e["device_us"] == pytest.approx(sum(ln["est_us"] for ln in e["per_launch"]))
             assert e["est_us"] == max(e["device_us"], e["host_us"])
-            # a chain of T frames cannot take less than T barrier steps in any design
-            assert e["barrier_steps"] >= T
-            assert e["device_us"] >= T * HW["barrier_cycles"] / (HW["clock_ghz"] * 1e3)
+            for ln in e["per_launch"]:
+                assert ln["est_us"] >= HW["launch_gap_us"]
+                assert 1 <= ln["block"][0] <= 1024
+            chains = [ln for ln in e["per_launch"] if ln["kind"] == "chain"]
+            assert chains, (r["shape"], name)
+            for ln in chains:  # a chain takes at least T frames of its own dependent path
+                assert ln["frame_cycles"] == max(ln["issue_cycles"], ln["latency_cycles"])
+                assert ln["est_us"] >= r["T"] * ln["latency_cycles"] / (HW["clock_ghz"] * 1e3)
+        for d in ("gen2", "gen3"):
+            assert r["ratio"][d] == pytest.approx(r["designs"]["torch"]["est_us"] / r["designs"][d]["est_us"])
 
 
-def test_new_design_bounds(results):
-    """Issue 10: at most T + 2 barrier-separated steps and 3 launches for loss + gradient, almost no FP64."""
-    if not hasattr(_backend, "launch_plan_summary"):
-        pytest.skip("this backend has no launch_plan_summary (the second-generation kernels are not merged)")
-    for r in results:
-        e = r["designs"]["new"]
-        assert e["barrier_steps"] <= r["T"] + 2
-        assert e["launches"] <= 3
-        assert e["fp64_ops"] <= 64 * r["B"] + 8 * r["B"] * r["T"]  # per-example / per-row scalars at most
+def test_second_generation_is_behind_pytorch_on_long_inputs(results):
+    """Issue 20: from the SASS, gen-2 is ahead on speech-char and the training batch but behind PyTorch native on
+    long and one-long."""
+    ratio = {r["shape"]: r["ratio"]["gen2"] for r in results}
+    assert ratio["long"] < 1 and ratio["one-long"] < 1
+    assert ratio["speech-char"] > 1 and ratio["training"] > 1
 
 
-def test_old_design_is_the_first_generation_plan(results):
-    for r in results:
-        e = r["designs"]["old"]
-        assert e["barrier_steps"] == 2 * r["T"] + 2  # forward then backward in one block
-        assert e["launches"] == 3 and e["fp32_ops"] == 0  # every row kernel and the recursion in FP64
+@pytest.mark.parametrize("design", ["torch", "gen2", "gen3"])
+def test_monotone_in_frames_and_states(design, gen2, gen3):
+    def dev(B, T, C, L):
+        f = {"torch": lambda: gm.torch_native(B, T, C, L), "gen2": lambda: gm.cyctc_gen2(B, T, C, L, gen2),
+             "gen3": lambda: gm.cyctc_gen3(B, T, C, L, gen3)}[design]
+        return sum(ln["est_us"] for ln in f())
+
+    for B, C in ((1, 29), (32, 29), (64, 1000)):
+        by_t = [dev(B, T, C, 100) for T in (250, 500, 1000, 2000, 4000)]
+        assert all(a < b for a, b in zip(by_t, by_t[1:])), (design, B, C, by_t)
+        if design == "torch" and B > 1:
+            # not in S: PyTorch packs 1024 // (power of two >= S) examples into a block, so a longer label can
+            # spread the same batch over more SMs (B = 32: L 60 puts 8 examples on each of 4 SMs, L 150 2 on 16)
+            continue
+        by_l = [dev(B, 3000, C, L) for L in (10, 60, 150, 300, 600, 1200)]
+        assert all(a <= b for a, b in zip(by_l, by_l[1:])), (design, B, C, by_l)
+        assert by_l[-1] > by_l[0]
 
 
-def test_one_launch_arithmetic():
-    """A hand-made launch: each bound is the formula stated in the module docstring."""
+def test_gen3_more_instructions_is_slower_and_more_states_per_thread_fewer_warps(gen3):
+    def chain(p, L=600):
+        return next(ln for ln in gm.cyctc_gen3(1, 3000, 29, L, p) if ln["kind"] == "chain")
+
+    slow = chain(dict(gen3, instr_per_state=24))
+    fast = chain(dict(gen3, instr_per_state=12))
+    assert slow["est_us"] > fast["est_us"]
+    assert chain(dict(gen3, K=4))["warps_per_chain"] == math.ceil(1201 / 128)
+    assert chain(dict(gen3, K=8))["warps_per_chain"] == math.ceil(1201 / 256)
+
+
+def test_gen3_one_warp_chain_has_no_barrier(gen3):
+    ln = next(ln for ln in gm.cyctc_gen3(256, 100, 40, 20, gen3) if ln["kind"] == "chain")  # S = 41 <= 32 K
+    assert ln["warps_per_chain"] == 1 and ln["chains_per_block"] == gen3["warps_per_block"]
+    K = gen3["K"]
+    instr = gen3["instr_per_state"] * K
+    want = instr * HW["alu_latency"] / min(K, 4) + gen3["collectives"] * HW["shfl_latency"]  # no barrier, no memory
+    assert ln["latency_cycles"] == pytest.approx(want)
+
+
+def test_chain_launch_arithmetic():
     hz = HW["clock_ghz"] * 1e9
-    mem = dict(kernel="k", grid=(1000, 1, 1), block=(256, 1, 1), shared_bytes=0, barrier_steps=0,
-               bytes_read=3_000_000_000, bytes_written=0, fp64_ops=0, fp32_ops=0, transcendentals=0)
-    t, bound = gpu_model.launch_time_us(mem, False)
-    assert bound == "memory"
-    assert t == pytest.approx(3e9 / (HW["hbm_tb_s"] * 1e12 * HW["hbm_efficiency"]) * 1e6 + HW["launch_gap_us"])
-    few = dict(mem, grid=(2, 1, 1), bytes_read=1_000_000)
-    t, _ = gpu_model.launch_time_us(few, False)  # two blocks: two SMs' worth of bandwidth
-    assert t == pytest.approx(1e6 / (2 * HW["sm_bytes_per_clock"] * hz) * 1e6 + HW["launch_gap_us"])
-    lat = dict(mem, grid=(4, 1, 1), block=(128, 1, 1), barrier_steps=1000, bytes_read=0, fp32_ops=1000 * 4 * 128 * 10)
-    t, bound = gpu_model.launch_time_us(lat, False)
-    step = HW["barrier_cycles"] + max(HW["shared_cycles"] + 10 * HW["dep_cycles_fp32"], HW["l2_cycles"])
-    assert bound == "latency" and t == pytest.approx(1000 * step / hz * 1e6 + HW["launch_gap_us"])
-    t2, _ = gpu_model.launch_time_us(lat, True, states=256)  # loads after the barrier, 2 tiles of 128 states
-    step2 = HW["barrier_cycles"] + 2 * (HW["shared_cycles"] + HW["l2_cycles"]) + 10 * HW["dep_cycles_fp32"]
-    assert t2 == pytest.approx(1000 * step2 / hz * 1e6 + HW["launch_gap_us"])
+    # 264 chains of 2 warps, 4 to a block: 66 blocks on 66 SMs, 8 warps an SM = 2 per scheduler
+    ln = gm.chain_launch("k", 1000, 264, 2, 4, 100, registers=32, ilp=4, collectives=2, memory_on_path=30,
+                         barrier=True)
+    assert ln["grid"] == (66, 1, 1) and ln["block"] == (256, 1, 1) and ln["waves"] == 1
+    assert ln["issue_cycles"] == 2 * 100
+    assert ln["latency_cycles"] == 100 * HW["alu_latency"] / 4 + 2 * HW["shfl_latency"] + 30 + HW["barrier_cycles"]
+    assert ln["est_us"] == pytest.approx(1000 * max(200, ln["latency_cycles"]) / hz * 1e6 + HW["launch_gap_us"])
+    # MUFU-heavy: the SFU's 8 clocks a warp-wide instruction bound the issue
+    assert gm.chain_launch("k", 10, 1, 32, 1, 10, mufu=5)["issue_cycles"] == 8 * 5 * 8
+    # more blocks than fit: waves
+    many = gm.chain_launch("k", 10, 132 * 2 * 3, 32, 1, 10, registers=32)
+    assert many["blocks_per_sm"] == 2 and many["waves"] == 3
 
 
-def test_markdown_and_cli(capsys, tmp_path):
-    assert gpu_model.main(["--shapes", "tiny", "x=2,30,5,4", "--launches", "--json", str(tmp_path / "m.json")]) == 0
+def test_occupancy_limits():
+    assert gm.occupancy(1024, 64, 0) == 1          # registers: 64 x 1024 = the whole file
+    assert gm.occupancy(1024, 32, 0) == 2          # warps: 64 per SM
+    assert gm.occupancy(32, 16, 0) == 32           # blocks: 32 per SM
+    assert gm.occupancy(256, 32, 100 * 1024) == 2  # shared memory: 228 KiB
+    assert gm.occupancy(1024, 255, 0) == 0
+    with pytest.raises(ValueError):
+        gm.chain_launch("k", 10, 1, 32, 1, 10, registers=255)
+
+
+def test_gen3_parameters_from_a_sass_report():
+    report = {"kernels": [
+        {"name": "cyctc_chain<float>", "registers": 64, "loop": {"K": 1}},
+        {"name": "cyctc_chain<float, 4>", "registers": 48,
+         "loop": {"K": 4, "instr_per_state": 19.5, "per_frame": {"shfl": 3}}}]}
+    p = gm.gen3_params(report)
+    assert (p["K"], p["instr_per_state"], p["registers"], p["collectives"]) == (4, 19.5, 48, 3)
+    assert p["source"].startswith("measured")
+    assert gm.gen3_params(report, K=8)["K"] == 8
+    assert gm.gen3_params(None)["source"].startswith("assumed")
+
+
+def test_torch_gradient_variant_rule():
+    assert not gm.torch_is_large(1, 50, 20)      # tiny: the thread-per-frame collect
+    assert gm.torch_is_large(64, 1000, 5000)     # training batch: the atomics variant
+    names = [ln["kernel"] for ln in gm.torch_native(64, 1000, 5000, 200)]
+    assert "collect_nonblank (atomics)" in names and "ctc_loss_log_alpha (alpha)" in names
+
+
+def test_cli(capsys, tmp_path):
+    assert gm.main(["--shapes", "tiny", "x=2,30,5,4", "--launches", "--json", str(tmp_path / "m.json"),
+                    "--k", "4", "--instr-per-state", "20"]) == 0
     out = capsys.readouterr().out
-    assert "| tiny (1, 50, 20, 10) |" in out and "| x (2, 30, 5, 4) |" in out
-    assert "ctc_loss_gpu_kernel (alpha)" in out
+    assert "ESTIMATES" in out and "| tiny (1, 50, 20, 10) |" in out and "| x (2, 30, 5, 4) |" in out
+    assert "K = 4, 20 instructions per state (given on the command line)" in out
+    assert "cyctc_chain<float, 4>" in out and "ctc_loss_log_alpha (alpha)" in out
     assert (tmp_path / "m.json").stat().st_size > 0
+    assert gm.main(["--sass", str(tmp_path / "missing.json")]) == 2
