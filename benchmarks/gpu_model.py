@@ -260,30 +260,36 @@ def cyctc_gen2(B, T, C, Lmax, counts, hw=H200):
     from cyctc.cuda import _backend
 
     S = 2 * Lmax + 1
-    threads = _backend.chain_threads(S, "float32")
+    threads = max(32, min(1024, -(-S // 32) * 32))  # gen-2's plan: one state per thread, up to 1024, tiles beyond
     tiles = math.ceil(S / threads)
     instr = counts["one_pass"] + (tiles - 1) * counts["per_tile"]
     # on the path: the rows' loads through generic pointers from shared memory (2 round trips), and for the tiles
     # after the first (not prefetched) the probability load from L2
     mem = 2 * hw["shared_latency"] * tiles + (tiles - 1) * hw["l2_latency"]
-    smem = _backend.chain_shared_bytes(S, "float32")
-    smem = smem if smem <= _backend.table_dynamic_shared_limit("float32") else 0
+    smem = 4 * (4 * S + 8 * -(-S // 32))  # gen-2's rows and segment data in shared memory (768 B static)
+    smem = smem if smem <= _backend.SHARED_LIMIT - 768 else 0
     chain = chain_launch("cyctc_chain<float>", T, 2 * B, threads // 32, 1, instr, hw,
-                         registers=counts["registers"], smem_per_block=smem + _backend.STATIC_SHARED["float32"],
+                         registers=counts["registers"], smem_per_block=smem + 768,
                          ilp=2.0, collectives=6 * tiles, memory_on_path=mem, barrier=True,
                          bytes_moved=_chain_bytes(B, T, Lmax))
     return _with_rows_and_grad(chain, B, T, C, Lmax, hw)
 
 
 def cyctc_gen3(B, T, C, Lmax, params, hw=H200):
-    """Third generation: K states per thread, warps per chain = ceil(S / 32K), chains sharing a block."""
+    """Third generation (ctc.cu cyctc_chain<T, K>, _backend.chain_geometry): K states per thread; a chain of at most
+    32 K states is one warp and several share a block; a longer one has a block of up to CHAIN_THREADS_MAX threads,
+    tiles beyond."""
+    from cyctc.cuda import _backend
+
     S = 2 * Lmax + 1
     K = int(params["K"])
-    per_warp = 32 * K
-    tiles = max(1, math.ceil(S / (1024 * K)))  # beyond 32 warps: tiles, rows in global memory
-    warps = min(32, math.ceil(S / per_warp))
-    cpb = max(1, int(params["warps_per_block"]) // warps)
-    cpb = min(cpb, 2 * B)
+    blocks = math.ceil(S / K)
+    if blocks <= 32:
+        warps, tiles = 1, 1
+        cpb = max(1, min(int(params["warps_per_block"]), 2 * B))
+    else:
+        nthr = min(_backend.CHAIN_THREADS_MAX, math.ceil(blocks / 32) * 32)
+        warps, tiles, cpb = nthr // 32, math.ceil(blocks / nthr), 1
     instr = params["instr_per_state"] * K * tiles
     ilp = params.get("ilp") or min(float(K), 4.0)  # K independent states per thread hide the ALU latency
     mem = (tiles - 1) * hw["l2_latency"] + (2 * hw["shared_latency"] if warps > 1 else 0)
