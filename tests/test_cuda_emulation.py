@@ -255,10 +255,11 @@ def test_matches_the_cpu_core_including_non_finite_logits(dtype, merge, drivers,
 
 
 def test_labels_longer_than_a_block_are_tiled(drivers, tmp_path):
-    """Lmax = 700, float64: S = 1401 states in blocks of K = 2 on 512 threads (2 tiles, whose values wait in the
-    global workspace between frames); no label-length limit as in warp-ctc (639) or cuDNN."""
+    """Lmax = 1100, float64: S = 2201 states, more than 512 blocks of K = 4: blocks of K = 2 on 512 threads (3 tiles,
+    whose values wait in the global workspace between frames); no label-length limit as in warp-ctc (639) or
+    cuDNN."""
     rng = np.random.default_rng(5)
-    B, T, C, Lmax = 2, 760, 6, 700
+    B, T, C, Lmax = 2, 1150, 6, 1100
     labels = rng.integers(1, C, size=(B, Lmax)).astype(np.int32)
     for b in range(B):  # no adjacent repeats, so T frames suffice
         for i in range(1, Lmax):
@@ -270,7 +271,7 @@ def test_labels_longer_than_a_block_are_tiled(drivers, tmp_path):
     raw = rng.standard_normal((B, T, C))
     S = 2 * Lmax + 1
     K, cpb, nthr, ntile = _backend.chain_geometry(S, raw.dtype)
-    assert (K, cpb, nthr, ntile) == (2, 1, 512, 2)
+    assert (K, cpb, nthr, ntile) == (2, 1, 512, 3)
     plan = _backend.launch_config(B, T, C, Lmax, raw.dtype, (T * C, C), blank=0, merge_repeated=True,
                                   grad_strides=(T * C, C))
     ab = next(ln for ln in plan.launches if "chain" in ln.kernel)
@@ -301,12 +302,12 @@ def test_thread_sanitizer_reports_nothing(drivers, tmp_path):
 def test_emulation_catches_a_deleted_barrier(drivers, tmp_path):
     """The harness is not blind: the driver also holds a copy of ctc.cu without the __syncthreads() between frames
     of the forward recursion (harness.MUTANTS), which then reads rows that other threads have not written yet. The
-    fibre schedules give wrong results and ThreadSanitizer names the race. (Labels of 40: S = 81 states in blocks
-    of 2 (float64) on 64 threads, two warps per chain; within one warp the shuffles keep the lanes in step.)"""
+    fibre schedules give wrong results and ThreadSanitizer names the race. (Labels of 70: S = 141 states in blocks
+    of 4 (float64) on 64 threads, two warps per chain; within one warp the shuffles keep the lanes in step.)"""
     case = cases.load_loss_case(next(p for p in LOSS_FILES if os.path.basename(p).startswith("003")))
     rng = np.random.default_rng(4)
-    raw, labels, ll, tl = _confident_case(rng, 2, 90, 7, 40, np.float64, peak=1.0)
-    assert _backend.chain_geometry(81, "float64")[1:3] == (1, 64)
+    raw, labels, ll, tl = _confident_case(rng, 2, 150, 7, 70, np.float64, peak=1.0)
+    assert _backend.chain_geometry(141, "float64")[1:3] == (1, 64)
     ref_loss, ref_grad = cases.numpy_ctc(raw, labels, ll, tl, 0)
     case = cases.LossCase("mutant", raw, False, labels, ll, tl, 0, True, ref_loss, ref_grad, 1e-10, 1e-10)
     run = harness.loss_run(str(tmp_path), case.raw, case.time_major, case.labels, case.label_length,
@@ -353,7 +354,11 @@ def test_launch_plans_respect_cuda_limits():
                                               grad_strides=grad)
                 ct, K = _backend.CTYPES[dtype], _backend.CHAIN_K[dtype]
                 names = [ln.kernel for ln in plan.launches]
-                assert names == [f"cyctc_rows<{ct}>", f"cyctc_chain<{ct}, {K}>"] + \
+                S = 2 * Lmax + 1
+                tiled = -(-S // K) > 512
+                if tiled:
+                    K = _backend.CHAIN_K_TILED[dtype]
+                assert names == [f"cyctc_rows<{ct}>", f"cyctc_chain<{ct}, {K}, {'true' if tiled else 'false'}>"] + \
                     ([f"cyctc_grad<{ct}>"] if grad else [])
                 for ln in plan.launches:
                     kname = ln.kernel.split("<")[0]
@@ -392,7 +397,7 @@ def test_launch_plans_respect_cuda_limits():
     assert empty.launches == ()
     no_frames = _backend.launch_config(3, 0, 3, 1, "float64", (0, 3), blank=0, merge_repeated=True,
                                        grad_strides=(0, 3))
-    assert [ln.kernel for ln in no_frames.launches] == ["cyctc_chain<double, 2>"]
+    assert [ln.kernel for ln in no_frames.launches] == ["cyctc_chain<double, 4, false>"]
     with pytest.raises(TypeError, match="float32 or float64"):
         _backend.launch_config(1, 1, 2, 1, "float16", (2, 2), blank=0, merge_repeated=True)
     # the hour's labels (50000) fit float32's boundary slots, not float64's (72 KiB of 47 KiB)
@@ -487,7 +492,7 @@ def test_cupy_glue_passes_what_the_plan_says(monkeypatch):
                 assert type(got) is kinds[kind] and got == value, (name, kind, value, got)
     calls.clear()
     loss, grad = _backend.loss_and_grad(A, False, False, None)
-    assert grad is None and [c[0] for c in calls] == ["cyctc_rows<float>", "cyctc_chain<float, 4>"]
+    assert grad is None and [c[0] for c in calls] == ["cyctc_rows<float>", "cyctc_chain<float, 8, false>"]
     other = wrap(case.labels)
     other.device = _FakeDevice(1)
     with pytest.raises(ValueError, match="device 1"):
@@ -574,7 +579,7 @@ def test_emulated_barrier_steps_match_the_plan(shape, drivers, tmp_path):
     summary = {d["kernel"]: d["barrier_steps"] for d in _backend.launch_plan_summary(B, T, C, Lmax, "float32")}
     assert res["_barriers"] == summary
     one_warp = _backend.chain_geometry(2 * Lmax + 1, "float32")[1] > 1
-    assert summary["cyctc_chain<float, 4>"] == (0 if one_warp else T + 3)
+    assert summary["cyctc_chain<float, 8, false>"] == (0 if one_warp else T + 3)
     ref_loss, ref_grad = cases.numpy_ctc(raw, labels, ll, tl, 0)
     cases.assert_loss_close(res["loss"], ref_loss, 1e-6)
     np.testing.assert_allclose(res["grad"], ref_grad, rtol=0, atol=1e-5)
@@ -674,7 +679,7 @@ def test_long_inputs_float32(kind, drivers, tmp_path):
     assert (ref_loss > 100).all()
     cases.assert_loss_close(res["loss"], ref_loss, 1e-6)
     # both stay on the scaled path (block exponents give rows any range): T + 3 barrier steps, no log-space pass
-    assert res["_barriers"]["cyctc_chain<float, 4>"] == raw.shape[1] + 3
+    assert res["_barriers"][_chain_name(raw, labels)] == raw.shape[1] + 3
     np.testing.assert_allclose(res["grad"], g64, rtol=0, atol=1e-5)
 
 
@@ -692,9 +697,15 @@ def test_long_random_input_stays_on_the_scaled_path(seed, drivers, tmp_path):
     ll, tl = np.array([L], np.int32), np.array([T], np.int32)
     res = harness.loss_run(str(tmp_path), raw, False, labels, ll, tl, 0, True, want_grad=False)(
         drivers["plain"], "FIBER_FWD", 0)
-    assert res["_barriers"]["cyctc_chain<float, 4>"] == T + 3
+    assert res["_barriers"]["cyctc_chain<float, 4, true>"] == T + 3
     ref = _cpu.ctc_loss_grad(raw.astype(np.float64), labels, ll, tl, 0, True, None, None, 1)
     np.testing.assert_allclose(res["loss"], ref, rtol=2e-6)
+
+
+def _chain_name(raw, labels):
+    """The chain kernel the plan launches for these logits and labels."""
+    K, cpb, nthr, ntile = _backend.chain_geometry(2 * labels.shape[1] + 1, raw.dtype)
+    return f"cyctc_chain<{_backend.CTYPES[raw.dtype.name]}, {K}, {'true' if ntile > 1 else 'false'}>"
 
 
 def test_flush_to_zero_does_not_change_the_decisions(drivers, tmp_path):

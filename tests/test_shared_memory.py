@@ -69,7 +69,9 @@ def test_static_shared_table_is_what_ptxas_reports(arch):
         pytest.skip(f"this NVRTC cannot compile for {arch}")
     smem = ptxas_static_shared(arch)
     for dtype, ctype in _backend.CTYPES.items():
-        assert smem[f"cyctc_chain<{ctype}, {_backend.CHAIN_K[dtype]}>"] == _backend.STATIC_SHARED[dtype], (arch, smem)
+        for name in (f"cyctc_chain<{ctype}, {_backend.CHAIN_K[dtype]}, false>",
+                     f"cyctc_chain<{ctype}, {_backend.CHAIN_K_TILED[dtype]}, true>"):
+            assert smem[name] == _backend.STATIC_SHARED[dtype], (arch, smem)
         # the other kernels ask for no dynamic shared memory: their static part alone must fit
         assert all(v <= _backend.SHARED_LIMIT for v in smem.values())
 
@@ -79,10 +81,14 @@ def _chain(plan):
 
 
 def _slots_bytes(Lmax, dtype):
-    K, isz = (4, 4) if dtype == "float32" else (2, 8)
+    """Boundary slots of a chain: one-warp chains (K = 8 float, 4 double) none; up to 512 blocks one tile; beyond,
+    blocks of K = 4 / 2 in tiles of 512 threads."""
+    (K, KT), isz = ((8, 4), 4) if dtype == "float32" else ((4, 2), 8)
     blocks = -(-(2 * Lmax + 1) // K)
     if blocks <= 32:
         return 0
+    if blocks > 512:
+        blocks = -(-(2 * Lmax + 1) // KT)
     nthr = min(512, -(-blocks // 32) * 32)
     return 2 * -(-blocks // nthr) * (nthr // 32) * (2 * isz + 8)
 
@@ -141,7 +147,7 @@ def test_device_glue_plans_with_the_compiled_kernels_attributes(monkeypatch, att
     B, T, C = 1, 4, 5
     x = cp.asarray(np.zeros((B, T, C), np.float32))
     labels = np.ones((B, Lmax), np.int32)
-    name = "cyctc_chain<float, 4>"
+    name = "cyctc_chain<float, 4, true>" if -(-(2 * Lmax + 1) // 8) > 512 else "cyctc_chain<float, 8, false>"
     if not fits:
         with pytest.raises(ValueError, match="too long for the CUDA backend's shared memory"):
             _backend.ctc_loss_grad(x, labels, [Lmax], [T], 0, True, cp.empty((B, T, C), np.float32), None)

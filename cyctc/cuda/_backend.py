@@ -31,19 +31,21 @@ __all__ = [
     "NVRTC_OPTIONS", "nvrtc_options", "load_nvrtc", "get_function", "available", "reason", "ctc_loss_grad",
     "loss_and_grad", "greedy_decode", "launch_plan_summary", "OLD_DESIGN", "STATIC_SHARED", "SHARED_LIMIT",
     "table_dynamic_shared_limit", "dynamic_shared_limit", "kernel_attributes", "chain_dynamic_shared_limit",
-    "chain_geometry", "CHAIN_K", "CHAINS_PER_BLOCK", "CHAIN_THREADS_MAX",
+    "chain_geometry", "CHAIN_K", "CHAIN_K_TILED", "CHAINS_PER_BLOCK", "CHAIN_THREADS_MAX",
 ]
 
 # kernel name expressions per source file; "{T}" is replaced by the C type of the input dtype
 SOURCES = {
-    "ctc.cu": ("cyctc_rows<{T}>", "cyctc_chain<{T}, {K}>", "cyctc_grad<{T}>"),
+    "ctc.cu": ("cyctc_rows<{T}>", "cyctc_chain<{T}, {K}, false>", "cyctc_chain<{T}, {KT}, true>", "cyctc_grad<{T}>"),
     "greedy.cu": ("cyctc_greedy_argmax<{T}>", "cyctc_greedy_collapse"),
 }
 CTYPES = {"float32": "float", "float64": "double"}
 # cyctc_chain's states per thread (its second template argument): a block of K chain states in registers, with one
-# binary exponent (4 float32 / 2 float64 values: ptxas then needs ~115 registers, no spills, within the 128 a
-# 512-thread block allows)
-CHAIN_K = {"float32": 4, "float64": 2}
+# binary exponent. Chains of at most 512 K states (one tile): 8 float32 / 4 float64 values (ptxas: ~106 / ~115
+# registers, no spills, within the 128 a 512-thread block allows); longer chains, whose tiles wait in global memory
+# between frames (cyctc_chain<T, K, true>): 4 / 2.
+CHAIN_K = {"float32": 8, "float64": 4}
+CHAIN_K_TILED = {"float32": 4, "float64": 2}
 CHAINS_PER_BLOCK = 4   # chains of at most 32 K states: one warp each, this many to a block
 CHAIN_THREADS_MAX = 512  # longer chains: a block each, at most this many threads (tiles beyond)
 # Options given to cupy.RawModule. CuPy appends "-ftz=true", "-arch=..." and "--device-as-default-execution-space"
@@ -71,7 +73,7 @@ def name_expressions(source: str, dtype: Optional[str] = None) -> Tuple[str, ...
     out = []
     for d in dtypes:
         for expr in SOURCES[source]:
-            name = expr.format(T=CTYPES[d], K=CHAIN_K[d])
+            name = expr.format(T=CTYPES[d], K=CHAIN_K[d], KT=CHAIN_K_TILED[d])
             if name not in out:
                 out.append(name)
     return tuple(out)
@@ -219,7 +221,8 @@ def launch_config(B: int, T: int, C: int, Lmax: int, dtype, x_strides: Sequence[
         launches.append(Launch("ctc.cu", f"cyctc_rows<{T_}>", grid, block, 0, common + (
             ("i32", B), ("i32", T), ("i32", C), ("buf", "rinfo"), ("buf", "prob"))))
     grid = ((nchain + cpb - 1) // cpb, 1, 1)
-    launches.append(Launch("ctc.cu", f"cyctc_chain<{T_}, {K}>", grid, (cpb * nthr if cpb > 1 else nthr, 1, 1),
+    tiled = "true" if ntile > 1 else "false"
+    launches.append(Launch("ctc.cu", f"cyctc_chain<{T_}, {K}, {tiled}>", grid, (cpb * nthr if cpb > 1 else nthr, 1, 1),
                            shared, common + (
         ("i32", int(bool(merge_repeated))), ("buf", "rinfo"), ("buf", "prob"), ("i32", B), ("i32", T),
         ("i32", ndir), ("i32", cpb), ("buf", "arows"), ("buf", "brows"), ("buf", "alo"), ("buf", "blo"),
@@ -241,12 +244,16 @@ def chain_geometry(S: int, dtype="float32") -> Tuple[int, int, int, int]:
     32 K states is one warp and ``cpb`` (:data:`CHAINS_PER_BLOCK`) of them share a block; a longer one has a block
     of ``nthr`` threads (a multiple of 32, at most :data:`CHAIN_THREADS_MAX`), over ``ntile`` tiles of nthr K
     states (ctc.cu chain_tiles)."""
-    K = CHAIN_K[_dtype_name(dtype)]
+    dtype = _dtype_name(dtype)
+    K = CHAIN_K[dtype]
     blocks = (S + K - 1) // K
     if blocks <= 32:
         return K, CHAINS_PER_BLOCK, 32, 1
-    nthr = _round_warp(blocks, 32, CHAIN_THREADS_MAX)
-    return K, 1, nthr, (blocks + nthr - 1) // nthr
+    if blocks <= CHAIN_THREADS_MAX:
+        return K, 1, _round_warp(blocks, 32, CHAIN_THREADS_MAX), 1
+    K = CHAIN_K_TILED[dtype]
+    blocks = (S + K - 1) // K
+    return K, 1, CHAIN_THREADS_MAX, (blocks + CHAIN_THREADS_MAX - 1) // CHAIN_THREADS_MAX
 
 
 def chain_threads(S: int, dtype="float32") -> int:
@@ -303,7 +310,7 @@ _CHAIN_OPS = 30
 def _kernel_costs(name, B, T, C, S, isz, with_grad):
     """Per-launch costs of the kernels in ctc.cu (all examples at full length, scaled recursion, no fallback)."""
     f32 = isz == 4
-    rows, L1, nseg = B * T, (S - 1) // 2 + 1, -(-S // CHAIN_K["float32" if f32 else "float64"])
+    rows, L1, nseg = B * T, (S - 1) // 2 + 1, -(-S // chain_geometry(S, "float32" if f32 else "float64")[0])
     ndir = 2 if with_grad else 1
 
     def ops(n64, n32):
@@ -503,7 +510,8 @@ def chain_dynamic_shared_limit(device_id: int, dtype) -> int:
     """Dynamic shared memory cyctc_chain may ask for on device ``device_id``, from the compiled kernel's own
     attributes (:func:`dynamic_shared_limit`); compiles the kernel if it is not cached yet."""
     d = _dtype_name(dtype)
-    fn = get_function(device_id, "ctc.cu", f"cyctc_chain<{CTYPES[d]}, {CHAIN_K[d]}>")
+    # both instantiations (one-tile and tiled chains) declare the same __shared__ variables
+    fn = get_function(device_id, "ctc.cu", f"cyctc_chain<{CTYPES[d]}, {CHAIN_K[d]}, false>")
     a = kernel_attributes(fn)
     return dynamic_shared_limit(a["shared_size_bytes"], a["max_dynamic_shared_size_bytes"])
 

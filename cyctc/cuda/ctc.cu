@@ -85,6 +85,7 @@ template <> struct Num<float> {
   static __device__ __forceinline__ float lg(float v) { return logf(v); }
   static __device__ __forceinline__ float lg1p(float v) { return log1pf(v); }
   static __device__ __forceinline__ float ab(float v) { return fabsf(v); }
+  static __device__ __forceinline__ float mx(float a, float b) { return fmaxf(a, b); }
 };
 template <> struct Num<double> {
   static __device__ __forceinline__ double inf() { return __longlong_as_double(0x7ff0000000000000LL); }
@@ -102,6 +103,7 @@ template <> struct Num<double> {
   static __device__ __forceinline__ double lg(double v) { return log(v); }
   static __device__ __forceinline__ double lg1p(double v) { return log1p(v); }
   static __device__ __forceinline__ double ab(double v) { return fabs(v); }
+  static __device__ __forceinline__ double mx(double a, double b) { return fmax(a, b); }
 };
 
 // Unevaluated sums h + l (|l| <= ulp(h) / 2 after each operation), -inf as (-inf, 0): the log-space fallback.
@@ -270,6 +272,10 @@ cyctc_rows(const T* __restrict__ x, long long sx_b, long long sx_t, const int* _
 // memory (multi-warp chains): per frame parity and warp of the chain (tiles included) the boundary slot: the
 // warp's last value and exponent, main and shadow.
 namespace cyctc_ctc {
+template <int V>
+struct IntConst {  // an int as a type: the chain's direction, a compile-time constant inside its scaled path
+  static constexpr int value = V;
+};
 // Blocks of K states per thread over S_stride states on nthr threads: tiles, and padded states (ntile nthr K).
 __device__ __forceinline__ int chain_tiles(int S, int K, int nthr) { return ((S + K - 1) / K + nthr - 1) / nthr; }
 // Values of R a chain keeps in `work`, and ints in `wexp` (the plan allocates the same: _backend.chain_work).
@@ -284,7 +290,7 @@ __device__ __forceinline__ long long chain_wexp(int S_stride, int K, int nthr) {
 }  // namespace cyctc_ctc
 
 // at most 512 threads a block, so that ptxas may give each up to 128 registers: the loop holds ~115 without spills
-template <typename T, int K>
+template <typename T, int K, bool TILED>
 __global__ void __launch_bounds__(512, 1)
 cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* __restrict__ labels, int Lmax,
             const int* __restrict__ label_length, const int* __restrict__ logit_length, int blank,
@@ -301,6 +307,8 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
   __shared__ T s_endv[8][4];    // per chain slot: the last two states' values, main then shadow
   __shared__ int s_ende[8][4];  // and their exponents
   __shared__ int s_flag[8];     // per chain slot: the end decision
+  (void)s_endv;  // used inside the scaled-path lambda only (g++ would call them set but unused)
+  (void)s_ende;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int slot = cpb > 1 ? warp : 0, nthr = cpb > 1 ? 32 : (int)blockDim.x;
   const int ct = cpb > 1 ? lane : (int)threadIdx.x;  // the thread's index in its chain
@@ -331,7 +339,8 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
   }
   const T* prob_b = prob + (long long)b * T_ * (Lmax + 1);
   const T* rinfo_b = rinfo + (long long)b * T_ * 2;
-  const int ntile = chain_tiles(S, K, nthr), ntile_max = chain_tiles(S_stride, K, nthr);
+  // TILED: chains of more than 512 K states (the plan launches cyctc_chain<T, K, true> for them)
+  const int ntile = TILED ? chain_tiles(S, K, nthr) : 1, ntile_max = TILED ? chain_tiles(S_stride, K, nthr) : 1;
   const int Spad = ntile_max * nthr * K, nwc = nthr / 32, nw = ntile_max * nwc;
   const int nseg = (S_stride + K - 1) / K;  // state blocks of a stored row
   T* wrow = work + chain * chain_work(S_stride, K, nthr);
@@ -345,13 +354,17 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
     store += (long long)b * T_ * S_stride;
     rexp += (long long)b * T_ * nseg;
   }
-#define CYCTC_STATE(r) ((dir == 0 ? (r) : S - 1 - (r)))
+  // The scaled path, with the direction D a constant (the chain's frames and states are walked in opposite orders):
+  // returns true when the chain's results are final, false when this direction must be recomputed in log space.
+  auto scaled = [&](auto dir_constant) -> bool {
+  constexpr int D = decltype(dir_constant)::value;
+#define CYCTC_STATE(r) ((D == 0 ? (r) : S - 1 - (r)))
 
   // the thread's current tile: chain states r0 .. r0 + K - 1, main values v / exponent E / maximum m, shadow
   // values vs / Es / ms; per label state (k odd, index k / 2) its probability column and skip multiplier
   T v[K], vs[K], skip[K / 2];
   int E = 0, Es = 0, r0 = 0, col0 = 0;  // label state 2h + 1's probability column: col0 + h (forward), col0 - h
-  const int dcol = dir == 0 ? 1 : -1;
+  constexpr int dcol = D == 0 ? 1 : -1;
   T m = 0, ms = 0;
   const T stay = merge_repeated ? T(1) : T(0);  // may a label state repeat itself?
   auto setup = [&](int j) {
@@ -360,7 +373,7 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
     CYCTC_UNROLL
     for (int h = 0; h < K / 2; ++h) {
       const int r = r0 + 2 * h + 1, s = CYCTC_STATE(r), lp = s >> 1;
-      const int lq = dir == 0 ? lp - 1 : lp + 1;  // the label two chain states back
+      const int lq = D == 0 ? lp - 1 : lp + 1;  // the label two chain states back
       skip[h] = r < S && r >= 3 && (!merge_repeated || lab[lp] != lab[lq]) ? T(1) : T(0);
     }
   };
@@ -395,7 +408,7 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
   // 0 for a state past S or one that cannot reach the chain's end in the frames left (at most two states a frame
   // become so): it has no weight in P or in any posterior, and dropping it lets the scales follow the states that do
   auto load_p = [&](int i, T* p) {
-    const int tt = dir == 0 ? i : Tb - 1 - i;
+    const int tt = D == 0 ? i : Tb - 1 - i;
     const T* row = prob_b + (long long)tt * (Lmax + 1);
     const int lo = S - 2 - 2 * (Tb - 1 - i);
     if (r0 >= lo && r0 + K <= S) {  // every state valid (the common case)
@@ -454,10 +467,13 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
     if (im > T(0) && t < iE - shift_max) t = iE - shift_max;
     return t;
   };
+  // the gradient row entry of state r0 at frame t and of its block's exponent (null without a gradient)
+  auto srow_of = [&](int t) -> T* { return want_grad ? store + ((long long)t * S_stride + CYCTC_STATE(r0)) : nullptr; };
+  auto erow_of = [&](int t) -> int* { return rexp + ((long long)t * nseg + r0 / K); };
   // One frame (of frame t) of the main rows for the current tile: v <- new values, E <- Et, stored to the gradient
   // rows when asked; lost[k]: the bound of what state k lost (0 where nothing), returns the largest. p: the states'
   // probabilities.
-  auto main_step = [&](int j, int cb, const T* p, T* lost, int t) -> T {
+  auto main_step = [&](int j, int cb, const T* p, T* lost, T* srow, int* erow) -> T {
     T lv;
     int lE;
     left_of(j, cb, v[K - 1], E, 0, &lv, &lE);
@@ -468,8 +484,7 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
     if (lflush) lvg = T(0);
     T mx = 0, lmax = 0;
     // the gradient row's entry of state r0 (chain states r0 + k lie at srow + k * dcol); states past S not stored
-    T* srow = store + ((long long)t * S_stride + CYCTC_STATE(r0));
-    const int nst = want_grad ? S - r0 : 0;
+    const int nst = srow ? S - r0 : 0;  // states to store (none past S)
     CYCTC_UNROLL
     for (int k = K - 1; k >= 0; --k) {  // downwards: v[k - 1], v[k - 2] are still the previous frame's
       T raw, in;
@@ -492,18 +507,17 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
       const T q = in * p[k];
       const bool low = !(q >= N::th());
       const bool fl = (low && raw > T(0) && p[k] != T(0)) || (k < 2 && lflush && p[k] != T(0) && (k == 0 || skip[0] > T(0)));
-      const T aq = N::ab(q);
-      const T ls = fl ? (aq > N::th() ? aq : N::th()) : T(0);
+      const T ls = fl ? N::mx(N::ab(q), N::th()) : T(0);
       lost[k] = ls;
-      lmax = lmax > ls ? lmax : ls;
+      lmax = N::mx(lmax, ls);
       const T n = low ? T(0) : q;
       v[k] = n;
-      mx = mx > n ? mx : n;
-      if (k < nst) srow[k * dcol] = dir == 0 ? n : (in >= N::th() ? in : T(0));
+      mx = N::mx(mx, n);
+      if (nst >= K || k < nst) srow[k * dcol] = D == 0 ? n : (in >= N::th() ? in : T(0));
     }
     E = Et;
     m = mx;
-    if (want_grad && r0 < S) rexp[(long long)t * nseg + r0 / K] = Et;
+    if (nst > 0) *erow = Et;
     return lmax;
   };
   // One frame of the shadow rows (after main_step of the same frame, whose bounds lost[] it injects).
@@ -567,8 +581,8 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
     for (int t = ct; t < Tb; t += nthr) nonfinite |= !(rinfo_b[2 * t] == rinfo_b[2 * t]);
     nonfinite = one_warp ? __any_sync(0xffffffffu, nonfinite) : __syncthreads_or(nonfinite);
     if (nonfinite) {
-      if (dir == 0 && ct == 0) loss[b] = Num<double>::nan();
-      return;
+      if (D == 0 && ct == 0) loss[b] = Num<double>::nan();
+      return true;
     }
   }
   if (ntile == 1) setup(0);
@@ -578,7 +592,7 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
   bool active = false;  // the shadow rows run
   for (; i < Tb && !active; ++i) {
     CYCTC_MARK(1);
-    const int t = dir == 0 ? i : Tb - 1 - i, cb = i & 1;
+    const int t = D == 0 ? i : Tb - 1 - i, cb = i & 1;
     T lmax = 0;
     for (int j = 0; j < ntile; ++j) {
       if (ntile > 1) {
@@ -587,7 +601,7 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
         load_p(i, p);
       }
       // before the first flush the shadow is empty: vs receives this frame's bounds, in the main units
-      const T lm = main_step(j, cb, p, vs, t);
+      const T lm = main_step(j, cb, p, vs, srow_of(t), erow_of(t));
       Es = E;
       ms = lm;
       lmax = lmax > lm ? lmax : lm;
@@ -599,7 +613,7 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
     CYCTC_MARK(2);
   }
   for (; i < Tb; ++i) {  // after a flush: main and shadow rows
-    const int t = dir == 0 ? i : Tb - 1 - i, cb = i & 1;
+    const int t = D == 0 ? i : Tb - 1 - i, cb = i & 1;
     for (int j = 0; j < ntile; ++j) {
       if (ntile > 1) {
         setup(j);
@@ -607,7 +621,7 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
         load_p(i, p);
       }
       T lost[K];
-      const T lm = main_step(j, cb, p, lost, t);
+      const T lm = main_step(j, cb, p, lost, srow_of(t), erow_of(t));
       shadow_step(j, cb, p, lost, lm);
       if (!one_warp) put_boundary(j, cb);
       if (ntile > 1) save_tile(j);
@@ -668,7 +682,7 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
       // a term more than shift_max below the other was dropped by pow2c: far inside the bound's factor 2
       const bool exact = P > T(0) && (!(Bd > T(0)) || N::expo(Bd) + 1 + EB <= N::expo(P) - 1 + EP - N::tol_bits);
       if (exact || dead) {
-        if (dir == 0) {
+        if (D == 0) {
           double l = Num<double>::inf();
           if (!dead) {  // log of P's mantissa (in [0.5, 1): small, precise) plus its binary exponent
             const int eP = N::expo(P);
@@ -682,8 +696,12 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
     }
     if (one_warp) __syncwarp();
     else __syncthreads();
-    if (s_flag[slot]) return;  // uniform over the chain
+    return s_flag[slot] != 0;  // uniform over the chain
   }
+#undef CYCTC_STATE
+  };
+  if (dir == 0 ? scaled(IntConst<0>()) : scaled(IntConst<1>())) return;
+#define CYCTC_STATE(r) ((dir == 0 ? (r) : S - 1 - (r)))
 
   // ---- log space (this direction only, when its shadow bound failed) ----
   // Values are logs relative to a lagged row maximum (the maxima accumulated in double, off), each held as an
