@@ -12,36 +12,26 @@
 //                      the row), and the probabilities p = exp(x - m) / s of the example's blank and label classes
 //                      (prob, (B, T, Lmax + 1): [0] blank, [1 + k] label k). A class of nonzero probability whose p
 //                      falls below TH (4 x the smallest normal, exp flushed to 0 under -ftz included) is stored as
-//                      a negative marker ep (an integer, p < 2^ep), so that every product the recursion forms with
-//                      it is a detected flush (below). A row holding NaN or +inf, or only -inf, is marked
-//                      non-finite (m = NaN).
-//   2. cyctc_chain<T>  grid (B, 2): block (b, 0) runs the forward chain of example b, block (b, 1) the backward chain,
-//                      concurrently, each with up to 1024 threads over the states (tiles beyond that), one
-//                      __syncthreads() per frame: T barrier steps per block. The backward chain is the forward
-//                      chain run on the reversed frames and the reversed extended label, so one code path serves
-//                      both. Scaled linear space: each step reads the previous row, scales it by an exact power of
-//                      two (2^-e, e the binary exponent of the previous row's maximum, from per-warp maxima written
-//                      before the barrier: no second barrier), sums the allowed predecessors and multiplies by the
-//                      frame's probability from the row pass, loaded before the previous barrier (the first 4 tiles
-//                      of states; no transcendental in the chain). The integer
-//                      exponents are carried per block.
-//                      Flushes: a product with nonzero inputs whose result is below TH, or any product with a marked
-//                      probability, is a flush; its state is set to exactly 0 (so FTZ and IEEE subnormals behave
-//                      identically) and an upper bound of what was lost (2^(exponent of the sum + exponent of p),
-//                      from the exponents alone) is injected into a shadow row, which runs the same recursion with
-//                      its own exponent, rounding every nonzero-input product up to at least TH: an upper bound of
-//                      the lost mass. By linearity, the shadow's end mass bounds sum_s lost_t(s) * other_t(s) at every
-//                      frame t (other = the opposite direction's exact variables), so when it is at most
-//                      P * 2^-TOL_BITS (32 float, 50 double), both the loss and every frame's posteriors are exact
-//                      to that; otherwise this direction (only) is recomputed in log space (values relative to a
-//                      lagged row maximum, offsets accumulated in double): T more barrier steps for that example.
-//                      Forward blocks write the loss; with a gradient, forward rows alpha_t(s) go to arows and
+//                      the negative marker -2^ep (p < 2^ep), so that every product the recursion forms with it is a
+//                      detected flush whose magnitude bounds what was lost. A row holding NaN or +inf, or only
+//                      -inf, is marked non-finite (m = NaN).
+//   2. cyctc_chain<T, K, TILED>   the forward and backward chains of every example, concurrently (B x ndir chains):
+//                      K consecutive chain states per thread in registers with one binary exponent per such
+//                      block, neighbours through warp shuffles, shared memory only at warp boundaries; a chain of
+//                      at most 32 K states is one warp (several to a block, no block barrier), a longer one a
+//                      block (one __syncthreads() per frame), tiled in global memory beyond 512 blocks (TILED).
+//                      The backward chain is the forward chain run on the reversed frames and the reversed
+//                      extended label, so one code path serves both. Scaled linear space with exponents per state
+//                      block (the scheme of cyctc/src/ctc.h, "Scaling"); flushes are detected per state and
+//                      bounded by shadow rows that run only after the first one; a direction whose bound is not
+//                      negligible is recomputed in log space. Details at the kernel (section 2 below).
+//                      Forward chains write the loss; with a gradient, forward rows alpha_t(s) go to arows and
 //                      backward rows beta_t(s) (the sum of the successors, before frame t's probability) to brows,
-//                      each in its own unknown per-row scale, and fmt[dir, b] says linear (0) or log (1).
+//                      with each state block's exponent in aexp / bexp; fmt[dir, b] says linear (0) or log (1).
 //   3. cyctc_grad<T>   one warp per (b, t) row: gamma_t(s) = alpha beta / sum_s alpha beta (normalised per frame,
 //                      so the rows' scales cancel), grad = grad_scale[b] * (exp(x - m) / s - occupancy). Occupancy
 //                      of a class is a fixed-order sum over the states that carry it (class -> states map lmap,
-//                      built by the forward blocks). No atomics: identical bits on every call. Rows t >=
+//                      built by the forward chains). No atomics: identical bits on every call. Rows t >=
 //                      logit_length and examples with an infinite loss get exactly 0; valid rows of a NaN loss NaN.
 // No #include: NVRTC is given no include path. INFINITY is not defined under NVRTC: see cyctc_ctc::inf<R>().
 
@@ -76,7 +66,7 @@ template <> struct Num<float> {
   static __device__ __forceinline__ float th() { return __int_as_float(3 << 23); }    // 2^-124 = 4 x FLT_MIN
   static constexpr int tol_bits = 32;
   static constexpr int head = 120;
-  static constexpr int min_exp = -126;  // pow2's smallest argument  // rows are scaled so that their maximum lies in [2^119, 2^120)
+  static constexpr int min_exp = -126;  // pow2's smallest argument; chain blocks keep their maximum near 2^head
   // binary exponent e of v > 0 (v = f 2^e, f in [0.5, 1)); 0 for v == 0. v is never subnormal here.
   static __device__ __forceinline__ int expo(float v) { return v > 0.f ? ((__float_as_int(v) >> 23) & 0xff) - 126 : 0; }
   static __device__ __forceinline__ float pow2(int e) { return __int_as_float((e + 127) << 23); }  // |e| <= 126
@@ -506,7 +496,8 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
       }
       const T q = in * p[k];
       const bool low = !(q >= N::th());
-      const bool fl = (low && raw > T(0) && p[k] != T(0)) || (k < 2 && lflush && p[k] != T(0) && (k == 0 || skip[0] > T(0)));
+      const bool fl = (low && raw > T(0) && p[k] != T(0)) ||
+                      (k < 2 && lflush && p[k] != T(0) && (k == 0 || skip[0] > T(0)));
       const T ls = fl ? N::mx(N::ab(q), N::th()) : T(0);
       lost[k] = ls;
       lmax = N::mx(lmax, ls);

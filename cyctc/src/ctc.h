@@ -43,8 +43,11 @@
  * +-650 apart), for lost mass that could matter (a confident model whose every frame disagrees with the labels, so
  * that states flushed early come to carry the answer), and for a frame whose posterior mass disagrees with P.
  * The alignment chain kernel (decode.c, ctc_align's and ctc_segment's posteriors) scales its rows the same way,
- * with blocks of 32 of its own states (its graph has untranscribed states and no split layout); the CUDA kernels
- * still keep one exponent per row (the third-generation kernel of the CUDA issue is to take this scheme).
+ * with blocks of 32 of its own states (its graph has untranscribed states and no split layout). The CUDA chain
+ * kernel (cyctc/cuda/ctc.cu, cyctc_chain) follows the same scheme with the state block a thread holds in registers
+ * (K = 8 float32 / 4 float64 states; 4 / 2 in chains longer than 512 blocks), each block's maximum kept near
+ * 2^head rather than its sum in [0.5, 1) (float32 has less range to spend), the same per-state flush test and
+ * lost-mass rows (run only from the first flush on) and the same log-space fallback.
  *
  * The stage functions take `scratch`: cyctc_loss_scratch(work, L) for loss-only calls (the sequence's own), or a
  * buffer of cyctc_thread_scratch_size(Lmax) doubles owned by the calling thread for gradient calls.
