@@ -11,8 +11,8 @@ _F32, _F64 = np.dtype(np.float32), np.dtype(np.float64)
 def compute(a, merge_repeated, want_grad, grad_scale, num_threads, memory_limit=None):
     """Run the backend that owns ``a.x`` on normalised arguments ``a`` (see ``_args.LossArgs``) with a thread count
     already resolved by ``resolve_num_threads``; ``grad_scale``: the gradient's float64 (B,) factors, or None for
-    all 1; ``memory_limit``: the work-space budget in bytes (None: ``resolve_memory_limit``'s default). CuPy
-    logits: ``a``'s labels and lengths are on the device after.
+    all 1; ``memory_limit``: the work-space budget in bytes (None: ``resolve_memory_limit``'s default), host memory
+    for the CPU and device memory for CuPy logits. CuPy logits: ``a``'s labels and lengths are on the device after.
 
     Returns (loss float64 (B,), grad or None); grad has the layout of the user's logits (time-major when
     ``a.time_major``) and the dtype of ``a.x``; its rows t >= logit_length are 0.
@@ -20,7 +20,8 @@ def compute(a, merge_repeated, want_grad, grad_scale, num_threads, memory_limit=
     if a.xp is not np:
         from .cuda import _backend
 
-        return _backend.loss_and_grad(a, merge_repeated, want_grad, _on_device(a, grad_scale))
+        return _backend.loss_and_grad(a, merge_repeated, want_grad, _on_device(a, grad_scale),
+                                      resolve_memory_limit(memory_limit))
     grad = grad_view = None
     if want_grad:
         shape = (a.T, a.B, a.C) if a.time_major else (a.B, a.T, a.C)

@@ -255,9 +255,8 @@ def test_matches_the_cpu_core_including_non_finite_logits(dtype, merge, drivers,
 
 
 def test_labels_longer_than_a_block_are_tiled(drivers, tmp_path):
-    """Lmax = 1100, float64: S = 2201 states, more than 512 blocks of K = 4: blocks of K = 2 on 512 threads (3 tiles,
-    whose values wait in the global workspace between frames); no label-length limit as in warp-ctc (639) or
-    cuDNN."""
+    """Lmax = 1100, float64: S = 2201 states, more than 512 blocks of K = 4: 384 threads over 2 tiles, whose values
+    wait in the global workspace between frames; no label-length limit as in warp-ctc (639) or cuDNN."""
     rng = np.random.default_rng(5)
     B, T, C, Lmax = 2, 1150, 6, 1100
     labels = rng.integers(1, C, size=(B, Lmax)).astype(np.int32)
@@ -271,11 +270,11 @@ def test_labels_longer_than_a_block_are_tiled(drivers, tmp_path):
     raw = rng.standard_normal((B, T, C))
     S = 2 * Lmax + 1
     K, cpb, nthr, ntile = _backend.chain_geometry(S, raw.dtype)
-    assert (K, cpb, nthr, ntile) == (2, 1, 512, 3)
+    assert (K, cpb, nthr, ntile) == (4, 1, 384, 2)
     plan = _backend.launch_config(B, T, C, Lmax, raw.dtype, (T * C, C), blank=0, merge_repeated=True,
                                   grad_strides=(T * C, C))
     ab = next(ln for ln in plan.launches if "chain" in ln.kernel)
-    assert ab.block[0] == 512 and ab.grid[0] == 2 * B and ab.shared_bytes == _backend.chain_shared_bytes(S, "float64")
+    assert ab.block[0] == 384 and ab.grid[0] == 2 * B and ab.shared_bytes == _backend.chain_shared_bytes(S, "float64")
     res = harness.loss_run(str(tmp_path / "r"), raw, False, labels, ll, tl, 0, True)(drivers["plain"], "FIBER_RAND", 11)
     ref_loss, ref_grad = cases.numpy_ctc(raw, labels, ll, tl, 0, True)
     np.testing.assert_allclose(res["loss"], ref_loss, rtol=1e-11)
@@ -331,8 +330,8 @@ BENCH_SHAPES = {"tiny": (1, 50, 20, 10), "ocr": (64, 32, 80, 10), "speech-char":
 # edge shapes: one-warp chains and their limit (float32 S <= 128, float64 <= 64), multi-warp chains, tiles
 EXTRA_SHAPES = [(1, 1, 2, 1), (4, 1500, 29, 300), (2, 10, 5, 3000), (2, 10, 5, 2000), (3, 10000, 29, 2000),
                 (2, 10, 5, 1023), (2, 10, 5, 1024), (2, 10, 5, 511), (2, 10, 5, 512), (2, 10, 5, 63), (2, 10, 5, 64),
-                (2, 10, 5, 31), (2, 10, 5, 32), (9, 10, 5, 20), (1, 20000, 32, 30000)]
-LAUNCH_BOUNDS = {"cyctc_rows": "256", "cyctc_chain": "512, 1", "cyctc_grad": "256, 1"}
+                (2, 10, 5, 31), (2, 10, 5, 32), (9, 10, 5, 20), (1, 20000, 32, 50000)]
+LAUNCH_BOUNDS = {"cyctc_rows": "256", "cyctc_chain": "TILED ? 384 : 512, 1", "cyctc_grad": "256, 1"}
 
 
 def _launch_bounds_in_source():
@@ -356,17 +355,15 @@ def test_launch_plans_respect_cuda_limits():
                 names = [ln.kernel for ln in plan.launches]
                 S = 2 * Lmax + 1
                 tiled = -(-S // K) > 512
-                if tiled:
-                    K = _backend.CHAIN_K_TILED[dtype]
                 assert names == [f"cyctc_rows<{ct}>", f"cyctc_chain<{ct}, {K}, {'true' if tiled else 'false'}>"] + \
                     ([f"cyctc_grad<{ct}>"] if grad else [])
                 for ln in plan.launches:
                     kname = ln.kernel.split("<")[0]
-                    bound = 512 if kname == "cyctc_chain" else 256
+                    bound = (384 if "true" in ln.kernel else 512) if kname == "cyctc_chain" else 256
                     assert ln.block[0] % 32 == 0 and 32 <= ln.block[0] <= bound and ln.block[1:] == (1, 1)
                     assert ln.shared_bytes + _backend.STATIC_SHARED[dtype] <= _backend.SHARED_LIMIT
                     assert 1 <= ln.grid[0] < 2 ** 31 and 1 <= ln.grid[1] <= 65535 and ln.grid[2] == 1
-                    assert all(k in ("buf", "i32", "i64", "f64") for k, _ in ln.args)
+                    assert all(k in ("buf", "i32", "i64", "f64", "null") for k, _ in ln.args)
                     assert all(-2 ** 31 <= v < 2 ** 31 for k, v in ln.args if k == "i32")
                 rows, chain = plan.launches[0], plan.launches[1]
                 assert rows.grid[0] * rows.block[0] // 32 >= B * T  # one warp per row
@@ -378,7 +375,7 @@ def test_launch_plans_respect_cuda_limits():
                     assert chain.block[0] == 32 * cpb and chain.grid[0] == -(-nchain // cpb)
                     assert chain.shared_bytes == 0
                 else:
-                    nthr = min(512, -(-blocks // 32) * 32)
+                    nthr = min(512, -(-blocks // 32) * 32) if blocks <= 512 else 384
                     assert chain.block[0] == nthr and chain.grid[0] == nchain
                     ntile = -(-blocks // nthr)
                     assert chain.shared_bytes == 2 * ntile * (nthr // 32) * (2 * _backend._isz(dtype) + 8)
@@ -400,9 +397,10 @@ def test_launch_plans_respect_cuda_limits():
     assert [ln.kernel for ln in no_frames.launches] == ["cyctc_chain<double, 4, false>"]
     with pytest.raises(TypeError, match="float32 or float64"):
         _backend.launch_config(1, 1, 2, 1, "float16", (2, 2), blank=0, merge_repeated=True)
-    # the hour's labels (50000) fit float32's boundary slots, not float64's (72 KiB of 47 KiB)
-    _backend.launch_config(1, 10, 5, 50000, "float32", (50, 5), blank=0, merge_repeated=True, grad_strides=(50, 5))
-    for dtype, Lmax in (("float64", 50000), ("float32", 2_000_000)):
+    # the hour's labels (50000) fit the boundary slots of both; 70000 not float64's
+    for dtype in ("float32", "float64"):
+        _backend.launch_config(1, 10, 5, 50000, dtype, (50, 5), blank=0, merge_repeated=True, grad_strides=(50, 5))
+    for dtype, Lmax in (("float64", 70000), ("float32", 2_000_000)):
         with pytest.raises(ValueError, match="too long for the CUDA backend's shared memory"):
             _backend.launch_config(1, 10, 5, Lmax, dtype, (50, 5), blank=0, merge_repeated=True)
 
@@ -528,9 +526,9 @@ _F64_OP = re.compile(r"^\s*(?:@%p\d+\s+)?(?!ld|st|mov|cvta)([a-z0-9]+)(?:\.[a-z0
 
 
 def test_float32_kernels_have_few_fp64_instructions():
-    """The PTX of the float32 loss/gradient kernels (only their instantiations compiled) holds at most 32 FP64
+    """The PTX of each float32 loss/gradient kernel (only their instantiations compiled) holds at most 24 FP64
     arithmetic instructions (any instruction on .f64 but loads, stores and moves, conversions included): FP64 is
-    left for per-example scalars (first generation: 661)."""
+    left for per-example scalars (first generation: 661 in all)."""
     nvrtc = _nvrtc()
     names = [n for n in _backend.name_expressions("ctc.cu", "float32")]
     prog = nvrtc.createProgram(_backend.kernel_source("ctc.cu"), "ctc.cu", (), ())
@@ -541,9 +539,12 @@ def test_float32_kernels_have_few_fp64_instructions():
         ptx = nvrtc.getPTX(prog).decode()
     finally:
         nvrtc.destroyProgram(prog)
-    f64 = [ln.strip() for ln in ptx.splitlines() if _F64_OP.match(ln)]
     assert ".entry" in ptx and "f32" in ptx
-    assert len(f64) <= 32, f"{len(f64)} FP64 instructions:\n" + "\n".join(f64)
+    entries = ptx.split(".entry")[1:]
+    assert len(entries) == len(names)
+    for entry in entries:
+        f64 = [ln.strip() for ln in entry.splitlines() if _F64_OP.match(ln)]
+        assert len(f64) <= 24, f"{entry.split('(')[0]}: {len(f64)} FP64 instructions:\n" + "\n".join(f64)
 
 
 def _confident_case(rng, B, T, C, Lmax, dtype, peak=4.0):
@@ -659,7 +660,7 @@ def test_extreme_magnitudes(dtype, drivers, tmp_path):
 
 @pytest.mark.parametrize("kind", ["confident", "random"])
 def test_long_inputs_float32(kind, drivers, tmp_path):
-    """T = 10000, L = 2000 (S = 4001 states: 2 tiles of 512 threads, tiles in global memory) and T = 3000, float32
+    """T = 10000, L = 2000 (S = 4001 states: 501 blocks of 8 on 512 threads) and T = 3000, float32
     through the emulation with flush-to-zero, against the float64 CPU core: loss within 1e-4 absolute (losses are
     above 100) and the gradient within 1e-5, without a log-space pass."""
     from cyctc import _cpu
@@ -686,7 +687,7 @@ def test_long_inputs_float32(kind, drivers, tmp_path):
 @pytest.mark.parametrize("seed", [0, 1])
 def test_long_random_input_stays_on_the_scaled_path(seed, drivers, tmp_path):
     """Issue 20's no-cliff rule in the emulation: random-normal logits (an untrained model), (1, 20000, 32, 4000),
-    float32 with flush-to-zero, loss only: the chain (S = 8001 states, 4 tiles of 512 threads) passes T + 3
+    float32 with flush-to-zero, loss only: the chain (S = 8001 states, 3 tiles of 384 threads) passes T + 3
     barriers, so it took no log-space pass, and its loss agrees with the float64 CPU core."""
     from cyctc import _cpu
 
@@ -697,7 +698,7 @@ def test_long_random_input_stays_on_the_scaled_path(seed, drivers, tmp_path):
     ll, tl = np.array([L], np.int32), np.array([T], np.int32)
     res = harness.loss_run(str(tmp_path), raw, False, labels, ll, tl, 0, True, want_grad=False)(
         drivers["plain"], "FIBER_FWD", 0)
-    assert res["_barriers"]["cyctc_chain<float, 4, true>"] == T + 3
+    assert res["_barriers"]["cyctc_chain<float, 8, true>"] == T + 3
     ref = _cpu.ctc_loss_grad(raw.astype(np.float64), labels, ll, tl, 0, True, None, None, 1)
     np.testing.assert_allclose(res["loss"], ref, rtol=2e-6)
 
@@ -720,3 +721,148 @@ def test_flush_to_zero_does_not_change_the_decisions(drivers, tmp_path):
         cases.check_loss_grad(case, res["loss"], harness.grad_view(res, case.time_major))
         out.append(res["loss"])
     assert _same_bits(out[0], out[1])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# 5. the device memory budget (issue 18, item 4)
+
+def _random_case(seed, dtype, B, T, C, Lmax, scale=1.0):
+    rng = np.random.default_rng(seed)
+    raw = (rng.standard_normal((B, T, C)) * scale).astype(dtype)
+    ll = rng.integers(max(1, Lmax // 2), Lmax + 1, size=B).astype(np.int32)
+    ll[0] = Lmax
+    tl = np.array([T] + [int(rng.integers(2 * Lmax + 1, T + 1)) for _ in range(B - 1)], np.int32)
+    labels = np.zeros((B, Lmax), np.int32)
+    for b in range(B):
+        labels[b, :ll[b]] = rng.integers(1, C, size=ll[b])
+    for i in range(1, Lmax):  # the full-length example without adjacent repeats: T >= 2 Lmax + 1 frames suffice
+        if labels[0, i] == labels[0, i - 1]:
+            labels[0, i] = labels[0, i] % (C - 1) + 1
+    return raw, labels, ll, tl
+
+
+# (dtype, B, T, C, Lmax, merge_repeated): one-warp chains, a multi-warp chain, and tiles (float64 S = 1541: 386
+# blocks of 4 on 384 threads, 2 tiles); at least 2 Lmax + 1 frames for every example
+BUDGET_CASES = [("float32", 3, 37, 6, 9, True), ("float64", 3, 30, 5, 12, False), ("float32", 2, 300, 7, 130, True),
+                ("float64", 1, 1545, 5, 770, True)]
+
+
+@pytest.mark.parametrize("case", BUDGET_CASES, ids=lambda c: f"{c[0]}-B{c[1]}T{c[2]}L{c[4]}")
+def test_budget_plans_give_the_same_bits(case, drivers, tmp_path):
+    """Issue 18, item 4: a plan within a device memory budget (no probability buffer, the chains computing the
+    probabilities from the logits; with a gradient, checkpoints every k frames and the rows of one segment at a
+    time, recomputed from them) gives exactly the bits of the unlimited plan, for every k, loss-only and gradient
+    calls alike."""
+    dtype, B, T, C, Lmax, merge = case
+    raw, labels, ll, tl = _random_case(len(tmp_path.name), np.dtype(dtype), B, T, C, Lmax)
+    args = (raw, False, labels, ll, tl, 0, merge)
+    full = harness.loss_run(str(tmp_path / "full"), *args)(drivers["plain"], "FIBER_RAND", 2)
+    ref_loss, ref_grad = cases.numpy_ctc(raw, labels, ll, tl, 0, merge)
+    cases.assert_loss_close(full["loss"], ref_loss, 1e-6 if dtype == "float32" else 1e-12)
+    for k in sorted({1, 3, T // 3 + 1, T}):
+        run = harness.loss_run(str(tmp_path / f"k{k}"), *args, budget_k=k)
+        assert sum("cyctc_grad" in ln.kernel for ln in run.plan.launches) == -(-T // k)
+        res = run(drivers["plain"], "FIBER_RAND", 3)
+        np.testing.assert_array_equal(res["loss"].view(np.int64), full["loss"].view(np.int64))
+        np.testing.assert_array_equal(res["grad"], full["grad"])
+    loss_only = harness.loss_run(str(tmp_path / "lo"), *args, want_grad=False)(drivers["plain"], "FIBER_FWD", 0)
+    budget_lo = harness.loss_run(str(tmp_path / "blo"), *args, want_grad=False, budget_k=0)(
+        drivers["plain"], "FIBER_FWD", 0)
+    np.testing.assert_array_equal(budget_lo["loss"].view(np.int64), loss_only["loss"].view(np.int64))
+    np.testing.assert_array_equal(loss_only["loss"].view(np.int64), full["loss"].view(np.int64))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_budget_plans_leave_log_space_to_the_glue(dtype, drivers, tmp_path):
+    """A direction that needs the log-space fallback keeps no rows in a budget plan: its first pass marks it
+    fmt = 2 (the glue recomputes that example without the budget, or raises MemoryError), exactly the directions
+    the unlimited plan computed in log space (fmt = 1); loss-only budget plans run the fallback themselves."""
+    # every frame gives the label a probability below the range (e^-2000 double, e^-200 float): log space
+    x = np.array([[0.0, -2000.0 if dtype == np.float64 else -200.0]] * 3)
+    lab, blank = [1], 0
+    raw = np.concatenate([x[None], x[None] * 0.01]).astype(dtype)  # the second example stays scaled
+    labels = np.array([lab, lab], np.int32)
+    ll, tl = np.array([len(lab)] * 2, np.int32), np.array([x.shape[0]] * 2, np.int32)
+    args = (raw, False, labels, ll, tl, blank, True)
+    full = harness.loss_run(str(tmp_path / "f"), *args, extra_outputs=("fmt",))(drivers["plain"], "FIBER_FWD", 0)
+    bud = harness.loss_run(str(tmp_path / "b"), *args, budget_k=2, extra_outputs=("fmt",))(
+        drivers["plain"], "FIBER_FWD", 0)
+    assert (full["fmt"] == 1).any() and not (full["fmt"][:, 1] == 1).any()
+    np.testing.assert_array_equal(bud["fmt"] == 2, full["fmt"] == 1)
+    assert np.isnan(bud["loss"][0]) == (full["fmt"][0, 0] == 1)
+    np.testing.assert_array_equal(bud["loss"][1], full["loss"][1])
+    np.testing.assert_array_equal(bud["grad"][1], full["grad"][1])
+    assert not bud["grad"][0].any()  # left for the glue
+    lo = harness.loss_run(str(tmp_path / "l"), *args, want_grad=False, budget_k=0)(drivers["plain"], "FIBER_FWD", 0)
+    np.testing.assert_array_equal(lo["loss"], full["loss"])
+
+
+def test_budget_plan_of_the_hour_fits():
+    """The hour (1, 180000, 32, 50000) float32 with a gradient: the unlimited plan needs ~144 GB of device work
+    space; under the default budget (1 GiB) the plan's workspaces fit, with checkpoints every k frames (k about
+    sqrt(T)) and 2 launches a segment; loss-only calls need no checkpoints. Too small a budget: MemoryError naming
+    the least."""
+    B, T, C, L = 1, 180000, 32, 50000
+    for grad in (True, False):
+        kw = dict(blank=0, merge_repeated=True, grad_strides=(T * C, C) if grad else None)
+        full = _backend.launch_config(B, T, C, L, "float32", (T * C, C), **kw)
+        assert _backend.plan_bytes(full) > 2 ** 30
+        plan = _backend.launch_config(B, T, C, L, "float32", (T * C, C), memory_limit=2 ** 30, **kw)
+        assert _backend.plan_bytes(plan) <= 2 ** 30
+        sizes = dict((n, c) for n, _, c in plan.workspaces)
+        assert sizes["prob"] == 1
+        chains = [ln for ln in plan.launches if "chain" in ln.kernel]
+        assert all(ln.kernel == "cyctc_chain<float, 8, true>" for ln in chains)
+        if grad:
+            k = chains[0].args[-3][1]
+            assert 100 <= k <= 2000 and len(chains) == 1 + -(-T // k)
+            assert sizes["arows"] == B * k * (2 * L + 1) and _backend.is_budget_grad_plan(plan)
+        else:
+            assert len(chains) == 1 and chains[0].args[-3][1] == 0 and not _backend.is_budget_grad_plan(plan)
+    with pytest.raises(MemoryError, match=r"memory_limit=1000000 bytes is below the \d+ bytes"):
+        _backend.launch_config(B, T, C, L, "float32", (T * C, C), blank=0, merge_repeated=True,
+                               grad_strides=(T * C, C), memory_limit=10 ** 6)
+
+
+def test_budget_glue_recomputes_what_the_first_pass_left(monkeypatch):
+    """ctc_loss_grad under a memory_limit: a budget plan, and where its first pass marks an example fmt = 2 (log
+    space needed, no rows kept), the glue recomputes that example alone with the unlimited plan when it fits the
+    budget (one device-to-host copy of fmt), and raises MemoryError naming memory_limit when it does not."""
+    cp = fake_cupy.install(monkeypatch)
+    B, T, C, Lmax = 3, 50, 5, 6
+    kernels = {}
+
+    class Marking(fake_cupy.Kernel):  # the first pass of a budget plan leaves example 1's backward chain
+        def __call__(self, grid, block, args, shared_mem=0):
+            super().__call__(grid, block, args, shared_mem)
+            if self.name.startswith("cyctc_chain") and int(args[-3]) > 0 and int(args[-1]) < 0:
+                args[21]._a[int(args[11]) + 1] = 2  # fmt[dir 1, b 1] (args[11]: B)
+
+    def get_function(device_id, source, name):
+        if name not in kernels:
+            kernels[name] = Marking(name)
+        return kernels[name]
+    monkeypatch.setattr(_backend, "get_function", get_function)
+    plan_args = (B, T, C, Lmax, "float32", (T * C, C))
+    kw = dict(blank=0, merge_repeated=True, grad_strides=(T * C, C))
+    chain_args = _backend._plan(*plan_args, 0, True, (T * C, C), budget_k=None).launches[1].args
+    assert chain_args[21] == ("buf", "fmt") and chain_args[11] == ("i32", B)
+    full = _backend.plan_bytes(_backend.launch_config(*plan_args, **kw))
+    one = _backend.plan_bytes(_backend.launch_config(1, T, C, Lmax, "float32", (T * C, C), **kw)) + 2 * T * C * 4
+    limit = max(one, _backend.plan_bytes(_backend.budget_plan(*plan_args, 0, True, (T * C, C),
+                                                              memory_limit=full)))
+    assert limit < full
+    x = cp.asarray(np.zeros((B, T, C), np.float32))
+    labels = np.ones((B, Lmax), np.int32)
+    _backend.ctc_loss_grad(x, labels, [Lmax] * B, [T] * B, 0, True, cp.empty((B, T, C), np.float32), None,
+                           memory_limit=limit)
+    chains = kernels["cyctc_chain<float, 8, true>"].calls
+    assert int(chains[0][2][-3]) > 0 and len(chains) == 1 + -(-T // int(chains[0][2][-3]))
+    again = kernels["cyctc_chain<float, 8, false>"].calls  # example 1 alone, unlimited
+    assert len(again) == 1 and int(again[0][2][11]) == 1 and int(again[0][2][-3]) == 0
+    kernels.clear()
+    tight = one - 1  # a budget plan fits (about 8.6 KB), the one example's unlimited rerun does not
+    assert _backend.plan_bytes(_backend.launch_config(*plan_args, memory_limit=tight, **kw)) <= tight
+    with pytest.raises(MemoryError, match=rf"memory_limit={tight} bytes: 1 example\(s\) need the log-space fallback"):
+        _backend.ctc_loss_grad(x, labels, [Lmax] * B, [T] * B, 0, True, cp.empty((B, T, C), np.float32), None,
+                               memory_limit=tight)

@@ -35,8 +35,9 @@ def _np(v):
     return v._a if isinstance(v, fake_cupy.ndarray) else v
 
 
-def _cpu_loss_and_grad(a, merge_repeated, want_grad, grad_scale):
-    """The backend entry emulated with the CPU kernel (same contract as _backend.loss_and_grad)."""
+def _cpu_loss_and_grad(a, merge_repeated, want_grad, grad_scale, memory_limit=None):
+    """The backend entry emulated with the CPU kernel (same contract as _backend.loss_and_grad; the CPU kernel gets
+    the same memory_limit)."""
     x = _np(a.x)
     grad = grad_view = None
     if want_grad:
@@ -45,7 +46,7 @@ def _cpu_loss_and_grad(a, merge_repeated, want_grad, grad_scale):
     scale = np.ones(a.B) if grad_scale is None else np.ascontiguousarray(_np(grad_scale))
     loss = _cpu.ctc_loss_grad(x, np.ascontiguousarray(_np(a.labels)), np.ascontiguousarray(_np(a.label_length)),
                               np.ascontiguousarray(_np(a.logit_length)), a.blank, merge_repeated, grad_view, scale,
-                              1)
+                              1, None, -1, memory_limit or 0)
     dev = a.x.device.id
     return fake_cupy.ndarray(loss, dev), (fake_cupy.ndarray(grad, dev) if want_grad else None)
 

@@ -7,10 +7,11 @@
 * ctc.cu itself: every chain kernel whose name has a K template argument (the third generation,
   ``cyctc_chain<T, K>``) keeps no generic loads or stores in its per-frame loop and no spills, and does not creep
   past the instruction counts it was landed with. Issue 20's targets (at most 24 instructions per state per frame,
-  at most 64 registers) are NOT met yet: the third generation measured 41.4 static instructions per state for
-  float chains of one tile (K = 8; 94.4 for tiled chains, K = 4) and 82.2 for double (K = 4; tiled 174, K = 2),
-  with 104-119 registers (no spills, within the 128 of the kernel's launch bound). The loop body holds the
-  edge-state loads, the flush bookkeeping and both directions' copies; larger K spilled.
+  at most 64 registers) are NOT met yet: the third generation measured 43 static instructions per state for
+  float chains of one tile (K = 8) and 83 for double (K = 4), with 106 / 120 registers (no spills, within the 128 of
+  the kernel's launch bound). The tiled instantiation (labels over 2047 float / 1023 double, and every memory-budget
+  plan) also holds the budget plans' own probability computation (exp, log) and checkpoint copies in its loop:
+  188 / 468 static instructions per state, 158 / 164 registers (168 allowed at 384 threads).
   benchmarks/results/sass_gen3_2026-12-04.json holds these figures, sass_gen2_2026-12-04.json the second
   generation's (about 480-560 per state).
 
@@ -35,9 +36,10 @@ from cyctc.cuda import _backend  # noqa: E402
 TARGET_INSTR_PER_STATE = 24
 TARGET_REGISTERS = 64
 # what the third generation was landed with (sm_90, NVRTC 13.0), plus a few percent: a ceiling against creep
-LANDED_INSTR_PER_STATE = {"cyctc_chain<float, 8, false>": 44, "cyctc_chain<float, 4, true>": 99,
-                          "cyctc_chain<double, 4, false>": 86, "cyctc_chain<double, 2, true>": 182}
-MAX_REGISTERS = 128  # the kernel's __launch_bounds__(512, 1) allows 128
+LANDED_INSTR_PER_STATE = {"cyctc_chain<float, 8, false>": 46, "cyctc_chain<float, 8, true>": 195,
+                          "cyctc_chain<double, 4, false>": 87, "cyctc_chain<double, 4, true>": 480}
+# what the kernel's __launch_bounds__(TILED ? 384 : 512, 1) allows: 65536 registers over the block's threads
+MAX_REGISTERS = {"false": 128, "true": 168}
 
 # ---------------------------------------------------------------------------------------------------------------
 # Hand-written SASS
@@ -288,5 +290,5 @@ def test_third_generation_targets(ctc_report, name):
     assert lp["instr_per_state"] <= LANDED_INSTR_PER_STATE[name], (name, lp["instr_per_frame"], lp["K"])
     assert TARGET_INSTR_PER_STATE < LANDED_INSTR_PER_STATE[name]  # the gap the note reports
     assert lp["per_frame"]["generic"] == 0, (name, lp["per_frame"])
-    assert k["registers"] <= MAX_REGISTERS, (name, k["registers"])
+    assert k["registers"] <= MAX_REGISTERS[sr.template_args(name)[2]], (name, k["registers"])
     assert k["spill_bytes"] == 0 and lp["per_frame"]["ldl"] == lp["per_frame"]["stl"] == 0, name

@@ -19,9 +19,9 @@ from conftest import toolchain_unavailable
 
 from cyctc.cuda import _backend
 
-# (dtype, the longest label whose boundary slots still fit): 512 threads of K states (4 float, 2 double) a tile,
-# 2 parities x 16 warps x (2 values + 2 int exponents) a tile, within 48 KiB less the static 544 / 928 bytes
-LAST_IN_SHARED = {"float32": 96255, "float64": 31743}
+# (dtype, the longest label whose boundary slots still fit): tiles of 384 threads of K states (8 float, 4 double),
+# 2 parities x 12 warps x (2 values + 2 int exponents) a tile, within 48 KiB less the static 544 / 928 bytes
+LAST_IN_SHARED = {"float32": 193535, "float64": 63743}
 ARCHS = ("sm_80", "sm_90", "sm_100", "sm_120")
 
 
@@ -70,7 +70,7 @@ def test_static_shared_table_is_what_ptxas_reports(arch):
     smem = ptxas_static_shared(arch)
     for dtype, ctype in _backend.CTYPES.items():
         for name in (f"cyctc_chain<{ctype}, {_backend.CHAIN_K[dtype]}, false>",
-                     f"cyctc_chain<{ctype}, {_backend.CHAIN_K_TILED[dtype]}, true>"):
+                     f"cyctc_chain<{ctype}, {_backend.CHAIN_K[dtype]}, true>"):
             assert smem[name] == _backend.STATIC_SHARED[dtype], (arch, smem)
         # the other kernels ask for no dynamic shared memory: their static part alone must fit
         assert all(v <= _backend.SHARED_LIMIT for v in smem.values())
@@ -81,15 +81,13 @@ def _chain(plan):
 
 
 def _slots_bytes(Lmax, dtype):
-    """Boundary slots of a chain: one-warp chains (K = 8 float, 4 double) none; up to 512 blocks one tile; beyond,
-    blocks of K = 4 / 2 in tiles of 512 threads."""
-    (K, KT), isz = ((8, 4), 4) if dtype == "float32" else ((4, 2), 8)
+    """Boundary slots of a chain (K = 8 float, 4 double): one-warp chains none; up to 512 blocks one tile; beyond,
+    tiles of 384 threads."""
+    K, isz = (8, 4) if dtype == "float32" else (4, 8)
     blocks = -(-(2 * Lmax + 1) // K)
     if blocks <= 32:
         return 0
-    if blocks > 512:
-        blocks = -(-(2 * Lmax + 1) // KT)
-    nthr = min(512, -(-blocks // 32) * 32)
+    nthr = min(512, -(-blocks // 32) * 32) if blocks <= 512 else 384
     return 2 * -(-blocks // nthr) * (nthr // 32) * (2 * isz + 8)
 
 
@@ -129,8 +127,8 @@ def test_dynamic_limit_from_attributes():
     ({}, LAST_IN_SHARED["float32"] + 1, False),
     ({"shared_size_bytes": 4096}, LAST_IN_SHARED["float32"], False),  # more static memory than the table says
     ({"shared_size_bytes": 0}, LAST_IN_SHARED["float32"] + 300, True),  # less: the room is used
-    ({"max_dynamic_shared_size_bytes": 16 * 1024}, 35000, False),       # the kernel's own dynamic maximum
-    ({"max_dynamic_shared_size_bytes": 16 * 1024}, 30000, True),
+    ({"max_dynamic_shared_size_bytes": 16 * 1024}, 70000, False),       # the kernel's own dynamic maximum
+    ({"max_dynamic_shared_size_bytes": 16 * 1024}, 60000, True),
 ])
 def test_device_glue_plans_with_the_compiled_kernels_attributes(monkeypatch, attrs, Lmax, fits):
     """ctc_loss_grad asks the compiled cyctc_chain for its shared-memory attributes (through the driver, as on a
@@ -147,7 +145,7 @@ def test_device_glue_plans_with_the_compiled_kernels_attributes(monkeypatch, att
     B, T, C = 1, 4, 5
     x = cp.asarray(np.zeros((B, T, C), np.float32))
     labels = np.ones((B, Lmax), np.int32)
-    name = "cyctc_chain<float, 4, true>" if -(-(2 * Lmax + 1) // 8) > 512 else "cyctc_chain<float, 8, false>"
+    name = "cyctc_chain<float, 8, true>" if -(-(2 * Lmax + 1) // 8) > 512 else "cyctc_chain<float, 8, false>"
     if not fits:
         with pytest.raises(ValueError, match="too long for the CUDA backend's shared memory"):
             _backend.ctc_loss_grad(x, labels, [Lmax], [T], 0, True, cp.empty((B, T, C), np.float32), None)

@@ -22,32 +22,34 @@ import ctypes
 import functools
 import glob
 import importlib.util
+import math
 import os
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
+
+import numpy
 
 __all__ = [
     "Launch", "Plan", "launch_config", "greedy_launch_config", "kernel_source", "name_expressions", "SOURCES",
     "NVRTC_OPTIONS", "nvrtc_options", "load_nvrtc", "get_function", "available", "reason", "ctc_loss_grad",
     "loss_and_grad", "greedy_decode", "launch_plan_summary", "OLD_DESIGN", "STATIC_SHARED", "SHARED_LIMIT",
     "table_dynamic_shared_limit", "dynamic_shared_limit", "kernel_attributes", "chain_dynamic_shared_limit",
-    "chain_geometry", "CHAIN_K", "CHAIN_K_TILED", "CHAINS_PER_BLOCK", "CHAIN_THREADS_MAX",
+    "chain_geometry", "CHAIN_K", "CHAINS_PER_BLOCK", "CHAIN_THREADS_MAX", "CHAIN_THREADS_TILED",
 ]
 
 # kernel name expressions per source file; "{T}" is replaced by the C type of the input dtype
 SOURCES = {
-    "ctc.cu": ("cyctc_rows<{T}>", "cyctc_chain<{T}, {K}, false>", "cyctc_chain<{T}, {KT}, true>", "cyctc_grad<{T}>"),
+    "ctc.cu": ("cyctc_rows<{T}>", "cyctc_chain<{T}, {K}, false>", "cyctc_chain<{T}, {K}, true>", "cyctc_grad<{T}>"),
     "greedy.cu": ("cyctc_greedy_argmax<{T}>", "cyctc_greedy_collapse"),
 }
 CTYPES = {"float32": "float", "float64": "double"}
 # cyctc_chain's states per thread (its second template argument): a block of K chain states in registers, with one
-# binary exponent. Chains of at most 512 K states (one tile): 8 float32 / 4 float64 values (ptxas: ~106 / ~115
-# registers, no spills, within the 128 a 512-thread block allows); longer chains, whose tiles wait in global memory
-# between frames (cyctc_chain<T, K, true>): 4 / 2.
+# binary exponent: 8 float32 / 4 float64 values (ptxas: ~105-140 registers, no spills, within what the launch bounds
+# allow). The same K for every plan, so that every plan (tiled, budgeted) computes the same bits.
 CHAIN_K = {"float32": 8, "float64": 4}
-CHAIN_K_TILED = {"float32": 4, "float64": 2}
 CHAINS_PER_BLOCK = 4   # chains of at most 32 K states: one warp each, this many to a block
 CHAIN_THREADS_MAX = 512  # longer chains: a block each, at most this many threads (tiles beyond)
+CHAIN_THREADS_TILED = 384  # tiled chains (cyctc_chain<T, K, true>: its launch bound)
 # Options given to cupy.RawModule. CuPy appends "-ftz=true", "-arch=..." and "--device-as-default-execution-space"
 # itself (nvrtc_options() spells the full list out for the NVRTC tests).
 NVRTC_OPTIONS = ("--std=c++17",)
@@ -73,7 +75,7 @@ def name_expressions(source: str, dtype: Optional[str] = None) -> Tuple[str, ...
     out = []
     for d in dtypes:
         for expr in SOURCES[source]:
-            name = expr.format(T=CTYPES[d], K=CHAIN_K[d], KT=CHAIN_K_TILED[d])
+            name = expr.format(T=CTYPES[d], K=CHAIN_K[d])
             if name not in out:
                 out.append(name)
     return tuple(out)
@@ -92,7 +94,8 @@ def kernel_source(source: str) -> str:
 
 @dataclass(frozen=True)
 class Launch:
-    """One kernel launch. ``args``: tuple of ``("buf", name)``, ``("i32", v)``, ``("i64", v)`` or ``("f64", v)``."""
+    """One kernel launch. ``args``: tuple of ``("buf", name)``, ``("i32", v)``, ``("i64", v)``, ``("f64", v)`` or
+    ``("null", 0)`` (a null pointer)."""
 
     source: str
     kernel: str
@@ -140,7 +143,7 @@ def _strides(strides) -> Tuple[int, int]:
 
 def launch_config(B: int, T: int, C: int, Lmax: int, dtype, x_strides: Sequence[int], *, blank: int,
                   merge_repeated: bool, grad_strides: Optional[Sequence[int]] = None,
-                  dynamic_shared_limit: Optional[int] = None) -> Plan:
+                  dynamic_shared_limit: Optional[int] = None, memory_limit: Optional[int] = None) -> Plan:
     """Plan the CTC loss (and gradient) launches for one batch.
 
     Parameters
@@ -164,6 +167,12 @@ def launch_config(B: int, T: int, C: int, Lmax: int, dtype, x_strides: Sequence[
         memory (:func:`chain_shared_bytes`: a boundary slot per warp and tile); labels whose slots do not fit are
         refused with a ValueError.
 
+    memory_limit : int or None
+        Bytes the plan's workspaces may take on the device (None: no limit). A plan over it becomes a budget plan
+        (:func:`budget_plan`): no probability buffer (the chains compute probabilities from the logits), and with
+        a gradient, checkpoints every k frames and the rows of one segment of k frames at a time. Below the least
+        a budget plan needs: MemoryError naming it.
+
     Returns
     -------
     Plan
@@ -176,40 +185,90 @@ def launch_config(B: int, T: int, C: int, Lmax: int, dtype, x_strides: Sequence[
         gradient only).
     """
     dtype = _dtype_name(dtype)
-    T_ = CTYPES[dtype]
     B, T, C, Lmax = int(B), int(T), int(C), int(Lmax)
     if Lmax < 1 or C < 1 or B < 0 or T < 0:
         raise ValueError(f"bad shapes B={B} T={T} C={C} Lmax={Lmax}")
-    sxb, sxt = _strides(x_strides)
-    want_grad = grad_strides is not None
-    S = 2 * Lmax + 1
-    ndir = 2 if want_grad else 1
     if dynamic_shared_limit is None:
         dynamic_shared_limit = table_dynamic_shared_limit(dtype)
     elif int(dynamic_shared_limit) < 0:
         raise ValueError(f"dynamic_shared_limit must be >= 0 bytes, got {dynamic_shared_limit}")
-    K, cpb, nthr, ntile = chain_geometry(S, dtype)
+    S = 2 * Lmax + 1
     shared = chain_shared_bytes(S, dtype)
     if shared > int(dynamic_shared_limit):
         raise ValueError(f"labels of {Lmax} are too long for the CUDA backend's shared memory ({shared} bytes of "
                          f"boundary slots, {int(dynamic_shared_limit)} available)")
+    args = (B, T, C, Lmax, dtype, x_strides, blank, merge_repeated, grad_strides)
+    plan = _plan(*args, budget_k=None)
+    if memory_limit is None or plan_bytes(plan) <= int(memory_limit):
+        return plan
+    return budget_plan(*args, memory_limit=int(memory_limit))
+
+
+def plan_bytes(plan: "Plan") -> int:
+    """Bytes of device memory a plan's workspaces take."""
+    return sum(n * (4 if dt in ("float32", "int32") else 8) for _, dt, n in plan.workspaces)
+
+
+def budget_plan(B, T, C, Lmax, dtype, x_strides, blank, merge_repeated, grad_strides, *, memory_limit):
+    """The plan of :func:`launch_config` within ``memory_limit`` bytes of workspaces: the tiled chain kernel
+    computes the probabilities from the logits (no (B, T, Lmax + 1) buffer); with a gradient, a first pass keeps
+    each chain's state every k frames, and then each segment of k frames is recomputed from its checkpoints and its
+    gradient rows written (the largest k of a few around sqrt(T), where the memory is least, that fits). Same bits as the unlimited plan (the
+    same kernel arithmetic, the same state blocks). Raises MemoryError naming the least a budget plan needs."""
+    dtype = _dtype_name(dtype)
+    want_grad = grad_strides is not None
+    best = None
+    # the largest k that fits (fewest launches; the frames recomputed are T whatever k)
+    for k in (sorted({max(1, min(T, int(round(math.sqrt(T) * f)))) for f in (0.25, 0.5, 0.7, 1, 1.4, 2, 4)} | {T},
+                     reverse=True) if want_grad and T > 0 else [0]):
+        plan = _plan(B, T, C, Lmax, dtype, x_strides, blank, merge_repeated, grad_strides, budget_k=k)
+        need = plan_bytes(plan)
+        if best is None or need < best[0]:
+            best = (need, plan)
+        if need <= memory_limit:
+            return plan
+    raise MemoryError(f"memory_limit={memory_limit} bytes is below the {best[0]} bytes of device work space this "
+                      f"CUDA call needs at the least (B={B}, T={T}, Lmax={Lmax}, {dtype})")
+
+
+def _plan(B, T, C, Lmax, dtype, x_strides, blank, merge_repeated, grad_strides, *, budget_k):
+    """The launches and workspaces: unlimited (budget_k None), or a budget plan (budget_k 0: loss only, no
+    probability buffer; k > 0: with a gradient, checkpoints every k frames and segments of k frames)."""
+    T_ = CTYPES[dtype]
+    sxb, sxt = _strides(x_strides)
+    want_grad = grad_strides is not None
+    S = 2 * Lmax + 1
+    ndir = 2 if want_grad else 1
+    K, cpb, nthr, ntile = chain_geometry(S, dtype)
+    budget = budget_k is not None
+    tiled = ntile > 1 or budget
+    if budget and cpb == 1 and nthr > CHAIN_THREADS_TILED:  # the tiled kernel's launch bound: more tiles
+        nthr = CHAIN_THREADS_TILED
+    shared = 0 if cpb > 1 else 2 * -(-(-(-S // K)) // nthr) * (nthr // 32) * (2 * _isz(dtype) + 8)
     nseg = (S + K - 1) // K
     nchain = ndir * B
+    k = budget_k or 0
+    seg = k if k > 0 else T  # frames whose rows a launch keeps
+    nslot = -(-T // k) if k > 0 else 0
+    ck_exps = nseg  # a checkpoint: the values and exponent of every state block
     workspaces = (
         ("rinfo", dtype, max(1, 2 * B * T)),
-        ("prob", dtype, max(1, B * T * (Lmax + 1))),
-        ("arows", dtype, max(1, B * T * S) if want_grad else 1),
-        ("brows", dtype, max(1, B * T * S) if want_grad else 1),
-        # low parts of the log-space fallback's rows (float32 only; written only for examples that fall back)
-        ("alo", dtype, max(1, B * T * S) if want_grad and dtype == "float32" else 1),
-        ("blo", dtype, max(1, B * T * S) if want_grad and dtype == "float32" else 1),
+        ("prob", dtype, 1 if budget else max(1, B * T * (Lmax + 1))),
+        ("arows", dtype, max(1, B * seg * S) if want_grad else 1),
+        ("brows", dtype, max(1, B * seg * S) if want_grad else 1),
+        # low parts of the log-space fallback's rows (float32 only; written only for examples that fall back; a
+        # budget plan keeps none: such examples are recomputed by the glue without the budget)
+        ("alo", dtype, max(1, B * T * S) if want_grad and dtype == "float32" and not budget else 1),
+        ("blo", dtype, max(1, B * T * S) if want_grad and dtype == "float32" and not budget else 1),
         # exponents of the stored rows' state blocks (K states each, in chain order)
-        ("aexp", "int32", max(1, B * T * nseg) if want_grad else 1),
-        ("bexp", "int32", max(1, B * T * nseg) if want_grad else 1),
+        ("aexp", "int32", max(1, B * seg * nseg) if want_grad else 1),
+        ("bexp", "int32", max(1, B * seg * nseg) if want_grad else 1),
         ("fmt", "int32", max(1, 2 * B)),
-        ("work", dtype, max(1, nchain * _chain_work(S, dtype))),
-        ("wexp", "int32", max(1, nchain * _chain_wexp(S, dtype))),
+        ("work", dtype, max(1, nchain * _chain_work_n(S, K, nthr))),
+        ("wexp", "int32", max(1, nchain * _chain_wexp_n(S, K, nthr))),
         ("lmap", "int32", max(1, 2 * B * Lmax) if want_grad else 1),
+        ("ckpt", dtype, max(1, nchain * nslot * ck_exps * K)),
+        ("ckpt_e", "int32", max(1, nchain * nslot * ck_exps)),
     )
     launches = []
     if B == 0:
@@ -219,23 +278,37 @@ def launch_config(B: int, T: int, C: int, Lmax: int, dtype, x_strides: Sequence[
     if T > 0:
         grid, block = _rows_grid(B * T)
         launches.append(Launch("ctc.cu", f"cyctc_rows<{T_}>", grid, block, 0, common + (
-            ("i32", B), ("i32", T), ("i32", C), ("buf", "rinfo"), ("buf", "prob"))))
+            ("i32", B), ("i32", T), ("i32", C), ("buf", "rinfo"), ("null", 0) if budget else ("buf", "prob"))))
     grid = ((nchain + cpb - 1) // cpb, 1, 1)
-    tiled = "true" if ntile > 1 else "false"
-    launches.append(Launch("ctc.cu", f"cyctc_chain<{T_}, {K}, {tiled}>", grid, (cpb * nthr if cpb > 1 else nthr, 1, 1),
-                           shared, common + (
-        ("i32", int(bool(merge_repeated))), ("buf", "rinfo"), ("buf", "prob"), ("i32", B), ("i32", T),
-        ("i32", ndir), ("i32", cpb), ("buf", "arows"), ("buf", "brows"), ("buf", "alo"), ("buf", "blo"),
-        ("buf", "aexp"), ("buf", "bexp"), ("buf", "fmt"), ("buf", "work"), ("buf", "wexp"), ("buf", "lmap"),
-        ("i32", int(want_grad)), ("buf", "loss"))))
-    if want_grad and T > 0:
+    name = f"cyctc_chain<{T_}, {K}, {'true' if tiled else 'false'}>"
+    block = (cpb * nthr if cpb > 1 else nthr, 1, 1)
+
+    def chain(ck_k, t0, t1):
+        return Launch("ctc.cu", name, grid, block, shared, common + (
+            ("i32", int(bool(merge_repeated))), ("buf", "rinfo"), ("null", 0) if budget else ("buf", "prob"), ("i32", B),
+            ("i32", T), ("i32", ndir), ("i32", cpb), ("buf", "arows"), ("buf", "brows"), ("buf", "alo"),
+            ("buf", "blo"), ("buf", "aexp"), ("buf", "bexp"), ("buf", "fmt"), ("buf", "work"), ("buf", "wexp"),
+            ("buf", "lmap"), ("i32", int(want_grad)), ("buf", "loss"), ("buf", "ckpt"), ("buf", "ckpt_e"),
+            ("i32", ck_k), ("i32", t0), ("i32", t1)))
+
+    def grad(t0, nt):
         sgb, sgt = _strides(grad_strides)
-        grid, block = _rows_grid(B * T)
-        launches.append(Launch("ctc.cu", f"cyctc_grad<{T_}>", grid, block, 0, common + (
+        g, bl = _rows_grid(B * nt)
+        return Launch("ctc.cu", f"cyctc_grad<{T_}>", g, bl, 0, common + (
             ("buf", "rinfo"), ("buf", "arows"), ("buf", "brows"), ("buf", "alo"), ("buf", "blo"), ("buf", "aexp"),
             ("buf", "bexp"), ("buf", "fmt"), ("i32", K), ("i32", B), ("i32", T),
             ("i32", C), ("buf", "lmap"), ("buf", "loss"), ("buf", "grad_scale"), ("buf", "grad"), ("i64", sgb),
-            ("i64", sgt))))
+            ("i64", sgt), ("i32", t0), ("i32", nt)))
+
+    if k > 0:  # first pass (checkpoints), then per segment: its rows, its gradient
+        launches.append(chain(k, 0, -1))
+        for t0 in range(0, T, k):
+            launches.append(chain(k, t0, min(T, t0 + k)))
+            launches.append(grad(t0, min(T, t0 + k) - t0))
+    else:
+        launches.append(chain(0, 0, -1))
+        if want_grad and T > 0:
+            launches.append(grad(0, T))
     return Plan(workspaces, tuple(launches))
 
 
@@ -251,14 +324,22 @@ def chain_geometry(S: int, dtype="float32") -> Tuple[int, int, int, int]:
         return K, CHAINS_PER_BLOCK, 32, 1
     if blocks <= CHAIN_THREADS_MAX:
         return K, 1, _round_warp(blocks, 32, CHAIN_THREADS_MAX), 1
-    K = CHAIN_K_TILED[dtype]
-    blocks = (S + K - 1) // K
-    return K, 1, CHAIN_THREADS_MAX, (blocks + CHAIN_THREADS_MAX - 1) // CHAIN_THREADS_MAX
+    return K, 1, CHAIN_THREADS_TILED, (blocks + CHAIN_THREADS_TILED - 1) // CHAIN_THREADS_TILED
 
 
 def chain_threads(S: int, dtype="float32") -> int:
     """Threads of one chain (32 for a one-warp chain)."""
     return chain_geometry(S, dtype)[2]
+
+
+def _chain_work_n(S: int, K: int, nthr: int) -> int:
+    nt = -(-(-(-S // K)) // nthr)
+    return 4 * S + (2 * nt * nthr * K if nt > 1 else 0)
+
+
+def _chain_wexp_n(S: int, K: int, nthr: int) -> int:
+    nt = -(-(-(-S // K)) // nthr)
+    return 2 * nt * nthr if nt > 1 else 1
 
 
 def _chain_work(S: int, dtype="float32") -> int:
@@ -565,14 +646,15 @@ def _element_strides(a, name):
 def _run(cp, plan: Plan, device, bufs: dict):
     for name, dt, n in plan.workspaces:
         bufs[name] = cp.empty(n, dtype=dt)
-    conv = {"i32": cp.int32, "i64": cp.int64, "f64": cp.float64}
+    conv = {"i32": cp.int32, "i64": cp.int64, "f64": cp.float64, "null": lambda v: numpy.uint64(0)}  # null pointer
     for launch in plan.launches:
         fn = get_function(device.id, launch.source, launch.kernel)
         args = tuple(bufs[v] if k == "buf" else conv[k](v) for k, v in launch.args)
         fn(launch.grid, launch.block, args, shared_mem=launch.shared_bytes)
 
 
-def ctc_loss_grad(x, labels, label_length, logit_length, blank, merge_repeated, grad=None, grad_scale=None):
+def ctc_loss_grad(x, labels, label_length, logit_length, blank, merge_repeated, grad=None, grad_scale=None,
+                  memory_limit=None):
     """CTC loss (and gradient) on the GPU; the CUDA counterpart of ``cyctc._cpu.ctc_loss_grad``.
 
     Parameters
@@ -590,6 +672,11 @@ def ctc_loss_grad(x, labels, label_length, logit_length, blank, merge_repeated, 
         valid frames, exactly 0 on frames t >= logit_length[b] and for examples without any alignment.
     grad_scale : (B,) float64 or None
         Per-example gradient multiplier (None: 1).
+    memory_limit : int or None
+        Bytes of device work space (None: unlimited): over it, a budget plan (:func:`budget_plan`). With a gradient,
+        examples the budget plan's first pass could not finish on the scaled path (fmt 2: log space needed) are
+        recomputed without the budget when that fits it, else MemoryError; finding them costs one device-to-host
+        copy of ``fmt`` (budget plans with a gradient only).
 
     Returns
     -------
@@ -623,17 +710,39 @@ def ctc_loss_grad(x, labels, label_length, logit_length, blank, merge_repeated, 
             bufs["grad_scale"] = (cp.ones(B, dtype=cp.float64) if grad_scale is None
                                   else _device_array(cp, grad_scale, cp.float64, "grad_scale", device))
         plan = launch_config(B, T, C, labels.shape[1], x.dtype, sx, blank=blank, merge_repeated=merge_repeated,
-                             grad_strides=sg, dynamic_shared_limit=chain_dynamic_shared_limit(device.id, x.dtype))
+                             grad_strides=sg, dynamic_shared_limit=chain_dynamic_shared_limit(device.id, x.dtype),
+                             memory_limit=memory_limit)
         _run(cp, plan, device, bufs)
+        if grad is not None and is_budget_grad_plan(plan):
+            redo = numpy.flatnonzero((cp.asnumpy(bufs["fmt"][:2 * B]).reshape(2, B) == 2).any(axis=0))
+            if redo.size:  # log space needed: those examples again, without checkpoints, if that fits the budget
+                idx = cp.asarray(redo)
+                sub = launch_config(len(redo), T, C, labels.shape[1], x.dtype, (T * C, C), blank=blank,
+                                    merge_repeated=merge_repeated, grad_strides=(T * C, C))
+                if plan_bytes(sub) + 2 * len(redo) * T * C * x.itemsize > memory_limit:
+                    raise MemoryError(f"memory_limit={memory_limit} bytes: {len(redo)} example(s) need the log-space "
+                                      f"fallback, whose rows ({plan_bytes(sub)} bytes) do not fit")
+                sub_grad = cp.empty((len(redo), T, C), dtype=x.dtype)
+                sub_loss = ctc_loss_grad(cp.ascontiguousarray(x[idx]), labels[idx], bufs["label_length"][idx],
+                                         bufs["logit_length"][idx], blank, merge_repeated, sub_grad,
+                                         bufs["grad_scale"][idx])
+                bufs["loss"][idx] = sub_loss
+                grad[idx] = sub_grad
         return bufs["loss"]
 
 
-def loss_and_grad(a, merge_repeated, want_grad, grad_scale):
+def is_budget_grad_plan(plan: "Plan") -> bool:
+    """A budget plan with a gradient (its first chain launch keeps checkpoints: ckpt_k > 0)."""
+    return any(ln.kernel.startswith("cyctc_chain") and ln.args[-3][1] > 0 for ln in plan.launches)
+
+
+def loss_and_grad(a, merge_repeated, want_grad, grad_scale, memory_limit=None):
     """Entry used by ``cyctc.loss.compute`` for CuPy logits (normalised arguments ``a``, see ``cyctc._args``).
 
     Returns (loss, grad): CuPy float64 (B,) losses and, when ``want_grad``, a new CuPy gradient in the layout of the
     user's logits ((T, B, C) when ``a.time_major``) and the dtype of ``a.x``, on the logits' device; else None.
-    ``a.labels`` / lengths may be host arrays (they are copied over: a few KiB); ``grad_scale`` float64 (B,) or None.
+    ``a.labels`` / lengths may be host arrays (they are copied over: a few KiB); ``grad_scale`` float64 (B,) or None;
+    ``memory_limit``: bytes of device work space (see :func:`ctc_loss_grad`).
     """
     cp = _cupy()
     x = a.x
@@ -644,7 +753,7 @@ def loss_and_grad(a, merge_repeated, want_grad, grad_scale):
             grad = cp.empty(shape, dtype=x.dtype)
             grad_view = grad.swapaxes(0, 1) if a.time_major else grad
         loss = ctc_loss_grad(x, a.labels, a.label_length, a.logit_length, a.blank, merge_repeated, grad_view,
-                             grad_scale)
+                             grad_scale, memory_limit)
     return loss, grad
 
 

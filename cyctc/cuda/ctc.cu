@@ -156,6 +156,20 @@ __device__ __forceinline__ int warp_max_int(int v) {
 __device__ __forceinline__ float warp_max_nonneg(float v) { return __int_as_float(warp_max_int(__float_as_int(v))); }
 __device__ __forceinline__ double warp_max_nonneg(double v) { return warp_max(v); }
 
+// Probability of a class of logit v in a frame of maximum m and sum s of exp(x - m): exp(v - m) / s, or, when a
+// nonzero probability falls below TH, the marker -2^ep (p < 2^ep). The row pass and the budget plans' chains (which
+// compute it themselves) share this code, so both give the same bits.
+template <typename R>
+__device__ __forceinline__ R prob_value(R v, R m, R s) {
+  typedef Num<R> N;
+  R p = N::ex(v - m) / s;  // (x - m) first: shift-invariant at any magnitude
+  if (v > -N::inf() && !(p >= N::th())) {  // nonzero probability below the range: marked as -2^ep, p < 2^ep
+    const R ep = ceil(((v - m) - N::lg(s)) * R(1.4426950408889634)) + R(1);
+    p = -N::pow2(ep < R(-1) ? (ep > R(N::min_exp) ? (int)ep : N::min_exp) : -1);
+  }
+  return p;
+}
+
 // Smallest number of frames an alignment of the example's labels needs.
 __device__ __forceinline__ int min_frames(const int* lab, int L, int merge_repeated) {
   int n = L;
@@ -220,16 +234,9 @@ cyctc_rows(const T* __restrict__ x, long long sx_b, long long sx_t, const int* _
   }
   const int L = label_length[b];
   const int* lab = labels + (long long)b * Lmax;
+  if (!prob) return;  // budget plans: the chains compute the probabilities themselves
   T* pr = prob + row * (Lmax + 1);
-  for (int k = lane; k <= L; k += 32) {
-    const T v = xr[k == 0 ? blank : lab[k - 1]];
-    T p = N::ex(v - m) / s;  // (x - m) first: shift-invariant at any magnitude
-    if (v > -N::inf() && !(p >= N::th())) {  // nonzero probability below the range: marked as -2^ep, p < 2^ep
-      const T ep = ceil(((v - m) - N::lg(s)) * T(1.4426950408889634)) + T(1);
-      p = -N::pow2(ep < T(-1) ? (ep > T(N::min_exp) ? (int)ep : N::min_exp) : -1);
-    }
-    pr[k] = finite ? p : N::nan();
-  }
+  for (int k = lane; k <= L; k += 32) pr[k] = finite ? prob_value(xr[k == 0 ? blank : lab[k - 1]], m, s) : N::nan();
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -279,19 +286,32 @@ __device__ __forceinline__ long long chain_wexp(int S_stride, int K, int nthr) {
 }
 }  // namespace cyctc_ctc
 
-// at most 512 threads a block, so that ptxas may give each up to 128 registers: the loop holds ~115 without spills
+// at most 512 threads a block (384 tiled), so that ptxas may give each up to 128 (168) registers: the loops need
+// ~105-140, without spills
 template <typename T, int K, bool TILED>
-__global__ void __launch_bounds__(512, 1)
+__global__ void __launch_bounds__(TILED ? 384 : 512, 1)
 cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* __restrict__ labels, int Lmax,
             const int* __restrict__ label_length, const int* __restrict__ logit_length, int blank,
             int merge_repeated, const T* __restrict__ rinfo, const T* __restrict__ prob, int B, int T_,
             int ndir, int cpb, T* __restrict__ arows, T* __restrict__ brows, T* __restrict__ alo,
             T* __restrict__ blo, int* __restrict__ aexp, int* __restrict__ bexp, int* __restrict__ fmt,
             T* __restrict__ work, int* __restrict__ wexp, int* __restrict__ lmap, int want_grad,
-            double* __restrict__ loss) {
+            double* __restrict__ loss, T* __restrict__ ckpt, int* __restrict__ ckpt_e, int ckpt_k, int seg_t0,
+            int seg_t1) {
   using namespace cyctc_ctc;
   typedef Num<T> N;
   static_assert(K >= 2 && K % 2 == 0, "state blocks start at a blank");
+  // Memory-budget modes (cyctc_chain<T, K, true> only; the plan of _backend.launch_config under memory_limit):
+  //  - prob == nullptr: the probabilities are computed here from x and rinfo (prob_value, the row pass's own code),
+  //    so no (B, T, Lmax + 1) buffer exists;
+  //  - ckpt_k > 0 (gradient, first pass): no rows are stored; the state (values and block exponents) is copied to
+  //    checkpoint slot t / k of ckpt / ckpt_e after frame t when k divides t + 1 (forward) or t (backward, t > 0);
+  //    a direction that would need the log-space fallback is marked fmt = 2 (the glue recomputes the example
+  //    without a budget, or raises MemoryError) instead of running it;
+  //  - seg_t1 >= 0 (gradient, second pass, one launch per segment [seg_t0, seg_t1), k frames): each chain starts
+  //    from the checkpoint before the segment (or from the start) and stores the segment's rows, rows[t - seg_t0];
+  //    no shadow, no loss: the first pass decided.
+  const bool recompute = seg_t1 >= 0;
   DYNAMIC_SHARED(T, smem);
   __shared__ T s_wmax[2][32];   // log space: per-warp maxima of the last two rows (multi-warp chains)
   __shared__ T s_endv[8][4];    // per chain slot: the last two states' values, main then shadow
@@ -340,10 +360,16 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
   int* bE = reinterpret_cast<int*>(smem + 4 * nw);
   T* store = dir == 0 ? arows : brows;
   int* rexp = dir == 0 ? aexp : bexp;
-  if (want_grad) {  // loss-only plans allocate no rows
-    store += (long long)b * T_ * S_stride;
-    rexp += (long long)b * T_ * nseg;
+  const int rows_t0 = recompute ? seg_t0 : 0, rows_T = recompute ? seg_t1 - seg_t0 : T_;  // frames the rows hold
+  const bool keep_rows = want_grad && (ckpt_k == 0 || recompute);
+  if (keep_rows) {  // loss-only and first-pass plans allocate no rows
+    store += (long long)b * rows_T * S_stride;
+    rexp += (long long)b * rows_T * nseg;
   }
+  const long long ck_exps = nseg, ck_vals = (long long)nseg * K;  // a checkpoint: the state blocks of S_stride
+  const int ck_slots = ckpt_k > 0 ? (T_ + ckpt_k - 1) / ckpt_k : 0;
+  T* ck_v = ckpt + chain * ck_slots * ck_vals;
+  int* ck_e = ckpt_e + chain * ck_slots * ck_exps;
   // The scaled path, with the direction D a constant (the chain's frames and states are walked in opposite orders):
   // returns true when the chain's results are final, false when this direction must be recomputed in log space.
   auto scaled = [&](auto dir_constant) -> bool {
@@ -353,6 +379,8 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
   // the thread's current tile: chain states r0 .. r0 + K - 1, main values v / exponent E / maximum m, shadow
   // values vs / Es / ms; per label state (k odd, index k / 2) its probability column and skip multiplier
   T v[K], vs[K], skip[K / 2];
+  int cls[TILED ? K / 2 : 1];  // from-x probabilities: label state 2h + 1's class
+  (void)cls;                   // (the one-tile instantiation has no use for it)
   int E = 0, Es = 0, r0 = 0, col0 = 0;  // label state 2h + 1's probability column: col0 + h (forward), col0 - h
   constexpr int dcol = D == 0 ? 1 : -1;
   T m = 0, ms = 0;
@@ -365,6 +393,7 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
       const int r = r0 + 2 * h + 1, s = CYCTC_STATE(r), lp = s >> 1;
       const int lq = D == 0 ? lp - 1 : lp + 1;  // the label two chain states back
       skip[h] = r < S && r >= 3 && (!merge_repeated || lab[lp] != lab[lq]) ? T(1) : T(0);
+      if constexpr (TILED) cls[h] = r < S ? lab[lp] : blank;
     }
   };
   auto load_tile = [&](int j) {  // tiled chains: the tile's state from work
@@ -394,13 +423,50 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
     wE[o] = E;
     wE[ntile_max * nthr + o] = Es;
   };
+  auto save_ckpt = [&](int j, int sl) {  // the tile's main state to checkpoint slot sl (blocks past S: none)
+    const long long o = (long long)(j * nthr + ct);
+    if (o >= nseg) return;
+    CYCTC_UNROLL
+    for (int k = 0; k < K; ++k) ck_v[sl * ck_vals + o * K + k] = v[k];
+    ck_e[sl * ck_exps + o] = E;
+  };
+  auto load_ckpt = [&](int j, int sl) {
+    const long long o = (long long)(j * nthr + ct);
+    const bool held = o < nseg;  // blocks past S_stride hold nothing
+    m = 0;
+    CYCTC_UNROLL
+    for (int k = 0; k < K; ++k) {
+      v[k] = held ? ck_v[sl * ck_vals + o * K + k] : T(0);
+      vs[k] = T(0);
+      m = v[k] > m ? v[k] : m;
+    }
+    E = held ? ck_e[sl * ck_exps + o] : 0;
+    Es = 0;
+    ms = 0;
+  };
   // probabilities of the tile's states at step i: [0] the blank's, [1 + h] label state 2h + 1's; p[K] per state,
   // 0 for a state past S or one that cannot reach the chain's end in the frames left (at most two states a frame
   // become so): it has no weight in P or in any posterior, and dropping it lets the scales follow the states that do
   auto load_p = [&](int i, T* p) {
     const int tt = D == 0 ? i : Tb - 1 - i;
-    const T* row = prob_b + (long long)tt * (Lmax + 1);
     const int lo = S - 2 - 2 * (Tb - 1 - i);
+    if constexpr (TILED) {
+      if (!prob) {  // budget plans: from the logits, as the row pass would have
+        const T* xt = x + b * sx_b + (long long)tt * sx_t;
+        const T mt = rinfo_b[2 * tt], st = rinfo_b[2 * tt + 1];
+        const T pb = prob_value(xt[blank], mt, st);
+        CYCTC_UNROLL
+        for (int h = 0; h < K / 2; ++h) {
+          p[2 * h] = pb;
+          p[2 * h + 1] = prob_value(xt[cls[h]], mt, st);
+        }
+        CYCTC_UNROLL
+        for (int k = 0; k < K; ++k)
+          if (r0 + k < lo || r0 + k >= S) p[k] = T(0);
+        return;
+      }
+    }
+    const T* row = prob_b + (long long)tt * (Lmax + 1);
     if (r0 >= lo && r0 + K <= S) {  // every state valid (the common case)
       const T pb = row[0];
       CYCTC_UNROLL
@@ -458,8 +524,10 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
     return t;
   };
   // the gradient row entry of state r0 at frame t and of its block's exponent (null without a gradient)
-  auto srow_of = [&](int t) -> T* { return want_grad ? store + ((long long)t * S_stride + CYCTC_STATE(r0)) : nullptr; };
-  auto erow_of = [&](int t) -> int* { return rexp + ((long long)t * nseg + r0 / K); };
+  auto srow_of = [&](int t) -> T* {
+    return keep_rows ? store + ((long long)(t - rows_t0) * S_stride + CYCTC_STATE(r0)) : nullptr;
+  };
+  auto erow_of = [&](int t) -> int* { return rexp + ((long long)(t - rows_t0) * nseg + r0 / K); };
   // One frame (of frame t) of the main rows for the current tile: v <- new values, E <- Et, stored to the gradient
   // rows when asked; lost[k]: the bound of what state k lost (0 where nothing), returns the largest. p: the states'
   // probabilities.
@@ -551,19 +619,32 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
     ms = mx;
   };
 
-  // step -1: a virtual row with 2^head in chain state 0 (then step 0 gives state 0 and 1 their probabilities)
+  // the steps this launch runs: all, or (recompute) those of the segment's frames in this chain's direction
+  int i_begin = 0, i_end = Tb;
+  if (recompute) {
+    const int f1 = seg_t1 < Tb ? seg_t1 : Tb;
+    i_begin = D == 0 ? seg_t0 : Tb - f1;
+    i_end = D == 0 ? f1 : Tb - seg_t0;
+    if (i_begin >= i_end) return true;  // the segment lies past this example's frames (uniform)
+  }
+  // step i_begin - 1: a virtual row with 2^head in chain state 0 (then step 0 gives state 0 and 1 their
+  // probabilities), or the checkpoint taken after frame seg_t0 - 1 (forward) / seg_t1 (backward)
   for (int j = 0; j < ntile; ++j) {
     setup(j);
-    CYCTC_UNROLL
-    for (int k = 0; k < K; ++k) v[k] = vs[k] = T(0);
-    E = Es = 0;
-    if (r0 == 0) {  // 2^head in units of 2^-head: 1
-      v[0] = N::pow2(N::head);
-      E = -N::head;
+    if (i_begin > 0) {
+      if constexpr (TILED) load_ckpt(j, (D == 0 ? seg_t0 : seg_t1) / ckpt_k);
+    } else {
+      CYCTC_UNROLL
+      for (int k = 0; k < K; ++k) v[k] = vs[k] = T(0);
+      E = Es = 0;
+      if (r0 == 0) {  // 2^head in units of 2^-head: 1
+        v[0] = N::pow2(N::head);
+        E = -N::head;
+      }
+      m = v[0];
+      ms = 0;
     }
-    m = v[0];
-    ms = 0;
-    if (!one_warp) put_boundary(j, 1);  // what step 0 reads as the previous frame's boundaries
+    if (!one_warp) put_boundary(j, (i_begin + 1) & 1);  // what step i_begin reads as the previous boundaries
     if (ntile > 1) save_tile(j);
   }
   {  // a valid frame holding NaN or inf: loss NaN (one vote before the frames, which
@@ -578,10 +659,19 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
   }
   if (ntile == 1) setup(0);
   T p[K];  // single-tile chains: this frame's probabilities, loaded during the previous frame
-  if (ntile == 1) load_p(0, p);
-  int i = 0;
+  if (ntile == 1) load_p(i_begin, p);
+  int i = i_begin;
   bool active = false;  // the shadow rows run
-  for (; i < Tb && !active; ++i) {
+  // first pass of a budget plan: the state after frame t goes to a checkpoint slot (see the kernel's head)
+  auto checkpoint = [&](int j, int t) {
+    if constexpr (TILED) {
+      if (ckpt_k > 0 && !recompute) {
+        if (D == 0 ? (t + 1) % ckpt_k == 0 && t + 1 < Tb : t % ckpt_k == 0 && t > 0)
+          save_ckpt(j, (D == 0 ? t + 1 : t) / ckpt_k);
+      }
+    }
+  };
+  for (; i < i_end && !active; ++i) {
     CYCTC_MARK(1);
     const int t = D == 0 ? i : Tb - 1 - i, cb = i & 1;
     T lmax = 0;
@@ -596,14 +686,15 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
       Es = E;
       ms = lm;
       lmax = lmax > lm ? lmax : lm;
+      checkpoint(j, t);
       if (!one_warp) put_boundary(j, cb);
       if (ntile > 1) save_tile(j);
     }
-    if (ntile == 1 && i + 1 < Tb) load_p(i + 1, p);  // in flight across the barrier
+    if (ntile == 1 && i + 1 < i_end) load_p(i + 1, p);  // in flight across the barrier
     active = one_warp ? __any_sync(0xffffffffu, lmax > T(0)) : __syncthreads_or(lmax > T(0));
     CYCTC_MARK(2);
   }
-  for (; i < Tb; ++i) {  // after a flush: main and shadow rows
+  for (; i < i_end; ++i) {  // after a flush: main and shadow rows
     const int t = D == 0 ? i : Tb - 1 - i, cb = i & 1;
     for (int j = 0; j < ntile; ++j) {
       if (ntile > 1) {
@@ -614,13 +705,15 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
       T lost[K];
       const T lm = main_step(j, cb, p, lost, srow_of(t), erow_of(t));
       shadow_step(j, cb, p, lost, lm);
+      checkpoint(j, t);
       if (!one_warp) put_boundary(j, cb);
       if (ntile > 1) save_tile(j);
     }
-    if (ntile == 1 && i + 1 < Tb) load_p(i + 1, p);
+    if (ntile == 1 && i + 1 < i_end) load_p(i + 1, p);
     if (one_warp) __syncwarp();
     else __syncthreads();
   }
+  if (recompute) return true;  // the rows are stored; the first pass decided the rest
 
   // P (the chain's end mass: its last two states) and the shadow's bound, decided by the chain's thread 0
   {
@@ -682,8 +775,11 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
           loss[b] = l > 0.0 ? l : 0.0;  // P <= 1: a rounding error below 0 is reported as 0
         }
         if (want_grad) fmt[dir * B + b] = 0;
+      } else if (ckpt_k > 0) {  // a budget plan's first pass keeps no log-space rows: the glue takes it from here
+        if (D == 0) loss[b] = Num<double>::nan();
+        fmt[dir * B + b] = 2;
       }
-      s_flag[slot] = exact || dead;
+      s_flag[slot] = exact || dead || ckpt_k > 0;
     }
     if (one_warp) __syncwarp();
     else __syncthreads();
@@ -849,15 +945,23 @@ cyctc_grad(const T* __restrict__ x, long long sx_b, long long sx_t, const int* _
            const int* __restrict__ bexp, const int* __restrict__ fmt, int kseg, int B, int T_, int C,
            const int* __restrict__ lmap,
            const double* __restrict__ loss, const double* __restrict__ grad_scale, T* __restrict__ grad, long long sg_b,
-           long long sg_t) {
+           long long sg_t, int seg_t0, int seg_nt) {
   using namespace cyctc_ctc;
   typedef Num<T> N;
-  const long long row = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+  // frames [seg_t0, seg_t0 + seg_nt) of every example (all frames: 0, T_; a budget plan: one segment, whose rows
+  // arows / brows hold, srow = b * seg_nt + t - seg_t0)
+  const long long srow = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
-  if (row >= (long long)B * T_) return;  // whole warps leave together
-  const int b = (int)(row / T_), t = (int)(row % T_);
+  if (srow >= (long long)B * seg_nt) return;  // whole warps leave together
+  const int b = (int)(srow / seg_nt), t = seg_t0 + (int)(srow % seg_nt);
+  if (t >= T_) return;
+  const long long row = (long long)b * T_ + t;
   T* g = grad + b * sg_b + t * sg_t;
   const double lb = loss[b];
+  if (fmt[b] == 2 || fmt[B + b] == 2) {  // a budget plan's first pass left this example to the glue (no rows)
+    for (int c = lane; c < C; c += 32) g[c] = T(0);
+    return;
+  }
   if (t >= logit_length[b] || lb == Num<double>::inf() || lb != lb) {  // uniform over the warp
     const T fill = lb != lb && t < logit_length[b] ? N::nan() : T(0);  // NaN loss: NaN on every valid frame
     for (int c = lane; c < C; c += 32) g[c] = fill;
@@ -873,15 +977,15 @@ cyctc_grad(const T* __restrict__ x, long long sx_b, long long sx_t, const int* _
   const T scale = (T)grad_scale[b];
 
   Posterior<T> post;
-  post.a = arows + row * S_stride;
-  post.b = brows + row * S_stride;
+  post.a = arows + srow * S_stride;
+  post.b = brows + srow * S_stride;
   const int nseg = (S_stride + kseg - 1) / kseg;
-  post.ea = aexp + row * nseg;
-  post.eb = bexp + row * nseg;
+  post.ea = aexp + srow * nseg;
+  post.eb = bexp + srow * nseg;
   post.S = S;
   post.kseg = kseg;
-  post.alo = alo + (sizeof(T) == 4 ? row * S_stride : 0);  // float64 plans allocate no low parts
-  post.blo = blo + (sizeof(T) == 4 ? row * S_stride : 0);
+  post.alo = alo + (sizeof(T) == 4 ? srow * S_stride : 0);  // float64 and budget plans allocate no low parts
+  post.blo = blo + (sizeof(T) == 4 ? srow * S_stride : 0);
   post.a_log = fmt[b] != 0;
   post.b_log = fmt[B + b] != 0;
   post.lin = !post.a_log && !post.b_log;

@@ -45,7 +45,7 @@
  * The alignment chain kernel (decode.c, ctc_align's and ctc_segment's posteriors) scales its rows the same way,
  * with blocks of 32 of its own states (its graph has untranscribed states and no split layout). The CUDA chain
  * kernel (cyctc/cuda/ctc.cu, cyctc_chain) follows the same scheme with the state block a thread holds in registers
- * (K = 8 float32 / 4 float64 states; 4 / 2 in chains longer than 512 blocks), each block's maximum kept near
+ * (K = 8 float32 / 4 float64 states, in every plan), each block's maximum kept near
  * 2^head rather than its sum in [0.5, 1) (float32 has less range to spend), the same per-state flush test and
  * lost-mass rows (run only from the first flush on) and the same log-space fallback.
  *

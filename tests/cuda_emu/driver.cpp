@@ -8,7 +8,7 @@
 //   buffer NAME DTYPE COUNT FILE|-     allocate COUNT elements (float32 float64 int32 int64); FILE: raw bytes to
 //                                      load, '-': poison (0xFF bytes: NaN / -1), as cupy.empty may hold anything
 //   launch KERNEL GX GY GZ BX BY BZ SHARED_BYTES NARGS ARG...
-//                                      ARG: buf:NAME | i32:V | i64:V | f64:V; every argument is checked against
+//                                      ARG: buf:NAME | null:0 | i32:V | i64:V | f64:V; every argument is checked against
 //                                      the kernel's C++ signature (kind, width, pointee type), so a plan that does
 //                                      not match the kernel fails here instead of corrupting memory on a GPU
 //   output NAME FILE                   write the buffer's raw bytes after all launches
@@ -70,6 +70,7 @@ template <class P>
 P convert(const Arg& a, Buffers& bufs, std::size_t pos, const std::string& kname) {
   const std::string where = kname + " argument " + std::to_string(pos) + ": ";
   if constexpr (std::is_pointer_v<P>) {
+    if (a.kind == "null") return nullptr;
     if (a.kind != "buf") die(where + "expected a buffer, got " + a.kind);
     auto it = bufs.find(a.value);
     if (it == bufs.end()) die(where + "unknown buffer " + a.value);

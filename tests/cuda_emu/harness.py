@@ -69,6 +69,8 @@ def compiler() -> Optional[str]:
 def _plan_arg(kind, value) -> str:
     if kind == "buf":
         return f"buf:{value}"
+    if kind == "null":
+        return "null:0"
     if kind == "f64":
         return f"f64:{float(value)!r}"
     return f"{kind}:{int(value)}"
@@ -98,6 +100,10 @@ class Run:
             lines.append(f"launch {kernel} {' '.join(map(str, ln.grid))} {' '.join(map(str, ln.block))} "
                          f"{ln.shared_bytes} {len(ln.args)} {args}")
         self.plan_lines = lines
+
+    def read_back(self, name, dtype, shape):
+        """Also return the workspace ``name`` (its first prod(shape) elements) after the launches."""
+        self.outputs[name] = (dtype, shape)
 
     def __call__(self, exe: str, mode: str, seed: int = 1, env=None, check=True):
         tag = f"{os.path.basename(exe)}_{mode}_{seed}"
@@ -129,25 +135,38 @@ def barrier_counts(stderr: str) -> Dict[str, int]:
 
 
 def loss_run(workdir, raw, time_major, labels, label_length, logit_length, blank, merge_repeated, *,
-             want_grad=True, grad_scale=None, dynamic_shared_limit=None, mutant=None, ftz=None) -> Run:
+             want_grad=True, grad_scale=None, dynamic_shared_limit=None, mutant=None, ftz=None, budget_k=None,
+             memory_limit=None, extra_outputs=()) -> Run:
     """A Run of the CTC loss plan for logits ``raw`` stored (T, B, C) when ``time_major`` else (B, T, C).
 
     ``ftz`` (default: True for float32) runs with float subnormals flushed to zero, as CuPy's -ftz=true build does.
+    ``budget_k``: the budget plan with checkpoints every k frames (0: loss only) instead (``_backend._plan``);
+    ``memory_limit``: the plan launch_config makes under that limit. ``extra_outputs``: workspaces to read back
+    (``"fmt"``: int32 (2, B)).
     """
     x = raw.swapaxes(0, 1) if time_major else raw
     B, T, C = x.shape
     item = raw.itemsize
     strides = (x.strides[0] // item, x.strides[1] // item)
-    plan = _backend.launch_config(B, T, C, labels.shape[1], raw.dtype, strides, blank=blank,
-                                  merge_repeated=merge_repeated, grad_strides=strides if want_grad else None,
-                                  dynamic_shared_limit=dynamic_shared_limit)
+    if budget_k is not None:
+        plan = _backend._plan(B, T, C, labels.shape[1], _backend._dtype_name(raw.dtype), strides, blank,
+                              merge_repeated, strides if want_grad else None, budget_k=budget_k)
+    else:
+        plan = _backend.launch_config(B, T, C, labels.shape[1], raw.dtype, strides, blank=blank,
+                                      merge_repeated=merge_repeated, grad_strides=strides if want_grad else None,
+                                      dynamic_shared_limit=dynamic_shared_limit, memory_limit=memory_limit)
     inputs = {"x": raw, "labels": np.ascontiguousarray(labels, np.int32),
               "label_length": np.asarray(label_length, np.int32), "logit_length": np.asarray(logit_length, np.int32)}
     outputs = {"loss": (np.float64, (B,))}
     if want_grad:
         inputs["grad_scale"] = np.ones(B) if grad_scale is None else np.asarray(grad_scale, np.float64)
         outputs["grad"] = (raw.dtype, raw.shape)  # same layout as the logits
-    return Run(workdir, plan, inputs, outputs, mutant, raw.dtype == np.float32 if ftz is None else ftz)
+    run = Run(workdir, plan, inputs, outputs, mutant, raw.dtype == np.float32 if ftz is None else ftz)
+    run.plan = plan
+    for name in extra_outputs:  # a workspace read back after the launches
+        dtype = next(d for n, d, _ in plan.workspaces if n == name)
+        run.read_back(name, dtype, (2, B) if name == "fmt" else (next(c for n, _, c in plan.workspaces if n == name),))
+    return run
 
 
 def grad_view(result, time_major):
