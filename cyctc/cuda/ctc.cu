@@ -69,6 +69,8 @@ template <> struct Num<float> {
   static constexpr int min_exp = -126;  // pow2's smallest argument; chain blocks keep their maximum near 2^head
   // binary exponent e of v > 0 (v = f 2^e, f in [0.5, 1)); 0 for v == 0. v is never subnormal here.
   static __device__ __forceinline__ int expo(float v) { return v > 0.f ? ((__float_as_int(v) >> 23) & 0xff) - 126 : 0; }
+  // exponent field of v >= 0 (expo(v) = field(v) - 126 for v > 0)
+  static __device__ __forceinline__ int field(float v) { return __float_as_int(v) >> 23; }
   static __device__ __forceinline__ float pow2(int e) { return __int_as_float((e + 127) << 23); }  // |e| <= 126
   static __device__ __forceinline__ float ldx(float v, int e) { return ldexpf(v, e); }
   static __device__ __forceinline__ float ex(float v) { return expf(v); }
@@ -87,6 +89,7 @@ template <> struct Num<double> {
   static __device__ __forceinline__ int expo(double v) {
     return v > 0.0 ? (int)((__double_as_longlong(v) >> 52) & 0x7ff) - 1022 : 0;
   }
+  static __device__ __forceinline__ int field(double v) { return (int)(__double_as_longlong(v) >> 52); }
   static __device__ __forceinline__ double pow2(int e) { return __longlong_as_double((long long)(e + 1023) << 52); }
   static __device__ __forceinline__ double ldx(double v, int e) { return ldexp(v, e); }
   static __device__ __forceinline__ double ex(double v) { return exp(v); }
@@ -382,12 +385,18 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
   int cls[TILED ? K / 2 : 1];  // from-x probabilities: label state 2h + 1's class
   (void)cls;                   // (the one-tile instantiation has no use for it)
   int E = 0, Es = 0, r0 = 0, col0 = 0;  // label state 2h + 1's probability column: col0 + h (forward), col0 - h
+  int nst = 0;  // states of the tile to store in the gradient rows (0: none; >= K: all)
+  unsigned hmask = 0;  // bit k: state r0 + k lies in the chain (r0 + k < S)
+  int bg = 0;   // the warp's index over the chain's tiles (boundary slots)
   constexpr int dcol = D == 0 ? 1 : -1;
   T m = 0, ms = 0;
   const T stay = merge_repeated ? T(1) : T(0);  // may a label state repeat itself?
   auto setup = [&](int j) {
     r0 = (j * nthr + ct) * K;
     col0 = 1 + (CYCTC_STATE(r0 + 1) >> 1);
+    nst = keep_rows ? S - r0 : 0;
+    hmask = S - r0 >= K ? (1u << K) - 1u : (S - r0 > 0 ? (1u << (S - r0)) - 1u : 0u);
+    bg = j * nwc + ct / 32;
     CYCTC_UNROLL
     for (int h = 0; h < K / 2; ++h) {
       const int r = r0 + 2 * h + 1, s = CYCTC_STATE(r), lp = s >> 1;
@@ -447,7 +456,7 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
   // probabilities of the tile's states at step i: [0] the blank's, [1 + h] label state 2h + 1's; p[K] per state,
   // 0 for a state past S or one that cannot reach the chain's end in the frames left (at most two states a frame
   // become so): it has no weight in P or in any posterior, and dropping it lets the scales follow the states that do
-  auto load_p = [&](int i, T* p) {
+  auto load_p = [&](int i, const T* row, T* p) {  // row: the probability row of step i's frame
     const int tt = D == 0 ? i : Tb - 1 - i;
     const int lo = S - 2 - 2 * (Tb - 1 - i);
     if constexpr (TILED) {
@@ -466,29 +475,29 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
         return;
       }
     }
-    const T* row = prob_b + (long long)tt * (Lmax + 1);
-    if (r0 >= lo && r0 + K <= S) {  // every state valid (the common case)
-      const T pb = row[0];
-      CYCTC_UNROLL
-      for (int h = 0; h < K / 2; ++h) {
-        p[2 * h] = pb;
-        p[2 * h + 1] = row[col0 + h * dcol];
-      }
-    } else {
-      CYCTC_UNROLL
-      for (int k = 0; k < K; ++k) {
-        const int r = r0 + k;
-        p[k] = r >= lo && r < S ? row[(k & 1) ? col0 + (k / 2) * dcol : 0] : T(0);
-      }
+    (void)tt;
+    // valid states r0 + k (lo <= r0 + k < S) as bits: hmask (k < S - r0, set by setup) less those below lo
+    const int below = lo - r0;
+    const unsigned vm = hmask & (below > 0 ? (below < K ? ~0u << below : 0u) : ~0u);
+    const T pb = row[0];
+    const T* rl = row + col0;
+    CYCTC_UNROLL
+    for (int h = 0; h < K / 2; ++h) {
+      p[2 * h] = (vm >> (2 * h)) & 1u ? pb : T(0);
+      p[2 * h + 1] = (vm >> (2 * h + 1)) & 1u ? rl[h * dcol] : T(0);
     }
   };
   const int none = -0x40000000, shift_max = -N::min_exp;  // pow2(e) is exact for -shift_max <= e <= shift_max
-  auto pow2c = [&](int e) -> T { return e >= -shift_max ? N::pow2(e < shift_max ? e : shift_max) : T(0); };
+  // pow2(-shift_max - 1) is exactly 0 (an exponent field of 0): one clamp, no select
+  auto pow2c = [&](int e) -> T {
+    e = e < shift_max ? e : shift_max;
+    return N::pow2(e > -shift_max - 1 ? e : -shift_max - 1);
+  };
   // the left neighbour's last value and exponent (main: w = 0, shadow: w = 1) from the previous frame
   auto left_of = [&](int j, int cb, T val, int ex, int w, T* lv, int* lE) {
     *lv = __shfl_up_sync(0xffffffffu, val, 1);
     *lE = __shfl_up_sync(0xffffffffu, ex, 1);
-    const int g = j * nwc + ct / 32;  // the warp's index over the chain's tiles
+    const int g = bg;
     if (lane == 0) {
       if (g == 0) {
         *lv = T(0);
@@ -501,7 +510,7 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
   };
   auto put_boundary = [&](int j, int cb) {  // multi-warp: the last lane's values for the next warp
     if (lane == 31) {
-      const int g = j * nwc + ct / 32;
+      const int g = bg;
       bv[cb * nw + g] = v[K - 1];
       bv[(2 + cb) * nw + g] = vs[K - 1];
       bE[cb * nw + g] = E;
@@ -512,22 +521,20 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
   // (im, in units 2^iE: the largest value injected, or 0): the largest target less head, never more than
   // shift_max below a nonzero input's exponent (so that its scale factor is a normal power of two)
   auto target = [&](T mx, int ex, T lv, int lE, T im, int iE) -> int {
-    const int a = mx > T(0) ? ex + N::expo(mx) : none, l = lv > T(0) ? lE + N::expo(lv) : none;
-    const int c = im > T(0) ? iE + N::expo(im) : none;
-    int t = a > l ? a : l;
+    // per nonzero input of exponent x = ex + expo(v): max(x - head, ex - shift_max) = ex - shift_max +
+    // max(field(v) - head, 0) (expo(v) = field(v) - shift_max); the largest over the inputs, ex when all are 0
+    auto cand = [&](T v, int e) -> int {
+      const int fv = N::field(v);
+      return v > T(0) ? e - shift_max + (fv > N::head ? fv : N::head) - N::head : none;
+    };
+    int t = cand(mx, ex), l = cand(lv, lE), c = cand(im, iE);
+    t = t > l ? t : l;
     t = t > c ? t : c;
-    if (t == none) return ex;
-    t -= N::head;
-    if (mx > T(0) && t < ex - shift_max) t = ex - shift_max;
-    if (lv > T(0) && t < lE - shift_max) t = lE - shift_max;
-    if (im > T(0) && t < iE - shift_max) t = iE - shift_max;
-    return t;
+    return t == none ? ex : t;
   };
-  // the gradient row entry of state r0 at frame t and of its block's exponent (null without a gradient)
-  auto srow_of = [&](int t) -> T* {
-    return keep_rows ? store + ((long long)(t - rows_t0) * S_stride + CYCTC_STATE(r0)) : nullptr;
-  };
-  auto erow_of = [&](int t) -> int* { return rexp + ((long long)(t - rows_t0) * nseg + r0 / K); };
+  // the gradient row entry of state r0 and of its block's exponent, from the rows of the step's frame (st, et)
+  auto srow_of = [&](T* st) -> T* { return st + CYCTC_STATE(r0); };
+  auto erow_of = [&](int* et) -> int* { return et + r0 / K; };
   // One frame (of frame t) of the main rows for the current tile: v <- new values, E <- Et, stored to the gradient
   // rows when asked; lost[k]: the bound of what state k lost (0 where nothing), returns the largest. p: the states'
   // probabilities.
@@ -542,7 +549,6 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
     if (lflush) lvg = T(0);
     T mx = 0, lmax = 0;
     // the gradient row's entry of state r0 (chain states r0 + k lie at srow + k * dcol); states past S not stored
-    const int nst = srow ? S - r0 : 0;  // states to store (none past S)
     CYCTC_UNROLL
     for (int k = K - 1; k >= 0; --k) {  // downwards: v[k - 1], v[k - 2] are still the previous frame's
       T raw, in;
@@ -564,8 +570,7 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
       }
       const T q = in * p[k];
       const bool low = !(q >= N::th());
-      const bool fl = (low && raw > T(0) && p[k] != T(0)) ||
-                      (k < 2 && lflush && p[k] != T(0) && (k == 0 || skip[0] > T(0)));
+      const bool fl = p[k] != T(0) && ((low && raw > T(0)) || (k < 2 && lflush && (k == 0 || skip[0] > T(0))));
       const T ls = fl ? N::mx(N::ab(q), N::th()) : T(0);
       lost[k] = ls;
       lmax = N::mx(lmax, ls);
@@ -658,8 +663,21 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
     }
   }
   if (ntile == 1) setup(0);
+  // the rows of step i's frame: probabilities (prow), gradient rows (st, et), advanced one frame a step
+  const long long pstep = D == 0 ? (long long)(Lmax + 1) : -(long long)(Lmax + 1);
+  // (without rows, nst == 0: st and et are never dereferenced)
+  const long long sstep = D == 0 ? (long long)S_stride : -(long long)S_stride;
+  const long long estep = D == 0 ? (long long)nseg : -(long long)nseg;
+  const int t_begin = D == 0 ? i_begin : Tb - 1 - i_begin;
+  const T* prow = prob_b + (long long)t_begin * (Lmax + 1);
+  T* st = store + (long long)(t_begin - rows_t0) * S_stride;
+  int* et = rexp + (long long)(t_begin - rows_t0) * nseg;
+  if (ntile == 1) {  // one tile: the thread's own entries (srow_of, erow_of) advance instead
+    st = srow_of(st);
+    et = erow_of(et);
+  }
   T p[K];  // single-tile chains: this frame's probabilities, loaded during the previous frame
-  if (ntile == 1) load_p(i_begin, p);
+  if (ntile == 1) load_p(i_begin, prow, p);
   int i = i_begin;
   bool active = false;  // the shadow rows run
   // first pass of a budget plan: the state after frame t goes to a checkpoint slot (see the kernel's head)
@@ -679,10 +697,10 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
       if (ntile > 1) {
         setup(j);
         load_tile(j);
-        load_p(i, p);
+        load_p(i, prow, p);
       }
       // before the first flush the shadow is empty: vs receives this frame's bounds, in the main units
-      const T lm = main_step(j, cb, p, vs, srow_of(t), erow_of(t));
+      const T lm = main_step(j, cb, p, vs, ntile == 1 ? st : srow_of(st), ntile == 1 ? et : erow_of(et));
       Es = E;
       ms = lm;
       lmax = lmax > lm ? lmax : lm;
@@ -690,7 +708,10 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
       if (!one_warp) put_boundary(j, cb);
       if (ntile > 1) save_tile(j);
     }
-    if (ntile == 1 && i + 1 < i_end) load_p(i + 1, p);  // in flight across the barrier
+    prow += pstep;
+    st += sstep;
+    et += estep;
+    if (ntile == 1 && i + 1 < i_end) load_p(i + 1, prow, p);  // in flight across the barrier
     active = one_warp ? __any_sync(0xffffffffu, lmax > T(0)) : __syncthreads_or(lmax > T(0));
     CYCTC_MARK(2);
   }
@@ -700,16 +721,19 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
       if (ntile > 1) {
         setup(j);
         load_tile(j);
-        load_p(i, p);
+        load_p(i, prow, p);
       }
       T lost[K];
-      const T lm = main_step(j, cb, p, lost, srow_of(t), erow_of(t));
+      const T lm = main_step(j, cb, p, lost, ntile == 1 ? st : srow_of(st), ntile == 1 ? et : erow_of(et));
       shadow_step(j, cb, p, lost, lm);
       checkpoint(j, t);
       if (!one_warp) put_boundary(j, cb);
       if (ntile > 1) save_tile(j);
     }
-    if (ntile == 1 && i + 1 < i_end) load_p(i + 1, p);
+    prow += pstep;
+    st += sstep;
+    et += estep;
+    if (ntile == 1 && i + 1 < i_end) load_p(i + 1, prow, p);
     if (one_warp) __syncwarp();
     else __syncthreads();
   }
