@@ -388,6 +388,8 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
   int nst = 0;  // states of the tile to store in the gradient rows (0: none; >= K: all)
   unsigned hmask = 0;  // bit k: state r0 + k lies in the chain (r0 + k < S)
   int bg = 0;   // the warp's index over the chain's tiles (boundary slots)
+  T* bvg = nullptr;    // its boundary slots: bv + bg, bE + bg
+  int* bEg = nullptr;
   constexpr int dcol = D == 0 ? 1 : -1;
   T m = 0, ms = 0;
   const T stay = merge_repeated ? T(1) : T(0);  // may a label state repeat itself?
@@ -397,6 +399,8 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
     nst = keep_rows ? S - r0 : 0;
     hmask = S - r0 >= K ? (1u << K) - 1u : (S - r0 > 0 ? (1u << (S - r0)) - 1u : 0u);
     bg = j * nwc + ct / 32;
+    bvg = bv + bg;
+    bEg = bE + bg;
     CYCTC_UNROLL
     for (int h = 0; h < K / 2; ++h) {
       const int r = r0 + 2 * h + 1, s = CYCTC_STATE(r), lp = s >> 1;
@@ -494,27 +498,29 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
     return N::pow2(e > -shift_max - 1 ? e : -shift_max - 1);
   };
   // the left neighbour's last value and exponent (main: w = 0, shadow: w = 1) from the previous frame
-  auto left_of = [&](int j, int cb, T val, int ex, int w, T* lv, int* lE) {
+  // (ow: a constant, true only for a one-warp chain of the one-tile kernel, whose lane 0 always receives 0)
+  auto left_of = [&](int j, int cb, T val, int ex, int w, T* lv, int* lE, bool ow) {
     *lv = __shfl_up_sync(0xffffffffu, val, 1);
     *lE = __shfl_up_sync(0xffffffffu, ex, 1);
     const int g = bg;
     if (lane == 0) {
-      if (g == 0) {
+      if (ow || g == 0) {
         *lv = T(0);
         *lE = 0;
       } else {
-        *lv = bv[(2 * w + (cb ^ 1)) * nw + g - 1];
-        *lE = bE[(2 * w + (cb ^ 1)) * nw + g - 1];
+        const int o = (2 * w + (cb ^ 1)) * nw - 1;
+        *lv = bvg[o];
+        *lE = bEg[o];
       }
     }
   };
   auto put_boundary = [&](int j, int cb) {  // multi-warp: the last lane's values for the next warp
     if (lane == 31) {
-      const int g = bg;
-      bv[cb * nw + g] = v[K - 1];
-      bv[(2 + cb) * nw + g] = vs[K - 1];
-      bE[cb * nw + g] = E;
-      bE[(2 + cb) * nw + g] = Es;
+      const int o = cb * nw;
+      bvg[o] = v[K - 1];
+      bvg[o + 2 * nw] = vs[K - 1];
+      bEg[o] = E;
+      bEg[o + 2 * nw] = Es;
     }
   };
   // The new exponent of a block whose maximum is mx (exponent ex) receiving lv (exponent lE), and a third candidate
@@ -538,10 +544,10 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
   // One frame (of frame t) of the main rows for the current tile: v <- new values, E <- Et, stored to the gradient
   // rows when asked; lost[k]: the bound of what state k lost (0 where nothing), returns the largest. p: the states'
   // probabilities.
-  auto main_step = [&](int j, int cb, const T* p, T* lost, T* srow, int* erow) -> T {
+  auto main_step = [&](int j, int cb, const T* p, T* lost, T* srow, int* erow, bool ow = false) -> T {
     T lv;
     int lE;
-    left_of(j, cb, v[K - 1], E, 0, &lv, &lE);
+    left_of(j, cb, v[K - 1], E, 0, &lv, &lE, ow);
     const int Et = target(m, E, lv, lE, T(0), 0);
     const T f = pow2c(E - Et), g = pow2c(lE - Et);
     T lvg = lv * g;
@@ -588,7 +594,7 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
   auto shadow_step = [&](int j, int cb, const T* p, const T* lost, T lmax) {
     T lv;
     int lE;
-    left_of(j, cb, vs[K - 1], Es, 1, &lv, &lE);
+    left_of(j, cb, vs[K - 1], Es, 1, &lv, &lE, false);
     const int Et = target(ms, Es, lv, lE, lmax, E);
     const T f = pow2c(Es - Et), g = pow2c(lE - Et), gi = pow2c(E - Et);
     const T lvg = lv * g;
@@ -689,6 +695,10 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
       }
     }
   };
+  // Before the first flush. The one-tile kernel has a copy of this loop for one-warp chains (OW: no boundary slots,
+  // a warp vote) beside the general one.
+  auto before_flush = [&](auto ow_constant) {
+  constexpr bool OW = decltype(ow_constant)::value != 0;
   for (; i < i_end && !active; ++i) {
     CYCTC_MARK(1);
     const int t = D == 0 ? i : Tb - 1 - i, cb = i & 1;
@@ -700,21 +710,24 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
         load_p(i, prow, p);
       }
       // before the first flush the shadow is empty: vs receives this frame's bounds, in the main units
-      const T lm = main_step(j, cb, p, vs, ntile == 1 ? st : srow_of(st), ntile == 1 ? et : erow_of(et));
+      const T lm = main_step(j, cb, p, vs, ntile == 1 ? st : srow_of(st), ntile == 1 ? et : erow_of(et), OW);
       Es = E;
       ms = lm;
-      lmax = lmax > lm ? lmax : lm;
+      lmax = N::mx(lmax, lm);  // lm is never NaN (a maximum of fmax(|q|, TH))
       checkpoint(j, t);
-      if (!one_warp) put_boundary(j, cb);
+      if (!OW && !one_warp) put_boundary(j, cb);
       if (ntile > 1) save_tile(j);
     }
     prow += pstep;
     st += sstep;
     et += estep;
     if (ntile == 1 && i + 1 < i_end) load_p(i + 1, prow, p);  // in flight across the barrier
-    active = one_warp ? __any_sync(0xffffffffu, lmax > T(0)) : __syncthreads_or(lmax > T(0));
+    active = OW || one_warp ? __any_sync(0xffffffffu, lmax > T(0)) : __syncthreads_or(lmax > T(0));
     CYCTC_MARK(2);
   }
+  };
+  if (!TILED && one_warp) before_flush(IntConst<1>());
+  else before_flush(IntConst<0>());
   for (; i < i_end; ++i) {  // after a flush: main and shadow rows
     const int t = D == 0 ? i : Tb - 1 - i, cb = i & 1;
     for (int j = 0; j < ntile; ++j) {
