@@ -13,6 +13,7 @@
 Under CI (environment variable CI set) a missing tool (CuPy's NVRTC, g++) fails these tests instead of skipping.
 """
 
+import ctypes
 import os
 import re
 import shutil
@@ -421,6 +422,12 @@ class _FakeArray(np.ndarray):
 
     device = _FakeDevice(0)
 
+    @property
+    def data(self):  # cupy.ndarray.data.ptr: the device address (here the host one)
+        import types
+
+        return types.SimpleNamespace(ptr=self.__array_interface__["data"][0])
+
 
 _FakeArray.__module__ = "cupy._stand_in"
 
@@ -435,7 +442,8 @@ def _fake_cupy():
         int32=np.int32, int64=np.int64, float64=np.float64, ndarray=_FakeArray,
         asarray=lambda a, dtype=None: wrap(np.array(a, dtype=dtype)),
         ascontiguousarray=lambda a, dtype=None: wrap(np.ascontiguousarray(a, dtype=dtype)),
-        empty=lambda shape, dtype=np.float64: wrap(np.full(shape, np.nan if np.dtype(dtype).kind == "f" else -1,
+        empty=lambda shape, dtype=np.float64: wrap(np.full(shape, np.nan if np.dtype(dtype).kind == "f" else
+                                                           np.iinfo(dtype).max if np.dtype(dtype).kind == "u" else -1,
                                                            dtype=dtype)),
         ones=lambda shape, dtype=np.float64: wrap(np.ones(shape, dtype=dtype)),
         cuda=types.SimpleNamespace(Device=_FakeDevice, driver=fake_cupy.driver))
@@ -445,7 +453,8 @@ def _fake_cupy():
 def test_cupy_glue_passes_what_the_plan_says(monkeypatch):
     """_backend.loss_and_grad with a stand-in for CuPy: every launch gets its plan's grid / block / shared memory,
     scalars of the exact C types (np.int32 for int, np.int64 for long long, np.float64 for double), the caller's
-    logits view itself (time-major: the strided view, not a copy) and a gradient in the logits' layout."""
+    logits view itself (time-major: the strided view, not a copy), a gradient in the logits' layout, and each
+    workspace as a device address (np.uint64) inside the call's one allocation, aligned, none overlapping."""
     cp, wrap = _fake_cupy()
     calls = []
 
@@ -472,11 +481,16 @@ def test_cupy_glue_passes_what_the_plan_says(monkeypatch):
                                   merge_repeated=True, grad_strides=(A.C, A.B * A.C))
     assert [c[0] for c in calls] == [ln.kernel for ln in plan.launches]
     kinds = {"i32": np.int32, "i64": np.int64, "f64": np.float64}
+    sizes = {n: c * np.dtype(d).itemsize for n, d, c in plan.workspaces}
+    addr = {}
     for (name, grid, block, shm, args), ln in zip(calls, plan.launches):
         assert (grid, block, shm) == (ln.grid, ln.block, ln.shared_bytes)
         assert len(args) == len(ln.args)
         for got, (kind, value) in zip(args, ln.args):
-            if kind == "buf":
+            if kind == "buf" and value in sizes:  # a workspace: its address, the same in every launch
+                assert type(got) is np.uint64, (name, value)
+                assert addr.setdefault(value, int(got)) == int(got), (name, value)
+            elif kind == "buf":
                 assert isinstance(got, _FakeArray), (name, value)
                 if value == "x":
                     assert got is A.x and got.strides == (A.C * item, A.B * A.C * item, item)
@@ -486,8 +500,13 @@ def test_cupy_glue_passes_what_the_plan_says(monkeypatch):
                     assert np.array_equal(got, np.full(A.B, 0.5))
                 if value in ("labels", "label_length", "logit_length"):
                     assert got.dtype == np.int32 and got.flags.c_contiguous
+            elif kind == "null":
+                assert type(got) is np.uint64 and got == 0
             else:
                 assert type(got) is kinds[kind] and got == value, (name, kind, value, got)
+    spans = sorted((a, a + sizes[n]) for n, a in addr.items())
+    assert all((a - spans[0][0]) % 256 == 0 for a, _ in spans)  # aligned as the slab's start (CuPy's: 512 bytes)
+    assert set(addr) == set(sizes) and all(e <= b for (_, e), (b, _) in zip(spans, spans[1:]))  # disjoint
     calls.clear()
     loss, grad = _backend.loss_and_grad(A, False, False, None)
     assert grad is None and [c[0] for c in calls] == ["cyctc_rows<float>", "cyctc_chain<float, 8, false>"]
@@ -836,7 +855,8 @@ def test_budget_glue_recomputes_what_the_first_pass_left(monkeypatch):
         def __call__(self, grid, block, args, shared_mem=0):
             super().__call__(grid, block, args, shared_mem)
             if self.name.startswith("cyctc_chain") and int(args[-3]) > 0 and int(args[-1]) < 0:
-                args[21]._a[int(args[11]) + 1] = 2  # fmt[dir 1, b 1] (args[11]: B)
+                # fmt[dir 1, b 1] (args[11]: B), through the workspace's address (args[21]) as a kernel would
+                ctypes.c_int32.from_address(int(args[21]) + 4 * (int(args[11]) + 1)).value = 2
 
     def get_function(device_id, source, name):
         if name not in kernels:

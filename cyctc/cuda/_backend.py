@@ -587,14 +587,21 @@ def kernel_attributes(fn) -> dict:
                                                                   fn.ptr)}
 
 
+_SHARED_LIMITS: dict = {}  # compiled kernel (what get_function returned) -> its dynamic shared-memory limit
+
+
 def chain_dynamic_shared_limit(device_id: int, dtype) -> int:
     """Dynamic shared memory cyctc_chain may ask for on device ``device_id``, from the compiled kernel's own
-    attributes (:func:`dynamic_shared_limit`); compiles the kernel if it is not cached yet."""
+    attributes (:func:`dynamic_shared_limit`; read from the driver once per compiled kernel); compiles the kernel
+    if it is not cached yet."""
     d = _dtype_name(dtype)
     # both instantiations (one-tile and tiled chains) declare the same __shared__ variables
     fn = get_function(device_id, "ctc.cu", f"cyctc_chain<{CTYPES[d]}, {CHAIN_K[d]}, false>")
-    a = kernel_attributes(fn)
-    return dynamic_shared_limit(a["shared_size_bytes"], a["max_dynamic_shared_size_bytes"])
+    limit = _SHARED_LIMITS.get(fn)
+    if limit is None:
+        a = kernel_attributes(fn)
+        limit = _SHARED_LIMITS[fn] = dynamic_shared_limit(a["shared_size_bytes"], a["max_dynamic_shared_size_bytes"])
+    return limit
 
 
 @functools.lru_cache(maxsize=1)
@@ -653,6 +660,65 @@ def _run(cp, plan: Plan, device, bufs: dict):
         fn(launch.grid, launch.block, args, shared_mem=launch.shared_bytes)
 
 
+_WS_ALIGN = 256  # bytes: every workspace of a CTC plan starts at this alignment inside the call's one allocation
+_SCALARS = {"i32": numpy.int32, "i64": numpy.int64, "f64": numpy.float64}
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A CTC launch plan made ready for the glue, cached per call signature (:func:`_prepared`): the workspaces as
+    byte offsets into one allocation of ``slab_bytes`` (``offsets``: name -> (offset, dtype, count)), and per launch
+    (source, kernel, grid, block, shared bytes, args) with args ``("buf", name)`` (a caller's array), ``("ws",
+    offset)`` (a workspace: passed as its device address) or ``("val", scalar)`` (already of its C type); ``calls``:
+    the same launches as (source, kernel, grid, block, shared bytes, argument list with the scalars in place, the
+    (index, name) of each caller's array, the (index, offset) of each workspace)."""
+    plan: Plan
+    slab_bytes: int
+    offsets: dict
+    launches: tuple
+    calls: tuple
+
+
+@functools.lru_cache(maxsize=256)
+def _prepared(B, T, C, Lmax, dtype, sx, blank, merge_repeated, sg, shared_limit, memory_limit) -> _Prepared:
+    plan = launch_config(B, T, C, Lmax, dtype, sx, blank=blank, merge_repeated=merge_repeated, grad_strides=sg,
+                         dynamic_shared_limit=shared_limit, memory_limit=memory_limit)
+    offsets, end = {}, 0
+    for name, dt, n in plan.workspaces:
+        offsets[name] = (end, dt, n)
+        end += -(-max(1, n) * numpy.dtype(dt).itemsize // _WS_ALIGN) * _WS_ALIGN
+    launches = []
+    for ln in plan.launches:
+        args = tuple(("ws", offsets[v][0]) if k == "buf" and v in offsets else ("buf", v) if k == "buf"
+                     else ("val", numpy.uint64(0)) if k == "null" else ("val", _SCALARS[k](v)) for k, v in ln.args)
+        launches.append((ln.source, ln.kernel, ln.grid, ln.block, ln.shared_bytes, args))
+    calls = tuple((src, kern, grid, block, shm, [v if k == "val" else None for k, v in args],
+                   tuple((i, v) for i, (k, v) in enumerate(args) if k == "buf"),
+                   tuple((i, v) for i, (k, v) in enumerate(args) if k == "ws"))
+                  for src, kern, grid, block, shm, args in launches)
+    return _Prepared(plan, max(end, _WS_ALIGN), offsets, tuple(launches), calls)
+
+
+def _workspace(slab, prep: _Prepared, name):
+    """The workspace ``name`` of a prepared plan as an array (a view of the call's allocation ``slab``)."""
+    off, dt, n = prep.offsets[name]
+    return slab[off:off + n * numpy.dtype(dt).itemsize].view(dt)
+
+
+def _run_prepared(cp, prep: _Prepared, device, bufs: dict):
+    """Launch a prepared plan: one allocation holds every workspace (returned: keep it while its views are used)."""
+    slab = cp.empty(prep.slab_bytes, dtype=numpy.uint8)
+    base = slab.data.ptr
+    for source, kernel, grid, block, shared, args, user, ws in prep.calls:
+        args = list(args)
+        for i, name in user:
+            args[i] = bufs[name]
+        for i, off in ws:
+            args[i] = numpy.uint64(base + off)
+        get_function(device.id, source, kernel)(grid, block, tuple(args), shared_mem=shared)
+    return slab
+
+
 def ctc_loss_grad(x, labels, label_length, logit_length, blank, merge_repeated, grad=None, grad_scale=None,
                   memory_limit=None):
     """CTC loss (and gradient) on the GPU; the CUDA counterpart of ``cyctc._cpu.ctc_loss_grad``.
@@ -707,14 +773,16 @@ def ctc_loss_grad(x, labels, label_length, logit_length, blank, merge_repeated, 
                 raise ValueError(f"grad must be {x.dtype} of shape {x.shape}, got {grad.dtype} {grad.shape}")
             sg = _element_strides(grad, "grad")
             bufs["grad"] = grad
-            bufs["grad_scale"] = (cp.ones(B, dtype=cp.float64) if grad_scale is None
+            bufs["grad_scale"] = (_ones(cp, device, B) if grad_scale is None
                                   else _device_array(cp, grad_scale, cp.float64, "grad_scale", device))
-        plan = launch_config(B, T, C, labels.shape[1], x.dtype, sx, blank=blank, merge_repeated=merge_repeated,
-                             grad_strides=sg, dynamic_shared_limit=chain_dynamic_shared_limit(device.id, x.dtype),
-                             memory_limit=memory_limit)
-        _run(cp, plan, device, bufs)
+        prep = _prepared(B, T, C, labels.shape[1], _dtype_name(x.dtype), sx, int(blank), bool(merge_repeated), sg,
+                         chain_dynamic_shared_limit(device.id, x.dtype),
+                         None if memory_limit is None else int(memory_limit))
+        plan = prep.plan
+        slab = _run_prepared(cp, prep, device, bufs)
         if grad is not None and is_budget_grad_plan(plan):
-            redo = numpy.flatnonzero((cp.asnumpy(bufs["fmt"][:2 * B]).reshape(2, B) == 2).any(axis=0))
+            fmt = _workspace(slab, prep, "fmt")
+            redo = numpy.flatnonzero((cp.asnumpy(fmt[:2 * B]).reshape(2, B) == 2).any(axis=0))
             if redo.size:  # log space needed: those examples again, without checkpoints, if that fits the budget
                 idx = cp.asarray(redo)
                 sub = launch_config(len(redo), T, C, labels.shape[1], x.dtype, (T * C, C), blank=blank,
@@ -729,6 +797,19 @@ def ctc_loss_grad(x, labels, label_length, logit_length, blank, merge_repeated, 
                 bufs["loss"][idx] = sub_loss
                 grad[idx] = sub_grad
         return bufs["loss"]
+
+
+_ONES: dict = {}  # (cupy, device id, B) -> float64 ones: the gradient scale when the caller gives none (only read)
+
+
+def _ones(cp, device, B):
+    key = (cp, device.id, B)
+    a = _ONES.get(key)
+    if a is None:
+        if len(_ONES) > 64:
+            _ONES.clear()
+        a = _ONES[key] = cp.ones(B, dtype=cp.float64)
+    return a
 
 
 def is_budget_grad_plan(plan: "Plan") -> bool:
