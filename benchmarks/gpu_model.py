@@ -76,6 +76,8 @@ import math
 import os
 import sys
 
+import numpy as np
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
@@ -106,9 +108,11 @@ H200 = dict(
     barrier_cycles=40,        # __syncthreads once every warp has arrived
     launch_gap_us=1.5,        # device-side gap between dependent kernels
     host_us_per_launch=5.0,   # host cost of one kernel launch (CuPy RawKernel / PyTorch op)
-    host_us_cyctc=60.0,       # cyctc's Python glue per call (bench_gpu.py --glue-overhead: 25-115 us)
+    host_us_per_cupy_op=3.0,  # CuPy's own host cost of one device operation the glue asks for (a memory-pool
+                              # allocation, an asynchronous host-to-device copy) beyond the stand-in's: an estimate
     host_us_torch=60.0,       # PyTorch dispatcher + autograd per call beyond the per-op launches
 )
+# cyctc's Python glue per call is not a constant here: measure_glue() times it on this machine (see there)
 
 # PyTorch's alpha / beta step per state and frame (issue 20: SASS of the native alpha kernel)
 TORCH_INSTR_PER_STATE = 111
@@ -357,6 +361,105 @@ def torch_native(B, T, C, Lmax, hw=H200):
     return out
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# cyctc's host time per call, measured
+
+GLUE_METHOD = ("measured: cyctc.ctc_loss(labels, x (T, B, C), label_length, logit_length, return_grad=True) with "
+               "host labels and lengths (bench_gpu.py's cyctc column) on tests/fake_cupy.py (numpy stand-in, "
+               "allocations O(1), kernels stubbed to no-ops), best of repeats, on this machine")
+
+
+class _GluePatch:
+    """Installs tests/fake_cupy.py as ``cupy`` and stubs the kernels for the glue measurement; undone on exit."""
+
+    def __enter__(self):
+        tests = os.path.join(os.path.dirname(HERE), "tests")
+        if tests not in sys.path:
+            sys.path.insert(0, tests)
+        import fake_cupy
+
+        from cyctc.cuda import _backend
+
+        self.saved = [(sys.modules, k, sys.modules.get(k, _GluePatch)) for k in ("cupy", "cupyx")]
+        self.attrs = [(_backend, "get_function", _backend.get_function), (fake_cupy, "empty", fake_cupy.empty)]
+        fake_cupy.install(self)
+        kernels, pool = {}, np.empty(1 << 24, np.uint8)
+
+        def get_function(device_id, source, name):  # compiled once, cached, as _backend.get_function
+            k = kernels.get(name)
+            if k is None:
+                k = kernels[name] = fake_cupy.Kernel(name)
+            return k
+
+        def empty(shape, dtype=np.float64, order="C"):  # a memory pool's cost: independent of the size
+            fake_cupy._op()
+            dt = np.dtype(dtype)
+            shape = (shape,) if isinstance(shape, int) else tuple(shape)
+            n = math.prod(shape) * dt.itemsize
+            a = pool[:n].view(dt).reshape(shape) if n <= pool.size else np.empty(shape, dt)
+            return fake_cupy.ndarray(a)
+        _backend.get_function = get_function
+        fake_cupy.empty = empty
+        self.fake, self.kernels = fake_cupy, kernels
+        return self
+
+    def setitem(self, d, k, v):  # fake_cupy.install's monkeypatch protocol
+        d[k] = v
+
+    def __exit__(self, *exc):
+        for obj, name, v in self.attrs:
+            setattr(obj, name, v)
+        for d, k, v in self.saved:
+            if v is _GluePatch:
+                d.pop(k, None)
+            else:
+                d[k] = v
+        return False
+
+
+def measure_glue(shapes, repeats=5, calls=40):
+    """cyctc's host time per call, per shape, MEASURED (GLUE_METHOD): {name: dict(us, ops, h2d, syncs, launches,
+    method)}. ``us`` is the Python time of one call with CuPy replaced by tests/fake_cupy.py (its operations cost
+    about a numpy call; allocations are O(1), as from CuPy's memory pool) and the kernels by no-ops; ``ops`` /
+    ``h2d`` / ``syncs`` are the device operations, host-to-device copies and syncs the call asks CuPy for,
+    ``launches`` the kernels it launches. The model adds CuPy's own cost per operation and per launch."""
+    import time
+
+    import cyctc
+
+    out = {}
+    with _GluePatch() as g:
+        fake = g.fake
+        for name, (B, T, C, L) in shapes:
+            rng = np.random.default_rng(0)
+            x = fake.ndarray(np.empty((T, B, C), np.float32))  # contents unread: the kernels are stubbed
+            labels = rng.integers(1, C, (B, L)).astype(np.int32)
+            ll, tl = np.full(B, L, np.int32), np.full(B, T, np.int32)
+
+            def call():
+                return cyctc.ctc_loss(labels, x, ll, tl, blank_index=0, return_grad=True)
+            call()
+            best = float("inf")
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    call()
+                best = min(best, (time.perf_counter() - t0) / calls)
+            fake.reset()
+            for k in g.kernels.values():
+                k.calls.clear()
+            call()
+            out[name] = dict(us=best * 1e6, launches=sum(len(k.calls) for k in g.kernels.values()),
+                             method=GLUE_METHOD, **fake.COUNTS)
+    return out
+
+
+def cyctc_host_us(glue, hw=H200):
+    """cyctc's host floor per call before the launches: the measured glue plus CuPy's cost per operation it asks
+    for (``total`` adds ``host_us_per_launch`` per launch)."""
+    return glue["us"] + hw["host_us_per_cupy_op"] * (glue["ops"] + glue["h2d"])
+
+
 def total(launches, host_us, hw=H200):
     device = sum(ln["est_us"] for ln in launches)
     host = host_us + hw["host_us_per_launch"] * len(launches)
@@ -364,17 +467,23 @@ def total(launches, host_us, hw=H200):
                 per_launch=launches)
 
 
-def model(shapes, gen2=None, gen3=None, hw=H200):
+def model(shapes, gen2=None, gen3=None, hw=H200, glue=None):
     """Per shape: estimates for ``gen2`` (counts from :func:`gen2_counts`; None: skipped), ``gen3`` (parameters
-    from :func:`gen3_params`; None: skipped) and PyTorch native, and the ratios torch / cyctc."""
+    from :func:`gen3_params`; None: skipped) and PyTorch native, and the ratios torch / cyctc. ``glue``: cyctc's
+    measured host time per shape (:func:`measure_glue`; None: measured now)."""
+    shapes = list(shapes)
+    if glue is None and (gen2 is not None or gen3 is not None):
+        glue = measure_glue(shapes)
     out = []
     for name, (B, T, C, L) in shapes:
         r = dict(shape=name, B=B, T=T, C=C, L=L, designs={})
         r["designs"]["torch"] = total(torch_native(B, T, C, L, hw), hw["host_us_torch"], hw)
+        if glue is not None:
+            r["glue"] = glue[name]
         if gen2 is not None:
-            r["designs"]["gen2"] = total(cyctc_gen2(B, T, C, L, gen2, hw), hw["host_us_cyctc"], hw)
+            r["designs"]["gen2"] = total(cyctc_gen2(B, T, C, L, gen2, hw), cyctc_host_us(glue[name], hw), hw)
         if gen3 is not None:
-            r["designs"]["gen3"] = total(cyctc_gen3(B, T, C, L, gen3, hw), hw["host_us_cyctc"], hw)
+            r["designs"]["gen3"] = total(cyctc_gen3(B, T, C, L, gen3, hw), cyctc_host_us(glue[name], hw), hw)
         t = r["designs"]["torch"]["est_us"]
         r["ratio"] = {d: t / e["est_us"] for d, e in r["designs"].items() if d != "torch"}
         out.append(r)
@@ -466,8 +575,15 @@ def main(argv=None):
           f"{gen3['collectives']:g} shuffles on the path, chains sharing blocks of up to {gen3['warps_per_block']} "
           "warps")
     print(format_table(results))
-    print(f"*: host-bound (the host floor: {hw['host_us_cyctc']:.0f} us cyctc glue or {hw['host_us_torch']:.0f} us "
-          f"PyTorch, + {hw['host_us_per_launch']:.0f} us per launch). torch / x > 1: x is faster.")
+    print(f"*: host-bound (the host floor: cyctc's glue as measured below + {hw['host_us_per_cupy_op']:g} us per CuPy "
+          f"operation, or {hw['host_us_torch']:.0f} us PyTorch; + {hw['host_us_per_launch']:.0f} us per launch). "
+          "torch / x > 1: x is faster.")
+    print(f"cyctc glue per call, {GLUE_METHOD}:")
+    for r in results:
+        gl = r["glue"]
+        print(f"    {r['shape']:<12} {gl['us']:6.1f} us, {gl['ops']} CuPy operations, {gl['h2d']} host-to-device "
+              f"copies, {gl['syncs']} syncs, {gl['launches']} launches: {cyctc_host_us(gl, hw):.0f} us + "
+              f"{hw['host_us_per_launch']:g} us per launch")
     if args.launches:
         print()
         print(format_launches(results))

@@ -161,3 +161,34 @@ def test_cli(capsys, tmp_path):
     assert "cyctc_chain<float, 4>" in out and "ctc_loss_log_alpha (alpha)" in out
     assert (tmp_path / "m.json").stat().st_size > 0
     assert gm.main(["--sass", str(tmp_path / "missing.json")]) == 2
+
+
+def test_cyctc_glue_is_measured_not_assumed(monkeypatch):
+    """cyctc's host floor comes from timing the real glue (gpu_model.measure_glue on tests/fake_cupy.py), not from a
+    constant: a glue made 2 ms slower measures at least 2 ms more, and the model's host time is the measurement
+    plus CuPy's cost per operation and per launch."""
+    import time
+
+    import cyctc
+
+    shapes = [("tiny", GPU_SHAPES["tiny"])]
+    fast = gm.measure_glue(shapes, repeats=2, calls=5)["tiny"]
+    assert "host_us_cyctc" not in HW
+    assert fast["method"] == gm.GLUE_METHOD and fast["us"] > 0
+    assert fast["launches"] == 3 and fast["syncs"] == 0 and fast["h2d"] == 1  # rows, chains, gradient
+    real = cyctc.ctc_loss
+
+    def slow(*args, **kwargs):
+        time.sleep(0.002)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(cyctc, "ctc_loss", slow)
+    slowed = gm.measure_glue(shapes, repeats=2, calls=5)["tiny"]
+    assert slowed["us"] >= fast["us"] + 1900
+    gen3 = gm.gen3_params(None)
+    r, = gm.model(shapes, None, gen3, glue={"tiny": slowed})
+    e = r["designs"]["gen3"]
+    assert r["glue"] is slowed
+    assert e["host_us"] == pytest.approx(slowed["us"] + HW["host_us_per_cupy_op"] * (slowed["ops"] + slowed["h2d"])
+                                         + HW["host_us_per_launch"] * e["launches"])
+    import sys as _sys
+    assert "cupy" not in _sys.modules or not getattr(_sys.modules["cupy"], "COUNTS", None)  # the stand-in is gone
