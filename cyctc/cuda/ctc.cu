@@ -583,7 +583,7 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
       const T n = low ? T(0) : q;
       v[k] = n;
       mx = N::mx(mx, n);
-      if (nst >= K || k < nst) srow[k * dcol] = D == 0 ? n : (in >= N::th() ? in : T(0));
+      if (nst >= K || k < nst) srow[k * dcol] = D == 0 ? n : (k < 2 || in >= N::th() ? in : T(0));  // k < 2: in is 0 or >= TH
     }
     E = Et;
     m = mx;
