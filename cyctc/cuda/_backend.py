@@ -635,6 +635,8 @@ def _device_array(cp, a, dtype, name, device, *, contiguous=True):
     if is_cupy_array(a):
         if a.device.id != device.id:
             raise ValueError(f"{name} is on CUDA device {a.device.id} but logits are on device {device.id}")
+        if a.dtype == dtype and (not contiguous or a.flags.c_contiguous):  # as cyctc._args uploads them
+            return a
         a = a.astype(dtype, copy=False)
     else:
         a = cp.asarray(a, dtype=dtype)
