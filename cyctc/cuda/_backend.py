@@ -775,7 +775,7 @@ def ctc_loss_grad(x, labels, label_length, logit_length, blank, merge_repeated, 
                 raise ValueError(f"grad must be {x.dtype} of shape {x.shape}, got {grad.dtype} {grad.shape}")
             sg = _element_strides(grad, "grad")
             bufs["grad"] = grad
-            bufs["grad_scale"] = (_ones(cp, device, B) if grad_scale is None
+            bufs["grad_scale"] = (cp.ones(B, dtype=cp.float64) if grad_scale is None
                                   else _device_array(cp, grad_scale, cp.float64, "grad_scale", device))
         prep = _prepared(B, T, C, labels.shape[1], _dtype_name(x.dtype), sx, int(blank), bool(merge_repeated), sg,
                          chain_dynamic_shared_limit(device.id, x.dtype),
@@ -799,19 +799,6 @@ def ctc_loss_grad(x, labels, label_length, logit_length, blank, merge_repeated, 
                 bufs["loss"][idx] = sub_loss
                 grad[idx] = sub_grad
         return bufs["loss"]
-
-
-_ONES: dict = {}  # (cupy, device id, B) -> float64 ones: the gradient scale when the caller gives none (only read)
-
-
-def _ones(cp, device, B):
-    key = (cp, device.id, B)
-    a = _ONES.get(key)
-    if a is None:
-        if len(_ONES) > 64:
-            _ONES.clear()
-        a = _ONES[key] = cp.ones(B, dtype=cp.float64)
-    return a
 
 
 def is_budget_grad_plan(plan: "Plan") -> bool:
