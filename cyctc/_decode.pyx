@@ -25,6 +25,8 @@ cdef extern from "src/omp_compat.h":
 
 cdef extern from "src/decode.h":
     int CYCTC_DECODE_NOMEM
+    int cyctc_chain_band_init
+    int64_t cyctc_chain_band_last
     int cyctc_greedy_decode_f32(const float *x, Py_ssize_t xs, int T, int C, int blank, int merge_repeated,
                                 int32_t *out, double *neg_sum_logits) noexcept nogil
     int cyctc_greedy_decode_f64(const double *x, Py_ssize_t xs, int T, int C, int blank, int merge_repeated,
@@ -158,3 +160,13 @@ def chain_align(cnp.ndarray x, cnp.ndarray length, cnp.ndarray tokens, cnp.ndarr
         if rc == CYCTC_DECODE_NOMEM:
             nomem += 1
     return nomem
+
+
+def _chain_band(init=None):
+    """Test hook: (the first posterior band's half-width, the half-width the last alignment finished with); sets
+    the first half-width when ``init`` is given (states; the default is 512)."""
+    global cyctc_chain_band_init
+    old = (cyctc_chain_band_init, cyctc_chain_band_last)
+    if init is not None:
+        cyctc_chain_band_init = <int>init
+    return old

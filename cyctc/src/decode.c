@@ -436,6 +436,10 @@ struct chain_s {
     double *top;
     double *slots[CK_MAXD + 1];
     void *leaf;
+    int64_t elo, ehi; /* the states whose scores chain_frame fills */
+    /* posterior band: states path[t] +- bw at frame t (whole blocks); leaked mass in each direction (see fb_step) */
+    int64_t bw, fdone;
+    double leak_f, leak_b;
     /* outputs and state */
     int32_t *path;
     double *post;
@@ -626,10 +630,8 @@ DECODE_HOT static int chain_frame(chain *g, int64_t t, int linear)
     const double *sc = g->sc;
     const int32_t *cls = g->cls;
     double *em = g->em;
-    const double sb = sc[g->blank];
-    for (int64_t s = 0; s < g->S; s++)
-        em[s] = sb;
-    for (int64_t s = 1; s < g->S; s += 2)
+    /* only the states of the current window [elo, ehi] (the whole row unless a pass narrows it) */
+    for (int64_t s = g->elo; s <= g->ehi; s++)
         em[s] = sc[cls[s]];
     return 0;
 }
@@ -643,19 +645,33 @@ static void vit_init_row(const chain *g, double *row)
         row[PAD + s] = (g->flags[s] & F_START) ? sc[g->cls[s]] : NEG_INF;
 }
 
-/* one Viterbi frame: cur = best predecessor in prev + the frame's scores; bk (when not NULL) gets the offsets.
- * Offsets 3 and 4 exist only at the first label after a gap (one state per gap): the main loops look at the
- * self-loop and offsets 1 and 2, and those few states are redone with all five candidates. */
-DECODE_HOT static void vit_step(const chain *g, const double *prevp, double *curp, uint8_t *bk)
+/* the first index i of a sorted list (n entries) with v[i] >= x */
+static inline int64_t lower_bound64(const int64_t *v, int64_t n, int64_t x)
 {
-    const int64_t S = g->S;
+    int64_t lo = 0, hi = n;
+    while (lo < hi) {
+        const int64_t mid = lo + (hi - lo) / 2;
+        if (v[mid] < x)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* one Viterbi frame over the states lo..hi: cur = best predecessor in prev + the frame's scores; bk (when not NULL,
+ * indexed by state) gets the offsets. prev must hold the states lo - 4..hi (or the padding). Offsets 3 and 4 exist
+ * only at the first label after a gap (one state per gap): the main loops look at the self-loop and offsets 1 and
+ * 2, and those few states are redone with all five candidates. */
+DECODE_HOT static void vit_step(const chain *g, const double *prevp, double *curp, uint8_t *bk, int64_t lo, int64_t hi)
+{
     const double *prev = prevp + PAD, *em = g->em;
     const double *m1 = g->mask[0] + PAD, *m2 = g->mask[1] + PAD, *m3 = g->mask[2] + PAD, *m4 = g->mask[3] + PAD;
     double *cur = curp + PAD;
     /* offset 1 is allowed everywhere (neighbours are a blank and a token): m1 is only read for the few states
      * redone below; prev[-1] is the -inf padding */
     if (bk == NULL) {
-        for (int64_t s = 0; s < S; s++) {
+        for (int64_t s = lo; s <= hi; s++) {
             double best = prev[s], c = prev[s - 1];
             best = c > best ? c : best;
             c = prev[s - 2] + m2[s];
@@ -665,7 +681,7 @@ DECODE_HOT static void vit_step(const chain *g, const double *prevp, double *cur
     } else {
         /* the offset is the first candidate equal to the maximum: the same as replacing only on a strictly larger
          * candidate in the order self-loop, 1, 2, written without branches */
-        for (int64_t s = 0; s < S; s++) {
+        for (int64_t s = lo; s <= hi; s++) {
             const double c0 = prev[s], c1 = prev[s - 1], c2 = prev[s - 2] + m2[s];
             double best = c1 > c0 ? c1 : c0;
             best = c2 > best ? c2 : best;
@@ -676,7 +692,7 @@ DECODE_HOT static void vit_step(const chain *g, const double *prevp, double *cur
             bk[s] = (uint8_t)arg;
         }
     }
-    for (int64_t i = 0; i < g->nfar; i++) {
+    for (int64_t i = lower_bound64(g->far, g->nfar, lo); i < g->nfar && g->far[i] <= hi; i++) {
         const int64_t s = g->far[i];
         const double c[5] = {prev[s], prev[s - 1] + m1[s], prev[s - 2] + m2[s], prev[s - 3] + m3[s],
                              prev[s - 4] + m4[s]};
@@ -718,14 +734,36 @@ static int64_t vit_pick_end(const chain *g, const double *rowp, double *score)
 static int vit_segment(chain *g, int d, int64_t a, int64_t b, const double *row_a, int64_t *s, double *score)
 {
     const int64_t S = g->S;
+    /* The window. With the state at frame b known (every segment but the first pass's), only the states that can
+     * still reach it are recomputed: at frame t, states in [s_b - 4 (b - t), s_b] (a step advances at most 4 states
+     * and never goes back). Their values only read states of the previous frame's window, which is 4 states wider
+     * below, so they are the same bits as over the whole row, and the backtracking from s_b never leaves them: the
+     * path and the ties are those of the full recursion. A parent's rows hold (at least) this window: the parent's
+     * end state is >= s_b and at most 4 states per frame further. */
+    const int64_t sb = *s;
+#define VIT_WINDOW(t, lo, hi)                                                                                      \
+    do {                                                                                                           \
+        if (sb < 0) {                                                                                              \
+            lo = 0;                                                                                                \
+            hi = S - 1;                                                                                            \
+        } else {                                                                                                   \
+            hi = sb;                                                                                               \
+            lo = (b - (t)) > sb / 4 ? 0 : sb - 4 * (b - (t));                                                      \
+            lo = lo < 0 ? 0 : lo;                                                                                  \
+        }                                                                                                          \
+    } while (0)
     if (d == g->pl.D) {
         uint8_t *bk = (uint8_t *)g->leaf;
         const double *prev = row_a;
         for (int64_t t = a + 1; t <= b; t++) {
+            int64_t lo, hi;
+            VIT_WINDOW(t, lo, hi);
+            g->elo = lo;
+            g->ehi = hi;
             if (chain_frame(g, t, 0))
                 return CHAIN_NONFINITE;
             double *cur = g->w[(t - a) & 1];
-            vit_step(g, prev, cur, bk + (size_t)(t - a - 1) * (size_t)S);
+            vit_step(g, prev, cur, bk + (size_t)(t - a - 1) * (size_t)S, lo, hi);
             prev = cur;
         }
         if (*s < 0 && (*s = vit_pick_end(g, prev, score)) < 0)
@@ -744,14 +782,22 @@ static int vit_segment(chain *g, int d, int64_t a, int64_t b, const double *row_
     double *slots = g->slots[d];
     const double *prev = row_a;
     for (int64_t t = a + 1; t <= stop; t++) {
+        int64_t lo, hi;
+        VIT_WINDOW(t, lo, hi);
+        g->elo = lo;
+        g->ehi = hi;
         if (chain_frame(g, t, 0))
             return CHAIN_NONFINITE;
         double *cur = g->w[(t - a) & 1];
-        vit_step(g, prev, cur, NULL);
-        if ((t - a) % q == 0 && (t - a) / q < n)
-            memcpy(slots + (size_t)((t - a) / q - 1) * g->row, cur, (size_t)(S + PAD) * sizeof(double));
+        vit_step(g, prev, cur, NULL, lo, hi);
+        if ((t - a) % q == 0 && (t - a) / q < n) {
+            double *slot = slots + (size_t)((t - a) / q - 1) * g->row;
+            memcpy(slot, cur, PAD * sizeof(double));
+            memcpy(slot + PAD + lo, cur + PAD + lo, (size_t)(hi - lo + 1) * sizeof(double));
+        }
         prev = cur;
     }
+#undef VIT_WINDOW
     if (*s < 0 && (*s = vit_pick_end(g, prev, score)) < 0)
         return CHAIN_INFEASIBLE;
     for (int64_t j = n - 1; j >= 0; j--) {
@@ -830,22 +876,73 @@ static inline double fb_rescale(double from, double to)
     return from == ZEXP || from - to < -1022.0 ? 0.0 : pow2i((int64_t)(from - to));
 }
 
-/* one forward frame: cur = (sum of the allowed predecessors in prev) * the frame's scores; 0 when all zero */
-DECODE_HOT static int fb_step(chain *g, double *prevp, double *curp)
+/* Posteriors in a band. The forward and backward rows are computed only over the blocks of a band of states around
+ * the best path: at frame t the blocks holding path[t] - bw .. path[t] + bw (fb_band); every other state counts as
+ * zero. That is the forward-backward of the graph restricted to the band (the paths that never leave it): its
+ * check (sum_s alpha_t(s) beta_t(s) the same at every frame) and its posteriors are those of that graph. The mass
+ * a step would move out of the band is measured at every frame instead of dropped silently: the blocks next to the
+ * band are computed too, and their mass relative to the band's (an upper bound: BLK values below 2^e against a
+ * largest value of at least 2^(top - 1)) is summed over the frames, forwards into leak_f and backwards into leak_b.
+ * The driver widens the band (4 times, up to the whole row, which is the unrestricted recursion) until both sums
+ * are below CHAIN_BAND_TOL, so that the share of either direction's mass that ever leaves the band is below it. */
+#define CHAIN_BAND_TOL 1e-11
+#define CHAIN_WIDEN (-5)
+
+int cyctc_chain_band_init = 512; /* the first band's half-width in states (a test hook; see decode.h) */
+int64_t cyctc_chain_band_last = 0; /* the half-width the last posteriors finished with (a test hook) */
+
+static inline int64_t fb_nblk(const chain *g) { return (g->S + BLK - 1) / BLK; }
+
+/* the band's blocks at frame t */
+static inline void fb_band(const chain *g, int64_t t, int64_t *blo, int64_t *bhi)
 {
-    const int64_t S = g->S;
+    const int64_t v = g->path[t];
+    const int64_t lo = v - g->bw < 0 ? 0 : v - g->bw, hi = v + g->bw > g->S - 1 ? g->S - 1 : v + g->bw;
+    *blo = lo / BLK;
+    *bhi = hi / BLK;
+}
+
+/* the mass of blocks x0..x1 outside r0..r1 against the largest block inside (see above); ex: the row's exponents.
+ * Returns 0 when nothing is outside, a large value when the band is all zero but something is outside. */
+static double fb_leak(const double *ex, int64_t x0, int64_t x1, int64_t r0, int64_t r1)
+{
+    double top = ZEXP, out = ZEXP;
+    for (int64_t b = r0; b <= r1; b++)
+        top = ex[b] > top ? ex[b] : top;
+    double sum = 0.0;
+    for (int64_t b = x0; b <= x1; b++) {
+        if ((b >= r0 && b <= r1) || ex[b] == ZEXP)
+            continue;
+        out = ex[b];
+        if (top == ZEXP)
+            return 1.0;
+        sum += (double)BLK * (out - top + 1.0 < -1000.0 ? 0.0 : exp2(out - top + 1.0));
+    }
+    return sum;
+}
+
+/* one forward frame t: cur = (sum of the allowed predecessors in prev) * the frame's scores, over the blocks that
+ * the band of frame t - 1 reaches (those of frame t and at most one more above: a step advances 4 states at most,
+ * and the band's bottom never moves down); 0 when the band's blocks are all zero */
+DECODE_HOT static int fb_step(chain *g, double *prevp, double *curp, int64_t t)
+{
+    const int64_t S = g->S, nb = fb_nblk(g);
     const double *em = g->em;
     const double *m2 = g->mask[1] + PAD, *m3 = g->mask[2] + PAD, *m4 = g->mask[3] + PAD;
     const double *pex = fb_exp(g, prevp);
     double *cur = curp + PAD, *cex = fb_exp(g, curp);
     double *pr = g->tmp + PAD; /* a block's predecessors, in its base */
-    int any = 0;
-    int64_t fi = 0;
+    const double *prev = prevp + PAD;
+    int64_t pl, ph, rl, rh;
+    fb_band(g, t - 1, &pl, &ph);
+    fb_band(g, t, &rl, &rh);
+    const int64_t x0 = pl, x1 = ph + 1 < nb ? ph + 1 : nb - 1;
+    int64_t fi = lower_bound64(g->far, g->nfar, x0 * BLK);
     for (int k = 0; k < PAD; k++)
         curp[k] = 0.0;
-    for (int64_t b = 0, s0 = 0; s0 < S; b++, s0 += BLK) {
-        const int64_t s1 = s0 + BLK < S ? s0 + BLK : S;
-        const double eo = pex[b], en = b > 0 ? pex[b - 1] : ZEXP;
+    for (int64_t b = x0; b <= x1; b++) {
+        const int64_t s0 = b * BLK, s1 = s0 + BLK < S ? s0 + BLK : S;
+        const double eo = b <= ph ? pex[b] : ZEXP, en = b - 1 >= pl ? pex[b - 1] : ZEXP;
         const double E = eo > en ? eo : en;
         if (E == ZEXP) {
             for (int64_t s = s0; s < s1; s++)
@@ -856,14 +953,18 @@ DECODE_HOT static int fb_step(chain *g, double *prevp, double *curp)
             continue;
         }
         const double fo = fb_rescale(eo, E), fn = fb_rescale(en, E);
-        const double *prev = prevp + PAD;
         for (int k = 1; k <= PAD; k++) {
-            const double v = s0 - k >= 0 ? prev[s0 - k] * fn : 0.0;
+            const double v = s0 - k >= 0 && en != ZEXP ? prev[s0 - k] * fn : 0.0;
             pr[-k] = v < 0x1p-1000 ? 0.0 : v; /* no subnormals (slow, and below anything that matters) */
         }
-        for (int64_t s = s0; s < s1; s++) {
-            const double v = prev[s] * fo;
-            pr[s - s0] = v < 0x1p-1000 ? 0.0 : v;
+        if (eo != ZEXP) {
+            for (int64_t s = s0; s < s1; s++) {
+                const double v = prev[s] * fo;
+                pr[s - s0] = v < 0x1p-1000 ? 0.0 : v;
+            }
+        } else {
+            for (int64_t s = s0; s < s1; s++)
+                pr[s - s0] = 0.0;
         }
         const double *q = pr - s0;
         for (int64_t s = s0; s < s1; s++)
@@ -873,26 +974,35 @@ DECODE_HOT static int fb_step(chain *g, double *prevp, double *curp)
             cur[s] += (q[s - 3] * m3[s] + q[s - 4] * m4[s]) * em[s];
         }
         cex[b] = fb_block_norm(cur + s0, s1 - s0, E);
+    }
+    int any = 0;
+    for (int64_t b = rl; b <= rh; b++)
         any |= cex[b] != ZEXP;
+    if (t > g->fdone) { /* every frame counted once: the first time it is computed (in increasing t) */
+        g->fdone = t;
+        g->leak_f += fb_leak(cex, x0, x1, rl, rh);
     }
     return any;
 }
 
-/* log2 of sum_s alpha_s beta_s (block exponents included); the path state's posterior into g->post[t] */
+/* log2 of sum_s alpha_s beta_s over the band of frame t (block exponents included); the path state's posterior
+ * into g->post[t] */
 DECODE_HOT static void fb_post(chain *g, int64_t t, double *alphap)
 {
     const int64_t S = g->S;
     const double *al = alphap + PAD, *be = g->beta + PAD, *ea = fb_exp(g, alphap), *eb = fb_exp(g, g->beta);
+    int64_t rl, rh;
+    fb_band(g, t, &rl, &rh);
     double top = ZEXP;
-    for (int64_t b = 0; b * BLK < S; b++)
+    for (int64_t b = rl; b <= rh; b++)
         if (ea[b] != ZEXP && eb[b] != ZEXP && ea[b] + eb[b] > top)
             top = ea[b] + eb[b];
     double dot = 0.0;
     if (top != ZEXP) {
-        for (int64_t b = 0, s0 = 0; s0 < S; b++, s0 += BLK) {
+        for (int64_t b = rl; b <= rh; b++) {
             if (ea[b] == ZEXP || eb[b] == ZEXP)
                 continue;
-            const int64_t s1 = s0 + BLK < S ? s0 + BLK : S;
+            const int64_t s0 = b * BLK, s1 = s0 + BLK < S ? s0 + BLK : S;
             double d = 0.0;
             for (int64_t s = s0; s < s1; s++)
                 d += al[s] * be[s];
@@ -910,18 +1020,22 @@ DECODE_HOT static void fb_post(chain *g, int64_t t, double *alphap)
         g->lost = 1; /* mass that mattered fell below a block's range */
 }
 
-/* beta from frame t to t - 1, with the scores of frame t in g->sc */
-DECODE_HOT static void fb_back(chain *g)
+/* beta from frame t to t - 1, with the scores of frame t in g->sc: over the blocks of frame t's band and the one
+ * below (the band's top never moves up going back, its bottom at most 4 states down) */
+DECODE_HOT static void fb_back(chain *g, int64_t t)
 {
     const int64_t S = g->S;
     const double *em = g->em, *m2 = g->mask[1] + PAD, *m3 = g->mask[2] + PAD, *m4 = g->mask[3] + PAD;
     double *be = g->beta + PAD, *ex = fb_exp(g, g->beta);
     double *tq = g->tmp; /* a block's successors (BLK + PAD), in its base */
-    int64_t fi = 0;
-    int any = 0;
-    for (int64_t b = 0, s0 = 0; s0 < S; b++, s0 += BLK) {
-        const int64_t s1 = s0 + BLK < S ? s0 + BLK : S;
-        const double eo = ex[b], en = s1 < S ? ex[b + 1] : ZEXP;
+    int64_t rl, rh, nl, nh;
+    fb_band(g, t, &rl, &rh);
+    fb_band(g, t - 1, &nl, &nh);
+    const int64_t y0 = rl > 0 ? rl - 1 : 0, y1 = rh;
+    int64_t fi = lower_bound64(g->src, g->nsrc, y0 * BLK);
+    for (int64_t b = y0; b <= y1; b++) {
+        const int64_t s0 = b * BLK, s1 = s0 + BLK < S ? s0 + BLK : S;
+        const double eo = b >= rl ? ex[b] : ZEXP, en = s1 < S && b + 1 <= rh ? ex[b + 1] : ZEXP;
         const double E = eo > en ? eo : en;
         if (E == ZEXP) {
             for (int64_t s = s0; s < s1; s++)
@@ -932,12 +1046,17 @@ DECODE_HOT static void fb_back(chain *g)
             continue;
         }
         const double fo = fb_rescale(eo, E), fn = fb_rescale(en, E);
-        for (int64_t s = s0; s < s1; s++) {
-            const double v = em[s] * be[s] * fo;
-            tq[s - s0] = v < 0x1p-1000 ? 0.0 : v;
+        if (eo != ZEXP) {
+            for (int64_t s = s0; s < s1; s++) {
+                const double v = em[s] * be[s] * fo;
+                tq[s - s0] = v < 0x1p-1000 ? 0.0 : v;
+            }
+        } else {
+            for (int64_t s = s0; s < s1; s++)
+                tq[s - s0] = 0.0;
         }
         for (int64_t s = s1; s < s1 + PAD; s++) {
-            const double v = s < S ? em[s] * be[s] * fn : 0.0;
+            const double v = s < S && en != ZEXP ? em[s] * be[s] * fn : 0.0;
             tq[s - s0] = v < 0x1p-1000 ? 0.0 : v;
         }
         const double *q = tq - s0;
@@ -948,11 +1067,35 @@ DECODE_HOT static void fb_back(chain *g)
             be[s] += q[s + 3] * m3[s + 3] + q[s + 4] * m4[s + 4];
         }
         ex[b] = fb_block_norm(be + s0, s1 - s0, E); /* block b - 1, done, no longer reads ex[b] */
-        any |= ex[b] != ZEXP;
     }
+    int any = 0;
+    for (int64_t b = nl; b <= nh; b++)
+        any |= ex[b] != ZEXP;
+    g->leak_b += fb_leak(ex, y0, y1, nl, nh);
     if (!any)
         g->lost = 1;
 }
+
+/* the states whose scores a forward step into frame t (fwd) or a backward step from frame t reads */
+static void fb_window(chain *g, int64_t t, int fwd)
+{
+    int64_t l, h;
+    const int64_t nb = fb_nblk(g);
+    if (fwd) {
+        fb_band(g, t - 1, &l, &h);
+        h = h + 1 < nb ? h + 1 : nb - 1;
+        g->elo = l * BLK;
+        g->ehi = (h + 1) * BLK < g->S ? (h + 1) * BLK - 1 : g->S - 1;
+    } else {
+        fb_band(g, t, &l, &h);
+        l = l > 0 ? l - 1 : 0;
+        g->elo = l * BLK;
+        g->ehi = (h + 1) * BLK + PAD < g->S ? (h + 1) * BLK + PAD - 1 : g->S - 1;
+    }
+}
+
+/* more than the tolerated mass left the band forwards: stop, the driver widens it (unless it is the whole row) */
+static inline int fb_widen_now(const chain *g) { return g->leak_f > CHAIN_BAND_TOL && g->bw < g->S; }
 
 static int fb_segment(chain *g, int d, int64_t a, int64_t b, double *row_a)
 {
@@ -961,18 +1104,22 @@ static int fb_segment(chain *g, int d, int64_t a, int64_t b, double *row_a)
         double *rows = (double *)g->leaf; /* row of frame t at rows + (t - a - 1) * R */
         double *prev = row_a;
         for (int64_t t = a + 1; t <= b; t++) {
+            fb_window(g, t, 1);
             if (chain_frame(g, t, 1))
                 return CHAIN_NONFINITE;
             double *cur = rows + (size_t)(t - a - 1) * R;
-            if (!fb_step(g, prev, cur))
+            if (!fb_step(g, prev, cur, t))
                 g->lost = 1;
             prev = cur;
         }
+        if (fb_widen_now(g))
+            return CHAIN_WIDEN;
         for (int64_t t = b; t > a && !g->lost; t--) {
             fb_post(g, t, rows + (size_t)(t - a - 1) * R);
+            fb_window(g, t, 0);
             if (chain_frame(g, t, 1))
                 return CHAIN_NONFINITE;
-            fb_back(g);
+            fb_back(g, t);
         }
         return 0;
     }
@@ -980,13 +1127,16 @@ static int fb_segment(chain *g, int d, int64_t a, int64_t b, double *row_a)
     double *slots = g->slots[d];
     double *prev = row_a;
     for (int64_t t = a + 1; t <= a + (n - 1) * q; t++) {
+        fb_window(g, t, 1);
         if (chain_frame(g, t, 1))
             return CHAIN_NONFINITE;
         double *cur = (t - a) % q == 0 ? slots + (size_t)((t - a) / q - 1) * R : g->w[(t - a) & 1];
-        if (!fb_step(g, prev, cur))
+        if (!fb_step(g, prev, cur, t))
             g->lost = 1;
         prev = cur;
     }
+    if (fb_widen_now(g))
+        return CHAIN_WIDEN;
     for (int64_t j = n - 1; j >= 0 && !g->lost; j--) {
         const int64_t pa = a + j * q, pb = pa + q < b ? pa + q : b;
         const int rc = fb_segment(g, d + 1, pa, pb, j == 0 ? row_a : slots + (size_t)(j - 1) * R);
@@ -1072,6 +1222,8 @@ static int cyctc_chain_run(const void *x, ptrdiff_t xs, chain_loader load, int64
     g.x = x;
     g.xs = xs;
     g.load = load;
+    g.elo = 0;
+    g.ehi = g.S - 1;
     g.path = path;
     g.post = post;
     for (int64_t t = 0; t < T; t++)
@@ -1128,10 +1280,20 @@ static int cyctc_chain_run(const void *x, ptrdiff_t xs, chain_loader load, int64
         free(arena);
         return CYCTC_DECODE_NOMEM;
     }
-    rc = 0;
-    if (chain_frame(&g, 0, 1))
-        rc = CHAIN_NONFINITE;
-    if (!rc) {
+    /* the band starts at cyctc_chain_band_init states either side of the path and widens 4 times while more
+     * mass than CHAIN_BAND_TOL leaves it (see fb_step); at the whole row it is the unrestricted recursion */
+    g.bw = cyctc_chain_band_init > 0 ? cyctc_chain_band_init : 1;
+    for (;;) {
+        rc = 0;
+        g.lost = 0;
+        g.leak_f = g.leak_b = 0.0;
+        g.fdone = 0;
+        g.elo = 0;
+        g.ehi = g.S - 1;
+        if (chain_frame(&g, 0, 1)) {
+            rc = CHAIN_NONFINITE;
+            break;
+        }
         double *top = g.top;
         for (int k = 0; k < PAD; k++)
             top[k] = 0.0;
@@ -1149,7 +1311,15 @@ static int cyctc_chain_run(const void *x, ptrdiff_t xs, chain_loader load, int64
             rc = fb_segment(&g, 0, 0, T - 1, top);
         if (!rc && !g.lost)
             fb_post(&g, 0, top);
+        const int wide = g.bw >= g.S;
+        if (!wide && (rc == CHAIN_WIDEN || (rc == 0 && (g.leak_f > CHAIN_BAND_TOL || g.leak_b > CHAIN_BAND_TOL ||
+                                                         g.lost)))) {
+            g.bw = g.bw > g.S / 4 ? g.S : 4 * g.bw;
+            continue;
+        }
+        break;
     }
+    cyctc_chain_band_last = g.bw;
     free(arena);
     if (rc || g.lost) {
         for (int64_t t = 0; t < T; t++)
