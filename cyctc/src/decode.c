@@ -437,6 +437,7 @@ struct chain_s {
     double *slots[CK_MAXD + 1];
     void *leaf;
     int64_t elo, ehi; /* the states whose scores chain_frame fills */
+    double *vt_sc, *vt_loc, *vt_bnd; /* the tiled Viterbi pass's scratch (see vit_tile) */
     /* posterior band: states path[t] +- bw at frame t (whole blocks); leaked mass in each direction (see fb_step) */
     int64_t bw, fdone;
     double leak_f, leak_b;
@@ -544,6 +545,16 @@ static double ck_best_r(int64_t P0, int D, double rowb, double leafb, double fix
     return best;
 }
 
+#define VT_B 1024 /* states per chunk of the tiled Viterbi pass (vit_tile) */
+#define VT_STRIDE (VT_B + PAD + 44) /* its rows' stride: not a multiple of 4 KiB apart (no 4K aliasing stalls) */
+
+/* frames per tile of the tiled Viterbi pass: their scores stay within 256 KiB */
+static inline int64_t vt_frames(int C)
+{
+    const int64_t k = 32768 / ((int64_t)C + 1);
+    return k < 1 ? 1 : k > 64 ? 64 : k;
+}
+
 /* work-space sizes of one sequence: doubles per stored row, fixed bytes, leaf bytes per frame */
 static void chain_sizes(int64_t S, int C, int posteriors, double *rowb, double *fixed, double *leafb)
 {
@@ -552,7 +563,9 @@ static void chain_sizes(int64_t S, int C, int posteriors, double *rowb, double *
     const double graph = (double)S * 5.0 + (double)(S / 2 + 2) * 16.0 + (double)(C + 1) * 16.0 + (double)S * 8.0 +
                          4.0 * (double)(S + 2 * PAD) * 8.0;
     *rowb = row;
-    *fixed = graph + (posteriors ? 4.0 * row + (BLK + 2 * PAD) * 8.0 : 2.0 * row) + 256.0;
+    /* Viterbi: the tiled pass's frame scores, chunk rows and chunk boundaries (see vit_tile) */
+    const double tile = (double)vt_frames(C) * ((double)(C + 1) + 2.0 * PAD) * 8.0 + 3.0 * VT_STRIDE * 8.0;
+    *fixed = graph + (posteriors ? 4.0 * row + (BLK + 2 * PAD) * 8.0 : 2.0 * row + tile) + 256.0;
     *leafb = posteriors ? row : (double)S;
 }
 
@@ -729,6 +742,91 @@ static int64_t vit_pick_end(const chain *g, const double *rowp, double *score)
 #define CHAIN_NONFINITE (-3)
 #define CHAIN_INFEASIBLE (-4)
 
+/* one frame of a chunk of n states (pv[-4..-1]: the 4 states below it), as vit_step without back-pointers */
+DECODE_HOT static void vt_row(const double *restrict pv, double *restrict cv, const double *restrict m2,
+                              const double *restrict em, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) {
+        double best = pv[i], c = pv[i - 1];
+        best = c > best ? c : best;
+        c = pv[i - 2] + m2[i];
+        best = c > best ? c : best;
+        cv[i] = best + em[i];
+    }
+}
+
+/* The first pass's frames a + 1..t1 (at most vt_frames) from the whole row prev (frame a) into out (frame t1),
+ * tiled: the states in chunks of VT_B, each chunk carried through all the frames before the next one, so that its
+ * rows stay in the first-level cache instead of streaming two whole rows (and the scores) through memory every
+ * frame. A chunk reads 4 states of the chunk below at each frame: the chunk below leaves them in a boundary buffer.
+ * Every state gets the same operations in the same order as in vit_step (without back-pointers): the same bits. */
+DECODE_HOT static int vit_tile(chain *g, const double *prevp, double *outp, int64_t a, int64_t t1)
+{
+    const int64_t S = g->S, K = t1 - a;
+    const int C = g->C;
+    const int32_t *cls = g->cls;
+    const double *m1 = g->mask[0] + PAD, *m2 = g->mask[1] + PAD, *m3 = g->mask[2] + PAD, *m4 = g->mask[3] + PAD;
+    const double *prev = prevp + PAD;
+    double *out = outp + PAD;
+    for (int64_t k = 0; k < K; k++) {
+        double *lp = g->vt_sc + k * (C + 1);
+        if (g->load(g->x, g->xs, a + 1 + k, C, g->normalize, lp))
+            return 1;
+        double m = NEG_INF;
+        for (int c = 0; c < C; c++)
+            m = lp[c] > m ? lp[c] : m;
+        lp[C] = m - g->gap_penalty; /* as chain_frame */
+    }
+    double *bin = g->vt_bnd, *bout = g->vt_bnd + K * PAD, *em = g->vt_loc + 2 * VT_STRIDE;
+    int64_t fi0 = 0;
+    for (int64_t c0 = 0; c0 < S; c0 += VT_B) {
+        const int64_t c1 = c0 + VT_B < S ? c0 + VT_B : S, n = c1 - c0;
+        double *loc[2] = {g->vt_loc, g->vt_loc + VT_STRIDE};
+        for (int j = 0; j < PAD; j++)
+            loc[0][j] = prev[c0 - PAD + j]; /* the padding (-inf) below state 0 */
+        memcpy(loc[0] + PAD, prev + c0, (size_t)n * sizeof(double));
+        int64_t fi1 = fi0;
+        while (fi1 < g->nfar && g->far[fi1] < c1)
+            fi1++;
+        for (int64_t k = 0; k < K; k++) {
+            double *in = loc[k & 1], *o = loc[(k + 1) & 1];
+            if (k > 0)
+                for (int j = 0; j < PAD; j++)
+                    in[j] = c0 == 0 ? NEG_INF : bin[(k - 1) * PAD + j];
+            const double *sc = g->vt_sc + k * (C + 1);
+            const double *pv = in + PAD - c0; /* pv[s]: state s at the previous frame */
+            double *cv = o + PAD - c0;
+            /* the scores in state order (c0 is even: even i are blanks) */
+            const double sbl = sc[g->blank];
+            for (int64_t i = 0; i < n; i++)
+                em[i] = sbl;
+            for (int64_t i = 1; i < n; i += 2)
+                em[i] = sc[cls[c0 + i]];
+            vt_row(in + PAD, o + PAD, m2 + c0, em, n);
+            for (int64_t i = fi0; i < fi1; i++) {
+                const int64_t s = g->far[i];
+                const double cc[5] = {pv[s], pv[s - 1] + m1[s], pv[s - 2] + m2[s], pv[s - 3] + m3[s],
+                                      pv[s - 4] + m4[s]};
+                double best = cc[0];
+                for (int j = 1; j < 5; j++)
+                    best = cc[j] > best ? cc[j] : best;
+                cv[s] = best + em[s - c0];
+            }
+            if (c1 < S)
+                for (int j = 0; j < PAD; j++)
+                    bout[k * PAD + j] = cv[c1 - PAD + j];
+        }
+        memcpy(out + c0, loc[K & 1] + PAD, (size_t)n * sizeof(double));
+        double *tmp = bin;
+        bin = bout;
+        bout = tmp;
+        fi0 = fi1;
+    }
+    for (int j = 0; j < PAD; j++)
+        outp[j] = NEG_INF;
+    return 0;
+}
+
 /* the path over frames a..b of a segment at level d, whose row at frame a is row_a and whose state at frame b is
  * *s (or, when *s < 0, the best end state, found once frame b = T - 1 is reached); *s becomes the state at a */
 static int vit_segment(chain *g, int d, int64_t a, int64_t b, const double *row_a, int64_t *s, double *score)
@@ -781,7 +879,22 @@ static int vit_segment(chain *g, int d, int64_t a, int64_t b, const double *row_
     const int64_t stop = *s < 0 ? b : a + (n - 1) * q;
     double *slots = g->slots[d];
     const double *prev = row_a;
-    for (int64_t t = a + 1; t <= stop; t++) {
+    if (sb < 0) { /* the first pass over the whole row: tiled, up to each checkpoint (vit_tile) */
+        const int64_t K = vt_frames(g->C);
+        int64_t t = a, flip = 0;
+        while (t < stop) {
+            const int64_t next_ck = a + ((t - a) / q + 1) * q;
+            int64_t t1 = t + K < stop ? t + K : stop;
+            t1 = t1 < next_ck ? t1 : next_ck;
+            const int ck = (t1 - a) % q == 0 && (t1 - a) / q < n;
+            double *cur = ck ? slots + (size_t)((t1 - a) / q - 1) * g->row : g->w[flip ^= 1];
+            if (vit_tile(g, prev, cur, t, t1))
+                return CHAIN_NONFINITE;
+            prev = cur;
+            t = t1;
+        }
+    }
+    for (int64_t t = sb < 0 ? stop + 1 : a + 1; t <= stop; t++) {
         int64_t lo, hi;
         VIT_WINDOW(t, lo, hi);
         g->elo = lo;
@@ -1169,6 +1282,15 @@ static int chain_carve(chain *g, char *arena, double bytes, const int32_t *tok, 
         p += R;
         g->tmp = p; /* the blocks' bases, then one block's neighbours */
         p += R + BLK + 2 * PAD;
+    }
+    if (!posteriors) {
+        const int64_t K = vt_frames(g->C);
+        g->vt_sc = p;
+        p += K * (g->C + 1);
+        g->vt_bnd = p;
+        p += 2 * K * PAD;
+        g->vt_loc = p;
+        p += 3 * VT_STRIDE;
     }
     g->top = p;
     p += R;
