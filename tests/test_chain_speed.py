@@ -184,3 +184,26 @@ def test_band_posteriors_equal_reference_on_a_recording(band):
     assert status[0] == 0
     T = lp.shape[0]
     np.testing.assert_allclose(post[0, :T], ref[np.arange(T), path[0, :T]], rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("T, C, n_utts, length, penalty, ties", CASES[:3])
+def test_two_threads_give_the_same_bits(T, C, n_utts, length, penalty, ties):
+    """One recording, num_threads 2: the tiled first pass runs its chunks on two threads (when OpenMP is there)."""
+    rng = np.random.default_rng(T + C + 1)
+    toks = utterance_tokens(rng, C, n_utts, length)
+    lp = planted(rng, T, C, toks, ties)
+    for lim in budgets(T, C, len(toks), True)[:3]:
+        one = chain(lp, toks, memory_limit=lim, penalty=penalty, threads=1)
+        two = chain(lp, toks, memory_limit=lim, penalty=penalty, threads=2)
+        assert one[3][0] == 0
+        for a, b in zip(one, two):
+            assert a.tobytes() == b.tobytes()
+
+
+def test_two_threads_segment_a_recording():
+    lp, utts, _ = make_recording(8000, speech_gaps=True, seed=11)
+    one = cyctc.ctc_segment(lp, utts, num_threads=1, memory_limit=8 << 20)
+    two = cyctc.ctc_segment(lp, utts, num_threads=2, memory_limit=8 << 20)
+    np.testing.assert_array_equal(one.start, two.start)
+    np.testing.assert_array_equal(one.end, two.end)
+    assert np.asarray(one.confidence).tobytes() == np.asarray(two.confidence).tobytes()

@@ -18,6 +18,13 @@
 #pragma GCC optimize("no-wrapv")
 #endif
 #include "decode.h"
+#include "omp_compat.h"
+#ifdef _WIN32
+static inline void cyctc_yield(void) {}
+#else
+#include <sched.h>
+static inline void cyctc_yield(void) { sched_yield(); }
+#endif
 
 #include <math.h>
 #include <stdlib.h>
@@ -438,6 +445,8 @@ struct chain_s {
     void *leaf;
     int64_t elo, ehi; /* the states whose scores chain_frame fills */
     double *vt_sc, *vt_loc, *vt_bnd; /* the tiled Viterbi pass's scratch (see vit_tile) */
+    int64_t *vt_prog;                 /* frames each chunk of a tile has done */
+    int nthreads;                     /* threads of the tiled pass (1 or 2) */
     /* posterior band: states path[t] +- bw at frame t (whole blocks); leaked mass in each direction (see fb_step) */
     int64_t bw, fdone;
     double leak_f, leak_b;
@@ -546,6 +555,7 @@ static double ck_best_r(int64_t P0, int D, double rowb, double leafb, double fix
 }
 
 #define VT_B 1024 /* states per chunk of the tiled Viterbi pass (vit_tile) */
+#define VT_NTH 2 /* threads of the tiled pass at most */
 #define VT_STRIDE (VT_B + PAD + 44) /* its rows' stride: not a multiple of 4 KiB apart (no 4K aliasing stalls) */
 
 /* frames per tile of the tiled Viterbi pass: their scores stay within 256 KiB */
@@ -564,7 +574,8 @@ static void chain_sizes(int64_t S, int C, int posteriors, double *rowb, double *
                          4.0 * (double)(S + 2 * PAD) * 8.0;
     *rowb = row;
     /* Viterbi: the tiled pass's frame scores, chunk rows and chunk boundaries (see vit_tile) */
-    const double tile = (double)vt_frames(C) * ((double)(C + 1) + 2.0 * PAD) * 8.0 + 3.0 * VT_STRIDE * 8.0;
+    const double tile = (double)vt_frames(C) * ((double)(C + 1) + 3.0 * PAD) * 8.0 +
+                        VT_NTH * 3.0 * VT_STRIDE * 8.0 + (double)(S / VT_B + 1) * 8.0;
     *fixed = graph + (posteriors ? 4.0 * row + (BLK + 2 * PAD) * 8.0 : 2.0 * row + tile) + 256.0;
     *leafb = posteriors ? row : (double)S;
 }
@@ -742,6 +753,34 @@ static int64_t vit_pick_end(const chain *g, const double *rowp, double *score)
 #define CHAIN_NONFINITE (-3)
 #define CHAIN_INFEASIBLE (-4)
 
+/* the tiled pass's hand-over between its two threads: a counter of frames done per chunk */
+static inline void vt_post(int64_t *p, int64_t v)
+{
+#if defined(__GNUC__) || defined(__clang__)
+    __atomic_store_n(p, v, __ATOMIC_RELEASE);
+#else
+#pragma omp flush
+    *(volatile int64_t *)p = v;
+#pragma omp flush
+#endif
+}
+
+static inline void vt_wait(int64_t *p, int64_t v)
+{
+    for (unsigned spins = 0;; spins++) {
+#if defined(__GNUC__) || defined(__clang__)
+        if (__atomic_load_n(p, __ATOMIC_ACQUIRE) >= v)
+            return;
+#else
+#pragma omp flush
+        if (*(volatile int64_t *)p >= v)
+            return;
+#endif
+        if (spins > 4096) /* the other thread was descheduled (a shared machine): let it run */
+            cyctc_yield();
+    }
+}
+
 /* one frame of a chunk of n states (pv[-4..-1]: the 4 states below it), as vit_step without back-pointers */
 DECODE_HOT static void vt_row(const double *restrict pv, double *restrict cv, const double *restrict m2,
                               const double *restrict em, int64_t n)
@@ -777,50 +816,73 @@ DECODE_HOT static int vit_tile(chain *g, const double *prevp, double *outp, int6
             m = lp[c] > m ? lp[c] : m;
         lp[C] = m - g->gap_penalty; /* as chain_frame */
     }
-    double *bin = g->vt_bnd, *bout = g->vt_bnd + K * PAD, *em = g->vt_loc + 2 * VT_STRIDE;
-    int64_t fi0 = 0;
-    for (int64_t c0 = 0; c0 < S; c0 += VT_B) {
-        const int64_t c1 = c0 + VT_B < S ? c0 + VT_B : S, n = c1 - c0;
-        double *loc[2] = {g->vt_loc, g->vt_loc + VT_STRIDE};
-        for (int j = 0; j < PAD; j++)
-            loc[0][j] = prev[c0 - PAD + j]; /* the padding (-inf) below state 0 */
-        memcpy(loc[0] + PAD, prev + c0, (size_t)n * sizeof(double));
-        int64_t fi1 = fi0;
-        while (fi1 < g->nfar && g->far[fi1] < c1)
-            fi1++;
-        for (int64_t k = 0; k < K; k++) {
-            double *in = loc[k & 1], *o = loc[(k + 1) & 1];
-            if (k > 0)
-                for (int j = 0; j < PAD; j++)
-                    in[j] = c0 == 0 ? NEG_INF : bin[(k - 1) * PAD + j];
-            const double *sc = g->vt_sc + k * (C + 1);
-            const double *pv = in + PAD - c0; /* pv[s]: state s at the previous frame */
-            double *cv = o + PAD - c0;
-            /* the scores in state order (c0 is even: even i are blanks) */
-            const double sbl = sc[g->blank];
-            for (int64_t i = 0; i < n; i++)
-                em[i] = sbl;
-            for (int64_t i = 1; i < n; i += 2)
-                em[i] = sc[cls[c0 + i]];
-            vt_row(in + PAD, o + PAD, m2 + c0, em, n);
-            for (int64_t i = fi0; i < fi1; i++) {
-                const int64_t s = g->far[i];
-                const double cc[5] = {pv[s], pv[s - 1] + m1[s], pv[s - 2] + m2[s], pv[s - 3] + m3[s],
-                                      pv[s - 4] + m4[s]};
-                double best = cc[0];
-                for (int j = 1; j < 5; j++)
-                    best = cc[j] > best ? cc[j] : best;
-                cv[s] = best + em[s - c0];
+    const int64_t nch = (S + VT_B - 1) / VT_B;
+    for (int64_t c = 0; c < nch; c++)
+        g->vt_prog[c] = 0;
+    /* Two threads: thread i takes the chunks c = i mod 2, a frame behind the chunk below (it waits for the chunk
+     * below to have done the frame before: vt_prog). Chunk c reads the boundary buffer (c - 1) mod 3 and writes
+     * c mod 3: the chunk that next writes a buffer runs on the thread of the last chunk that reads it, after it. */
+    const int nth = g->nthreads > 1 && nch > 1 ? 2 : 1;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nth) if (nth > 1)
+#endif
+    {
+#ifdef _OPENMP
+        const int tid = nth > 1 ? omp_get_thread_num() : 0;
+#else
+        const int tid = 0;
+#endif
+        double *loc[2] = {g->vt_loc + tid * 3 * VT_STRIDE, g->vt_loc + tid * 3 * VT_STRIDE + VT_STRIDE};
+        double *em = g->vt_loc + tid * 3 * VT_STRIDE + 2 * VT_STRIDE;
+        for (int64_t c = tid; c < nch; c += nth) {
+            const int64_t c0 = c * VT_B, c1 = c0 + VT_B < S ? c0 + VT_B : S, n = c1 - c0;
+            const double *bin = g->vt_bnd + ((c + 2) % 3) * K * PAD;
+            double *bout = g->vt_bnd + (c % 3) * K * PAD;
+            for (int j = 0; j < PAD; j++)
+                loc[0][j] = prev[c0 - PAD + j]; /* the padding (-inf) below state 0 */
+            memcpy(loc[0] + PAD, prev + c0, (size_t)n * sizeof(double));
+            const int64_t fi0 = lower_bound64(g->far, g->nfar, c0), fi1 = lower_bound64(g->far, g->nfar, c1);
+            for (int64_t k = 0; k < K; k++) {
+                double *in = loc[k & 1], *o = loc[(k + 1) & 1];
+                if (k > 0) {
+                    if (c == 0) {
+                        for (int j = 0; j < PAD; j++)
+                            in[j] = NEG_INF;
+                    } else {
+                        if (nth > 1)
+                            vt_wait(g->vt_prog + c - 1, k);
+                        for (int j = 0; j < PAD; j++)
+                            in[j] = bin[(k - 1) * PAD + j];
+                    }
+                }
+                const double *sc = g->vt_sc + k * (C + 1);
+                const double *pv = in + PAD - c0; /* pv[s]: state s at the previous frame */
+                double *cv = o + PAD - c0;
+                /* the scores in state order (c0 is even: even i are blanks) */
+                const double sbl = sc[g->blank];
+                for (int64_t i = 0; i < n; i++)
+                    em[i] = sbl;
+                for (int64_t i = 1; i < n; i += 2)
+                    em[i] = sc[cls[c0 + i]];
+                vt_row(in + PAD, o + PAD, m2 + c0, em, n);
+                for (int64_t i = fi0; i < fi1; i++) {
+                    const int64_t s = g->far[i];
+                    const double cc[5] = {pv[s], pv[s - 1] + m1[s], pv[s - 2] + m2[s], pv[s - 3] + m3[s],
+                                          pv[s - 4] + m4[s]};
+                    double best = cc[0];
+                    for (int j = 1; j < 5; j++)
+                        best = cc[j] > best ? cc[j] : best;
+                    cv[s] = best + em[s - c0];
+                }
+                if (c1 < S) {
+                    for (int j = 0; j < PAD; j++)
+                        bout[k * PAD + j] = cv[c1 - PAD + j];
+                    if (nth > 1)
+                        vt_post(g->vt_prog + c, k + 1);
+                }
             }
-            if (c1 < S)
-                for (int j = 0; j < PAD; j++)
-                    bout[k * PAD + j] = cv[c1 - PAD + j];
+            memcpy(out + c0, loc[K & 1] + PAD, (size_t)n * sizeof(double));
         }
-        memcpy(out + c0, loc[K & 1] + PAD, (size_t)n * sizeof(double));
-        double *tmp = bin;
-        bin = bout;
-        bout = tmp;
-        fi0 = fi1;
     }
     for (int j = 0; j < PAD; j++)
         outp[j] = NEG_INF;
@@ -1288,9 +1350,11 @@ static int chain_carve(chain *g, char *arena, double bytes, const int32_t *tok, 
         g->vt_sc = p;
         p += K * (g->C + 1);
         g->vt_bnd = p;
-        p += 2 * K * PAD;
+        p += 3 * K * PAD;
         g->vt_loc = p;
-        p += 3 * VT_STRIDE;
+        p += VT_NTH * 3 * VT_STRIDE;
+        g->vt_prog = (int64_t *)p;
+        p += S / VT_B + 1;
     }
     g->top = p;
     p += R;
@@ -1331,10 +1395,11 @@ static int chain_carve(chain *g, char *arena, double bytes, const int32_t *tok, 
 
 static int cyctc_chain_run(const void *x, ptrdiff_t xs, chain_loader load, int64_t T, int C, const int32_t *tokens,
                     int64_t n, int blank, int normalize, double gap_penalty, double budget, int32_t *path,
-                    double *log_prob, double *post)
+                    double *log_prob, double *post, int nthreads)
 {
     chain g;
     memset(&g, 0, sizeof(g));
+    g.nthreads = nthreads;
     g.T = T;
     g.S = 2 * n + 1;
     g.C = C;
