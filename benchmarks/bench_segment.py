@@ -5,7 +5,9 @@ installed, torchaudio's ``forced_align``, on the same synthetic recordings (see 
                                        [--threads 2]
 
 cyctc runs with ``num_threads=--threads`` (default 2: its Viterbi's first pass takes two threads per recording);
-ctc-segmentation and torchaudio run as they come. Each tool runs in a fresh subprocess per recording: seconds of the call, peak memory growth during it (RSS high-water
+ctc-segmentation and torchaudio run as they come. Children get ``OMP_WAIT_POLICY=passive`` unless the environment
+sets it (on a shared machine libgomp's spinning idle thread takes the time slices the working one needs: see the
+top README). Each tool runs in a fresh subprocess per recording: seconds of the call, peak memory growth during it (RSS high-water
 mark after resetting it, every page the call touched), and boundary agreement with the generator's truth:
 
 * ``first+last``: the share of utterances whose first label starts, and whose last label starts, within 2 frames of
@@ -137,7 +139,8 @@ def main():
                 first = [int(s[0]) for s in truth["label_start"]]
                 last = [int(s[-1]) for s in truth["label_start"]]
                 for tool in a.tools:
-                    env = {**os.environ, **MALLOC_ENV, "CYCTC_BENCH_THREADS": str(a.threads)}
+                    env = {"OMP_WAIT_POLICY": "passive", **os.environ, **MALLOC_ENV,
+                           "CYCTC_BENCH_THREADS": str(a.threads)}
                     p = subprocess.run([sys.executable, __file__, "--child", tool, path], capture_output=True,
                                        text=True, env=env)
                     row = {"T": T, "gaps": gaps, "tool": tool, "N": len(utts), "L": int(sum(map(len, utts)))}

@@ -19,12 +19,6 @@
 #endif
 #include "decode.h"
 #include "omp_compat.h"
-#ifdef _WIN32
-static inline void cyctc_yield(void) {}
-#else
-#include <sched.h>
-static inline void cyctc_yield(void) { sched_yield(); }
-#endif
 
 #include <math.h>
 #include <stdlib.h>
@@ -445,7 +439,6 @@ struct chain_s {
     void *leaf;
     int64_t elo, ehi; /* the states whose scores chain_frame fills */
     double *vt_sc, *vt_loc, *vt_bnd; /* the tiled Viterbi pass's scratch (see vit_tile) */
-    int64_t *vt_prog;                 /* frames each chunk of a tile has done */
     int nthreads;                     /* threads of the tiled pass (1 or 2) */
     /* posterior band: states path[t] +- bw at frame t (whole blocks); leaked mass in each direction (see fb_step) */
     int64_t bw, fdone;
@@ -556,7 +549,8 @@ static double ck_best_r(int64_t P0, int D, double rowb, double leafb, double fix
 
 #define VT_B 1024 /* states per chunk of the tiled Viterbi pass (vit_tile) */
 #define VT_NTH 2 /* threads of the tiled pass at most */
-#define VT_STRIDE (VT_B + PAD + 44) /* its rows' stride: not a multiple of 4 KiB apart (no 4K aliasing stalls) */
+#define VT_GHOST 256 /* 4 x the most frames per tile: the second thread's overlap (see vit_tile) */
+#define VT_STRIDE (VT_B + VT_GHOST + PAD + 44) /* its rows' stride: not 4 KiB apart (no 4K aliasing stalls) */
 
 /* frames per tile of the tiled Viterbi pass: their scores stay within 256 KiB */
 static inline int64_t vt_frames(int C)
@@ -574,8 +568,8 @@ static void chain_sizes(int64_t S, int C, int posteriors, double *rowb, double *
                          4.0 * (double)(S + 2 * PAD) * 8.0;
     *rowb = row;
     /* Viterbi: the tiled pass's frame scores, chunk rows and chunk boundaries (see vit_tile) */
-    const double tile = (double)vt_frames(C) * ((double)(C + 1) + 3.0 * PAD) * 8.0 +
-                        VT_NTH * 3.0 * VT_STRIDE * 8.0 + (double)(S / VT_B + 1) * 8.0;
+    const double tile = (double)vt_frames(C) * ((double)(C + 1) + 2.0 * VT_NTH * PAD) * 8.0 +
+                        VT_NTH * 3.0 * VT_STRIDE * 8.0;
     *fixed = graph + (posteriors ? 4.0 * row + (BLK + 2 * PAD) * 8.0 : 2.0 * row + tile) + 256.0;
     *leafb = posteriors ? row : (double)S;
 }
@@ -753,34 +747,6 @@ static int64_t vit_pick_end(const chain *g, const double *rowp, double *score)
 #define CHAIN_NONFINITE (-3)
 #define CHAIN_INFEASIBLE (-4)
 
-/* the tiled pass's hand-over between its two threads: a counter of frames done per chunk */
-static inline void vt_post(int64_t *p, int64_t v)
-{
-#if defined(__GNUC__) || defined(__clang__)
-    __atomic_store_n(p, v, __ATOMIC_RELEASE);
-#else
-#pragma omp flush
-    *(volatile int64_t *)p = v;
-#pragma omp flush
-#endif
-}
-
-static inline void vt_wait(int64_t *p, int64_t v)
-{
-    for (unsigned spins = 0;; spins++) {
-#if defined(__GNUC__) || defined(__clang__)
-        if (__atomic_load_n(p, __ATOMIC_ACQUIRE) >= v)
-            return;
-#else
-#pragma omp flush
-        if (*(volatile int64_t *)p >= v)
-            return;
-#endif
-        if (spins > 4096) /* the other thread was descheduled (a shared machine): let it run */
-            cyctc_yield();
-    }
-}
-
 /* one frame of a chunk of n states (pv[-4..-1]: the 4 states below it), as vit_step without back-pointers */
 DECODE_HOT static void vt_row(const double *restrict pv, double *restrict cv, const double *restrict m2,
                               const double *restrict em, int64_t n)
@@ -816,13 +782,12 @@ DECODE_HOT static int vit_tile(chain *g, const double *prevp, double *outp, int6
             m = lp[c] > m ? lp[c] : m;
         lp[C] = m - g->gap_penalty; /* as chain_frame */
     }
+    /* Two threads: the chunks split in two runs, the second thread's run starting 4K states lower (K frames): a
+     * step reads at most 4 states below, so wrong values from the start of those extra states (they read -inf
+     * below them) climb 4 states a frame and never reach the run's own states within K frames: no hand-over
+     * between the threads inside a tile, at the cost of recomputing at most 4K x K states. */
     const int64_t nch = (S + VT_B - 1) / VT_B;
-    for (int64_t c = 0; c < nch; c++)
-        g->vt_prog[c] = 0;
-    /* Two threads: thread i takes the chunks c = i mod 2, a frame behind the chunk below (it waits for the chunk
-     * below to have done the frame before: vt_prog). Chunk c reads the boundary buffer (c - 1) mod 3 and writes
-     * c mod 3: the chunk that next writes a buffer runs on the thread of the last chunk that reads it, after it. */
-    const int nth = g->nthreads > 1 && nch > 1 ? 2 : 1;
+    const int nth = g->nthreads > 1 && nch >= 4 && 4 * K <= VT_GHOST ? 2 : 1;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(nth) if (nth > 1)
 #endif
@@ -834,37 +799,30 @@ DECODE_HOT static int vit_tile(chain *g, const double *prevp, double *outp, int6
 #endif
         double *loc[2] = {g->vt_loc + tid * 3 * VT_STRIDE, g->vt_loc + tid * 3 * VT_STRIDE + VT_STRIDE};
         double *em = g->vt_loc + tid * 3 * VT_STRIDE + 2 * VT_STRIDE;
-        for (int64_t c = tid; c < nch; c += nth) {
-            const int64_t c0 = c * VT_B, c1 = c0 + VT_B < S ? c0 + VT_B : S, n = c1 - c0;
-            const double *bin = g->vt_bnd + ((c + 2) % 3) * K * PAD;
-            double *bout = g->vt_bnd + (c % 3) * K * PAD;
+        double *bin = g->vt_bnd + (2 * tid) * K * PAD, *bout = g->vt_bnd + (2 * tid + 1) * K * PAD;
+        const int64_t cfirst = tid == 0 ? 0 : nch / 2, cend = nth == 1 || tid == 1 ? nch : nch / 2;
+        for (int64_t c = cfirst; c < cend; c++) {
+            const int64_t c0 = c * VT_B, c1 = c0 + VT_B < S ? c0 + VT_B : S;
+            const int64_t ghost = c == cfirst && c > 0 ? 4 * K : 0, g0 = c0 - ghost, n = c1 - g0;
             for (int j = 0; j < PAD; j++)
-                loc[0][j] = prev[c0 - PAD + j]; /* the padding (-inf) below state 0 */
-            memcpy(loc[0] + PAD, prev + c0, (size_t)n * sizeof(double));
-            const int64_t fi0 = lower_bound64(g->far, g->nfar, c0), fi1 = lower_bound64(g->far, g->nfar, c1);
+                loc[0][j] = prev[g0 - PAD + j]; /* the padding (-inf) below state 0 */
+            memcpy(loc[0] + PAD, prev + g0, (size_t)n * sizeof(double));
+            const int64_t fi0 = lower_bound64(g->far, g->nfar, g0), fi1 = lower_bound64(g->far, g->nfar, c1);
             for (int64_t k = 0; k < K; k++) {
                 double *in = loc[k & 1], *o = loc[(k + 1) & 1];
-                if (k > 0) {
-                    if (c == 0) {
-                        for (int j = 0; j < PAD; j++)
-                            in[j] = NEG_INF;
-                    } else {
-                        if (nth > 1)
-                            vt_wait(g->vt_prog + c - 1, k);
-                        for (int j = 0; j < PAD; j++)
-                            in[j] = bin[(k - 1) * PAD + j];
-                    }
-                }
+                if (k > 0)
+                    for (int j = 0; j < PAD; j++) /* the chunk below's top states, or -inf (state 0, a run's start) */
+                        in[j] = c == cfirst ? NEG_INF : bin[(k - 1) * PAD + j];
                 const double *sc = g->vt_sc + k * (C + 1);
-                const double *pv = in + PAD - c0; /* pv[s]: state s at the previous frame */
-                double *cv = o + PAD - c0;
-                /* the scores in state order (c0 is even: even i are blanks) */
+                const double *pv = in + PAD - g0; /* pv[s]: state s at the previous frame */
+                double *cv = o + PAD - g0;
+                /* the scores in state order (g0 is even: even i are blanks) */
                 const double sbl = sc[g->blank];
                 for (int64_t i = 0; i < n; i++)
                     em[i] = sbl;
                 for (int64_t i = 1; i < n; i += 2)
-                    em[i] = sc[cls[c0 + i]];
-                vt_row(in + PAD, o + PAD, m2 + c0, em, n);
+                    em[i] = sc[cls[g0 + i]];
+                vt_row(in + PAD, o + PAD, m2 + g0, em, n);
                 for (int64_t i = fi0; i < fi1; i++) {
                     const int64_t s = g->far[i];
                     const double cc[5] = {pv[s], pv[s - 1] + m1[s], pv[s - 2] + m2[s], pv[s - 3] + m3[s],
@@ -872,16 +830,16 @@ DECODE_HOT static int vit_tile(chain *g, const double *prevp, double *outp, int6
                     double best = cc[0];
                     for (int j = 1; j < 5; j++)
                         best = cc[j] > best ? cc[j] : best;
-                    cv[s] = best + em[s - c0];
+                    cv[s] = best + em[s - g0];
                 }
-                if (c1 < S) {
+                if (c1 < S)
                     for (int j = 0; j < PAD; j++)
                         bout[k * PAD + j] = cv[c1 - PAD + j];
-                    if (nth > 1)
-                        vt_post(g->vt_prog + c, k + 1);
-                }
             }
-            memcpy(out + c0, loc[K & 1] + PAD, (size_t)n * sizeof(double));
+            memcpy(out + c0, loc[K & 1] + PAD + ghost, (size_t)(c1 - c0) * sizeof(double));
+            double *tb = bin;
+            bin = bout;
+            bout = tb;
         }
     }
     for (int j = 0; j < PAD; j++)
@@ -1350,11 +1308,9 @@ static int chain_carve(chain *g, char *arena, double bytes, const int32_t *tok, 
         g->vt_sc = p;
         p += K * (g->C + 1);
         g->vt_bnd = p;
-        p += 3 * K * PAD;
+        p += 2 * VT_NTH * K * PAD;
         g->vt_loc = p;
         p += VT_NTH * 3 * VT_STRIDE;
-        g->vt_prog = (int64_t *)p;
-        p += S / VT_B + 1;
     }
     g->top = p;
     p += R;
