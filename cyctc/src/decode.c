@@ -391,7 +391,15 @@ static void beam_finish(beam_state *s, int K, int merge_repeated, int32_t *paths
  *
  * Speed: the offsets 3 and 4 exist only at the first label after a gap, one state per gap; the loops take the
  * self-loop and offsets 1 (always allowed: neighbours are a blank and a token) and 2 (a mask), vectorised, and
- * those few states are redone after them.
+ * those few states are redone after them. Only the Viterbi's first pass (the top level, whose end state is not
+ * known yet) covers every state at every frame, and it is tiled (vit_tile: chunks of states carried through up to
+ * 64 frames in cache; two threads when asked, each on its own half of the states, the second half started lower
+ * and recomputed so that the threads never wait for each other inside a tile). Every later Viterbi segment knows
+ * the state its path ends in and recomputes only the states that can reach it (vit_segment: a window that
+ * narrows by 4 states a frame towards the end state). None of this changes an operation on a value that reaches
+ * the path: the path, its score and its ties are the same bits as over the whole graph. The posteriors run in a
+ * band of states around the best path, widened until the mass that steps out of it is below 1e-11 of the band's
+ * in each direction ("posteriors in a band" below).
  */
 
 #define PAD 4  /* -inf (Viterbi) or 0 (posteriors) entries before state 0 of every row: prev[s - k] needs no test */
@@ -1017,7 +1025,12 @@ static inline double fb_rescale(double from, double to)
  * band are computed too, and their mass relative to the band's (an upper bound: BLK values below 2^e against a
  * largest value of at least 2^(top - 1)) is summed over the frames, forwards into leak_f and backwards into leak_b.
  * The driver widens the band (4 times, up to the whole row, which is the unrestricted recursion) until both sums
- * are below CHAIN_BAND_TOL, so that the share of either direction's mass that ever leaves the band is below it. */
+ * are below CHAIN_BAND_TOL: the share of either direction's mass that ever steps out of the band is below it (a
+ * bound, from the block exponents). What that bounds is the mass leaving; it is not by itself a proof about the
+ * whole graph's posteriors (mass outside could, in principle, gain weight there and come back in later); the
+ * tests compare the band's posteriors with the whole graph's (chain_reference.py, and the band set to the whole
+ * row), and on the synthetic recordings they are the same bits. The lost-mass check keeps its meaning: it is the
+ * band graph's own forward-backward identity. */
 #define CHAIN_BAND_TOL 1e-11
 #define CHAIN_WIDEN (-5)
 
