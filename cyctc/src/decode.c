@@ -577,7 +577,7 @@ static void chain_sizes(int64_t S, int C, int posteriors, double *rowb, double *
     *rowb = row;
     /* Viterbi: the tiled pass's frame scores, chunk rows and chunk boundaries (see vit_tile) */
     const double tile = (double)vt_frames(C) * ((double)(C + 1) + 2.0 * VT_NTH * PAD) * 8.0 +
-                        VT_NTH * 3.0 * VT_STRIDE * 8.0;
+                        VT_NTH * 2.0 * VT_STRIDE * 8.0;
     *fixed = graph + (posteriors ? 4.0 * row + (BLK + 2 * PAD) * 8.0 : 2.0 * row + tile) + 256.0;
     *leafb = posteriors ? row : (double)S;
 }
@@ -755,16 +755,17 @@ static int64_t vit_pick_end(const chain *g, const double *rowp, double *score)
 #define CHAIN_NONFINITE (-3)
 #define CHAIN_INFEASIBLE (-4)
 
-/* one frame of a chunk of n states (pv[-4..-1]: the 4 states below it), as vit_step without back-pointers */
+/* one frame of a chunk of n states (pv[-4..-1]: the 4 states below it), as vit_step without back-pointers; the
+ * scores read straight from the frame's class scores (cls of a blank state is the blank) */
 DECODE_HOT static void vt_row(const double *restrict pv, double *restrict cv, const double *restrict m2,
-                              const double *restrict em, int64_t n)
+                              const double *restrict sc, const int32_t *restrict cls, int64_t n)
 {
     for (int64_t i = 0; i < n; i++) {
         double best = pv[i], c = pv[i - 1];
         best = c > best ? c : best;
         c = pv[i - 2] + m2[i];
         best = c > best ? c : best;
-        cv[i] = best + em[i];
+        cv[i] = best + sc[cls[i]];
     }
 }
 
@@ -805,8 +806,7 @@ DECODE_HOT static int vit_tile(chain *g, const double *prevp, double *outp, int6
 #else
         const int tid = 0;
 #endif
-        double *loc[2] = {g->vt_loc + tid * 3 * VT_STRIDE, g->vt_loc + tid * 3 * VT_STRIDE + VT_STRIDE};
-        double *em = g->vt_loc + tid * 3 * VT_STRIDE + 2 * VT_STRIDE;
+        double *loc[2] = {g->vt_loc + tid * 2 * VT_STRIDE, g->vt_loc + tid * 2 * VT_STRIDE + VT_STRIDE};
         double *bin = g->vt_bnd + (2 * tid) * K * PAD, *bout = g->vt_bnd + (2 * tid + 1) * K * PAD;
         const int64_t cfirst = tid == 0 ? 0 : nch / 2, cend = nth == 1 || tid == 1 ? nch : nch / 2;
         for (int64_t c = cfirst; c < cend; c++) {
@@ -824,13 +824,7 @@ DECODE_HOT static int vit_tile(chain *g, const double *prevp, double *outp, int6
                 const double *sc = g->vt_sc + k * (C + 1);
                 const double *pv = in + PAD - g0; /* pv[s]: state s at the previous frame */
                 double *cv = o + PAD - g0;
-                /* the scores in state order (g0 is even: even i are blanks) */
-                const double sbl = sc[g->blank];
-                for (int64_t i = 0; i < n; i++)
-                    em[i] = sbl;
-                for (int64_t i = 1; i < n; i += 2)
-                    em[i] = sc[cls[g0 + i]];
-                vt_row(in + PAD, o + PAD, m2 + g0, em, n);
+                vt_row(in + PAD, o + PAD, m2 + g0, sc, cls + g0, n);
                 for (int64_t i = fi0; i < fi1; i++) {
                     const int64_t s = g->far[i];
                     const double cc[5] = {pv[s], pv[s - 1] + m1[s], pv[s - 2] + m2[s], pv[s - 3] + m3[s],
@@ -838,7 +832,7 @@ DECODE_HOT static int vit_tile(chain *g, const double *prevp, double *outp, int6
                     double best = cc[0];
                     for (int j = 1; j < 5; j++)
                         best = cc[j] > best ? cc[j] : best;
-                    cv[s] = best + em[s - g0];
+                    cv[s] = best + sc[cls[s]];
                 }
                 if (c1 < S)
                     for (int j = 0; j < PAD; j++)
@@ -1323,7 +1317,7 @@ static int chain_carve(chain *g, char *arena, double bytes, const int32_t *tok, 
         g->vt_bnd = p;
         p += 2 * VT_NTH * K * PAD;
         g->vt_loc = p;
-        p += VT_NTH * 3 * VT_STRIDE;
+        p += VT_NTH * 2 * VT_STRIDE;
     }
     g->top = p;
     p += R;
