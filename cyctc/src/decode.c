@@ -855,11 +855,16 @@ static int vit_segment(chain *g, int d, int64_t a, int64_t b, const double *row_
 {
     const int64_t S = g->S;
     /* The window. With the state at frame b known (every segment but the first pass's), only the states that can
-     * still reach it are recomputed: at frame t, states in [s_b - 4 (b - t), s_b] (a step advances at most 4 states
-     * and never goes back). Their values only read states of the previous frame's window, which is 4 states wider
-     * below, so they are the same bits as over the whole row, and the backtracking from s_b never leaves them: the
-     * path and the ties are those of the full recursion. A parent's rows hold (at least) this window: the parent's
-     * end state is >= s_b and at most 4 states per frame further. */
+     * still reach it are recomputed: at frame t, m = b - t steps before, states in [lo_t, s_b]. A step advances 2
+     * states at most, except the offsets 3 and 4 into a far state (the first label after a gap), which add 2 more:
+     * a state that reaches s_b in m steps is >= s_b - 4m, hence >= s_b - 2m - 2 F with F the far states in
+     * (s_b - 4m, s_b]; lo_t is that bound. Every state that can reach s_b is in the window, and so is each of its
+     * allowed predecessors at t - 1 (they reach s_b too, one step more): the values in the window are the same bits
+     * as over the whole row, and the backtracking from s_b never leaves it, so the path and the ties are those of
+     * the whole recursion. A disallowed predecessor may lie outside the previous window: its entry is masked to
+     * -inf or, if the row never held a value there, is whatever the memory holds, which the comparisons (a
+     * candidate replaces only a strictly larger one; NaN never does) ignore. A parent's rows hold (at least) this
+     * window: the parent's end state is >= s_b and reaches it. */
     const int64_t sb = *s;
 #define VIT_WINDOW(t, lo, hi)                                                                                      \
     do {                                                                                                           \
@@ -867,8 +872,11 @@ static int vit_segment(chain *g, int d, int64_t a, int64_t b, const double *row_
             lo = 0;                                                                                                \
             hi = S - 1;                                                                                            \
         } else {                                                                                                   \
+            const int64_t m_ = b - (t), w4_ = m_ > sb / 4 ? sb : 4 * m_;                                           \
+            const int64_t F_ = lower_bound64(g->far, g->nfar, sb + 1) - lower_bound64(g->far, g->nfar, sb - w4_ + 1); \
             hi = sb;                                                                                               \
-            lo = (b - (t)) > sb / 4 ? 0 : sb - 4 * (b - (t));                                                      \
+            lo = sb - w4_;                                                                                         \
+            lo = m_ <= sb / 2 && sb - 2 * m_ - 2 * F_ > lo ? sb - 2 * m_ - 2 * F_ : lo;                            \
             lo = lo < 0 ? 0 : lo;                                                                                  \
         }                                                                                                          \
     } while (0)
