@@ -2,8 +2,12 @@
 installed, torchaudio's ``forced_align``, on the same synthetic recordings (see README.md, "Segmentation").
 
     python benchmarks/bench_segment.py [--frames 20000 90000 180000] [--tools cyctc ctcseg torchaudio] [--json F]
+                                       [--threads 2]
 
-Each tool runs in a fresh subprocess per recording: seconds of the call, peak memory growth during it (RSS high-water
+cyctc runs with ``num_threads=--threads`` (default 2: its Viterbi's first pass takes two threads per recording);
+ctc-segmentation and torchaudio run as they come. Children get ``OMP_WAIT_POLICY=passive`` unless the environment
+sets it (on a shared machine libgomp's spinning idle thread takes the time slices the working one needs: see the
+top README). Each tool runs in a fresh subprocess per recording: seconds of the call, peak memory growth during it (RSS high-water
 mark after resetting it, every page the call touched), and boundary agreement with the generator's truth:
 
 * ``first+last``: the share of utterances whose first label starts, and whose last label starts, within 2 frames of
@@ -54,10 +58,11 @@ def _child(tool, path):
     if tool == "cyctc":
         import cyctc
 
-        cyctc.ctc_segment(lp[:200], utts[:1], num_threads=1)  # warm up (imports, first allocations)
+        threads = int(os.environ.get("CYCTC_BENCH_THREADS", "2"))
+        cyctc.ctc_segment(lp[:200], utts[:1], num_threads=threads)  # warm up (imports, first allocations)
 
         def run():
-            r = cyctc.ctc_segment(lp, utts, num_threads=1)
+            r = cyctc.ctc_segment(lp, utts, num_threads=threads)
             out["first"] = [int(s[0]) for s in r.label_start]
             out["last"] = [int(s[-1]) for s in r.label_start]
             out["start"], out["end"] = r.start.tolist(), r.end.tolist()
@@ -117,6 +122,7 @@ def main():
     ap.add_argument("--tools", nargs="+", default=["cyctc", "ctcseg", "torchaudio"])
     ap.add_argument("--gaps", nargs="+", default=["silence", "speech"])
     ap.add_argument("--json", default=None)
+    ap.add_argument("--threads", type=int, default=2, help="cyctc's num_threads (default 2)")
     ap.add_argument("--child", nargs=2, metavar=("TOOL", "PATH"), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
@@ -133,9 +139,13 @@ def main():
                 first = [int(s[0]) for s in truth["label_start"]]
                 last = [int(s[-1]) for s in truth["label_start"]]
                 for tool in a.tools:
+                    env = {"OMP_WAIT_POLICY": "passive", **os.environ, **MALLOC_ENV,
+                           "CYCTC_BENCH_THREADS": str(a.threads)}
                     p = subprocess.run([sys.executable, __file__, "--child", tool, path], capture_output=True,
-                                       text=True, env={**os.environ, **MALLOC_ENV})
+                                       text=True, env=env)
                     row = {"T": T, "gaps": gaps, "tool": tool, "N": len(utts), "L": int(sum(map(len, utts)))}
+                    if tool == "cyctc":
+                        row["threads"] = a.threads
                     if p.returncode != 0:
                         row["error"] = (p.stderr.strip().splitlines() or ["failed"])[-1][:120]
                     else:

@@ -25,6 +25,8 @@ cdef extern from "src/omp_compat.h":
 
 cdef extern from "src/decode.h":
     int CYCTC_DECODE_NOMEM
+    int cyctc_chain_band_init
+    int64_t cyctc_chain_band_last
     int cyctc_greedy_decode_f32(const float *x, Py_ssize_t xs, int T, int C, int blank, int merge_repeated,
                                 int32_t *out, double *neg_sum_logits) noexcept nogil
     int cyctc_greedy_decode_f64(const double *x, Py_ssize_t xs, int T, int C, int blank, int merge_repeated,
@@ -37,10 +39,10 @@ cdef extern from "src/decode.h":
                               int32_t *lengths, double *log_probs) noexcept nogil
     int cyctc_chain_align_f32(const float *x, Py_ssize_t xs, int64_t T, int C, const int32_t *tokens, int64_t n,
                               int blank, int normalize, double gap_penalty, double budget, int32_t *path,
-                              double *log_prob, double *post) noexcept nogil
+                              double *log_prob, double *post, int nthreads) noexcept nogil
     int cyctc_chain_align_f64(const double *x, Py_ssize_t xs, int64_t T, int C, const int32_t *tokens, int64_t n,
                               int blank, int normalize, double gap_penalty, double budget, int32_t *path,
-                              double *log_prob, double *post) noexcept nogil
+                              double *log_prob, double *post, int nthreads) noexcept nogil
     double cyctc_chain_work_bytes(int64_t T, int C, int64_t n, int posteriors, double budget) noexcept nogil
 
 
@@ -119,14 +121,16 @@ def chain_work_bytes(int64_t T, int C, int64_t n, bint posteriors, double budget
 
 def chain_align(cnp.ndarray x, cnp.ndarray length, cnp.ndarray tokens, cnp.ndarray n_tokens, int blank,
                 bint normalize, double gap_penalty, double budget, cnp.ndarray path, cnp.ndarray log_prob,
-                object post, cnp.ndarray status, int num_threads):
+                object post, cnp.ndarray status, int num_threads, int seq_threads=1):
     """Chain alignment of each sequence b (src/decode.h): states path[b, :length[b]], log_prob[b], posteriors
     post[b, :length[b]] when post is not None, status[b] (a CYCTC_DECODE_* code); ``budget`` bytes of work space
     per sequence.
 
     length: int32 (B,); tokens: int32 (B, Nmax) (CYCTC_GAP = -1 marks a gap); n_tokens: int64 (B,);
     path: int32 (B, >= max length); log_prob: float64 (B,); post: float64 (B, >= max length) or None;
-    status: int8 (B,). Returns how many sequences ran out of memory.
+    status: int8 (B,). Returns how many sequences ran out of memory. ``num_threads`` threads share the batch; a
+    batch of one sequence runs outside the parallel loop with ``seq_threads`` threads of its own (the kernel uses
+    2 at most; the same bits for any count).
     """
     cdef Py_ssize_t B = x.shape[0], b
     cdef int C = <int>x.shape[2], rc
@@ -147,14 +151,34 @@ def chain_align(cnp.ndarray x, cnp.ndarray length, cnp.ndarray tokens, cnp.ndarr
         po = <double *>cnp.PyArray_DATA(post_a)
     cdef int8_t *st = <int8_t *>cnp.PyArray_DATA(status)
     cdef int nomem = 0
+    if B == 1:
+        with nogil:
+            if f32:
+                rc = cyctc_chain_align_f32(xf, xst, tl[0], C, tok, nt[0], blank, normalize, gap_penalty, budget, pp,
+                                           lp, po, seq_threads)
+            else:
+                rc = cyctc_chain_align_f64(xd, xst, tl[0], C, tok, nt[0], blank, normalize, gap_penalty, budget, pp,
+                                           lp, po, seq_threads)
+        st[0] = <int8_t>rc
+        return 1 if rc == CYCTC_DECODE_NOMEM else 0
     for b in prange(B, nogil=True, schedule="dynamic", num_threads=num_threads):
         if f32:
             rc = cyctc_chain_align_f32(xf + b * xsb, xst, tl[b], C, tok + b * N, nt[b], blank, normalize,
-                                       gap_penalty, budget, pp + b * ps, lp + b, po + b * ps if po != NULL else NULL)
+                                       gap_penalty, budget, pp + b * ps, lp + b, po + b * ps if po != NULL else NULL, 1)
         else:
             rc = cyctc_chain_align_f64(xd + b * xsb, xst, tl[b], C, tok + b * N, nt[b], blank, normalize,
-                                       gap_penalty, budget, pp + b * ps, lp + b, po + b * ps if po != NULL else NULL)
+                                       gap_penalty, budget, pp + b * ps, lp + b, po + b * ps if po != NULL else NULL, 1)
         st[b] = <int8_t>rc
         if rc == CYCTC_DECODE_NOMEM:
             nomem += 1
     return nomem
+
+
+def _chain_band(init=None):
+    """Test hook: (the first posterior band's half-width, the half-width the last alignment finished with); sets
+    the first half-width when ``init`` is given (states; the default is 512)."""
+    global cyctc_chain_band_init
+    old = (cyctc_chain_band_init, cyctc_chain_band_last)
+    if init is not None:
+        cyctc_chain_band_init = <int>init
+    return old

@@ -62,7 +62,7 @@ def run_chain(func, x, length, tokens, n_tokens, blank, normalize, gap_penalty, 
     status = np.empty(B, dtype=np.int8)
     tokens = np.ascontiguousarray(tokens, dtype=np.int32)
     if _decode.chain_align(x, length, tokens, n_tokens, blank, normalize, gap_penalty, share, path, log_prob,
-                           post, status, threads):
+                           post, status, threads, nt if B == 1 else 1):
         raise MemoryError(f"{func}: out of memory for the alignment's work space")
     if (status == _BUDGET).any():  # not expected: the shares above were checked against the same plan
         raise budget_error(func, int(share) + 1, int(share))

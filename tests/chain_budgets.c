@@ -33,10 +33,12 @@ int main(void)
         }
         const double need = -cyctc_chain_work_bytes(T, C, n, 1, 0.0), pen = 0.1 * (trial % 3);
         const int norm = trial % 2;
-        const int r0 = cyctc_chain_align_f64(x, C, T, C, tok, n, 0, norm, pen, 1e9, p0, &l0, q0);
+        const int r0 = cyctc_chain_align_f64(x, C, T, C, tok, n, 0, norm, pen, 1e9, p0, &l0, q0, 1);
         const double budgets[3] = {need, need * 1.7, need * 4};
         for (int k = 0; k < 3; k++) {
-            const int r1 = cyctc_chain_align_f64(x, C, T, C, tok, n, 0, norm, pen, budgets[k], p1, &l1, q1);
+            /* one or two threads: the same bits */
+            const int r1 =
+                cyctc_chain_align_f64(x, C, T, C, tok, n, 0, norm, pen, budgets[k], p1, &l1, q1, 1 + (k & 1));
             if (r1 != r0 || (r0 == 0 && l0 != l1)) {
                 printf("trial %d budget %.0f: rc %d vs %d\n", trial, budgets[k], r1, r0);
                 return 1;
@@ -50,7 +52,7 @@ int main(void)
         }
         if (r0 == CYCTC_DECODE_OK) {
             checked++;
-            if (cyctc_chain_align_f64(x, C, T, C, tok, n, 0, norm, pen, need - 1, p1, &l1, q1) != CYCTC_DECODE_BUDGET) {
+            if (cyctc_chain_align_f64(x, C, T, C, tok, n, 0, norm, pen, need - 1, p1, &l1, q1, 2) != CYCTC_DECODE_BUDGET) {
                 printf("trial %d: no CYCTC_DECODE_BUDGET below the minimum\n", trial);
                 return 1;
             }

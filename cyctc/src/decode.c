@@ -18,6 +18,7 @@
 #pragma GCC optimize("no-wrapv")
 #endif
 #include "decode.h"
+#include "omp_compat.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -390,7 +391,15 @@ static void beam_finish(beam_state *s, int K, int merge_repeated, int32_t *paths
  *
  * Speed: the offsets 3 and 4 exist only at the first label after a gap, one state per gap; the loops take the
  * self-loop and offsets 1 (always allowed: neighbours are a blank and a token) and 2 (a mask), vectorised, and
- * those few states are redone after them.
+ * those few states are redone after them. Only the Viterbi's first pass (the top level, whose end state is not
+ * known yet) covers every state at every frame, and it is tiled (vit_tile: chunks of states carried through up to
+ * 64 frames in cache; two threads when asked, each on its own half of the states, the second half started lower
+ * and recomputed so that the threads never wait for each other inside a tile). Every later Viterbi segment knows
+ * the state its path ends in and recomputes only the states that can reach it (vit_segment: a window that
+ * narrows by 4 states a frame towards the end state). None of this changes an operation on a value that reaches
+ * the path: the path, its score and its ties are the same bits as over the whole graph. The posteriors run in a
+ * band of states around the best path, widened until the mass that steps out of it is below 1e-11 of the band's
+ * in each direction ("posteriors in a band" below).
  */
 
 #define PAD 4  /* -inf (Viterbi) or 0 (posteriors) entries before state 0 of every row: prev[s - k] needs no test */
@@ -436,6 +445,12 @@ struct chain_s {
     double *top;
     double *slots[CK_MAXD + 1];
     void *leaf;
+    int64_t elo, ehi; /* the states whose scores chain_frame fills */
+    double *vt_sc, *vt_loc, *vt_bnd; /* the tiled Viterbi pass's scratch (see vit_tile) */
+    int nthreads;                     /* threads of the tiled pass (1 or 2) */
+    /* posterior band: states path[t] +- bw at frame t (whole blocks); leaked mass in each direction (see fb_step) */
+    int64_t bw, fdone;
+    double leak_f, leak_b;
     /* outputs and state */
     int32_t *path;
     double *post;
@@ -540,6 +555,18 @@ static double ck_best_r(int64_t P0, int D, double rowb, double leafb, double fix
     return best;
 }
 
+#define VT_B 1024 /* states per chunk of the tiled Viterbi pass (vit_tile) */
+#define VT_NTH 2 /* threads of the tiled pass at most */
+#define VT_GHOST 256 /* 4 x the most frames per tile: the second thread's overlap (see vit_tile) */
+#define VT_STRIDE (VT_B + VT_GHOST + PAD + 44) /* its rows' stride: not 4 KiB apart (no 4K aliasing stalls) */
+
+/* frames per tile of the tiled Viterbi pass: their scores stay within 256 KiB */
+static inline int64_t vt_frames(int C)
+{
+    const int64_t k = 32768 / ((int64_t)C + 1);
+    return k < 1 ? 1 : k > 64 ? 64 : k;
+}
+
 /* work-space sizes of one sequence: doubles per stored row, fixed bytes, leaf bytes per frame */
 static void chain_sizes(int64_t S, int C, int posteriors, double *rowb, double *fixed, double *leafb)
 {
@@ -548,7 +575,10 @@ static void chain_sizes(int64_t S, int C, int posteriors, double *rowb, double *
     const double graph = (double)S * 5.0 + (double)(S / 2 + 2) * 16.0 + (double)(C + 1) * 16.0 + (double)S * 8.0 +
                          4.0 * (double)(S + 2 * PAD) * 8.0;
     *rowb = row;
-    *fixed = graph + (posteriors ? 4.0 * row + (BLK + 2 * PAD) * 8.0 : 2.0 * row) + 256.0;
+    /* Viterbi: the tiled pass's frame scores, chunk rows and chunk boundaries (see vit_tile) */
+    const double tile = (double)vt_frames(C) * ((double)(C + 1) + 2.0 * VT_NTH * PAD) * 8.0 +
+                        VT_NTH * 2.0 * VT_STRIDE * 8.0;
+    *fixed = graph + (posteriors ? 4.0 * row + (BLK + 2 * PAD) * 8.0 : 2.0 * row + tile) + 256.0;
     *leafb = posteriors ? row : (double)S;
 }
 
@@ -626,10 +656,8 @@ DECODE_HOT static int chain_frame(chain *g, int64_t t, int linear)
     const double *sc = g->sc;
     const int32_t *cls = g->cls;
     double *em = g->em;
-    const double sb = sc[g->blank];
-    for (int64_t s = 0; s < g->S; s++)
-        em[s] = sb;
-    for (int64_t s = 1; s < g->S; s += 2)
+    /* only the states of the current window [elo, ehi] (the whole row unless a pass narrows it) */
+    for (int64_t s = g->elo; s <= g->ehi; s++)
         em[s] = sc[cls[s]];
     return 0;
 }
@@ -643,19 +671,33 @@ static void vit_init_row(const chain *g, double *row)
         row[PAD + s] = (g->flags[s] & F_START) ? sc[g->cls[s]] : NEG_INF;
 }
 
-/* one Viterbi frame: cur = best predecessor in prev + the frame's scores; bk (when not NULL) gets the offsets.
- * Offsets 3 and 4 exist only at the first label after a gap (one state per gap): the main loops look at the
- * self-loop and offsets 1 and 2, and those few states are redone with all five candidates. */
-DECODE_HOT static void vit_step(const chain *g, const double *prevp, double *curp, uint8_t *bk)
+/* the first index i of a sorted list (n entries) with v[i] >= x */
+static inline int64_t lower_bound64(const int64_t *v, int64_t n, int64_t x)
 {
-    const int64_t S = g->S;
+    int64_t lo = 0, hi = n;
+    while (lo < hi) {
+        const int64_t mid = lo + (hi - lo) / 2;
+        if (v[mid] < x)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* one Viterbi frame over the states lo..hi: cur = best predecessor in prev + the frame's scores; bk (when not NULL,
+ * indexed by state) gets the offsets. prev must hold the states lo - 4..hi (or the padding). Offsets 3 and 4 exist
+ * only at the first label after a gap (one state per gap): the main loops look at the self-loop and offsets 1 and
+ * 2, and those few states are redone with all five candidates. */
+DECODE_HOT static void vit_step(const chain *g, const double *prevp, double *curp, uint8_t *bk, int64_t lo, int64_t hi)
+{
     const double *prev = prevp + PAD, *em = g->em;
     const double *m1 = g->mask[0] + PAD, *m2 = g->mask[1] + PAD, *m3 = g->mask[2] + PAD, *m4 = g->mask[3] + PAD;
     double *cur = curp + PAD;
     /* offset 1 is allowed everywhere (neighbours are a blank and a token): m1 is only read for the few states
      * redone below; prev[-1] is the -inf padding */
     if (bk == NULL) {
-        for (int64_t s = 0; s < S; s++) {
+        for (int64_t s = lo; s <= hi; s++) {
             double best = prev[s], c = prev[s - 1];
             best = c > best ? c : best;
             c = prev[s - 2] + m2[s];
@@ -665,7 +707,7 @@ DECODE_HOT static void vit_step(const chain *g, const double *prevp, double *cur
     } else {
         /* the offset is the first candidate equal to the maximum: the same as replacing only on a strictly larger
          * candidate in the order self-loop, 1, 2, written without branches */
-        for (int64_t s = 0; s < S; s++) {
+        for (int64_t s = lo; s <= hi; s++) {
             const double c0 = prev[s], c1 = prev[s - 1], c2 = prev[s - 2] + m2[s];
             double best = c1 > c0 ? c1 : c0;
             best = c2 > best ? c2 : best;
@@ -676,7 +718,7 @@ DECODE_HOT static void vit_step(const chain *g, const double *prevp, double *cur
             bk[s] = (uint8_t)arg;
         }
     }
-    for (int64_t i = 0; i < g->nfar; i++) {
+    for (int64_t i = lower_bound64(g->far, g->nfar, lo); i < g->nfar && g->far[i] <= hi; i++) {
         const int64_t s = g->far[i];
         const double c[5] = {prev[s], prev[s - 1] + m1[s], prev[s - 2] + m2[s], prev[s - 3] + m3[s],
                              prev[s - 4] + m4[s]};
@@ -713,19 +755,143 @@ static int64_t vit_pick_end(const chain *g, const double *rowp, double *score)
 #define CHAIN_NONFINITE (-3)
 #define CHAIN_INFEASIBLE (-4)
 
+/* one frame of a chunk of n states (pv[-4..-1]: the 4 states below it), as vit_step without back-pointers; the
+ * scores read straight from the frame's class scores (cls of a blank state is the blank) */
+DECODE_HOT static void vt_row(const double *restrict pv, double *restrict cv, const double *restrict m2,
+                              const double *restrict sc, const int32_t *restrict cls, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) {
+        double best = pv[i], c = pv[i - 1];
+        best = c > best ? c : best;
+        c = pv[i - 2] + m2[i];
+        best = c > best ? c : best;
+        cv[i] = best + sc[cls[i]];
+    }
+}
+
+/* The first pass's frames a + 1..t1 (at most vt_frames) from the whole row prev (frame a) into out (frame t1),
+ * tiled: the states in chunks of VT_B, each chunk carried through all the frames before the next one, so that its
+ * rows stay in the first-level cache instead of streaming two whole rows (and the scores) through memory every
+ * frame. A chunk reads 4 states of the chunk below at each frame: the chunk below leaves them in a boundary buffer.
+ * Every state gets the same operations in the same order as in vit_step (without back-pointers): the same bits. */
+DECODE_HOT static int vit_tile(chain *g, const double *prevp, double *outp, int64_t a, int64_t t1)
+{
+    const int64_t S = g->S, K = t1 - a;
+    const int C = g->C;
+    const int32_t *cls = g->cls;
+    const double *m1 = g->mask[0] + PAD, *m2 = g->mask[1] + PAD, *m3 = g->mask[2] + PAD, *m4 = g->mask[3] + PAD;
+    const double *prev = prevp + PAD;
+    double *out = outp + PAD;
+    for (int64_t k = 0; k < K; k++) {
+        double *lp = g->vt_sc + k * (C + 1);
+        if (g->load(g->x, g->xs, a + 1 + k, C, g->normalize, lp))
+            return 1;
+        double m = NEG_INF;
+        for (int c = 0; c < C; c++)
+            m = lp[c] > m ? lp[c] : m;
+        lp[C] = m - g->gap_penalty; /* as chain_frame */
+    }
+    /* Two threads: the chunks split in two runs, the second thread's run starting 4K states lower (K frames): a
+     * step reads at most 4 states below, so wrong values from the start of those extra states (they read -inf
+     * below them) climb 4 states a frame and never reach the run's own states within K frames: no hand-over
+     * between the threads inside a tile, at the cost of recomputing at most 4K x K states. */
+    const int64_t nch = (S + VT_B - 1) / VT_B;
+    const int nth = g->nthreads > 1 && nch >= 4 && 4 * K <= VT_GHOST ? 2 : 1;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(nth) if (nth > 1)
+#endif
+    {
+#ifdef _OPENMP
+        const int tid = nth > 1 ? omp_get_thread_num() : 0;
+#else
+        const int tid = 0;
+#endif
+        double *loc[2] = {g->vt_loc + tid * 2 * VT_STRIDE, g->vt_loc + tid * 2 * VT_STRIDE + VT_STRIDE};
+        double *bin = g->vt_bnd + (2 * tid) * K * PAD, *bout = g->vt_bnd + (2 * tid + 1) * K * PAD;
+        const int64_t cfirst = tid == 0 ? 0 : nch / 2, cend = nth == 1 || tid == 1 ? nch : nch / 2;
+        for (int64_t c = cfirst; c < cend; c++) {
+            const int64_t c0 = c * VT_B, c1 = c0 + VT_B < S ? c0 + VT_B : S;
+            const int64_t ghost = c == cfirst && c > 0 ? 4 * K : 0, g0 = c0 - ghost, n = c1 - g0;
+            for (int j = 0; j < PAD; j++)
+                loc[0][j] = prev[g0 - PAD + j]; /* the padding (-inf) below state 0 */
+            memcpy(loc[0] + PAD, prev + g0, (size_t)n * sizeof(double));
+            const int64_t fi0 = lower_bound64(g->far, g->nfar, g0), fi1 = lower_bound64(g->far, g->nfar, c1);
+            for (int64_t k = 0; k < K; k++) {
+                double *in = loc[k & 1], *o = loc[(k + 1) & 1];
+                if (k > 0)
+                    for (int j = 0; j < PAD; j++) /* the chunk below's top states, or -inf (state 0, a run's start) */
+                        in[j] = c == cfirst ? NEG_INF : bin[(k - 1) * PAD + j];
+                const double *sc = g->vt_sc + k * (C + 1);
+                const double *pv = in + PAD - g0; /* pv[s]: state s at the previous frame */
+                double *cv = o + PAD - g0;
+                vt_row(in + PAD, o + PAD, m2 + g0, sc, cls + g0, n);
+                for (int64_t i = fi0; i < fi1; i++) {
+                    const int64_t s = g->far[i];
+                    const double cc[5] = {pv[s], pv[s - 1] + m1[s], pv[s - 2] + m2[s], pv[s - 3] + m3[s],
+                                          pv[s - 4] + m4[s]};
+                    double best = cc[0];
+                    for (int j = 1; j < 5; j++)
+                        best = cc[j] > best ? cc[j] : best;
+                    cv[s] = best + sc[cls[s]];
+                }
+                if (c1 < S)
+                    for (int j = 0; j < PAD; j++)
+                        bout[k * PAD + j] = cv[c1 - PAD + j];
+            }
+            memcpy(out + c0, loc[K & 1] + PAD + ghost, (size_t)(c1 - c0) * sizeof(double));
+            double *tb = bin;
+            bin = bout;
+            bout = tb;
+        }
+    }
+    for (int j = 0; j < PAD; j++)
+        outp[j] = NEG_INF;
+    return 0;
+}
+
 /* the path over frames a..b of a segment at level d, whose row at frame a is row_a and whose state at frame b is
  * *s (or, when *s < 0, the best end state, found once frame b = T - 1 is reached); *s becomes the state at a */
 static int vit_segment(chain *g, int d, int64_t a, int64_t b, const double *row_a, int64_t *s, double *score)
 {
     const int64_t S = g->S;
+    /* The window. With the state at frame b known (every segment but the first pass's), only the states that can
+     * still reach it are recomputed: at frame t, m = b - t steps before, states in [lo_t, s_b]. A step advances 2
+     * states at most, except the offsets 3 and 4 into a far state (the first label after a gap), which add 2 more:
+     * a state that reaches s_b in m steps is >= s_b - 4m, hence >= s_b - 2m - 2 F with F the far states in
+     * (s_b - 4m, s_b]; lo_t is that bound. Every state that can reach s_b is in the window, and so is each of its
+     * allowed predecessors at t - 1 (they reach s_b too, one step more): the values in the window are the same bits
+     * as over the whole row, and the backtracking from s_b never leaves it, so the path and the ties are those of
+     * the whole recursion. A disallowed predecessor may lie outside the previous window: its entry is masked to
+     * -inf or, if the row never held a value there, is whatever the memory holds, which the comparisons (a
+     * candidate replaces only a strictly larger one; NaN never does) ignore. A parent's rows hold (at least) this
+     * window: the parent's end state is >= s_b and reaches it. */
+    const int64_t sb = *s;
+#define VIT_WINDOW(t, lo, hi)                                                                                      \
+    do {                                                                                                           \
+        if (sb < 0) {                                                                                              \
+            lo = 0;                                                                                                \
+            hi = S - 1;                                                                                            \
+        } else {                                                                                                   \
+            const int64_t m_ = b - (t), w4_ = m_ > sb / 4 ? sb : 4 * m_;                                           \
+            const int64_t F_ = lower_bound64(g->far, g->nfar, sb + 1) - lower_bound64(g->far, g->nfar, sb - w4_ + 1); \
+            hi = sb;                                                                                               \
+            lo = sb - w4_;                                                                                         \
+            lo = m_ <= sb / 2 && sb - 2 * m_ - 2 * F_ > lo ? sb - 2 * m_ - 2 * F_ : lo;                            \
+            lo = lo < 0 ? 0 : lo;                                                                                  \
+        }                                                                                                          \
+    } while (0)
     if (d == g->pl.D) {
         uint8_t *bk = (uint8_t *)g->leaf;
         const double *prev = row_a;
         for (int64_t t = a + 1; t <= b; t++) {
+            int64_t lo, hi;
+            VIT_WINDOW(t, lo, hi);
+            g->elo = lo;
+            g->ehi = hi;
             if (chain_frame(g, t, 0))
                 return CHAIN_NONFINITE;
             double *cur = g->w[(t - a) & 1];
-            vit_step(g, prev, cur, bk + (size_t)(t - a - 1) * (size_t)S);
+            vit_step(g, prev, cur, bk + (size_t)(t - a - 1) * (size_t)S, lo, hi);
             prev = cur;
         }
         if (*s < 0 && (*s = vit_pick_end(g, prev, score)) < 0)
@@ -743,15 +909,38 @@ static int vit_segment(chain *g, int d, int64_t a, int64_t b, const double *row_
     const int64_t stop = *s < 0 ? b : a + (n - 1) * q;
     double *slots = g->slots[d];
     const double *prev = row_a;
-    for (int64_t t = a + 1; t <= stop; t++) {
+    if (sb < 0) { /* the first pass over the whole row: tiled, up to each checkpoint (vit_tile) */
+        const int64_t K = vt_frames(g->C);
+        int64_t t = a, flip = 0;
+        while (t < stop) {
+            const int64_t next_ck = a + ((t - a) / q + 1) * q;
+            int64_t t1 = t + K < stop ? t + K : stop;
+            t1 = t1 < next_ck ? t1 : next_ck;
+            const int ck = (t1 - a) % q == 0 && (t1 - a) / q < n;
+            double *cur = ck ? slots + (size_t)((t1 - a) / q - 1) * g->row : g->w[flip ^= 1];
+            if (vit_tile(g, prev, cur, t, t1))
+                return CHAIN_NONFINITE;
+            prev = cur;
+            t = t1;
+        }
+    }
+    for (int64_t t = sb < 0 ? stop + 1 : a + 1; t <= stop; t++) {
+        int64_t lo, hi;
+        VIT_WINDOW(t, lo, hi);
+        g->elo = lo;
+        g->ehi = hi;
         if (chain_frame(g, t, 0))
             return CHAIN_NONFINITE;
         double *cur = g->w[(t - a) & 1];
-        vit_step(g, prev, cur, NULL);
-        if ((t - a) % q == 0 && (t - a) / q < n)
-            memcpy(slots + (size_t)((t - a) / q - 1) * g->row, cur, (size_t)(S + PAD) * sizeof(double));
+        vit_step(g, prev, cur, NULL, lo, hi);
+        if ((t - a) % q == 0 && (t - a) / q < n) {
+            double *slot = slots + (size_t)((t - a) / q - 1) * g->row;
+            memcpy(slot, cur, PAD * sizeof(double));
+            memcpy(slot + PAD + lo, cur + PAD + lo, (size_t)(hi - lo + 1) * sizeof(double));
+        }
         prev = cur;
     }
+#undef VIT_WINDOW
     if (*s < 0 && (*s = vit_pick_end(g, prev, score)) < 0)
         return CHAIN_INFEASIBLE;
     for (int64_t j = n - 1; j >= 0; j--) {
@@ -830,22 +1019,78 @@ static inline double fb_rescale(double from, double to)
     return from == ZEXP || from - to < -1022.0 ? 0.0 : pow2i((int64_t)(from - to));
 }
 
-/* one forward frame: cur = (sum of the allowed predecessors in prev) * the frame's scores; 0 when all zero */
-DECODE_HOT static int fb_step(chain *g, double *prevp, double *curp)
+/* Posteriors in a band. The forward and backward rows are computed only over the blocks of a band of states around
+ * the best path: at frame t the blocks holding path[t] - bw .. path[t] + bw (fb_band); every other state counts as
+ * zero. That is the forward-backward of the graph restricted to the band (the paths that never leave it): its
+ * check (sum_s alpha_t(s) beta_t(s) the same at every frame) and its posteriors are those of that graph. The mass
+ * a step would move out of the band is measured at every frame instead of dropped silently: the blocks next to the
+ * band are computed too, and their mass relative to the band's (an upper bound: BLK values below 2^e against a
+ * largest value of at least 2^(top - 1)) is summed over the frames, forwards into leak_f and backwards into leak_b.
+ * The driver widens the band (4 times, up to the whole row, which is the unrestricted recursion) until both sums
+ * are below CHAIN_BAND_TOL: the share of either direction's mass that ever steps out of the band is below it (a
+ * bound, from the block exponents). What that bounds is the mass leaving; it is not by itself a proof about the
+ * whole graph's posteriors (mass outside could, in principle, gain weight there and come back in later); the
+ * tests compare the band's posteriors with the whole graph's (chain_reference.py, and the band set to the whole
+ * row), and on the synthetic recordings they are the same bits. The lost-mass check keeps its meaning: it is the
+ * band graph's own forward-backward identity. */
+#define CHAIN_BAND_TOL 1e-11
+#define CHAIN_WIDEN (-5)
+
+int cyctc_chain_band_init = 512; /* the first band's half-width in states (a test hook; see decode.h) */
+int64_t cyctc_chain_band_last = 0; /* the half-width the last posteriors finished with (a test hook) */
+
+static inline int64_t fb_nblk(const chain *g) { return (g->S + BLK - 1) / BLK; }
+
+/* the band's blocks at frame t */
+static inline void fb_band(const chain *g, int64_t t, int64_t *blo, int64_t *bhi)
 {
-    const int64_t S = g->S;
+    const int64_t v = g->path[t];
+    const int64_t lo = v - g->bw < 0 ? 0 : v - g->bw, hi = v + g->bw > g->S - 1 ? g->S - 1 : v + g->bw;
+    *blo = lo / BLK;
+    *bhi = hi / BLK;
+}
+
+/* the mass of blocks x0..x1 outside r0..r1 against the largest block inside (see above); ex: the row's exponents.
+ * Returns 0 when nothing is outside, a large value when the band is all zero but something is outside. */
+static double fb_leak(const double *ex, int64_t x0, int64_t x1, int64_t r0, int64_t r1)
+{
+    double top = ZEXP, out = ZEXP;
+    for (int64_t b = r0; b <= r1; b++)
+        top = ex[b] > top ? ex[b] : top;
+    double sum = 0.0;
+    for (int64_t b = x0; b <= x1; b++) {
+        if ((b >= r0 && b <= r1) || ex[b] == ZEXP)
+            continue;
+        out = ex[b];
+        if (top == ZEXP)
+            return 1.0;
+        sum += (double)BLK * (out - top + 1.0 < -1000.0 ? 0.0 : exp2(out - top + 1.0));
+    }
+    return sum;
+}
+
+/* one forward frame t: cur = (sum of the allowed predecessors in prev) * the frame's scores, over the blocks that
+ * the band of frame t - 1 reaches (those of frame t and at most one more above: a step advances 4 states at most,
+ * and the band's bottom never moves down); 0 when the band's blocks are all zero */
+DECODE_HOT static int fb_step(chain *g, double *prevp, double *curp, int64_t t)
+{
+    const int64_t S = g->S, nb = fb_nblk(g);
     const double *em = g->em;
     const double *m2 = g->mask[1] + PAD, *m3 = g->mask[2] + PAD, *m4 = g->mask[3] + PAD;
     const double *pex = fb_exp(g, prevp);
     double *cur = curp + PAD, *cex = fb_exp(g, curp);
     double *pr = g->tmp + PAD; /* a block's predecessors, in its base */
-    int any = 0;
-    int64_t fi = 0;
+    const double *prev = prevp + PAD;
+    int64_t pl, ph, rl, rh;
+    fb_band(g, t - 1, &pl, &ph);
+    fb_band(g, t, &rl, &rh);
+    const int64_t x0 = pl, x1 = ph + 1 < nb ? ph + 1 : nb - 1;
+    int64_t fi = lower_bound64(g->far, g->nfar, x0 * BLK);
     for (int k = 0; k < PAD; k++)
         curp[k] = 0.0;
-    for (int64_t b = 0, s0 = 0; s0 < S; b++, s0 += BLK) {
-        const int64_t s1 = s0 + BLK < S ? s0 + BLK : S;
-        const double eo = pex[b], en = b > 0 ? pex[b - 1] : ZEXP;
+    for (int64_t b = x0; b <= x1; b++) {
+        const int64_t s0 = b * BLK, s1 = s0 + BLK < S ? s0 + BLK : S;
+        const double eo = b <= ph ? pex[b] : ZEXP, en = b - 1 >= pl ? pex[b - 1] : ZEXP;
         const double E = eo > en ? eo : en;
         if (E == ZEXP) {
             for (int64_t s = s0; s < s1; s++)
@@ -856,14 +1101,18 @@ DECODE_HOT static int fb_step(chain *g, double *prevp, double *curp)
             continue;
         }
         const double fo = fb_rescale(eo, E), fn = fb_rescale(en, E);
-        const double *prev = prevp + PAD;
         for (int k = 1; k <= PAD; k++) {
-            const double v = s0 - k >= 0 ? prev[s0 - k] * fn : 0.0;
+            const double v = s0 - k >= 0 && en != ZEXP ? prev[s0 - k] * fn : 0.0;
             pr[-k] = v < 0x1p-1000 ? 0.0 : v; /* no subnormals (slow, and below anything that matters) */
         }
-        for (int64_t s = s0; s < s1; s++) {
-            const double v = prev[s] * fo;
-            pr[s - s0] = v < 0x1p-1000 ? 0.0 : v;
+        if (eo != ZEXP) {
+            for (int64_t s = s0; s < s1; s++) {
+                const double v = prev[s] * fo;
+                pr[s - s0] = v < 0x1p-1000 ? 0.0 : v;
+            }
+        } else {
+            for (int64_t s = s0; s < s1; s++)
+                pr[s - s0] = 0.0;
         }
         const double *q = pr - s0;
         for (int64_t s = s0; s < s1; s++)
@@ -873,26 +1122,35 @@ DECODE_HOT static int fb_step(chain *g, double *prevp, double *curp)
             cur[s] += (q[s - 3] * m3[s] + q[s - 4] * m4[s]) * em[s];
         }
         cex[b] = fb_block_norm(cur + s0, s1 - s0, E);
+    }
+    int any = 0;
+    for (int64_t b = rl; b <= rh; b++)
         any |= cex[b] != ZEXP;
+    if (t > g->fdone) { /* every frame counted once: the first time it is computed (in increasing t) */
+        g->fdone = t;
+        g->leak_f += fb_leak(cex, x0, x1, rl, rh);
     }
     return any;
 }
 
-/* log2 of sum_s alpha_s beta_s (block exponents included); the path state's posterior into g->post[t] */
+/* log2 of sum_s alpha_s beta_s over the band of frame t (block exponents included); the path state's posterior
+ * into g->post[t] */
 DECODE_HOT static void fb_post(chain *g, int64_t t, double *alphap)
 {
     const int64_t S = g->S;
     const double *al = alphap + PAD, *be = g->beta + PAD, *ea = fb_exp(g, alphap), *eb = fb_exp(g, g->beta);
+    int64_t rl, rh;
+    fb_band(g, t, &rl, &rh);
     double top = ZEXP;
-    for (int64_t b = 0; b * BLK < S; b++)
+    for (int64_t b = rl; b <= rh; b++)
         if (ea[b] != ZEXP && eb[b] != ZEXP && ea[b] + eb[b] > top)
             top = ea[b] + eb[b];
     double dot = 0.0;
     if (top != ZEXP) {
-        for (int64_t b = 0, s0 = 0; s0 < S; b++, s0 += BLK) {
+        for (int64_t b = rl; b <= rh; b++) {
             if (ea[b] == ZEXP || eb[b] == ZEXP)
                 continue;
-            const int64_t s1 = s0 + BLK < S ? s0 + BLK : S;
+            const int64_t s0 = b * BLK, s1 = s0 + BLK < S ? s0 + BLK : S;
             double d = 0.0;
             for (int64_t s = s0; s < s1; s++)
                 d += al[s] * be[s];
@@ -910,18 +1168,22 @@ DECODE_HOT static void fb_post(chain *g, int64_t t, double *alphap)
         g->lost = 1; /* mass that mattered fell below a block's range */
 }
 
-/* beta from frame t to t - 1, with the scores of frame t in g->sc */
-DECODE_HOT static void fb_back(chain *g)
+/* beta from frame t to t - 1, with the scores of frame t in g->sc: over the blocks of frame t's band and the one
+ * below (the band's top never moves up going back, its bottom at most 4 states down) */
+DECODE_HOT static void fb_back(chain *g, int64_t t)
 {
     const int64_t S = g->S;
     const double *em = g->em, *m2 = g->mask[1] + PAD, *m3 = g->mask[2] + PAD, *m4 = g->mask[3] + PAD;
     double *be = g->beta + PAD, *ex = fb_exp(g, g->beta);
     double *tq = g->tmp; /* a block's successors (BLK + PAD), in its base */
-    int64_t fi = 0;
-    int any = 0;
-    for (int64_t b = 0, s0 = 0; s0 < S; b++, s0 += BLK) {
-        const int64_t s1 = s0 + BLK < S ? s0 + BLK : S;
-        const double eo = ex[b], en = s1 < S ? ex[b + 1] : ZEXP;
+    int64_t rl, rh, nl, nh;
+    fb_band(g, t, &rl, &rh);
+    fb_band(g, t - 1, &nl, &nh);
+    const int64_t y0 = rl > 0 ? rl - 1 : 0, y1 = rh;
+    int64_t fi = lower_bound64(g->src, g->nsrc, y0 * BLK);
+    for (int64_t b = y0; b <= y1; b++) {
+        const int64_t s0 = b * BLK, s1 = s0 + BLK < S ? s0 + BLK : S;
+        const double eo = b >= rl ? ex[b] : ZEXP, en = s1 < S && b + 1 <= rh ? ex[b + 1] : ZEXP;
         const double E = eo > en ? eo : en;
         if (E == ZEXP) {
             for (int64_t s = s0; s < s1; s++)
@@ -932,12 +1194,17 @@ DECODE_HOT static void fb_back(chain *g)
             continue;
         }
         const double fo = fb_rescale(eo, E), fn = fb_rescale(en, E);
-        for (int64_t s = s0; s < s1; s++) {
-            const double v = em[s] * be[s] * fo;
-            tq[s - s0] = v < 0x1p-1000 ? 0.0 : v;
+        if (eo != ZEXP) {
+            for (int64_t s = s0; s < s1; s++) {
+                const double v = em[s] * be[s] * fo;
+                tq[s - s0] = v < 0x1p-1000 ? 0.0 : v;
+            }
+        } else {
+            for (int64_t s = s0; s < s1; s++)
+                tq[s - s0] = 0.0;
         }
         for (int64_t s = s1; s < s1 + PAD; s++) {
-            const double v = s < S ? em[s] * be[s] * fn : 0.0;
+            const double v = s < S && en != ZEXP ? em[s] * be[s] * fn : 0.0;
             tq[s - s0] = v < 0x1p-1000 ? 0.0 : v;
         }
         const double *q = tq - s0;
@@ -948,11 +1215,35 @@ DECODE_HOT static void fb_back(chain *g)
             be[s] += q[s + 3] * m3[s + 3] + q[s + 4] * m4[s + 4];
         }
         ex[b] = fb_block_norm(be + s0, s1 - s0, E); /* block b - 1, done, no longer reads ex[b] */
-        any |= ex[b] != ZEXP;
     }
+    int any = 0;
+    for (int64_t b = nl; b <= nh; b++)
+        any |= ex[b] != ZEXP;
+    g->leak_b += fb_leak(ex, y0, y1, nl, nh);
     if (!any)
         g->lost = 1;
 }
+
+/* the states whose scores a forward step into frame t (fwd) or a backward step from frame t reads */
+static void fb_window(chain *g, int64_t t, int fwd)
+{
+    int64_t l, h;
+    const int64_t nb = fb_nblk(g);
+    if (fwd) {
+        fb_band(g, t - 1, &l, &h);
+        h = h + 1 < nb ? h + 1 : nb - 1;
+        g->elo = l * BLK;
+        g->ehi = (h + 1) * BLK < g->S ? (h + 1) * BLK - 1 : g->S - 1;
+    } else {
+        fb_band(g, t, &l, &h);
+        l = l > 0 ? l - 1 : 0;
+        g->elo = l * BLK;
+        g->ehi = (h + 1) * BLK + PAD < g->S ? (h + 1) * BLK + PAD - 1 : g->S - 1;
+    }
+}
+
+/* more than the tolerated mass left the band forwards: stop, the driver widens it (unless it is the whole row) */
+static inline int fb_widen_now(const chain *g) { return g->leak_f > CHAIN_BAND_TOL && g->bw < g->S; }
 
 static int fb_segment(chain *g, int d, int64_t a, int64_t b, double *row_a)
 {
@@ -961,18 +1252,22 @@ static int fb_segment(chain *g, int d, int64_t a, int64_t b, double *row_a)
         double *rows = (double *)g->leaf; /* row of frame t at rows + (t - a - 1) * R */
         double *prev = row_a;
         for (int64_t t = a + 1; t <= b; t++) {
+            fb_window(g, t, 1);
             if (chain_frame(g, t, 1))
                 return CHAIN_NONFINITE;
             double *cur = rows + (size_t)(t - a - 1) * R;
-            if (!fb_step(g, prev, cur))
+            if (!fb_step(g, prev, cur, t))
                 g->lost = 1;
             prev = cur;
         }
+        if (fb_widen_now(g))
+            return CHAIN_WIDEN;
         for (int64_t t = b; t > a && !g->lost; t--) {
             fb_post(g, t, rows + (size_t)(t - a - 1) * R);
+            fb_window(g, t, 0);
             if (chain_frame(g, t, 1))
                 return CHAIN_NONFINITE;
-            fb_back(g);
+            fb_back(g, t);
         }
         return 0;
     }
@@ -980,13 +1275,16 @@ static int fb_segment(chain *g, int d, int64_t a, int64_t b, double *row_a)
     double *slots = g->slots[d];
     double *prev = row_a;
     for (int64_t t = a + 1; t <= a + (n - 1) * q; t++) {
+        fb_window(g, t, 1);
         if (chain_frame(g, t, 1))
             return CHAIN_NONFINITE;
         double *cur = (t - a) % q == 0 ? slots + (size_t)((t - a) / q - 1) * R : g->w[(t - a) & 1];
-        if (!fb_step(g, prev, cur))
+        if (!fb_step(g, prev, cur, t))
             g->lost = 1;
         prev = cur;
     }
+    if (fb_widen_now(g))
+        return CHAIN_WIDEN;
     for (int64_t j = n - 1; j >= 0 && !g->lost; j--) {
         const int64_t pa = a + j * q, pb = pa + q < b ? pa + q : b;
         const int rc = fb_segment(g, d + 1, pa, pb, j == 0 ? row_a : slots + (size_t)(j - 1) * R);
@@ -1019,6 +1317,15 @@ static int chain_carve(chain *g, char *arena, double bytes, const int32_t *tok, 
         p += R;
         g->tmp = p; /* the blocks' bases, then one block's neighbours */
         p += R + BLK + 2 * PAD;
+    }
+    if (!posteriors) {
+        const int64_t K = vt_frames(g->C);
+        g->vt_sc = p;
+        p += K * (g->C + 1);
+        g->vt_bnd = p;
+        p += 2 * VT_NTH * K * PAD;
+        g->vt_loc = p;
+        p += VT_NTH * 2 * VT_STRIDE;
     }
     g->top = p;
     p += R;
@@ -1059,10 +1366,11 @@ static int chain_carve(chain *g, char *arena, double bytes, const int32_t *tok, 
 
 static int cyctc_chain_run(const void *x, ptrdiff_t xs, chain_loader load, int64_t T, int C, const int32_t *tokens,
                     int64_t n, int blank, int normalize, double gap_penalty, double budget, int32_t *path,
-                    double *log_prob, double *post)
+                    double *log_prob, double *post, int nthreads)
 {
     chain g;
     memset(&g, 0, sizeof(g));
+    g.nthreads = nthreads;
     g.T = T;
     g.S = 2 * n + 1;
     g.C = C;
@@ -1072,6 +1380,8 @@ static int cyctc_chain_run(const void *x, ptrdiff_t xs, chain_loader load, int64
     g.x = x;
     g.xs = xs;
     g.load = load;
+    g.elo = 0;
+    g.ehi = g.S - 1;
     g.path = path;
     g.post = post;
     for (int64_t t = 0; t < T; t++)
@@ -1128,10 +1438,20 @@ static int cyctc_chain_run(const void *x, ptrdiff_t xs, chain_loader load, int64
         free(arena);
         return CYCTC_DECODE_NOMEM;
     }
-    rc = 0;
-    if (chain_frame(&g, 0, 1))
-        rc = CHAIN_NONFINITE;
-    if (!rc) {
+    /* the band starts at cyctc_chain_band_init states either side of the path and widens 4 times while more
+     * mass than CHAIN_BAND_TOL leaves it (see fb_step); at the whole row it is the unrestricted recursion */
+    g.bw = cyctc_chain_band_init > 0 ? cyctc_chain_band_init : 1;
+    for (;;) {
+        rc = 0;
+        g.lost = 0;
+        g.leak_f = g.leak_b = 0.0;
+        g.fdone = 0;
+        g.elo = 0;
+        g.ehi = g.S - 1;
+        if (chain_frame(&g, 0, 1)) {
+            rc = CHAIN_NONFINITE;
+            break;
+        }
         double *top = g.top;
         for (int k = 0; k < PAD; k++)
             top[k] = 0.0;
@@ -1149,7 +1469,15 @@ static int cyctc_chain_run(const void *x, ptrdiff_t xs, chain_loader load, int64
             rc = fb_segment(&g, 0, 0, T - 1, top);
         if (!rc && !g.lost)
             fb_post(&g, 0, top);
+        const int wide = g.bw >= g.S;
+        if (!wide && (rc == CHAIN_WIDEN || (rc == 0 && (g.leak_f > CHAIN_BAND_TOL || g.leak_b > CHAIN_BAND_TOL ||
+                                                         g.lost)))) {
+            g.bw = g.bw > g.S / 4 ? g.S : 4 * g.bw;
+            continue;
+        }
+        break;
     }
+    cyctc_chain_band_last = g.bw;
     free(arena);
     if (rc || g.lost) {
         for (int64_t t = 0; t < T; t++)

@@ -79,6 +79,9 @@ int cyctc_beam_search_f64(const double *x, ptrdiff_t xs, int T, int C, int blank
  *   log_prob         receives the best path's score
  *   post             NULL, or receives T posteriors: the probability of the path's state at each frame over all
  *                    paths of the graph
+ *   nthreads         threads for this one sequence (OpenMP; 2 are used at most, in the Viterbi's first pass; the
+ *                    results are the same bits for any count). Called from inside a parallel region, nested
+ *                    parallelism decides whether the second thread runs.
  * Returns CYCTC_DECODE_OK; CYCTC_DECODE_INFEASIBLE (path all -1, log_prob -inf); CYCTC_DECODE_NONFINITE (NaN or
  * +inf in a valid frame: path all -1, log_prob NaN); CYCTC_DECODE_BUDGET (the budget is below the minimum: see
  * cyctc_chain_work_bytes); CYCTC_DECODE_POSTERIOR_LOST (path and log_prob are valid, the posteriors could not be
@@ -86,10 +89,10 @@ int cyctc_beam_search_f64(const double *x, ptrdiff_t xs, int T, int C, int blank
  */
 int cyctc_chain_align_f32(const float *x, ptrdiff_t xs, int64_t T, int C, const int32_t *tokens, int64_t n,
                           int blank, int normalize, double gap_penalty, double budget, int32_t *path,
-                          double *log_prob, double *post);
+                          double *log_prob, double *post, int nthreads);
 int cyctc_chain_align_f64(const double *x, ptrdiff_t xs, int64_t T, int C, const int32_t *tokens, int64_t n,
                           int blank, int normalize, double gap_penalty, double budget, int32_t *path,
-                          double *log_prob, double *post);
+                          double *log_prob, double *post, int nthreads);
 
 /*
  * The work space cyctc_chain_align_* allocates for T frames, C classes and n tokens (with posteriors: the larger
@@ -97,6 +100,12 @@ int cyctc_chain_align_f64(const double *x, ptrdiff_t xs, int64_t T, int C, const
  * smallest budget that works when budget is below it.
  */
 double cyctc_chain_work_bytes(int64_t T, int C, int64_t n, int posteriors, double budget);
+
+/* Test hooks of the posteriors' band (decode.c, "posteriors in a band"): the first band's half-width in states
+ * (default 512; not thread-safe to change while alignments run), and the half-width the last alignment with
+ * posteriors finished with (the whole row: S or more). */
+extern int cyctc_chain_band_init;
+extern int64_t cyctc_chain_band_last;
 
 #ifdef __cplusplus
 }

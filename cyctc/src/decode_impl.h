@@ -94,8 +94,8 @@ static int SFX(chain_load)(const void *x, ptrdiff_t xs, int64_t t, int C, int no
 
 int SFX(cyctc_chain_align)(const REAL *x, ptrdiff_t xs, int64_t T, int C, const int32_t *tokens, int64_t n,
                            int blank, int normalize, double gap_penalty, double budget, int32_t *path,
-                           double *log_prob, double *post)
+                           double *log_prob, double *post, int nthreads)
 {
     return cyctc_chain_run(x, xs, SFX(chain_load), T, C, tokens, n, blank, normalize, gap_penalty, budget, path,
-                           log_prob, post);
+                           log_prob, post, nthreads);
 }
