@@ -1440,7 +1440,8 @@ static int cyctc_chain_run(const void *x, ptrdiff_t xs, chain_loader load, int64
     }
     /* the band starts at cyctc_chain_band_init states either side of the path and widens 4 times while more
      * mass than CHAIN_BAND_TOL leaves it (see fb_step); at the whole row it is the unrestricted recursion */
-    g.bw = cyctc_chain_band_init > 0 ? cyctc_chain_band_init : 1;
+    const int band0 = __atomic_load_n(&cyctc_chain_band_init, __ATOMIC_RELAXED);
+    g.bw = band0 > 0 ? band0 : 1;
     for (;;) {
         rc = 0;
         g.lost = 0;
@@ -1477,7 +1478,7 @@ static int cyctc_chain_run(const void *x, ptrdiff_t xs, chain_loader load, int64
         }
         break;
     }
-    cyctc_chain_band_last = g.bw;
+    __atomic_store_n(&cyctc_chain_band_last, g.bw, __ATOMIC_RELAXED); /* alignments may run in parallel */
     free(arena);
     if (rc || g.lost) {
         for (int64_t t = 0; t < T; t++)

@@ -102,8 +102,8 @@ int cyctc_chain_align_f64(const double *x, ptrdiff_t xs, int64_t T, int C, const
 double cyctc_chain_work_bytes(int64_t T, int C, int64_t n, int posteriors, double budget);
 
 /* Test hooks of the posteriors' band (decode.c, "posteriors in a band"): the first band's half-width in states
- * (default 512; not thread-safe to change while alignments run), and the half-width the last alignment with
- * posteriors finished with (the whole row: S or more). */
+ * (default 512), and the half-width the last alignment with posteriors finished with (the whole row: S or more).
+ * decode.c reads and writes them as relaxed atomics (no data race when alignments run in parallel). */
 extern int cyctc_chain_band_init;
 extern int64_t cyctc_chain_band_last;
 
