@@ -29,6 +29,9 @@ from typing import Optional, Sequence, Tuple
 
 import numpy
 
+from .. import _cpu
+from .._cpu import MAX_ELEMENTS as _MAX_ELEMENTS
+
 __all__ = [
     "Launch", "Plan", "launch_config", "greedy_launch_config", "kernel_source", "name_expressions", "SOURCES",
     "NVRTC_OPTIONS", "nvrtc_options", "load_nvrtc", "get_function", "available", "reason", "ctc_loss_grad",
@@ -679,6 +682,7 @@ class _Prepared:
     offsets: dict
     launches: tuple
     calls: tuple
+    budget_grad: bool = False  # a budget plan with a gradient (is_budget_grad_plan): the lean path declines it
 
 
 @functools.lru_cache(maxsize=256)
@@ -698,7 +702,7 @@ def _prepared(B, T, C, Lmax, dtype, sx, blank, merge_repeated, sg, shared_limit,
                    tuple((i, v) for i, (k, v) in enumerate(args) if k == "buf"),
                    tuple((i, v) for i, (k, v) in enumerate(args) if k == "ws"))
                   for src, kern, grid, block, shm, args in launches)
-    return _Prepared(plan, max(end, _WS_ALIGN), offsets, tuple(launches), calls)
+    return _Prepared(plan, max(end, _WS_ALIGN), offsets, tuple(launches), calls, is_budget_grad_plan(plan))
 
 
 def _workspace(slab, prep: _Prepared, name):
@@ -824,6 +828,72 @@ def loss_and_grad(a, merge_repeated, want_grad, grad_scale, memory_limit=None):
             grad_view = grad.swapaxes(0, 1) if a.time_major else grad
         loss = ctc_loss_grad(x, a.labels, a.label_length, a.logit_length, a.blank, merge_repeated, grad_view,
                              grad_scale, memory_limit)
+    return loss, grad
+
+
+_LEAN_DTYPES = {numpy.dtype(numpy.float32): "float32", numpy.dtype(numpy.float64): "float64"}
+_INT32_MAX = 2 ** 31 - 1
+
+
+def lean_loss(x, labels, label_length, logit_length, time_major, blank_index, want_grad, memory_limit):
+    """The common CuPy call of ``cyctc.ctc_loss`` (reduction "none", merged repeats), or None to take the full path.
+
+    Accepted: ``x`` a CuPy float32/float64 (T, B, C) (``time_major``) or (B, T, C) array the kernels read as it is
+    (contiguous class axis, whole-element non-negative strides; what ``_args.kernel_view`` keeps), B, T, C >= 1
+    within ``_args.check_size``'s limits; ``blank_index`` None or an int in [-C, C); host labels and lengths as
+    ``_cpu.pack_device_args`` accepts them; a plan that is not a budget plan with a gradient. Anything else, any
+    error included, answers None: the full path (``_args.normalize_loss_args`` and :func:`ctc_loss_grad`) decides and
+    names the problem. This raises nothing of its own.
+
+    The work: one host buffer (losses, gradient scales of 1, labels, lengths: ``pack_device_args``) uploaded in one
+    copy, the cached prepared plan (:func:`_prepared`, the full path's), the gradient and one workspace allocation,
+    the launches. Returns (loss in x's dtype (B,), grad like x or None), what the full path returns.
+    """
+    dtype = _LEAN_DTYPES.get(x.dtype)
+    if dtype is None or x.ndim != 3:
+        return None
+    if time_major:
+        T, B, C = x.shape
+        st, sb, sc = x.strides
+    else:
+        B, T, C = x.shape
+        sb, st, sc = x.strides
+    item = x.itemsize
+    if (B < 1 or T < 1 or C < 1 or B > _INT32_MAX or T > _INT32_MAX or C > _INT32_MAX or B * T * C > _MAX_ELEMENTS
+            or (C > 1 and sc != item) or sb % item or st % item or sc % item or sb < 0 or st < 0):
+        return None
+    if blank_index is None:
+        blank = 0
+    elif type(blank_index) is int and -C <= blank_index < C:
+        blank = blank_index + C if blank_index < 0 else blank_index
+    else:
+        return None
+    packed = _cpu.pack_device_args(labels, label_length, logit_length, B, T, C, blank)
+    if packed is None:
+        return None
+    buf, Lmax = packed
+    device = x.device
+    sg = ((C, B * C) if time_major else (T * C, C)) if want_grad else None
+    try:  # an error here is the full path's to raise (the same call of the same function)
+        prep = _prepared(B, T, C, Lmax, dtype, (sb // item, st // item), blank, True, sg,
+                         chain_dynamic_shared_limit(device.id, dtype), memory_limit)
+    except Exception:
+        return None
+    if prep.budget_grad:
+        return None
+    cp = _cupy()
+    with device:
+        dev = cp.asarray(buf)  # the one host-to-device copy (asynchronous)
+        base = dev.data.ptr
+        o = base + 16 * B
+        grad = cp.empty(x.shape, dtype=x.dtype) if want_grad else None
+        bufs = {"x": x, "loss": numpy.uint64(base), "grad_scale": numpy.uint64(base + 8 * B),
+                "labels": numpy.uint64(o), "label_length": numpy.uint64(o + 4 * B * Lmax),
+                "logit_length": numpy.uint64(o + 4 * B * (Lmax + 1)), "grad": grad}
+        _run_prepared(cp, prep, device, bufs)
+        loss = dev[:8 * B].view(numpy.float64)
+        if dtype == "float32":
+            loss = loss.astype(numpy.float32)
     return loss, grad
 
 
