@@ -23,6 +23,7 @@ import functools
 import glob
 import importlib.util
 import math
+import operator
 import os
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
@@ -669,18 +670,26 @@ _WS_ALIGN = 256  # bytes: every workspace of a CTC plan starts at this alignment
 _SCALARS = {"i32": numpy.int32, "i64": numpy.int64, "f64": numpy.float64}
 
 
+_USER_BUFS = ("x", "labels", "label_length", "logit_length", "loss", "grad_scale", "grad")  # the caller's buffers
+
+
 @dataclass(frozen=True)
 class _Prepared:
     """A CTC launch plan made ready for the glue, cached per call signature (:func:`_prepared`): the workspaces as
     byte offsets into one allocation of ``slab_bytes`` (``offsets``: name -> (offset, dtype, count)), and per launch
     (source, kernel, grid, block, shared bytes, args) with args ``("buf", name)`` (a caller's array), ``("ws",
-    offset)`` (a workspace: passed as its device address) or ``("val", scalar)`` (already of its C type); ``calls``:
-    the same launches as (source, kernel, grid, block, shared bytes, argument list with the scalars in place, the
-    (index, name) of each caller's array, the (index, offset) of each workspace)."""
+    offset)`` (a workspace: passed as its device address) or ``("val", scalar)`` (already of its C type).
+
+    What a launch takes, ready-made: a call's arguments are drawn from one list, ``consts`` (every scalar, of its C
+    type) + the caller's buffers in ``_USER_BUFS`` order + the workspaces' addresses (``ws_offsets``, uint64, plus
+    the allocation's address), and ``calls`` holds per launch (source, kernel, grid, block, shared bytes, an
+    ``operator.itemgetter`` that picks its arguments from that list, in order)."""
     plan: Plan
     slab_bytes: int
     offsets: dict
     launches: tuple
+    consts: tuple
+    ws_offsets: numpy.ndarray
     calls: tuple
     budget_grad: bool = False  # a budget plan with a gradient (is_budget_grad_plan): the lean path declines it
 
@@ -698,11 +707,25 @@ def _prepared(B, T, C, Lmax, dtype, sx, blank, merge_repeated, sg, shared_limit,
         args = tuple(("ws", offsets[v][0]) if k == "buf" and v in offsets else ("buf", v) if k == "buf"
                      else ("val", numpy.uint64(0)) if k == "null" else ("val", _SCALARS[k](v)) for k, v in ln.args)
         launches.append((ln.source, ln.kernel, ln.grid, ln.block, ln.shared_bytes, args))
-    calls = tuple((src, kern, grid, block, shm, [v if k == "val" else None for k, v in args],
-                   tuple((i, v) for i, (k, v) in enumerate(args) if k == "buf"),
-                   tuple((i, v) for i, (k, v) in enumerate(args) if k == "ws"))
-                  for src, kern, grid, block, shm, args in launches)
-    return _Prepared(plan, max(end, _WS_ALIGN), offsets, tuple(launches), calls, is_budget_grad_plan(plan))
+    consts, ws_order = [], list(dict.fromkeys(off for _, _, _, _, _, args in launches for k, off in args if k == "ws"))
+    calls = []
+    for src, kern, grid, block, shm, args in launches:
+        idx = []
+        for k, v in args:
+            if k == "val":
+                idx.append(len(consts))
+                consts.append(v)
+            elif k == "buf":
+                idx.append(-len(_USER_BUFS) + _USER_BUFS.index(v))  # placed after consts: fixed below
+            else:
+                idx.append(-1000 - ws_order.index(v))
+        calls.append((src, kern, grid, block, shm, idx))
+    nc = len(consts)
+    fixed = tuple((src, kern, grid, block, shm, operator.itemgetter(*[
+        i if i >= 0 else nc + len(_USER_BUFS) + i if i > -1000 else nc + len(_USER_BUFS) + (-1000 - i)
+        for i in idx])) for src, kern, grid, block, shm, idx in calls)
+    return _Prepared(plan, max(end, _WS_ALIGN), offsets, tuple(launches), tuple(consts),
+                     numpy.array(ws_order, dtype=numpy.uint64), fixed, is_budget_grad_plan(plan))
 
 
 def _workspace(slab, prep: _Prepared, name):
@@ -711,17 +734,17 @@ def _workspace(slab, prep: _Prepared, name):
     return slab[off:off + n * numpy.dtype(dt).itemsize].view(dt)
 
 
-def _run_prepared(cp, prep: _Prepared, device, bufs: dict):
-    """Launch a prepared plan: one allocation holds every workspace (returned: keep it while its views are used)."""
+def _run_prepared(cp, prep: _Prepared, device, bufs):
+    """Launch a prepared plan: one allocation holds every workspace (returned: keep it while its views are used).
+    ``bufs``: the caller's arrays (or device addresses, uint64) by name (a dict), or as a list in ``_USER_BUFS``
+    order."""
     slab = cp.empty(prep.slab_bytes, dtype=numpy.uint8)
-    base = slab.data.ptr
-    for source, kernel, grid, block, shared, args, user, ws in prep.calls:
-        args = list(args)
-        for i, name in user:
-            args[i] = bufs[name]
-        for i, off in ws:
-            args[i] = numpy.uint64(base + off)
-        get_function(device.id, source, kernel)(grid, block, tuple(args), shared_mem=shared)
+    if isinstance(bufs, dict):
+        bufs = [bufs.get(n) for n in _USER_BUFS]
+    pool = [*prep.consts, *bufs, *(prep.ws_offsets + numpy.uint64(slab.data.ptr))]
+    dev = device.id
+    for source, kernel, grid, block, shared, pick in prep.calls:
+        get_function(dev, source, kernel)(grid, block, pick(pool), shared_mem=shared)
     return slab
 
 
@@ -887,10 +910,10 @@ def lean_loss(x, labels, label_length, logit_length, time_major, blank_index, wa
         base = dev.data.ptr
         o = base + 16 * B
         grad = cp.empty(x.shape, dtype=x.dtype) if want_grad else None
-        bufs = {"x": x, "loss": numpy.uint64(base), "grad_scale": numpy.uint64(base + 8 * B),
-                "labels": numpy.uint64(o), "label_length": numpy.uint64(o + 4 * B * Lmax),
-                "logit_length": numpy.uint64(o + 4 * B * (Lmax + 1)), "grad": grad}
-        _run_prepared(cp, prep, device, bufs)
+        # in _USER_BUFS order: x, labels, label_length, logit_length, loss, grad_scale, grad
+        _run_prepared(cp, prep, device, [x, numpy.uint64(o), numpy.uint64(o + 4 * B * Lmax),
+                                         numpy.uint64(o + 4 * B * (Lmax + 1)), numpy.uint64(base),
+                                         numpy.uint64(base + 8 * B), grad])
         loss = dev[:8 * B].view(numpy.float64)
         if dtype == "float32":
             loss = loss.astype(numpy.float32)
