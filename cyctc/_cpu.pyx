@@ -17,6 +17,7 @@ from cython.parallel cimport parallel, prange
 from libc.stdint cimport int32_t, int64_t
 from cpython.mem cimport PyMem_RawFree, PyMem_RawMalloc
 from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy
 cimport numpy as cnp
 
 import numpy as np
@@ -647,23 +648,41 @@ def pack_device_args(labels, label_length, logit_length, Py_ssize_t B, Py_ssize_
         tlp = <const char *>cnp.PyArray_DATA(tl)
         tls = tl.strides[0]
         tlwide = cnp.PyArray_ITEMSIZE(tl) == 8
-    with nogil:
-        bad = _first_bad_label(lp, ls0, ls1, wide, llp, lls, llwide, B, Lmax, C, blank)
-    if bad >= 0:
-        return None
     cdef cnp.npy_intp nbytes = 16 * B + 4 * (B * Lmax + 2 * B)
     cdef cnp.ndarray buf = cnp.PyArray_EMPTY(1, &nbytes, cnp.NPY_UINT8, 0)
     cdef char *p = <char *>cnp.PyArray_DATA(buf)
     cdef double *loss = <double *>p
     cdef double *scale = <double *>(p + 8 * B)
     cdef int32_t *out = <int32_t *>(p + 16 * B)
+    cdef const int32_t *row
+    cdef int32_t v
+    cdef Py_ssize_t n
+    bad = -1
+    with nogil:
+        if not wide and ls1 == 4:  # int32 rows: one pass copies them and checks each row's labels (the scan's test)
+            for b in range(B):
+                row = <const int32_t *>(lp + b * ls0)
+                memcpy(out + b * Lmax, row, 4 * Lmax)
+                n = min(<Py_ssize_t>_int_at(llp, lls, llwide, b), Lmax)
+                for j in range(n):
+                    v = row[j]
+                    if v < 0 or v >= C or v == blank:
+                        bad = b
+                        break
+                if bad >= 0:
+                    break
+        else:
+            bad = _first_bad_label(lp, ls0, ls1, wide, llp, lls, llwide, B, Lmax, C, blank)
+            if bad < 0:
+                for b in range(B):
+                    for j in range(Lmax):
+                        out[b * Lmax + j] = <int32_t>_int_at(lp + b * ls0, ls1, wide, j)
+    if bad >= 0:
+        return None
     with nogil:
         for b in range(B):
             loss[b] = 0.0
             scale[b] = 1.0
-        for b in range(B):
-            for j in range(Lmax):
-                out[b * Lmax + j] = <int32_t>_int_at(lp + b * ls0, ls1, wide, j)
         out += B * Lmax
         for b in range(B):
             out[b] = <int32_t>_int_at(llp, lls, llwide, b)

@@ -163,6 +163,9 @@ def ctc_loss(labels, logits, label_length=None, logit_length=None, logits_time_m
     return finish(loss, grad, a, reduction, zero_infinity, return_grad, weights)
 
 
+_cuda_backend = None  # cyctc.cuda._backend once a CuPy call has needed it
+
+
 def _lean_cupy(labels, logits, label_length, logit_length, time_major, unique, blank_index, reduction,
                zero_infinity, return_grad, num_threads, memory_limit):
     """``ctc_loss``'s answer for the common CuPy call -- CuPy logits, host int32/int64 labels and lengths, reduction
@@ -173,13 +176,14 @@ def _lean_cupy(labels, logits, label_length, logit_length, time_major, unique, b
             and num_threads is None
             and (memory_limit is None or (type(memory_limit) is int and memory_limit > 0))):
         return None
-    from .cuda import _backend
-
+    global _cuda_backend
+    if _cuda_backend is None:
+        from .cuda import _backend as _cuda_backend
     try:
         limit = resolve_memory_limit(memory_limit)  # the environment's CYCTC_MEMORY_LIMIT may be malformed
     except Exception:  # noqa: BLE001 - the full path raises it
         return None
-    out = _backend.lean_loss(logits, labels, label_length, logit_length, time_major, blank_index, return_grad,
+    out = _cuda_backend.lean_loss(logits, labels, label_length, logit_length, time_major, blank_index, return_grad,
                              limit)
     if out is None or return_grad:
         return out

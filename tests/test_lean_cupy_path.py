@@ -281,3 +281,31 @@ def test_memory_limit_env_and_budget_plans_go_the_full_way(kernels, lean_taken, 
     # a budget plan with a gradient (checkpoints) is the full path's: it may need a second pass
     cyctc.ctc_loss(labels, x, ll, tl, blank_index=0, return_grad=True, memory_limit=4096)
     assert lean_taken == [False]
+
+
+def test_pack_is_the_same_for_every_label_layout():
+    """pack_device_args's int32 row fast path and its general path (int64, strided) pack the same bytes, and
+    refuse the same bad labels."""
+    raw, labels, ll, tl = _problem()
+    ref = _cpu.pack_device_args(labels, ll, tl, B, T, C, 0)
+    assert ref is not None and ref[1] == L
+    wide = np.zeros((B, 2 * L), np.int32)
+    wide[:, ::2] = labels
+    for lab in (np.asfortranarray(labels), labels.astype(np.int64), wide[:, ::2]):
+        got = _cpu.pack_device_args(lab, ll.astype(np.int64), tl, B, T, C, 0)
+        assert got[1] == L and got[0].tobytes() == ref[0].tobytes()
+    for bad in (C, 0, -1):
+        for lab in (labels.copy(), np.asfortranarray(labels), labels.astype(np.int64)):
+            lab[0, 1] = bad
+            assert _cpu.pack_device_args(lab, ll, tl, B, T, C, 0) is None
+        lab = labels.copy()
+        lab[2, 0] = bad  # beyond example 2's length (0): not read
+        assert _cpu.pack_device_args(lab, ll, tl, B, T, C, 0) is not None
+    buf = ref[0]
+    assert np.array_equal(buf[:8 * B].view(np.float64), np.zeros(B))
+    assert np.array_equal(buf[8 * B:16 * B].view(np.float64), np.ones(B))
+    ints = buf[16 * B:].view(np.int32)
+    assert np.array_equal(ints[:B * L], labels.ravel()) and np.array_equal(ints[B * L:B * L + B], ll)
+    assert np.array_equal(ints[B * L + B:], tl)
+    assert np.array_equal(_cpu.pack_device_args(labels, ll, None, B, T, C, 0)[0][16 * B:].view(np.int32)[-B:],
+                          np.full(B, T))

@@ -872,16 +872,17 @@ def lean_loss(x, labels, label_length, logit_length, time_major, blank_index, wa
     copy, the cached prepared plan (:func:`_prepared`, the full path's), the gradient and one workspace allocation,
     the launches. Returns (loss in x's dtype (B,), grad like x or None), what the full path returns.
     """
-    dtype = _LEAN_DTYPES.get(x.dtype)
-    if dtype is None or x.ndim != 3:
+    xdt, shape = x.dtype, x.shape
+    dtype = _LEAN_DTYPES.get(xdt)
+    if dtype is None or len(shape) != 3:
         return None
     if time_major:
-        T, B, C = x.shape
+        T, B, C = shape
         st, sb, sc = x.strides
     else:
-        B, T, C = x.shape
+        B, T, C = shape
         sb, st, sc = x.strides
-    item = x.itemsize
+    item = xdt.itemsize
     if (B < 1 or T < 1 or C < 1 or B > _INT32_MAX or T > _INT32_MAX or C > _INT32_MAX or B * T * C > _MAX_ELEMENTS
             or (C > 1 and sc != item) or sb % item or st % item or sc % item or sb < 0 or st < 0):
         return None
@@ -909,7 +910,7 @@ def lean_loss(x, labels, label_length, logit_length, time_major, blank_index, wa
         dev = cp.asarray(buf)  # the one host-to-device copy (asynchronous)
         base = dev.data.ptr
         o = base + 16 * B
-        grad = cp.empty(x.shape, dtype=x.dtype) if want_grad else None
+        grad = cp.empty(shape, dtype=xdt) if want_grad else None
         # in _USER_BUFS order: x, labels, label_length, logit_length, loss, grad_scale, grad
         _run_prepared(cp, prep, device, [x, numpy.uint64(o), numpy.uint64(o + 4 * B * Lmax),
                                          numpy.uint64(o + 4 * B * (Lmax + 1)), numpy.uint64(base),
