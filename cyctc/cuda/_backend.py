@@ -30,9 +30,6 @@ from typing import Optional, Sequence, Tuple
 
 import numpy
 
-from .. import _cpu
-from .._cpu import MAX_ELEMENTS as _MAX_ELEMENTS
-
 __all__ = [
     "Launch", "Plan", "launch_config", "greedy_launch_config", "kernel_source", "name_expressions", "SOURCES",
     "NVRTC_OPTIONS", "nvrtc_options", "load_nvrtc", "get_function", "available", "reason", "ctc_loss_grad",
@@ -854,6 +851,7 @@ def loss_and_grad(a, merge_repeated, want_grad, grad_scale, memory_limit=None):
     return loss, grad
 
 
+_lean_cpu = []  # cyctc._cpu once lean_loss has run (imported lazily: this module loads without the extension)
 _LEAN_DTYPES = {numpy.dtype(numpy.float32): "float32", numpy.dtype(numpy.float64): "float64"}
 _INT32_MAX = 2 ** 31 - 1
 
@@ -872,6 +870,11 @@ def lean_loss(x, labels, label_length, logit_length, time_major, blank_index, wa
     copy, the cached prepared plan (:func:`_prepared`, the full path's), the gradient and one workspace allocation,
     the launches. Returns (loss in x's dtype (B,), grad like x or None), what the full path returns.
     """
+    if not _lean_cpu:
+        from .. import _cpu
+
+        _lean_cpu.append(_cpu)
+    cpu = _lean_cpu[0]
     xdt, shape = x.dtype, x.shape
     dtype = _LEAN_DTYPES.get(xdt)
     if dtype is None or len(shape) != 3:
@@ -883,7 +886,7 @@ def lean_loss(x, labels, label_length, logit_length, time_major, blank_index, wa
         B, T, C = shape
         sb, st, sc = x.strides
     item = xdt.itemsize
-    if (B < 1 or T < 1 or C < 1 or B > _INT32_MAX or T > _INT32_MAX or C > _INT32_MAX or B * T * C > _MAX_ELEMENTS
+    if (B < 1 or T < 1 or C < 1 or B > _INT32_MAX or T > _INT32_MAX or C > _INT32_MAX or B * T * C > cpu.MAX_ELEMENTS
             or (C > 1 and sc != item) or sb % item or st % item or sc % item or sb < 0 or st < 0):
         return None
     if blank_index is None:
@@ -892,7 +895,7 @@ def lean_loss(x, labels, label_length, logit_length, time_major, blank_index, wa
         blank = blank_index + C if blank_index < 0 else blank_index
     else:
         return None
-    packed = _cpu.pack_device_args(labels, label_length, logit_length, B, T, C, blank)
+    packed = cpu.pack_device_args(labels, label_length, logit_length, B, T, C, blank)
     if packed is None:
         return None
     buf, Lmax = packed
