@@ -250,6 +250,11 @@ def _bad_calls():
     yield "time major flag", dict(ok, logits_time_major=3)
     yield "unique", dict(ok, unique=(1, 2))
 
+    class NotAnArray:  # of CuPy's modules, but no ndarray
+        __module__ = "cupyx.scipy.sparse"
+
+    yield "logits of cupy's modules, not an array", dict(ok, logits=NotAnArray())
+
 
 def _outcome(kw):
     try:

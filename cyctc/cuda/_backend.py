@@ -875,16 +875,19 @@ def lean_loss(x, labels, label_length, logit_length, time_major, blank_index, wa
 
         _lean_cpu.append(_cpu)
     cpu = _lean_cpu[0]
-    xdt, shape = x.dtype, x.shape
-    dtype = _LEAN_DTYPES.get(xdt)
+    try:  # an object of CuPy's modules that is not an ndarray (a sparse matrix, say) is the full path's to refuse
+        xdt, shape, strides = x.dtype, x.shape, x.strides
+        dtype = _LEAN_DTYPES.get(xdt)
+    except Exception:
+        return None
     if dtype is None or len(shape) != 3:
         return None
     if time_major:
         T, B, C = shape
-        st, sb, sc = x.strides
+        st, sb, sc = strides
     else:
         B, T, C = shape
-        sb, st, sc = x.strides
+        sb, st, sc = strides
     item = xdt.itemsize
     if (B < 1 or T < 1 or C < 1 or B > _INT32_MAX or T > _INT32_MAX or C > _INT32_MAX or B * T * C > cpu.MAX_ELEMENTS
             or (C > 1 and sc != item) or sb % item or st % item or sc % item or sb < 0 or st < 0):
