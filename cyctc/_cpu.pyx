@@ -17,6 +17,7 @@ from cython.parallel cimport parallel, prange
 from libc.stdint cimport int32_t, int64_t
 from cpython.mem cimport PyMem_RawFree, PyMem_RawMalloc
 from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy
 cimport numpy as cnp
 
 import numpy as np
@@ -613,3 +614,79 @@ def float32_copy(cnp.ndarray loss):
     for i in range(n):
         dst[i] = <float>src[i]
     return out
+
+
+# ---- the lean acceptance of a CuPy call's host labels and lengths ------------------------------------------------
+# The common CuPy call (cyctc.cuda._backend.lean_loss) brings host int32/int64 labels and lengths; they are checked
+# by the scans above and packed into ONE host buffer that is uploaded in one copy. Like accept_loss_args this raises
+# nothing of its own: None sends the call down the full path, which names any problem.
+
+def pack_device_args(labels, label_length, logit_length, Py_ssize_t B, Py_ssize_t T, int64_t C, int64_t blank):
+    """(buf, Lmax) for valid plain arguments, else None. ``buf`` is a uint8 array laid out as
+    [loss float64 (B), zeros | grad_scale float64 (B), ones | labels int32 (B, Lmax) | label_length int32 (B) |
+    logit_length int32 (B)] (logit_length None: all T): labels, label_length (B,) and logit_length (B,) or None as
+    ``accept_loss_args`` accepts them (int32/int64 ndarrays, Lmax >= 1, values as the full path requires)."""
+    if not (cnp.PyArray_CheckExact(labels) and cnp.PyArray_CheckExact(label_length)
+            and (logit_length is None or cnp.PyArray_CheckExact(logit_length))) or B < 1:
+        return None
+    cdef cnp.ndarray lab = labels, ll = label_length, tl = None
+    if not _plain_ints(lab, 2) or lab.shape[0] != B:
+        return None
+    cdef Py_ssize_t Lmax = lab.shape[1], b, j
+    if Lmax == 0 or not _lengths_ok(ll, B, min(<int64_t>Lmax, _INT32_MAX)):
+        return None
+    if logit_length is not None:
+        tl = logit_length
+        if not _lengths_ok(tl, B, T):
+            return None
+    cdef const char *lp = <const char *>cnp.PyArray_DATA(lab)
+    cdef const char *llp = <const char *>cnp.PyArray_DATA(ll)
+    cdef const char *tlp = NULL
+    cdef Py_ssize_t ls0 = lab.strides[0], ls1 = lab.strides[1], lls = ll.strides[0], tls = 0, bad
+    cdef bint wide = cnp.PyArray_ITEMSIZE(lab) == 8, llwide = cnp.PyArray_ITEMSIZE(ll) == 8, tlwide = False
+    if tl is not None:
+        tlp = <const char *>cnp.PyArray_DATA(tl)
+        tls = tl.strides[0]
+        tlwide = cnp.PyArray_ITEMSIZE(tl) == 8
+    cdef cnp.npy_intp nbytes = 16 * B + 4 * (B * Lmax + 2 * B)
+    cdef cnp.ndarray buf = cnp.PyArray_EMPTY(1, &nbytes, cnp.NPY_UINT8, 0)
+    cdef char *p = <char *>cnp.PyArray_DATA(buf)
+    cdef double *loss = <double *>p
+    cdef double *scale = <double *>(p + 8 * B)
+    cdef int32_t *out = <int32_t *>(p + 16 * B)
+    cdef const int32_t *row
+    cdef int32_t v
+    cdef Py_ssize_t n
+    bad = -1
+    with nogil:
+        if not wide and ls1 == 4:  # int32 rows: one pass copies them and checks each row's labels (the scan's test)
+            for b in range(B):
+                row = <const int32_t *>(lp + b * ls0)
+                memcpy(out + b * Lmax, row, 4 * Lmax)
+                n = min(<Py_ssize_t>_int_at(llp, lls, llwide, b), Lmax)
+                for j in range(n):
+                    v = row[j]
+                    if v < 0 or v >= C or v == blank:
+                        bad = b
+                        break
+                if bad >= 0:
+                    break
+        else:
+            bad = _first_bad_label(lp, ls0, ls1, wide, llp, lls, llwide, B, Lmax, C, blank)
+            if bad < 0:
+                for b in range(B):
+                    for j in range(Lmax):
+                        out[b * Lmax + j] = <int32_t>_int_at(lp + b * ls0, ls1, wide, j)
+    if bad >= 0:
+        return None
+    with nogil:
+        for b in range(B):
+            loss[b] = 0.0
+            scale[b] = 1.0
+        out += B * Lmax
+        for b in range(B):
+            out[b] = <int32_t>_int_at(llp, lls, llwide, b)
+        out += B
+        for b in range(B):
+            out[b] = <int32_t>_int_at(tlp, tls, tlwide, b) if tlp != NULL else <int32_t>T
+    return buf, Lmax

@@ -139,6 +139,11 @@ def ctc_loss(labels, logits, label_length=None, logit_length=None, logits_time_m
     >>> loss.shape, grad.shape
     ((2,), (50, 2, 6))
     """
+    if type(logits).__module__.startswith("cupy"):
+        out = _lean_cupy(labels, logits, label_length, logit_length, logits_time_major, unique, blank_index,
+                         reduction, zero_infinity, return_grad, num_threads, memory_limit)
+        if out is not None:
+            return out
     a = _args.normalize_loss_args(labels, logits, label_length, logit_length, logits_time_major, unique,
                                   blank_index)
     reduction = _args.check_reduction(reduction)
@@ -156,6 +161,33 @@ def ctc_loss(labels, logits, label_length=None, logit_length=None, logits_time_m
     scale = weights if return_grad else None
     loss, grad = compute(a, True, return_grad, scale, nt, limit)
     return finish(loss, grad, a, reduction, zero_infinity, return_grad, weights)
+
+
+_cuda_backend = None  # cyctc.cuda._backend once a CuPy call has needed it
+
+
+def _lean_cupy(labels, logits, label_length, logit_length, time_major, unique, blank_index, reduction,
+               zero_infinity, return_grad, num_threads, memory_limit):
+    """``ctc_loss``'s answer for the common CuPy call -- CuPy logits, host int32/int64 labels and lengths, reduction
+    "none", default options -- by ``cuda._backend.lean_loss`` (one upload, the cached plan, the launches); None for
+    anything else, which takes the full path (every error included: this raises nothing of its own)."""
+    if not (unique is None and zero_infinity is False and (return_grad is True or return_grad is False)
+            and (time_major is True or time_major is False) and type(reduction) is str and reduction == "none"
+            and num_threads is None
+            and (memory_limit is None or (type(memory_limit) is int and memory_limit > 0))):
+        return None
+    global _cuda_backend
+    if _cuda_backend is None:
+        from .cuda import _backend as _cuda_backend
+    try:
+        limit = resolve_memory_limit(memory_limit)  # the environment's CYCTC_MEMORY_LIMIT may be malformed
+    except Exception:  # noqa: BLE001 - the full path raises it
+        return None
+    out = _cuda_backend.lean_loss(logits, labels, label_length, logit_length, time_major, blank_index, return_grad,
+                             limit)
+    if out is None or return_grad:
+        return out
+    return out[0]
 
 
 def _collapse_repeats(labels, label_length):

@@ -23,6 +23,7 @@ import functools
 import glob
 import importlib.util
 import math
+import operator
 import os
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple
@@ -666,19 +667,28 @@ _WS_ALIGN = 256  # bytes: every workspace of a CTC plan starts at this alignment
 _SCALARS = {"i32": numpy.int32, "i64": numpy.int64, "f64": numpy.float64}
 
 
+_USER_BUFS = ("x", "labels", "label_length", "logit_length", "loss", "grad_scale", "grad")  # the caller's buffers
+
+
 @dataclass(frozen=True)
 class _Prepared:
     """A CTC launch plan made ready for the glue, cached per call signature (:func:`_prepared`): the workspaces as
     byte offsets into one allocation of ``slab_bytes`` (``offsets``: name -> (offset, dtype, count)), and per launch
     (source, kernel, grid, block, shared bytes, args) with args ``("buf", name)`` (a caller's array), ``("ws",
-    offset)`` (a workspace: passed as its device address) or ``("val", scalar)`` (already of its C type); ``calls``:
-    the same launches as (source, kernel, grid, block, shared bytes, argument list with the scalars in place, the
-    (index, name) of each caller's array, the (index, offset) of each workspace)."""
+    offset)`` (a workspace: passed as its device address) or ``("val", scalar)`` (already of its C type).
+
+    What a launch takes, ready-made: a call's arguments are drawn from one list, ``consts`` (every scalar, of its C
+    type) + the caller's buffers in ``_USER_BUFS`` order + the workspaces' addresses (``ws_offsets``, uint64, plus
+    the allocation's address), and ``calls`` holds per launch (source, kernel, grid, block, shared bytes, an
+    ``operator.itemgetter`` that picks its arguments from that list, in order)."""
     plan: Plan
     slab_bytes: int
     offsets: dict
     launches: tuple
+    consts: tuple
+    ws_offsets: numpy.ndarray
     calls: tuple
+    budget_grad: bool = False  # a budget plan with a gradient (is_budget_grad_plan): the lean path declines it
 
 
 @functools.lru_cache(maxsize=256)
@@ -694,11 +704,25 @@ def _prepared(B, T, C, Lmax, dtype, sx, blank, merge_repeated, sg, shared_limit,
         args = tuple(("ws", offsets[v][0]) if k == "buf" and v in offsets else ("buf", v) if k == "buf"
                      else ("val", numpy.uint64(0)) if k == "null" else ("val", _SCALARS[k](v)) for k, v in ln.args)
         launches.append((ln.source, ln.kernel, ln.grid, ln.block, ln.shared_bytes, args))
-    calls = tuple((src, kern, grid, block, shm, [v if k == "val" else None for k, v in args],
-                   tuple((i, v) for i, (k, v) in enumerate(args) if k == "buf"),
-                   tuple((i, v) for i, (k, v) in enumerate(args) if k == "ws"))
-                  for src, kern, grid, block, shm, args in launches)
-    return _Prepared(plan, max(end, _WS_ALIGN), offsets, tuple(launches), calls)
+    consts, ws_order = [], list(dict.fromkeys(off for _, _, _, _, _, args in launches for k, off in args if k == "ws"))
+    calls = []
+    for src, kern, grid, block, shm, args in launches:
+        idx = []
+        for k, v in args:
+            if k == "val":
+                idx.append(len(consts))
+                consts.append(v)
+            elif k == "buf":
+                idx.append(-len(_USER_BUFS) + _USER_BUFS.index(v))  # placed after consts: fixed below
+            else:
+                idx.append(-1000 - ws_order.index(v))
+        calls.append((src, kern, grid, block, shm, idx))
+    nc = len(consts)
+    fixed = tuple((src, kern, grid, block, shm, operator.itemgetter(*[
+        i if i >= 0 else nc + len(_USER_BUFS) + i if i > -1000 else nc + len(_USER_BUFS) + (-1000 - i)
+        for i in idx])) for src, kern, grid, block, shm, idx in calls)
+    return _Prepared(plan, max(end, _WS_ALIGN), offsets, tuple(launches), tuple(consts),
+                     numpy.array(ws_order, dtype=numpy.uint64), fixed, is_budget_grad_plan(plan))
 
 
 def _workspace(slab, prep: _Prepared, name):
@@ -707,17 +731,17 @@ def _workspace(slab, prep: _Prepared, name):
     return slab[off:off + n * numpy.dtype(dt).itemsize].view(dt)
 
 
-def _run_prepared(cp, prep: _Prepared, device, bufs: dict):
-    """Launch a prepared plan: one allocation holds every workspace (returned: keep it while its views are used)."""
+def _run_prepared(cp, prep: _Prepared, device, bufs):
+    """Launch a prepared plan: one allocation holds every workspace (returned: keep it while its views are used).
+    ``bufs``: the caller's arrays (or device addresses, uint64) by name (a dict), or as a list in ``_USER_BUFS``
+    order."""
     slab = cp.empty(prep.slab_bytes, dtype=numpy.uint8)
-    base = slab.data.ptr
-    for source, kernel, grid, block, shared, args, user, ws in prep.calls:
-        args = list(args)
-        for i, name in user:
-            args[i] = bufs[name]
-        for i, off in ws:
-            args[i] = numpy.uint64(base + off)
-        get_function(device.id, source, kernel)(grid, block, tuple(args), shared_mem=shared)
+    if isinstance(bufs, dict):
+        bufs = [bufs.get(n) for n in _USER_BUFS]
+    pool = [*prep.consts, *bufs, *(prep.ws_offsets + numpy.uint64(slab.data.ptr))]
+    dev = device.id
+    for source, kernel, grid, block, shared, pick in prep.calls:
+        get_function(dev, source, kernel)(grid, block, pick(pool), shared_mem=shared)
     return slab
 
 
@@ -824,6 +848,82 @@ def loss_and_grad(a, merge_repeated, want_grad, grad_scale, memory_limit=None):
             grad_view = grad.swapaxes(0, 1) if a.time_major else grad
         loss = ctc_loss_grad(x, a.labels, a.label_length, a.logit_length, a.blank, merge_repeated, grad_view,
                              grad_scale, memory_limit)
+    return loss, grad
+
+
+_lean_cpu = []  # cyctc._cpu once lean_loss has run (imported lazily: this module loads without the extension)
+_LEAN_DTYPES = {numpy.dtype(numpy.float32): "float32", numpy.dtype(numpy.float64): "float64"}
+_INT32_MAX = 2 ** 31 - 1
+
+
+def lean_loss(x, labels, label_length, logit_length, time_major, blank_index, want_grad, memory_limit):
+    """The common CuPy call of ``cyctc.ctc_loss`` (reduction "none", merged repeats), or None to take the full path.
+
+    Accepted: ``x`` a CuPy float32/float64 (T, B, C) (``time_major``) or (B, T, C) array the kernels read as it is
+    (contiguous class axis, whole-element non-negative strides; what ``_args.kernel_view`` keeps), B, T, C >= 1
+    within ``_args.check_size``'s limits; ``blank_index`` None or an int in [-C, C); host labels and lengths as
+    ``_cpu.pack_device_args`` accepts them; a plan that is not a budget plan with a gradient. Anything else, any
+    error included, answers None: the full path (``_args.normalize_loss_args`` and :func:`ctc_loss_grad`) decides and
+    names the problem. This raises nothing of its own.
+
+    The work: one host buffer (losses, gradient scales of 1, labels, lengths: ``pack_device_args``) uploaded in one
+    copy, the cached prepared plan (:func:`_prepared`, the full path's), the gradient and one workspace allocation,
+    the launches. Returns (loss in x's dtype (B,), grad like x or None), what the full path returns.
+    """
+    if not _lean_cpu:
+        from .. import _cpu
+
+        _lean_cpu.append(_cpu)
+    cpu = _lean_cpu[0]
+    try:  # an object of CuPy's modules that is not an ndarray (a sparse matrix, say) is the full path's to refuse
+        xdt, shape, strides = x.dtype, x.shape, x.strides
+        dtype = _LEAN_DTYPES.get(xdt)
+    except Exception:
+        return None
+    if dtype is None or len(shape) != 3:
+        return None
+    if time_major:
+        T, B, C = shape
+        st, sb, sc = strides
+    else:
+        B, T, C = shape
+        sb, st, sc = strides
+    item = xdt.itemsize
+    if (B < 1 or T < 1 or C < 1 or B > _INT32_MAX or T > _INT32_MAX or C > _INT32_MAX or B * T * C > cpu.MAX_ELEMENTS
+            or (C > 1 and sc != item) or sb % item or st % item or sc % item or sb < 0 or st < 0):
+        return None
+    if blank_index is None:
+        blank = 0
+    elif type(blank_index) is int and -C <= blank_index < C:
+        blank = blank_index + C if blank_index < 0 else blank_index
+    else:
+        return None
+    packed = cpu.pack_device_args(labels, label_length, logit_length, B, T, C, blank)
+    if packed is None:
+        return None
+    buf, Lmax = packed
+    device = x.device
+    sg = ((C, B * C) if time_major else (T * C, C)) if want_grad else None
+    try:  # an error here is the full path's to raise (the same call of the same function)
+        prep = _prepared(B, T, C, Lmax, dtype, (sb // item, st // item), blank, True, sg,
+                         chain_dynamic_shared_limit(device.id, dtype), memory_limit)
+    except Exception:
+        return None
+    if prep.budget_grad:
+        return None
+    cp = _cupy()
+    with device:
+        dev = cp.asarray(buf)  # the one host-to-device copy (asynchronous)
+        base = dev.data.ptr
+        o = base + 16 * B
+        grad = cp.empty(shape, dtype=xdt) if want_grad else None
+        # in _USER_BUFS order: x, labels, label_length, logit_length, loss, grad_scale, grad
+        _run_prepared(cp, prep, device, [x, numpy.uint64(o), numpy.uint64(o + 4 * B * Lmax),
+                                         numpy.uint64(o + 4 * B * (Lmax + 1)), numpy.uint64(base),
+                                         numpy.uint64(base + 8 * B), grad])
+        loss = dev[:8 * B].view(numpy.float64)
+        if dtype == "float32":
+            loss = loss.astype(numpy.float32)
     return loss, grad
 
 
