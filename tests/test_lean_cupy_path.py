@@ -16,6 +16,7 @@ from cyctc import _args, _cpu
 from cyctc.cuda import _backend
 
 import fake_cupy
+from spies import acceptance_spy
 
 B, T, C, L = 3, 12, 6, 4
 
@@ -41,16 +42,8 @@ def kernels(fcp, monkeypatch):
 
 @pytest.fixture
 def lean_taken(monkeypatch):
-    seen = []
-    lean = _backend.lean_loss
-
-    def spy(*args):
-        out = lean(*args)
-        seen.append(out is not None)
-        return out
-
-    monkeypatch.setattr(_backend, "lean_loss", spy)
-    return seen
+    """A list that gets, per CuPy ctc_loss call, whether the lean path took it."""
+    return acceptance_spy(monkeypatch, _backend, "lean_loss")
 
 
 def full_only(monkeypatch):

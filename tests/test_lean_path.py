@@ -14,6 +14,7 @@ import scipy.sparse as sp
 
 import cyctc
 from cyctc import _args, _cpu, _threads
+from spies import acceptance_spy
 
 
 @contextlib.contextmanager
@@ -26,16 +27,7 @@ def full_path_only(monkeypatch):
 @pytest.fixture
 def fast_taken(monkeypatch):
     """A list that gets, per normalize_loss_args call, whether the fast test accepted the arguments."""
-    seen = []
-    accept = _cpu.accept_loss_args
-
-    def spy(*args):
-        out = accept(*args)
-        seen.append(out is not None)
-        return out
-
-    monkeypatch.setattr(_cpu, "accept_loss_args", spy)
-    return seen
+    return acceptance_spy(monkeypatch, _cpu, "accept_loss_args")
 
 
 def outcome(fn, *args, **kw):
