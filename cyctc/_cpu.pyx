@@ -300,7 +300,8 @@ def ctc_loss_grad(cnp.ndarray x, cnp.ndarray labels, cnp.ndarray label_length, c
         offsets = <int64_t *>(ones + nones)
         states = <cyctc_state *>(offsets + B + 1)
         seqs = <cyctc_seq *>(states + B)
-        limit = memory_limit // 8 if memory_limit > 0 else 0
+        # in doubles; a budget of 1..7 bytes is 1 double (not 0, which would mean no bound)
+        limit = max(memory_limit // 8, 1) if memory_limit > 0 else 0
         with nogil:
             for b in range(B):
                 seqs[b].T = tl[b]

@@ -8,6 +8,8 @@ import os
 import re
 
 DEFAULT_MEMORY_LIMIT = 1 << 30  # 1 GiB
+# budgets are signed 64-bit byte counts in the kernels; any larger one is no bound at all and means the same
+MAX_MEMORY_LIMIT = 1 << 62
 ENV_VAR = "CYCTC_MEMORY_LIMIT"
 
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
@@ -24,14 +26,14 @@ def parse_size(text, what):
     n = int(float(m.group(1)) * _UNITS[m.group(2).lower()])
     if n <= 0:
         raise ValueError(f"{what} must be a positive number of bytes, got {text!r}")
-    return n
+    return min(n, MAX_MEMORY_LIMIT)
 
 
 def resolve_memory_limit(memory_limit):
     """Turn the public ``memory_limit`` argument into a positive byte count.
 
     None: ``CYCTC_MEMORY_LIMIT`` from the environment when set (bytes, or with a unit: 512M, 2G), else 1 GiB;
-    n > 0: n bytes. A bool, a non-integer or a count <= 0 raises TypeError / ValueError naming ``memory_limit``.
+    n > 0: n bytes (at most ``MAX_MEMORY_LIMIT``: a larger budget bounds nothing either). A bool, a non-integer or a count <= 0 raises TypeError / ValueError naming ``memory_limit``.
     """
     if memory_limit is None:
         env = os.environ.get(ENV_VAR, "").strip()
@@ -44,7 +46,7 @@ def resolve_memory_limit(memory_limit):
         raise TypeError(f"memory_limit must be an int (bytes) or None, got {type(memory_limit).__name__}") from None
     if n <= 0:
         raise ValueError(f"memory_limit must be a positive number of bytes, got {n}")
-    return n
+    return min(n, MAX_MEMORY_LIMIT)
 
 
 def budget_error(func, need, limit):

@@ -127,6 +127,9 @@ class AlignResult(_AlignFields):
         ``blank``: None (the default) is the blank ``ctc_align`` used; an explicit blank may be negative (counted
         from C, as ``ctc_align``'s ``blank_index``) when this result came from ``ctc_align``.
         """
+        b = args.as_index(b, "b")
+        if not -len(self.path) <= b < len(self.path):
+            raise IndexError(f"b = {b} is out of range for a batch of {len(self.path)}")
         if blank is None:
             blank = 0 if self.blank_index is None else self.blank_index
         else:
@@ -134,7 +137,7 @@ class AlignResult(_AlignFields):
             if blank < 0:
                 if self.num_classes is None:
                     raise ValueError(f"blank must be >= 0 for a result not made by ctc_align (C unknown), got {blank}")
-                blank = args.blank_class(blank, self.num_classes)
+                blank = args.blank_class(blank, self.num_classes, name="blank")
         return ctc_segments(self.path[b], blank=blank)
 
 

@@ -114,6 +114,9 @@ class SparseDecoded:
         """
         B, longest = (int(v) for v in self.dense_shape)
         width = longest if maxlen is None else args.as_index(maxlen, "maxlen")
+        default = args.as_index(default, "default")
+        if not -2**63 <= default < 2**63:
+            raise ValueError(f"default must fit in int64, got {default}")
         if width < longest:
             raise ValueError(f"maxlen must be >= the longest decoded sequence ({longest}), got {width}")
         out = array_module(self.values).full((B, width), default, dtype=np.int64)
@@ -347,8 +350,8 @@ def ctc_decode(y_pred, input_length, greedy=True, beam_width=100, top_paths=1, *
         raise ValueError(f"y_pred must have 3 dimensions (B, T, C), got shape {tuple(y.shape)}")
     args.check_size(y, "y_pred")
     greedy = args.as_flag(greedy, "greedy")
-    if not greedy:
-        beam_width, top_paths = args.beam_sizes(beam_width, top_paths)
+    # checked even when greedy (which ignores them, as Keras): a beam_width of 0 or "10" is a mistake either way
+    beam_width, top_paths = args.beam_sizes(beam_width, top_paths)
     with np.errstate(divide="ignore", invalid="ignore"):
         logp = np.log(y + y.dtype.type(KERAS_EPSILON))
     x, dtype_out = args.float_frames(logp, "y_pred", False)

@@ -19,7 +19,15 @@ def ctc_unique_labels(labels):
     """
     if hasattr(labels, "get") and type(labels).__module__.startswith("cupy"):
         labels = labels.get()
-    labels = np.asarray(labels)
+    if type(labels).__module__.startswith(("scipy.sparse", "cupyx.scipy.sparse")):
+        raise TypeError(f"labels must be a dense (B, Lmax) integer array (TF's contract: the padding takes part), "
+                        f"got {type(labels).__name__}")
+    try:
+        labels = np.asarray(labels)
+    except (ValueError, TypeError) as e:  # e.g. ragged nested lists
+        raise ValueError(f"labels must be a (B, Lmax) array of integers: {e}") from None
+    if labels.size == 0 and labels.dtype.kind == "f" and labels.ndim == 2:
+        labels = labels.astype(np.int64)  # [[], []]: numpy calls an empty list float
     if labels.dtype.kind not in "iu":
         raise TypeError(f"labels must have an integer dtype, got {labels.dtype}")
     if labels.ndim != 2:

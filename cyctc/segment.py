@@ -136,13 +136,17 @@ def ctc_segment(log_probs, utterances, blank_index=0, *, input_length=None, time
     """
     tm = args.as_flag(time_major, "time_major")
     x_in = args.host(log_probs)
-    ndim = getattr(x_in, "ndim", None)
+    if args.is_sparse(x_in):
+        raise TypeError(f"log_probs must be a dense array of floats, got {type(x_in).__name__}")
+    ndim = x_in.ndim if isinstance(x_in, np.ndarray) else None
     if ndim is None:
         try:
             x_in = np.asarray(x_in)
         except Exception as e:
             raise TypeError(f"log_probs must be an array of floats: {e}") from None
         ndim = x_in.ndim
+    if x_in.dtype.kind != "f":  # (before the rank: None or a list of strings is the wrong kind of thing)
+        raise TypeError(f"log_probs must hold floating-point values (float16/32/64), got dtype {x_in.dtype}")
     if ndim == 2:
         x_in = x_in[None] if not tm else x_in[:, None]
     elif ndim != 3:
@@ -164,6 +168,8 @@ def ctc_segment(log_probs, utterances, blank_index=0, *, input_length=None, time
     gap_penalty = args.penalty(untranscribed_penalty)
     resolve_num_threads(num_threads)
     resolve_memory_limit(memory_limit)
+    if B == 0:  # no recordings (an empty batch): nothing to align
+        return []
 
     # tokens: GAP u1 GAP u2 ... GAP uN GAP; token k is state 2k + 1
     n = np.array([sum(len(u) + 1 for u in tr) + 1 for tr in transcripts], dtype=np.int64)

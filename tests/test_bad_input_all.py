@@ -48,6 +48,7 @@ GOOD = {
     "ctc_align": dict(log_probs=LOGP, labels=LAB, input_length=TL, label_length=LL),
     "ctc_segments": dict(path=np.array([0, 1, 1, 0, 2])),
     "ctc_unique_labels": dict(labels=LAB),
+    "ctc_segment": dict(log_probs=LOGP, utterances=[[[1, 2], [3]], [[2]]], input_length=TL),
 }
 FLOAT_ARG = {"ctc_loss": "logits", "ctc_loss_v1": "inputs", "ctc_batch_cost": "y_pred",
              "ctc_greedy_decoder": "inputs", "ctc_beam_search_decoder": "inputs", "ctc_decode": "y_pred",
@@ -62,7 +63,7 @@ FLAGS = {"ctc_loss": ["logits_time_major", "zero_infinity", "return_grad"],
                          "time_major", "return_grad"],
          "ctc_batch_cost": ["return_grad"], "ctc_greedy_decoder": ["merge_repeated", "time_major"],
          "ctc_beam_search_decoder": ["merge_repeated", "time_major"], "ctc_decode": ["greedy"],
-         "ctc_align": ["time_major", "normalize"]}
+         "ctc_align": ["time_major", "normalize", "partial"], "ctc_segment": ["time_major", "normalize"]}
 THREADED = [f for f in GOOD if f not in ("ctc_segments", "ctc_unique_labels")]
 
 
@@ -472,3 +473,117 @@ def test_foreign_layouts_give_the_same_bits():
     loss, grad = cyctc.ctc_loss(LAB, X_TM.astype(">f4"), LL, TL, return_grad=True)
     l32, g32 = cyctc.ctc_loss(LAB, X_TM.astype(np.float32), LL, TL, return_grad=True)
     assert np.array_equal(loss, l32) and np.array_equal(grad, g32)
+
+
+# ----------------------------------------------------------------------------------------- audit additions
+
+
+@pytest.mark.parametrize("fn", ["ctc_loss", "ctc_loss_v1", "ctc_batch_cost", "ctc_align"])
+def test_memory_limit_beyond_int64_means_no_bound(fn):
+    """memory_limit=2**63 (or more) once raised OverflowError from the int64 conversion; a budget beyond any
+    machine bounds nothing: the same result as the default."""
+    ref = call(fn)
+    for limit in (2**63 - 1, 2**63, 2**70):
+        assert_same_result(call(fn, memory_limit=limit), ref)
+    expect(TypeError, "memory_limit", fn, memory_limit=2.0**70)
+
+
+@pytest.mark.parametrize("return_grad", [False, True])
+def test_loss_memory_limit_below_one_double_is_enforced(return_grad):
+    """A budget of 1..7 bytes once became 0 doubles in _cpu, which means "no bound": the call ran unbounded
+    instead of raising the documented MemoryError."""
+    for limit in (1, 7, 8):
+        with pytest.raises(MemoryError, match="memory_limit of %d bytes" % limit):
+            call("ctc_loss", memory_limit=limit, return_grad=return_grad)
+
+
+def test_memory_limit_environment_beyond_int64(monkeypatch):
+    monkeypatch.setenv("CYCTC_MEMORY_LIMIT", "99999999999999T")
+    assert_same_result(call("ctc_loss"), cyctc.ctc_loss(LAB, X_TM, LL, TL, memory_limit=2**30))
+
+
+def test_segment_empty_batch_and_sparse_scores():
+    """(0, T, C) scores with no transcripts once raised numpy's 'zero-size array to reduction' (naming nothing);
+    scipy.sparse scores raised IndexError."""
+    assert cyctc.ctc_segment(np.zeros((0, T, C)), []) == []
+    expect(ValueError, "utterances", "ctc_segment", log_probs=np.zeros((0, T, C)), utterances=[[[1]]])
+    expect(TypeError, "log_probs", "ctc_segment", log_probs=sp.csr_matrix(LOGP[0]))
+    # an empty transcript is one recording with nothing to find: all of it untranscribed
+    res = cyctc.ctc_segment(LOGP[0], [])
+    assert res.start.shape == (0,) and res.feasible
+    assert np.isclose(res.log_prob, LOGP[0].max(axis=1).sum())
+
+
+def test_unique_labels_bad_containers_name_labels():
+    expect(ValueError, "labels", "ctc_unique_labels", labels=[[1, 2], [1]])           # ragged
+    expect(TypeError, ["labels", "csr_matrix"], "ctc_unique_labels", labels=sp.csr_matrix(LAB))
+    uy, ui = cyctc.ctc_unique_labels([[], []])
+    assert uy.shape == ui.shape == (2, 0) and uy.dtype.kind == "i"
+
+
+def test_sparse_decoded_to_dense_arguments():
+    """default=2.5 was silently truncated to 2, default='x' raised a ValueError naming nothing, default=2**70 an
+    OverflowError."""
+    d = cyctc.ctc_greedy_decoder(X_TM, TL).decoded[0]
+    expect_raises = [(2.5, TypeError), ("x", TypeError), (None, TypeError), (2**70, ValueError)]
+    for value, exc in expect_raises:
+        with pytest.raises(exc, match="default"):
+            d.to_dense(default=value)
+    dense = d.to_dense(default=np.int8(-7), maxlen=20)
+    assert dense.shape == (B, 20) and dense.dtype == np.int64
+    for b, seq in enumerate(d.to_list()):
+        assert np.array_equal(dense[b, :len(seq)], seq) and np.all(dense[b, len(seq):] == -7)
+
+
+def test_align_result_segments_arguments():
+    res = cyctc.ctc_align(LOGP, LAB, TL, LL)
+    assert res.segments(-1) == res.segments(B - 1) == cyctc.ctc_segments(res.path[B - 1])
+    with pytest.raises(IndexError, match="b = 2"):
+        res.segments(2)
+    with pytest.raises(TypeError, match="b must be an int"):
+        res.segments(1.0)
+    with pytest.raises(ValueError, match="blank must be in"):  # the argument is "blank", not "blank_index"
+        res.segments(0, blank=-C - 1)
+    assert res.segments(0, blank=-C) == res.segments(0)
+
+
+def test_ctc_decode_checks_beam_sizes_even_when_greedy():
+    """greedy=True ignores beam_width/top_paths (as Keras), but nonsense there is still refused, not ignored."""
+    for w, k, exc, word in [(0, 1, ValueError, "beam_width"), ("10", 1, TypeError, "beam_width"),
+                            (4, 5, ValueError, "top_paths"), (4, None, TypeError, "top_paths")]:
+        expect(exc, word, "ctc_decode", beam_width=w, top_paths=k, greedy=True)
+    assert_same_result(call("ctc_decode", beam_width=3, top_paths=2), call("ctc_decode"))
+
+
+def test_segment_bad_input():
+    """ctc_segment, batched (B, T, C) with one transcript per recording: every malformed argument is named."""
+    fn = "ctc_segment"
+    x = GOOD[fn]["log_probs"]
+    for bad, exc in [(x.astype(np.int32), TypeError), (x.astype(complex), TypeError), (x.astype(bool), TypeError),
+                     (x.astype(object), TypeError), (x[..., None], ValueError), (x[0, 0], ValueError),
+                     (None, TypeError), (np.zeros((B, T, 0)), ValueError)]:
+        expect(exc, "log_probs", fn, log_probs=bad)
+    for bad, exc in [(np.array([T + 1, 1]), ValueError), (np.array([-1, 1]), ValueError), (TL[:1], ValueError),
+                     (TL.astype(float), TypeError), (np.array([np.nan, 1.0]), ValueError)]:
+        expect(exc, "input_length", fn, input_length=bad)
+    for bad, exc, words in [([[[1]]], ValueError, "utterances"), ([[[1]], [[]]], ValueError, "utterances[1][0]"),
+                            ([[[1]], [[C]]], ValueError, "utterances[1][0][0]"),
+                            ([[[1]], [[0]]], ValueError, ["utterances[1][0][0]", "blank"]),
+                            ([[[1]], [[1.0]]], TypeError, "utterances[1][0]"), ([[[1]], "ab"], TypeError,
+                                                                                  "utterances[1]"),
+                            (None, ValueError, "utterances"), ([[[1]], [[-1]]], ValueError, "utterances[1][0][0]")]:
+        expect(exc, words, fn, utterances=bad)
+    for bad, exc in [(C, ValueError), (-C - 1, ValueError), (0.0, TypeError), ("0", TypeError)]:
+        expect(exc, "blank_index", fn, blank_index=bad)
+    for bad, exc in [(-1.0, ValueError), (np.nan, ValueError), (np.inf, ValueError), ("1", TypeError),
+                     (True, TypeError), (np.array([1.0]), TypeError)]:
+        expect(exc, "untranscribed_penalty", fn, untranscribed_penalty=bad)
+    expect(ValueError, "memory_limit", fn, memory_limit=0)
+    with pytest.raises(MemoryError, match="memory_limit"):
+        call(fn, memory_limit=100)
+    # the same recordings one at a time give the same results
+    res = call(fn)
+    for b in range(B):
+        one = cyctc.ctc_segment(x[b, :TL[b]], GOOD[fn]["utterances"][b])
+        assert np.array_equal(one.start, res[b].start) and np.array_equal(one.end, res[b].end)
+        assert one.log_prob == res[b].log_prob
