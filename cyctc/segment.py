@@ -226,10 +226,24 @@ def _check_ids(ids, n, name):
     return ids
 
 
-def _fmt(frame_shift):
-    if not (isinstance(frame_shift, (int, float)) and not isinstance(frame_shift, bool) and frame_shift > 0
-            and np.isfinite(frame_shift)):
-        raise ValueError(f"frame_shift must be a number of seconds > 0, got {frame_shift!r}")
+def frame_shift_problem(frame_shift, name="frame_shift"):
+    """Why ``frame_shift`` cannot be written as times (a message naming ``name``), or None when it can: a finite
+    number of seconds, at least 1e-6 (times are written with at most 6 decimals: a smaller shift would print
+    every time as 0)."""
+    if isinstance(frame_shift, bool) or not isinstance(frame_shift, (int, float, np.integer, np.floating)):
+        return f"{name} must be a number of seconds > 0, got {frame_shift!r}"
+    if not (np.isfinite(frame_shift) and frame_shift > 0):
+        return f"{name} must be a finite number of seconds > 0, got {frame_shift!r}"
+    if frame_shift < 1e-6:
+        return f"{name} must be at least 1e-6 seconds (times are written with 6 decimals), got {frame_shift!r}"
+    return None
+
+
+def time_format(frame_shift):
+    """The format of times: enough decimals to show multiples of frame_shift exactly (2 to 6)."""
+    why = frame_shift_problem(frame_shift)
+    if why is not None:
+        raise ValueError(why)
     decimals = f"{frame_shift:.6f}".rstrip("0").split(".")[1]
     return f"{{:.{min(max(len(decimals), 2), 6)}f}}"
 
@@ -237,7 +251,7 @@ def _fmt(frame_shift):
 def segments_lines(result, utterance_ids, recording_id, frame_shift=0.01):
     """Kaldi ``segments`` lines ``utt-id recording-id start end`` (seconds = frames * frame_shift) of one
     :class:`SegmentResult`; an infeasible result gives no lines."""
-    fmt = _fmt(frame_shift)
+    fmt = time_format(frame_shift)
     ids = _check_ids(utterance_ids, len(result.start), "utterance_ids")
     (rec,) = _check_ids([recording_id], 1, "recording_id")
     if not result.feasible:
@@ -254,7 +268,7 @@ def ctm_lines(result, utterance_ids, utterances, frame_shift=0.01, symbols=None,
     recording with ``recording_times=True``. ``symbols``: a mapping class -> name for the label column (default:
     the class number). ``confidence`` is the label's :attr:`SegmentResult.label_confidence`.
     """
-    fmt = _fmt(frame_shift)
+    fmt = time_format(frame_shift)
     ids = _check_ids(utterance_ids, len(result.start), "utterance_ids")
     if len(utterances) != len(ids):
         raise ValueError(f"utterances must hold the {len(ids)} utterances of the result, got {len(utterances)}")

@@ -309,3 +309,52 @@ def test_decode_and_align_outputs_are_shift_invariant(tmp_path, capsys, shift):
     assert all(np.isfinite(scores)) and all(s < 0 for s in scores)
     if shift >= 1e30:  # uniform frames: the best path's log-probability is T log(1/C)
         np.testing.assert_allclose(scores, 8 * np.log(1 / C), rtol=1e-15)
+
+
+# ------------------------------------------------------------------------------------------------ option values
+
+
+@pytest.mark.parametrize("argv,option", [
+    (["decode", "--method", "beam", "--beam-width", "2000000000", "ARK", "ark,t:hyp.txt"], "--beam-width"),
+    (["decode", "--method", "beam", "--beam-width", "0", "ARK", "ark,t:hyp.txt"], "--beam-width"),
+    (["align", "--frame-shift", "inf", "ARK", "LAB", "ark:ali.ark", "ctm.txt"], "--frame-shift"),
+    (["align", "--frame-shift", "1e-9", "ARK", "LAB", "ark:ali.ark", "ctm.txt"], "--frame-shift"),
+    (["align", "--frame-shift", "nan", "ARK", "LAB", "ark:ali.ark"], "--frame-shift"),
+    (["segment", "--frame-shift", "inf", "ARK", "TEXT", "segments"], "--frame-shift"),
+    (["segment", "--frame-shift", "1e-300", "ARK", "TEXT", "segments"], "--frame-shift"),
+])
+def test_bad_option_values_are_usage_errors(data, tmp_path, capsys, monkeypatch, argv, option):
+    """--beam-width beyond the decoder's limit and --frame-shift inf once ended in a traceback after the inputs
+    were read (ValueError / IndexError); a frame shift below 1e-6 wrote every time as 0.00. Now: exit 2, the option
+    named, nothing created."""
+    d, _, _ = data
+    monkeypatch.chdir(tmp_path)
+    (d / "text.txt").write_text("u0 1 2\n")
+    argv = [{"ARK": f"ark:{d}/feats.ark", "LAB": f"ark,t:{d}/labels.txt", "TEXT": f"{d}/text.txt"}.get(a, a)
+            for a in argv]
+    rc, err = _run(capsys, *argv)
+    assert rc == 2, err
+    assert f"ERROR: {option}" in err and "Traceback" not in err, err
+    assert os.listdir(tmp_path) == []
+
+
+def test_int_vector_header_with_a_huge_count(data, tmp_path, capsys):
+    """A binary int-vector entry whose header claims 2**31 - 1 elements (a damaged archive) once made the reader
+    allocate 10 GB before reading: MemoryError and a traceback under a memory limit. Now the entry is reported as
+    truncated, without allocating for the claim."""
+    import resource
+    import struct
+
+    d, _, _ = data
+    lab = tmp_path / "lab.ark"
+    lab.write_bytes(b"u0 \0B\x04" + struct.pack("<i", 2**31 - 1) + b"\x04\x01\x00\x00\x00")
+
+    def limit_memory():  # the claim (10 GB) cannot be allocated in the child
+        resource.setrlimit(resource.RLIMIT_AS, (3 << 30, resource.getrlimit(resource.RLIMIT_AS)[1]))
+
+    out = subprocess.run([sys.executable, "-m", "cyctc", "loss", f"ark:{d}/feats.ark", f"ark:{lab}",
+                          f"ark,t:{tmp_path}/loss.txt"], capture_output=True, text=True, timeout=300,
+                         preexec_fn=limit_memory, cwd=str(tmp_path))
+    err = out.stderr
+    assert out.returncode == 1 and "utterance 'u0': truncated binary int32 vector" in err, err
+    assert "Traceback" not in err, err

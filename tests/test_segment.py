@@ -377,6 +377,12 @@ def test_segments_and_ctm_lines():
         segments_lines(r, ["a", "b c"], "rec")
     with pytest.raises(ValueError, match="frame_shift"):
         segments_lines(r, ["a", "b"], "rec", 0)
+    for bad in (np.inf, np.nan, 1e-9, "0.01", True):  # 1e-9 once wrote every time as 0.00
+        with pytest.raises(ValueError, match="frame_shift"):
+            segments_lines(r, ["a", "b"], "rec", bad)
+        with pytest.raises(ValueError, match="frame_shift"):
+            ctm_lines(r, ["a", "b"], [[4, 5], [6]], bad)
+    assert segments_lines(r, ["a", "b"], "rec", np.float32(0.5))[0] == "a rec 1.50 3.50"
     assert segments_lines(r._replace(feasible=False), ["a", "b"], "rec") == []
 
 

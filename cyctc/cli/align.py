@@ -2,6 +2,7 @@
 import numpy as np
 
 from . import common
+from ..segment import frame_shift_problem, time_format
 from .kaldi_io import IntVectorWriter, TextWriter
 
 
@@ -47,25 +48,19 @@ def add_arguments(p):
     common.add_memory_limit_option(p)
 
 
-def _time_format(frame_shift):
-    """Enough decimals to show multiples of frame_shift exactly (2 to 6)."""
-    decimals = f"{frame_shift:.6f}".rstrip("0").split(".")[1]
-    return f"{{:.{min(max(len(decimals), 2), 6)}f}}"
-
-
 def run(args):
     prog = "cyctc align"
     ctc_align, ctc_segments = common.import_api("align", ("ctc_align", "ctc_segments"), prog)
     msg = common.check_common_options(args, (("alignment_wspecifier", "alignment-wspecifier", "ark"),))
-    if msg is None and not args.frame_shift > 0:
-        msg = f"--frame-shift must be > 0, got {args.frame_shift}"
+    if msg is None:
+        msg = frame_shift_problem(args.frame_shift, "--frame-shift")
     if msg:
         return common.usage_error(prog, msg)
     tally = common.Tally(prog)
     table = common.symbol_table(args)
     labels, dup, labels_error = common.load_labels(args.labels_rspecifier, table)
     common.report_labels(tally, dup, labels_error)
-    fmt = _time_format(args.frame_shift)
+    fmt = time_format(args.frame_shift)
     stats = {"logp": 0.0, "frames": 0}
     ali_w = IntVectorWriter(args.alignment_wspecifier, "alignment-wspecifier")
     ctm_w = None

@@ -73,8 +73,13 @@ def run(args):
     prog = "cyctc decode"
     msg = common.check_common_options(args, (("transcription_wspecifier", "transcription-wspecifier", "ark"),
                                                  ("scores_wspecifier", "--scores-wspecifier", "scalar")))
-    if msg is None and args.beam_width < 1:
-        msg = f"--beam-width must be >= 1, got {args.beam_width}"
+    if msg is None:
+        from .._decode_args import beam_sizes
+
+        try:  # the API's own rule (>= 1, not absurdly large), before any input is read
+            beam_sizes(args.beam_width, 1)
+        except (TypeError, ValueError) as e:
+            msg = f"--{e}".replace("beam_width", "beam-width", 1)
     if msg:
         return common.usage_error(prog, msg)
     decode = _decoder(args)

@@ -106,6 +106,21 @@ def _read_key(f):
         out += c
 
 
+def _read_upto(f, n, chunk=1 << 24):
+    """Up to ``n`` bytes of ``f``, fewer at its end. Read in chunks: a damaged header's count (up to 10 GB for an
+    int32 vector) must not be allocated before the data that is really there has been seen."""
+    if n <= chunk:
+        return f.read(n)
+    parts, got = [], 0
+    while got < n:
+        b = f.read(min(chunk, n - got))
+        if not b:
+            break
+        parts.append(b)
+        got += len(b)
+    return b"".join(parts)
+
+
 def _read_binary_int_vector(f, key):
     hdr = f.read(6)  # 'B', size byte, int32 count (the '\0' was read by the caller)
     if len(hdr) != 6 or hdr[:1] != b"B" or hdr[1] != 4:
@@ -113,7 +128,7 @@ def _read_binary_int_vector(f, key):
     (n,) = struct.unpack("<i", hdr[2:])
     if n < 0:
         raise KaldiIOError(f"utterance {key!r}: negative vector size {n}")
-    raw = f.read(5 * n)
+    raw = _read_upto(f, 5 * n)
     if len(raw) != 5 * n:
         raise KaldiIOError(f"utterance {key!r}: truncated binary int32 vector")
     rec = np.frombuffer(raw, dtype=[("size", "i1"), ("value", "<i4")])

@@ -101,11 +101,12 @@ def _recordings(spec):
 def run(args):
     prog = "cyctc segment"
     (ctc_segment,) = common.import_api("segment", ("ctc_segment",), prog)
-    from ..segment import ctm_lines, segments_lines
+    from ..segment import ctm_lines, frame_shift_problem, segments_lines
 
     msg = None
-    if not args.frame_shift > 0:
-        msg = f"--frame-shift must be > 0, got {args.frame_shift}"
+    msg = frame_shift_problem(args.frame_shift, "--frame-shift")
+    if msg is not None:
+        pass
     elif not (np.isfinite(args.untranscribed_penalty) and args.untranscribed_penalty >= 0):
         msg = f"--untranscribed-penalty must be a finite number >= 0, got {args.untranscribed_penalty}"
     if msg is None:
