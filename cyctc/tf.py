@@ -18,6 +18,7 @@ as the loss (``softmax - occupancy``, exact) and scaled by the incoming gradient
   for TensorFlow yet.
 * ``num_threads`` (keyword-only, an addition): cyctc's CPU threads, as in ``cyctc.ctc_loss``.
 """
+import numpy as np
 import tensorflow as tf
 
 from . import loss as _loss
@@ -50,15 +51,20 @@ def host_op_with_grad(host_fn, x, others, loss_shape, scale_axes, name):
     return op(x)
 
 
-def _sparse_labels(sp):
-    """(dense labels (B, Lmax), label_length (B,)) from a SparseTensor with TensorFlow ops (positions 0..n-1 per row
-    are cyctc's rule: the host checks them on the dense form's lengths)."""
-    dense = tf.sparse.to_dense(sp)
-    rows = tf.cast(sp.indices[:, 0], tf.int32)
-    cols = tf.cast(sp.indices[:, 1], tf.int32) + 1
-    B = tf.cast(sp.dense_shape[0], tf.int32)
-    length = tf.math.maximum(tf.math.unsorted_segment_max(cols, rows, B), 0)
-    return dense, length
+def _sparse_on_host(indices, values, dense_shape):
+    """A SparseTensor's parts (numpy, in the host call) as the scipy.sparse COO matrix cyctc takes: its rules --
+    each row's positions exactly 0..n-1, in any order, no duplicates -- are then checked with the messages of
+    ``cyctc.ctc_loss`` (to_dense would fill a gap with class 0 silently, and refuses unsorted indices)."""
+    import scipy.sparse
+
+    indices = np.asarray(indices, dtype=np.int64).reshape(-1, 2)
+    shape = tuple(int(n) for n in np.asarray(dense_shape).reshape(-1))
+    if len(shape) != 2:
+        raise ValueError(f"labels must be a SparseTensor of rank 2 (B, Lmax), got dense_shape {shape}")
+    try:
+        return scipy.sparse.coo_matrix((np.asarray(values), (indices[:, 0], indices[:, 1])), shape=shape)
+    except ValueError as e:  # negative or out-of-shape indices
+        raise ValueError(f"labels: malformed SparseTensor ({e})") from None
 
 
 def ctc_loss(labels, logits, label_length, logit_length, logits_time_major=True, unique=None, blank_index=None,
@@ -70,13 +76,15 @@ def ctc_loss(labels, logits, label_length, logit_length, logits_time_major=True,
         if not dtype.is_floating:
             raise TypeError(f"logits must hold floating-point values, got dtype {dtype.name}")
         x = tf.cast(logits, tf.float32) if dtype in _LOW else logits
-        if isinstance(labels, tf.SparseTensor):
+        sparse = isinstance(labels, tf.SparseTensor)
+        if sparse:
             if label_length is not None:
                 raise ValueError("label_length must be None when labels are a SparseTensor (its entries give them)")
-            labels, label_length = _sparse_labels(labels)
-        if label_length is None:
+            small = [labels.indices, labels.values, labels.dense_shape]  # checked on the host (_sparse_on_host)
+        elif label_length is None:
             raise ValueError("label_length is required with dense labels (or pass labels as a tf.SparseTensor)")
-        small = [tf.convert_to_tensor(v) for v in (labels, label_length)]
+        else:
+            small = [tf.convert_to_tensor(v) for v in (labels, label_length)]
         has_tl = logit_length is not None
         if has_tl:
             small.append(tf.convert_to_tensor(logit_length))
@@ -87,7 +95,11 @@ def ctc_loss(labels, logits, label_length, logit_length, logits_time_major=True,
             small += [tf.convert_to_tensor(u) for u in unique]
         time_major = bool(logits_time_major)
 
-        def host(xv, lab, ll, *rest):
+        def host(xv, *rest):
+            if sparse:
+                lab, ll, rest = _sparse_on_host(*rest[:3]), None, rest[3:]
+            else:
+                lab, ll, rest = rest[0], rest[1], rest[2:]
             tl = rest[0] if has_tl else None
             uq = tuple(rest[-2:]) if has_unique else None
             return _loss.ctc_loss(lab, xv, ll, tl, time_major, uq, blank_index, return_grad=True,

@@ -21,6 +21,7 @@ if tf is None:
     toolchain_unavailable("the TensorFlow/Keras bridges' tests", f"tensorflow not installed ({_why}); "
                           "pip install 'cyctc[tf]'")
 
+import cyctc  # noqa: E402
 import cyctc.keras as ck  # noqa: E402
 import cyctc.tf as ctf  # noqa: E402
 from ctc_reference import random_problem  # noqa: E402
@@ -172,3 +173,26 @@ def test_static_errors():
         ctf.ctc_loss(labels, x, None, tl)
     with pytest.raises(ValueError, match="y_pred"):
         ck.ctc_batch_cost(labels, x[0], tl, ll)
+
+
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "tf.function"])
+def test_sparse_tensor_labels_follow_cyctc_rules(graph):
+    """A SparseTensor is checked by the rules of cyctc.ctc_loss's scipy.sparse labels. It was densified with
+    tf.sparse.to_dense first: a row with a gap ([0, 0] and [0, 2] stored) silently got class 0 at position 1 (a
+    wrong loss with blank_index=-1), and unsorted indices raised TensorFlow's SparseToDense error."""
+    import scipy.sparse
+
+    x, _, _, tl = _case(8, B=2, T=12, C=6)
+    xt = tf.constant(x.swapaxes(0, 1).copy())
+    run = tf.function(ctf.ctc_loss) if graph else ctf.ctc_loss
+    gap = tf.SparseTensor([[0, 0], [0, 2], [1, 0]], [1, 3, 2], [2, 3])
+    dup = tf.SparseTensor([[0, 0], [0, 0], [1, 0]], [1, 3, 2], [2, 3])
+    for bad, words in [(gap, "gap before position 2"), (dup, "duplicate entries at position (0, 0)")]:
+        with pytest.raises(Exception, match=words.replace("(", r"\(").replace(")", r"\)")):
+            run(bad, xt, None, tl, blank_index=-1)
+    # unsorted entries (as a SparseTensor built by hand may hold) mean what they say
+    rows, cols, vals = [1, 0, 0, 1, 0], [1, 2, 0, 0, 1], [4, 3, 1, 2, 2]
+    unsorted = tf.SparseTensor(np.stack([rows, cols], 1).astype(np.int64), vals, [2, 3])
+    want = cyctc.ctc_loss(scipy.sparse.coo_matrix((vals, (rows, cols)), shape=(2, 3)), x.swapaxes(0, 1), None, tl,
+                          blank_index=-1)
+    np.testing.assert_array_equal(np.asarray(run(unsorted, xt, None, tl, blank_index=-1)), want)
