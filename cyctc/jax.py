@@ -47,11 +47,11 @@ def _host_ctc(blank_id, num_threads, need_grad, logits, logit_paddings, labels, 
                                label_paddings.shape[:-2])
     B, T, K = logits.shape[-3:]
     N = labels.shape[-1]
-    x = np.broadcast_to(logits, lead + (B, T, K)).reshape(-1, T, K)
-    lp = np.broadcast_to(logit_paddings, lead + (B, T)).reshape(-1, T)
-    lab = np.broadcast_to(labels, lead + (B, N)).reshape(-1, N)
-    lbp = np.broadcast_to(label_paddings, lead + (B, N)).reshape(-1, N)
-    Bf = x.shape[0]
+    Bf = int(np.prod(lead, dtype=np.int64)) * B  # (not reshape(-1, ...): T = 0 or N = 0 make -1 ambiguous)
+    x = np.broadcast_to(logits, lead + (B, T, K)).reshape(Bf, T, K)
+    lp = np.broadcast_to(logit_paddings, lead + (B, T)).reshape(Bf, T)
+    lab = np.broadcast_to(labels, lead + (B, N)).reshape(Bf, N)
+    lbp = np.broadcast_to(label_paddings, lead + (B, N)).reshape(Bf, N)
     il, frame_order = _args.padding_lengths(lp, "logit_paddings", (Bf, T))
     ll, label_order = _args.padding_lengths(lbp, "label_paddings", (Bf, N))
     if frame_order is not None:  # padded frames inside a row: the used ones first, in order

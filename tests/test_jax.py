@@ -196,3 +196,25 @@ def test_bad_values_raise_through_jax(change, message):
     lab, lp, lbp = change(lab, lp, lbp)
     with pytest.raises(Exception, match=message):
         jax.block_until_ready(cj.ctc_loss(x, lp, lab, lbp))
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_no_frames_and_no_labels(x64, jit):
+    """T = 0 or N = 0 once failed inside the callback (numpy's reshape(-1, 0): 'cannot reshape array of size 0').
+    No labels: the all-blank path, as optax; no frames: an empty label costs 0, any other is infeasible (inf)."""
+    import optax
+
+    rng = np.random.default_rng(3)
+    B, T, K = 3, 7, 5
+    x = rng.standard_normal((B, T, K))
+    lp = np.zeros((B, T))
+    lp[1, 5:] = 1
+    run = jax.jit(cj.ctc_loss) if jit else cj.ctc_loss
+    loss, grad = jax.value_and_grad(lambda v: run(v, lp, np.zeros((B, 0), int), np.zeros((B, 0))).sum())(x)
+    want = optax.ctc_loss(x, lp, np.zeros((B, 0), int), np.zeros((B, 0)))
+    np.testing.assert_allclose(run(x, lp, np.zeros((B, 0), int), np.zeros((B, 0))), want, rtol=1e-12)
+    assert np.all(np.asarray(grad)[1, 5:] == 0) and np.isfinite(loss)
+    lab = np.array([[1, 2], [3, 0], [4, 4]])
+    lbp = np.array([[0, 0], [1, 1], [0, 1.0]])
+    out = np.asarray(run(np.zeros((B, 0, K)), np.zeros((B, 0)), lab, lbp))
+    assert out.tolist() == [np.inf, 0.0, np.inf]
