@@ -263,6 +263,9 @@ def ctc_segments(path, blank=0):
     neg = np.flatnonzero(p == -1)
     if neg.size:
         p = p[: neg[0]]
+    if p.dtype.kind == "i" and p.size and p.min() < UNTRANSCRIBED:
+        i = int(np.argmax(p < UNTRANSCRIBED))
+        raise ValueError(f"path[{i}] = {int(p[i])} is not a class (>= 0), -2 (untranscribed) or -1 (padding)")
     if p.size == 0:
         return []
     starts = np.flatnonzero(np.concatenate([[True], p[1:] != p[:-1]]))

@@ -380,6 +380,8 @@ def test_segments_and_unique_labels_bad_input():
     expect(TypeError, "path", "ctc_segments", path=np.array([0.0, 1.0]))
     expect(TypeError, "path", "ctc_segments", path=None)
     expect(TypeError, "blank", "ctc_segments", blank=0.5)
+    expect(ValueError, "path[2] = -3", "ctc_segments", path=np.array([0, 1, -3, 1]))  # was silently dropped
+    assert cyctc.ctc_segments(np.array([1, -2, 1, -1, -7])) == [(0, 1, 1), (2, 3, 1)]  # past the -1: not read
     expect(TypeError, "labels", "ctc_unique_labels", labels=np.array([[1.0]]))
     expect(ValueError, "labels", "ctc_unique_labels", labels=np.array([1, 2]))
     expect(TypeError, "labels", "ctc_unique_labels", labels=sp.csr_matrix(LAB))
