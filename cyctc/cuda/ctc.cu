@@ -481,8 +481,8 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
     }
     (void)tt;
     // valid states r0 + k (lo <= r0 + k < S) as bits: hmask (k < S - r0, set by setup) less those below lo
-    const int below = lo - r0;
-    const unsigned vm = hmask & (below > 0 ? (below < K ? ~0u << below : 0u) : ~0u);
+    const int below = lo - r0, sh = below > 0 ? (below < 31 ? below : 31) : 0;  // hmask has K < 31 bits
+    const unsigned vm = hmask & (~0u << sh);
     const T pb = row[0];
     const T* rl = row + col0;
     CYCTC_UNROLL
@@ -583,7 +583,7 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
       const T n = low ? T(0) : q;
       v[k] = n;
       mx = N::mx(mx, n);
-      if (nst >= K || k < nst) srow[k * dcol] = D == 0 ? n : (k < 2 || in >= N::th() ? in : T(0));  // k < 2: in is 0 or >= TH
+      if (nst >= K || k < nst) srow[k * dcol] = D == 0 ? n : in;  // beta: values below TH read as 0 (Posterior::bv)
     }
     E = Et;
     m = mx;
@@ -712,7 +712,6 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
       // before the first flush the shadow is empty: vs receives this frame's bounds, in the main units
       const T lm = main_step(j, cb, p, vs, ntile == 1 ? st : srow_of(st), ntile == 1 ? et : erow_of(et), OW);
       Es = E;
-      ms = lm;
       lmax = N::mx(lmax, lm);  // lm is never NaN (a maximum of fmax(|q|, TH))
       checkpoint(j, t);
       if (!OW && !one_warp) put_boundary(j, cb);
@@ -728,6 +727,11 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
   };
   if (!TILED && one_warp) before_flush(IntConst<1>());
   else before_flush(IntConst<0>());
+  if (ntile == 1) {  // the shadow's maximum: the bounds vs of the frame that flushed (tiles: load_tile finds it)
+    ms = 0;
+    CYCTC_UNROLL
+    for (int k = 0; k < K; ++k) ms = N::mx(ms, vs[k]);
+  }
   for (; i < i_end; ++i) {  // after a flush: main and shadow rows
     const int t = D == 0 ? i : Tb - 1 - i, cb = i & 1;
     for (int j = 0; j < ntile; ++j) {
@@ -921,6 +925,12 @@ struct Posterior {
   bool lin, a_log, b_log;       // both rows linear / each row in log space
   __device__ __forceinline__ int seg_a(int s) const { return s / kseg; }
   __device__ __forceinline__ int seg_b(int s) const { return (S - 1 - s) / kseg; }
+  // beta of state s: a linear row stores the sum of the successors as the chain formed it, which may lie below TH
+  // (then it is 0, whether or not the device flushed it: FTZ-independent); a log-space row as it is
+  __device__ __forceinline__ R bv(int s) const {
+    const R v = b[s];
+    return b_log || v >= Num<R>::th() ? v : R(0);
+  }
   // log of a linear row's value: log v + (segment exponent - the row's first segment's) ln 2, as a pair
   __device__ __forceinline__ Pair<R> lin_log(R v, int d) const {
     // ln 2 = c1 + c2 + c3, c1 and c2 of 8 significant bits: d * c1 and d * c2 are exact for |d| < 2^16
@@ -934,7 +944,7 @@ struct Posterior {
   int kmax;
   R umax;
   __device__ __forceinline__ void key(int s, int* k, R* m, R* u) const {
-    const R va = a[s], vb = b[s];
+    const R va = a[s], vb = bv(s);
     if (lin) {
       if (va > R(0) && vb > R(0)) {
         // stored values are 0 or at least TH (normal): exponent from the bits, mantissa scaled exactly
@@ -954,7 +964,7 @@ struct Posterior {
   __device__ __forceinline__ Pair<R> log_pair(int s) const {
     const bool f = sizeof(R) == 4;
     const Pair<R> la = a_log ? Pair<R>{a[s], f ? alo[s] : R(0)} : lin_log(a[s], ea[seg_a(s)] - ea[0]);
-    const Pair<R> lb = b_log ? Pair<R>{b[s], f ? blo[s] : R(0)} : lin_log(b[s], eb[seg_b(s)] - eb[0]);
+    const Pair<R> lb = b_log ? Pair<R>{b[s], f ? blo[s] : R(0)} : lin_log(bv(s), eb[seg_b(s)] - eb[0]);
     const Pair<R> u = two_sum(la.h, lb.h);
     return Pair<R>{u.h, u.l + (la.l + lb.l)};
   }
