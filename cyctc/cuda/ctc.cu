@@ -165,8 +165,9 @@ __device__ __forceinline__ double warp_max_nonneg(double v) { return warp_max(v)
 template <typename R>
 __device__ __forceinline__ R prob_value(R v, R m, R s) {
   typedef Num<R> N;
+  if (!(v > -N::inf())) return N::nan();  // probability 0: NaN, which the chains read as "no such state"
   R p = N::ex(v - m) / s;  // (x - m) first: shift-invariant at any magnitude
-  if (v > -N::inf() && !(p >= N::th())) {  // nonzero probability below the range: marked as -2^ep, p < 2^ep
+  if (!(p >= N::th())) {  // nonzero probability below the range: marked as -2^ep, p < 2^ep
     const R ep = ceil(((v - m) - N::lg(s)) * R(1.4426950408889634)) + R(1);
     p = -N::pow2(ep < R(-1) ? (ep > R(N::min_exp) ? (int)ep : N::min_exp) : -1);
   }
@@ -180,6 +181,21 @@ __device__ __forceinline__ int min_frames(const int* lab, int L, int merge_repea
     for (int k = 1; k < L; ++k) n += lab[k] == lab[k - 1];
   return n;
 }
+
+// A flushed state of the chains: its inputs were not all 0 (raw > 0) and its product q fell below TH (an ordered
+// compare: a NaN q, the product with a state of no probability, is none). On the device one compare feeds the
+// other (setp with a predicate operand), which the compiler does not find by itself.
+__device__ __forceinline__ bool flush_test(float raw, float q) {
+#ifdef __CUDA_ARCH__
+  unsigned r;
+  asm("{\n\t.reg .pred a, b;\n\tsetp.gt.f32 a, %1, 0f00000000;\n\tsetp.lt.and.f32 b, %2, 0f01800000, a;\n\t"
+      "selp.u32 %0, 1, 0, b;\n\t}" : "=r"(r) : "f"(raw), "f"(q));
+  return r != 0;
+#else
+  return raw > 0.f && q < Num<float>::th();
+#endif
+}
+__device__ __forceinline__ bool flush_test(double raw, double q) { return raw > 0.0 && q < Num<double>::th(); }
 
 }  // namespace cyctc_ctc
 
@@ -475,7 +491,7 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
         }
         CYCTC_UNROLL
         for (int k = 0; k < K; ++k)
-          if (r0 + k < lo || r0 + k >= S) p[k] = T(0);
+          if (r0 + k < lo || r0 + k >= S) p[k] = N::nan();
         return;
       }
     }
@@ -487,8 +503,8 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
     const T* rl = row + col0;
     CYCTC_UNROLL
     for (int h = 0; h < K / 2; ++h) {
-      p[2 * h] = (vm >> (2 * h)) & 1u ? pb : T(0);
-      p[2 * h + 1] = (vm >> (2 * h + 1)) & 1u ? rl[h * dcol] : T(0);
+      p[2 * h] = (vm >> (2 * h)) & 1u ? pb : N::nan();
+      p[2 * h + 1] = (vm >> (2 * h + 1)) & 1u ? rl[h * dcol] : N::nan();
     }
   };
   const int none = -0x40000000, shift_max = -N::min_exp;  // pow2(e) is exact for -shift_max <= e <= shift_max
@@ -558,14 +574,17 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
     CYCTC_UNROLL
     for (int k = K - 1; k >= 0; --k) {  // downwards: v[k - 1], v[k - 2] are still the previous frame's
       T raw, in;
+      bool drop = false;  // k < 2: a term of the sum fell below TH and was dropped before the sum
       if (k == 0) {  // blank: itself, and the left block's last (label) state
         raw = v[0] + lv;
-        T o = v[0] * f;
+        const T o = v[0] * f;
+        drop = lflush || (v[0] > T(0) && !(o >= N::th()));
         in = (o >= N::th() ? o : T(0)) + lvg;
       } else if (k == 1) {  // label: itself (when it may repeat), the blank before, the label before (left block)
         const T o = stay * v[1] + v[0];
         raw = skip[0] * lv + o;
-        T of = o * f;
+        const T of = o * f;
+        drop = (lflush && skip[0] > T(0)) || (o > T(0) && !(of >= N::th()));
         in = (of >= N::th() ? of : T(0)) + skip[0] * lvg;
       } else if (k & 1) {
         raw = skip[k / 2] * v[k - 2] + (stay * v[k] + v[k - 1]);
@@ -576,7 +595,7 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
       }
       const T q = in * p[k];
       const bool low = !(q >= N::th());
-      const bool fl = p[k] != T(0) && ((low && raw > T(0)) || (k < 2 && lflush && (k == 0 || skip[0] > T(0))));
+      const bool fl = flush_test(raw, q) || drop;
       const T ls = fl ? N::mx(N::ab(q), N::th()) : T(0);
       lost[k] = ls;
       lmax = N::mx(lmax, ls);
