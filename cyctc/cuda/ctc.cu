@@ -64,6 +64,9 @@ template <> struct Num<float> {
   static __device__ __forceinline__ float inf() { return __int_as_float(0x7f800000); }
   static __device__ __forceinline__ float nan() { return __int_as_float(0x7fc00000); }
   static __device__ __forceinline__ float th() { return __int_as_float(3 << 23); }    // 2^-124 = 4 x FLT_MIN
+  typedef int Bits;  // an integer of the same width
+  static __device__ __forceinline__ int bits(float v) { return __float_as_int(v); }
+  static __device__ __forceinline__ float from_bits(int b) { return __int_as_float(b); }
   static constexpr int tol_bits = 32;
   static constexpr int head = 120;
   static constexpr int min_exp = -126;  // pow2's smallest argument; chain blocks keep their maximum near 2^head
@@ -83,6 +86,9 @@ template <> struct Num<double> {
   static __device__ __forceinline__ double inf() { return __longlong_as_double(0x7ff0000000000000LL); }
   static __device__ __forceinline__ double nan() { return __longlong_as_double(0x7ff8000000000000LL); }
   static __device__ __forceinline__ double th() { return __longlong_as_double(3LL << 52); }    // 2^-1020
+  typedef long long Bits;
+  static __device__ __forceinline__ long long bits(double v) { return __double_as_longlong(v); }
+  static __device__ __forceinline__ double from_bits(long long b) { return __longlong_as_double(b); }
   static constexpr int tol_bits = 50;
   static constexpr int head = 1000;
   static constexpr int min_exp = -1022;
@@ -377,12 +383,15 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
   int* wE = wexp + chain * chain_wexp(S_stride, K, nthr);
   T* bv = smem;  // multi-warp: boundary slots [2][nw] main, [2][nw] shadow values, then [2][nw] exponents of each
   int* bE = reinterpret_cast<int*>(smem + 4 * nw);
-  T* store = dir == 0 ? arows : brows;
+  // gradient rows: S_row = S_stride + K - 1 values each after K - 1 leading ones (the plan's row_layout), so that
+  // a thread writes all K states of its block, those past S into that slack, with no test a state
+  const int S_row = S_stride + K - 1;
+  T* store = (dir == 0 ? arows : brows) + (K - 1);
   int* rexp = dir == 0 ? aexp : bexp;
   const int rows_t0 = recompute ? seg_t0 : 0, rows_T = recompute ? seg_t1 - seg_t0 : T_;  // frames the rows hold
   const bool keep_rows = want_grad && (ckpt_k == 0 || recompute);
   if (keep_rows) {  // loss-only and first-pass plans allocate no rows
-    store += (long long)b * rows_T * S_stride;
+    store += (long long)b * rows_T * S_row;
     rexp += (long long)b * rows_T * nseg;
   }
   const long long ck_exps = nseg, ck_vals = (long long)nseg * K;  // a checkpoint: the state blocks of S_stride
@@ -401,7 +410,7 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
   int cls[TILED ? K / 2 : 1];  // from-x probabilities: label state 2h + 1's class
   (void)cls;                   // (the one-tile instantiation has no use for it)
   int E = 0, Es = 0, r0 = 0, col0 = 0;  // label state 2h + 1's probability column: col0 + h (forward), col0 - h
-  int nst = 0;  // states of the tile to store in the gradient rows (0: none; >= K: all)
+  int nst = 0;  // > 0: the tile's block holds states of the chain (r0 < S) and rows are kept: its K states are stored
   unsigned hmask = 0;  // bit k: state r0 + k lies in the chain (r0 + k < S)
   int bg = 0;   // the warp's index over the chain's tiles (boundary slots)
   T* bvg = nullptr;    // its boundary slots: bv + bg, bE + bg
@@ -560,7 +569,10 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
   // One frame (of frame t) of the main rows for the current tile: v <- new values, E <- Et, stored to the gradient
   // rows when asked; lost[k]: the bound of what state k lost (0 where nothing), returns the largest. p: the states'
   // probabilities.
-  auto main_step = [&](int j, int cb, const T* p, T* lost, T* srow, int* erow, bool ow = false) -> T {
+  // returns the largest bound (the shadow's injection), or, with any_only (before the first flush, where only
+  // whether there is one matters), the OR of the bounds' bits: nonzero when some state flushed
+  auto main_step = [&](int j, int cb, const T* p, T* lost, T* srow, int* erow, bool any_only,
+                       bool ow = false) -> typename N::Bits {
     T lv;
     int lE;
     left_of(j, cb, v[K - 1], E, 0, &lv, &lE, ow);
@@ -570,6 +582,7 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
     const bool lflush = lv > T(0) && !(lvg >= N::th());  // the incoming term fell below the range
     if (lflush) lvg = T(0);
     T mx = 0, lmax = 0;
+    typename N::Bits lor = 0;
     // the gradient row's entry of state r0 (chain states r0 + k lie at srow + k * dcol); states past S not stored
     CYCTC_UNROLL
     for (int k = K - 1; k >= 0; --k) {  // downwards: v[k - 1], v[k - 2] are still the previous frame's
@@ -598,16 +611,17 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
       const bool fl = flush_test(raw, q) || drop;
       const T ls = fl ? N::mx(N::ab(q), N::th()) : T(0);
       lost[k] = ls;
-      lmax = N::mx(lmax, ls);
+      if (any_only) lor |= N::bits(ls);
+      else lmax = N::mx(lmax, ls);
       const T n = low ? T(0) : q;
       v[k] = n;
       mx = N::mx(mx, n);
-      if (nst >= K || k < nst) srow[k * dcol] = D == 0 ? n : in;  // beta: values below TH read as 0 (Posterior::bv)
+      if (nst > 0) srow[k * dcol] = D == 0 ? n : in;  // beta: values below TH read as 0 (Posterior::bv)
     }
     E = Et;
     m = mx;
     if (nst > 0) *erow = Et;
-    return lmax;
+    return any_only ? lor : N::bits(lmax);  // lmax >= 0: its bits order as it does
   };
   // One frame of the shadow rows (after main_step of the same frame, whose bounds lost[] it injects).
   auto shadow_step = [&](int j, int cb, const T* p, const T* lost, T lmax) {
@@ -691,11 +705,11 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
   // the rows of step i's frame: probabilities (prow), gradient rows (st, et), advanced one frame a step
   const long long pstep = D == 0 ? (long long)(Lmax + 1) : -(long long)(Lmax + 1);
   // (without rows, nst == 0: st and et are never dereferenced)
-  const long long sstep = D == 0 ? (long long)S_stride : -(long long)S_stride;
+  const long long sstep = D == 0 ? (long long)S_row : -(long long)S_row;
   const long long estep = D == 0 ? (long long)nseg : -(long long)nseg;
   const int t_begin = D == 0 ? i_begin : Tb - 1 - i_begin;
   const T* prow = prob_b + (long long)t_begin * (Lmax + 1);
-  T* st = store + (long long)(t_begin - rows_t0) * S_stride;
+  T* st = store + (long long)(t_begin - rows_t0) * S_row;
   int* et = rexp + (long long)(t_begin - rows_t0) * nseg;
   if (ntile == 1) {  // one tile: the thread's own entries (srow_of, erow_of) advance instead
     st = srow_of(st);
@@ -721,7 +735,7 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
   for (; i < i_end && !active; ++i) {
     CYCTC_MARK(1);
     const int t = D == 0 ? i : Tb - 1 - i, cb = i & 1;
-    T lmax = 0;
+    typename N::Bits lor = 0;
     for (int j = 0; j < ntile; ++j) {
       if (ntile > 1) {
         setup(j);
@@ -729,9 +743,8 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
         load_p(i, prow, p);
       }
       // before the first flush the shadow is empty: vs receives this frame's bounds, in the main units
-      const T lm = main_step(j, cb, p, vs, ntile == 1 ? st : srow_of(st), ntile == 1 ? et : erow_of(et), OW);
+      lor |= main_step(j, cb, p, vs, ntile == 1 ? st : srow_of(st), ntile == 1 ? et : erow_of(et), true, OW);
       Es = E;
-      lmax = N::mx(lmax, lm);  // lm is never NaN (a maximum of fmax(|q|, TH))
       checkpoint(j, t);
       if (!OW && !one_warp) put_boundary(j, cb);
       if (ntile > 1) save_tile(j);
@@ -740,7 +753,7 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
     st += sstep;
     et += estep;
     if (ntile == 1 && i + 1 < i_end) load_p(i + 1, prow, p);  // in flight across the barrier
-    active = OW || one_warp ? __any_sync(0xffffffffu, lmax > T(0)) : __syncthreads_or(lmax > T(0));
+    active = OW || one_warp ? __any_sync(0xffffffffu, lor != 0) : __syncthreads_or(lor != 0);
     CYCTC_MARK(2);
   }
   };
@@ -760,7 +773,7 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
         load_p(i, prow, p);
       }
       T lost[K];
-      const T lm = main_step(j, cb, p, lost, ntile == 1 ? st : srow_of(st), ntile == 1 ? et : erow_of(et));
+      const T lm = N::from_bits(main_step(j, cb, p, lost, ntile == 1 ? st : srow_of(st), ntile == 1 ? et : erow_of(et), false));
       shadow_step(j, cb, p, lost, lm);
       checkpoint(j, t);
       if (!one_warp) put_boundary(j, cb);
@@ -896,7 +909,7 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
       curl[r] = n.l;
       if (want_grad) {
         const Pair<T> w = dir == 0 ? n : in;
-        store[(long long)t * S_stride + s] = w.h;
+        store[(long long)t * S_row + s] = w.h;
         if (sizeof(T) == 4) store_lo[(long long)t * S_stride + s] = w.l;
       }
       lmax = n.h > lmax ? n.h : lmax;
@@ -1043,8 +1056,9 @@ cyctc_grad(const T* __restrict__ x, long long sx_b, long long sx_t, const int* _
   const T scale = (T)grad_scale[b];
 
   Posterior<T> post;
-  post.a = arows + srow * S_stride;
-  post.b = brows + srow * S_stride;
+  const int S_row = S_stride + kseg - 1;  // the chains' row layout: kseg - 1 leading values, rows of S_row
+  post.a = arows + (kseg - 1) + srow * S_row;
+  post.b = brows + (kseg - 1) + srow * S_row;
   const int nseg = (S_stride + kseg - 1) / kseg;
   post.ea = aexp + srow * nseg;
   post.eb = bexp + srow * nseg;
