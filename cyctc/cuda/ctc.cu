@@ -13,7 +13,8 @@
 //                      (prob, (B, T, Lmax + 1): [0] blank, [1 + k] label k). A class of nonzero probability whose p
 //                      falls below TH (4 x the smallest normal, exp flushed to 0 under -ftz included) is stored as
 //                      the negative marker -2^ep (p < 2^ep), so that every product the recursion forms with it is a
-//                      detected flush whose magnitude bounds what was lost. A row holding NaN or +inf, or only
+//                      detected flush whose magnitude bounds what was lost; a class of probability 0 (logit -inf)
+//                      is stored as NaN (see the chains' "no probability"). A row holding NaN or +inf, or only
 //                      -inf, is marked non-finite (m = NaN).
 //   2. cyctc_chain<T, K, TILED>   the forward and backward chains of every example, concurrently (B x ndir chains):
 //                      K consecutive chain states per thread in registers with one binary exponent per such
@@ -279,7 +280,9 @@ cyctc_rows(const T* __restrict__ x, long long sx_b, long long sx_t, const int* _
 // power of two built from the exponent field (no ldexp); the frame's probabilities were loaded a frame ahead.
 // Flushes: a product below TH (4 x the smallest normal) whose inputs are nonzero is a flush: the state is set to
 // exactly 0 (FTZ and IEEE subnormals behave identically) and an upper bound of what was lost (max(|in p|, TH), p
-// being -2^ep for a probability marked by the row pass, p < 2^ep) is recorded. Nothing else is paid until a flush
+// being -2^ep for a probability marked by the row pass, p < 2^ep) is recorded; so is a block's first or second
+// state whose left-neighbour term or own term fell below TH before their sum (the sum may survive without it).
+// Nothing else is paid until a flush
 // happens: at the first frame with one (a vote at the frame's barrier) the chain switches to a loop that also runs
 // the shadow rows (the same recursion on the recorded bounds, with an upper bound of each probability, every
 // nonzero-input product rounded up to at least TH, exponents of their own). By linearity the shadow's end mass
@@ -482,9 +485,11 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
     Es = 0;
     ms = 0;
   };
-  // probabilities of the tile's states at step i: [0] the blank's, [1 + h] label state 2h + 1's; p[K] per state,
-  // 0 for a state past S or one that cannot reach the chain's end in the frames left (at most two states a frame
-  // become so): it has no weight in P or in any posterior, and dropping it lets the scales follow the states that do
+  // probabilities of the tile's states at step i: [0] the blank's, [1 + h] label state 2h + 1's; p[K] per state.
+  // No probability is NaN: a state past S, one that cannot reach the chain's end in the frames left (at most two
+  // states a frame become so: it has no weight in P or in any posterior, and dropping it lets the scales follow the
+  // states that do), a class at -inf (the row pass's NaN). Every product with it is NaN, which the recursion's
+  // ordered compares read as neither kept (the state becomes 0) nor flushed, with no test of its own.
   auto load_p = [&](int i, const T* row, T* p) {  // row: the probability row of step i's frame
     const int tt = D == 0 ? i : Tb - 1 - i;
     const int lo = S - 2 - 2 * (Tb - 1 - i);
