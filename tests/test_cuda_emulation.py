@@ -381,7 +381,7 @@ def test_launch_plans_respect_cuda_limits():
                     ntile = -(-blocks // nthr)
                     assert chain.shared_bytes == 2 * ntile * (nthr // 32) * (2 * _backend._isz(dtype) + 8)
                 sizes = dict((n, c) for n, _, c in plan.workspaces)
-                assert sizes["arows"] == sizes["brows"] == (B * T * S if grad else 1)
+                assert sizes["arows"] == sizes["brows"] == (K - 1 + B * T * (S + K - 1) if grad else 1)
                 assert sizes["aexp"] == (B * T * blocks if grad else 1)
                 assert sizes["work"] == nchain * _backend._chain_work(S, dtype)
                 summary = _backend.launch_plan_summary(B, T, C, Lmax, dtype, with_grad=grad is not None)
@@ -835,7 +835,7 @@ def test_budget_plan_of_the_hour_fits():
         if grad:
             k = chains[0].args[-3][1]
             assert 100 <= k <= 2000 and len(chains) == 1 + -(-T // k)
-            assert sizes["arows"] == B * k * (2 * L + 1) and _backend.is_budget_grad_plan(plan)
+            assert sizes["arows"] == _backend.row_values(B * k, 2 * L + 1, 8) and _backend.is_budget_grad_plan(plan)
         else:
             assert len(chains) == 1 and chains[0].args[-3][1] == 0 and not _backend.is_budget_grad_plan(plan)
     with pytest.raises(MemoryError, match=r"memory_limit=1000000 bytes is below the \d+ bytes"):

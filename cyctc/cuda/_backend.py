@@ -255,8 +255,9 @@ def _plan(B, T, C, Lmax, dtype, x_strides, blank, merge_repeated, grad_strides, 
     workspaces = (
         ("rinfo", dtype, max(1, 2 * B * T)),
         ("prob", dtype, 1 if budget else max(1, B * T * (Lmax + 1))),
-        ("arows", dtype, max(1, B * seg * S) if want_grad else 1),
-        ("brows", dtype, max(1, B * seg * S) if want_grad else 1),
+        # gradient rows: K - 1 leading values, then rows of S + K - 1 (a chain thread writes its K states whole)
+        ("arows", dtype, row_values(B * seg, S, K) if want_grad else 1),
+        ("brows", dtype, row_values(B * seg, S, K) if want_grad else 1),
         # low parts of the log-space fallback's rows (float32 only; written only for examples that fall back; a
         # budget plan keeps none: such examples are recomputed by the glue without the budget)
         ("alo", dtype, max(1, B * T * S) if want_grad and dtype == "float32" and not budget else 1),
@@ -311,6 +312,13 @@ def _plan(B, T, C, Lmax, dtype, x_strides, blank, merge_repeated, grad_strides, 
         if want_grad and T > 0:
             launches.append(grad(0, T))
     return Plan(workspaces, tuple(launches))
+
+
+def row_values(nrows: int, S: int, K: int) -> int:
+    """Values of a gradient-row buffer (``arows`` / ``brows``) of ``nrows`` rows of ``S`` states: ``K - 1`` leading
+    values, then rows of ``S + K - 1`` (ctc.cu: each chain thread stores its block of K states whole, the states
+    past the example's end into that slack)."""
+    return max(1, K - 1 + nrows * (S + K - 1))
 
 
 def chain_geometry(S: int, dtype="float32") -> Tuple[int, int, int, int]:

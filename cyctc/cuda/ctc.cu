@@ -13,7 +13,8 @@
 //                      (prob, (B, T, Lmax + 1): [0] blank, [1 + k] label k). A class of nonzero probability whose p
 //                      falls below TH (4 x the smallest normal, exp flushed to 0 under -ftz included) is stored as
 //                      the negative marker -2^ep (p < 2^ep), so that every product the recursion forms with it is a
-//                      detected flush whose magnitude bounds what was lost. A row holding NaN or +inf, or only
+//                      detected flush whose magnitude bounds what was lost; a class of probability 0 (logit -inf)
+//                      is stored as NaN (see the chains' "no probability"). A row holding NaN or +inf, or only
 //                      -inf, is marked non-finite (m = NaN).
 //   2. cyctc_chain<T, K, TILED>   the forward and backward chains of every example, concurrently (B x ndir chains):
 //                      K consecutive chain states per thread in registers with one binary exponent per such
@@ -64,6 +65,9 @@ template <> struct Num<float> {
   static __device__ __forceinline__ float inf() { return __int_as_float(0x7f800000); }
   static __device__ __forceinline__ float nan() { return __int_as_float(0x7fc00000); }
   static __device__ __forceinline__ float th() { return __int_as_float(3 << 23); }    // 2^-124 = 4 x FLT_MIN
+  typedef int Bits;  // an integer of the same width
+  static __device__ __forceinline__ int bits(float v) { return __float_as_int(v); }
+  static __device__ __forceinline__ float from_bits(int b) { return __int_as_float(b); }
   static constexpr int tol_bits = 32;
   static constexpr int head = 120;
   static constexpr int min_exp = -126;  // pow2's smallest argument; chain blocks keep their maximum near 2^head
@@ -83,6 +87,9 @@ template <> struct Num<double> {
   static __device__ __forceinline__ double inf() { return __longlong_as_double(0x7ff0000000000000LL); }
   static __device__ __forceinline__ double nan() { return __longlong_as_double(0x7ff8000000000000LL); }
   static __device__ __forceinline__ double th() { return __longlong_as_double(3LL << 52); }    // 2^-1020
+  typedef long long Bits;
+  static __device__ __forceinline__ long long bits(double v) { return __double_as_longlong(v); }
+  static __device__ __forceinline__ double from_bits(long long b) { return __longlong_as_double(b); }
   static constexpr int tol_bits = 50;
   static constexpr int head = 1000;
   static constexpr int min_exp = -1022;
@@ -165,8 +172,9 @@ __device__ __forceinline__ double warp_max_nonneg(double v) { return warp_max(v)
 template <typename R>
 __device__ __forceinline__ R prob_value(R v, R m, R s) {
   typedef Num<R> N;
+  if (!(v > -N::inf())) return N::nan();  // probability 0: NaN, which the chains read as "no such state"
   R p = N::ex(v - m) / s;  // (x - m) first: shift-invariant at any magnitude
-  if (v > -N::inf() && !(p >= N::th())) {  // nonzero probability below the range: marked as -2^ep, p < 2^ep
+  if (!(p >= N::th())) {  // nonzero probability below the range: marked as -2^ep, p < 2^ep
     const R ep = ceil(((v - m) - N::lg(s)) * R(1.4426950408889634)) + R(1);
     p = -N::pow2(ep < R(-1) ? (ep > R(N::min_exp) ? (int)ep : N::min_exp) : -1);
   }
@@ -180,6 +188,21 @@ __device__ __forceinline__ int min_frames(const int* lab, int L, int merge_repea
     for (int k = 1; k < L; ++k) n += lab[k] == lab[k - 1];
   return n;
 }
+
+// A flushed state of the chains: its inputs were not all 0 (raw > 0) and its product q fell below TH (an ordered
+// compare: a NaN q, the product with a state of no probability, is none). On the device one compare feeds the
+// other (setp with a predicate operand), which the compiler does not find by itself.
+__device__ __forceinline__ bool flush_test(float raw, float q) {
+#ifdef __CUDA_ARCH__
+  unsigned r;
+  asm("{\n\t.reg .pred a, b;\n\tsetp.gt.f32 a, %1, 0f00000000;\n\tsetp.lt.and.f32 b, %2, 0f01800000, a;\n\t"
+      "selp.u32 %0, 1, 0, b;\n\t}" : "=r"(r) : "f"(raw), "f"(q));
+  return r != 0;
+#else
+  return raw > 0.f && q < Num<float>::th();
+#endif
+}
+__device__ __forceinline__ bool flush_test(double raw, double q) { return raw > 0.0 && q < Num<double>::th(); }
 
 }  // namespace cyctc_ctc
 
@@ -257,7 +280,9 @@ cyctc_rows(const T* __restrict__ x, long long sx_b, long long sx_t, const int* _
 // power of two built from the exponent field (no ldexp); the frame's probabilities were loaded a frame ahead.
 // Flushes: a product below TH (4 x the smallest normal) whose inputs are nonzero is a flush: the state is set to
 // exactly 0 (FTZ and IEEE subnormals behave identically) and an upper bound of what was lost (max(|in p|, TH), p
-// being -2^ep for a probability marked by the row pass, p < 2^ep) is recorded. Nothing else is paid until a flush
+// being -2^ep for a probability marked by the row pass, p < 2^ep) is recorded; so is a block's first or second
+// state whose left-neighbour term or own term fell below TH before their sum (the sum may survive without it).
+// Nothing else is paid until a flush
 // happens: at the first frame with one (a vote at the frame's barrier) the chain switches to a loop that also runs
 // the shadow rows (the same recursion on the recorded bounds, with an upper bound of each probability, every
 // nonzero-input product rounded up to at least TH, exponents of their own). By linearity the shadow's end mass
@@ -361,12 +386,15 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
   int* wE = wexp + chain * chain_wexp(S_stride, K, nthr);
   T* bv = smem;  // multi-warp: boundary slots [2][nw] main, [2][nw] shadow values, then [2][nw] exponents of each
   int* bE = reinterpret_cast<int*>(smem + 4 * nw);
-  T* store = dir == 0 ? arows : brows;
+  // gradient rows: S_row = S_stride + K - 1 values each after K - 1 leading ones (the plan's row_layout), so that
+  // a thread writes all K states of its block, those past S into that slack, with no test a state
+  const int S_row = S_stride + K - 1;
+  T* store = (dir == 0 ? arows : brows) + (K - 1);
   int* rexp = dir == 0 ? aexp : bexp;
   const int rows_t0 = recompute ? seg_t0 : 0, rows_T = recompute ? seg_t1 - seg_t0 : T_;  // frames the rows hold
   const bool keep_rows = want_grad && (ckpt_k == 0 || recompute);
   if (keep_rows) {  // loss-only and first-pass plans allocate no rows
-    store += (long long)b * rows_T * S_stride;
+    store += (long long)b * rows_T * S_row;
     rexp += (long long)b * rows_T * nseg;
   }
   const long long ck_exps = nseg, ck_vals = (long long)nseg * K;  // a checkpoint: the state blocks of S_stride
@@ -385,7 +413,7 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
   int cls[TILED ? K / 2 : 1];  // from-x probabilities: label state 2h + 1's class
   (void)cls;                   // (the one-tile instantiation has no use for it)
   int E = 0, Es = 0, r0 = 0, col0 = 0;  // label state 2h + 1's probability column: col0 + h (forward), col0 - h
-  int nst = 0;  // states of the tile to store in the gradient rows (0: none; >= K: all)
+  int nst = 0;  // > 0: the tile's block holds states of the chain (r0 < S) and rows are kept: its K states are stored
   unsigned hmask = 0;  // bit k: state r0 + k lies in the chain (r0 + k < S)
   int bg = 0;   // the warp's index over the chain's tiles (boundary slots)
   T* bvg = nullptr;    // its boundary slots: bv + bg, bE + bg
@@ -457,9 +485,11 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
     Es = 0;
     ms = 0;
   };
-  // probabilities of the tile's states at step i: [0] the blank's, [1 + h] label state 2h + 1's; p[K] per state,
-  // 0 for a state past S or one that cannot reach the chain's end in the frames left (at most two states a frame
-  // become so): it has no weight in P or in any posterior, and dropping it lets the scales follow the states that do
+  // probabilities of the tile's states at step i: [0] the blank's, [1 + h] label state 2h + 1's; p[K] per state.
+  // No probability is NaN: a state past S, one that cannot reach the chain's end in the frames left (at most two
+  // states a frame become so: it has no weight in P or in any posterior, and dropping it lets the scales follow the
+  // states that do), a class at -inf (the row pass's NaN). Every product with it is NaN, which the recursion's
+  // ordered compares read as neither kept (the state becomes 0) nor flushed, with no test of its own.
   auto load_p = [&](int i, const T* row, T* p) {  // row: the probability row of step i's frame
     const int tt = D == 0 ? i : Tb - 1 - i;
     const int lo = S - 2 - 2 * (Tb - 1 - i);
@@ -475,20 +505,20 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
         }
         CYCTC_UNROLL
         for (int k = 0; k < K; ++k)
-          if (r0 + k < lo || r0 + k >= S) p[k] = T(0);
+          if (r0 + k < lo || r0 + k >= S) p[k] = N::nan();
         return;
       }
     }
     (void)tt;
     // valid states r0 + k (lo <= r0 + k < S) as bits: hmask (k < S - r0, set by setup) less those below lo
-    const int below = lo - r0;
-    const unsigned vm = hmask & (below > 0 ? (below < K ? ~0u << below : 0u) : ~0u);
+    const int below = lo - r0, sh = below > 0 ? (below < 31 ? below : 31) : 0;  // hmask has K < 31 bits
+    const unsigned vm = hmask & (~0u << sh);
     const T pb = row[0];
     const T* rl = row + col0;
     CYCTC_UNROLL
     for (int h = 0; h < K / 2; ++h) {
-      p[2 * h] = (vm >> (2 * h)) & 1u ? pb : T(0);
-      p[2 * h + 1] = (vm >> (2 * h + 1)) & 1u ? rl[h * dcol] : T(0);
+      p[2 * h] = (vm >> (2 * h)) & 1u ? pb : N::nan();
+      p[2 * h + 1] = (vm >> (2 * h + 1)) & 1u ? rl[h * dcol] : N::nan();
     }
   };
   const int none = -0x40000000, shift_max = -N::min_exp;  // pow2(e) is exact for -shift_max <= e <= shift_max
@@ -544,7 +574,10 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
   // One frame (of frame t) of the main rows for the current tile: v <- new values, E <- Et, stored to the gradient
   // rows when asked; lost[k]: the bound of what state k lost (0 where nothing), returns the largest. p: the states'
   // probabilities.
-  auto main_step = [&](int j, int cb, const T* p, T* lost, T* srow, int* erow, bool ow = false) -> T {
+  // returns the largest bound (the shadow's injection), or, with any_only (before the first flush, where only
+  // whether there is one matters), the OR of the bounds' bits: nonzero when some state flushed
+  auto main_step = [&](int j, int cb, const T* p, T* lost, T* srow, int* erow, bool any_only,
+                       bool ow = false) -> typename N::Bits {
     T lv;
     int lE;
     left_of(j, cb, v[K - 1], E, 0, &lv, &lE, ow);
@@ -554,18 +587,22 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
     const bool lflush = lv > T(0) && !(lvg >= N::th());  // the incoming term fell below the range
     if (lflush) lvg = T(0);
     T mx = 0, lmax = 0;
+    typename N::Bits lor = 0;
     // the gradient row's entry of state r0 (chain states r0 + k lie at srow + k * dcol); states past S not stored
     CYCTC_UNROLL
     for (int k = K - 1; k >= 0; --k) {  // downwards: v[k - 1], v[k - 2] are still the previous frame's
       T raw, in;
+      bool drop = false;  // k < 2: a term of the sum fell below TH and was dropped before the sum
       if (k == 0) {  // blank: itself, and the left block's last (label) state
         raw = v[0] + lv;
-        T o = v[0] * f;
+        const T o = v[0] * f;
+        drop = lflush || (v[0] > T(0) && !(o >= N::th()));
         in = (o >= N::th() ? o : T(0)) + lvg;
       } else if (k == 1) {  // label: itself (when it may repeat), the blank before, the label before (left block)
         const T o = stay * v[1] + v[0];
         raw = skip[0] * lv + o;
-        T of = o * f;
+        const T of = o * f;
+        drop = (lflush && skip[0] > T(0)) || (o > T(0) && !(of >= N::th()));
         in = (of >= N::th() ? of : T(0)) + skip[0] * lvg;
       } else if (k & 1) {
         raw = skip[k / 2] * v[k - 2] + (stay * v[k] + v[k - 1]);
@@ -576,19 +613,20 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
       }
       const T q = in * p[k];
       const bool low = !(q >= N::th());
-      const bool fl = p[k] != T(0) && ((low && raw > T(0)) || (k < 2 && lflush && (k == 0 || skip[0] > T(0))));
+      const bool fl = flush_test(raw, q) || drop;
       const T ls = fl ? N::mx(N::ab(q), N::th()) : T(0);
       lost[k] = ls;
-      lmax = N::mx(lmax, ls);
+      if (any_only) lor |= N::bits(ls);
+      else lmax = N::mx(lmax, ls);
       const T n = low ? T(0) : q;
       v[k] = n;
       mx = N::mx(mx, n);
-      if (nst >= K || k < nst) srow[k * dcol] = D == 0 ? n : (k < 2 || in >= N::th() ? in : T(0));  // k < 2: in is 0 or >= TH
+      if (nst > 0) srow[k * dcol] = D == 0 ? n : in;  // beta: values below TH read as 0 (Posterior::bv)
     }
     E = Et;
     m = mx;
     if (nst > 0) *erow = Et;
-    return lmax;
+    return any_only ? lor : N::bits(lmax);  // lmax >= 0: its bits order as it does
   };
   // One frame of the shadow rows (after main_step of the same frame, whose bounds lost[] it injects).
   auto shadow_step = [&](int j, int cb, const T* p, const T* lost, T lmax) {
@@ -672,11 +710,11 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
   // the rows of step i's frame: probabilities (prow), gradient rows (st, et), advanced one frame a step
   const long long pstep = D == 0 ? (long long)(Lmax + 1) : -(long long)(Lmax + 1);
   // (without rows, nst == 0: st and et are never dereferenced)
-  const long long sstep = D == 0 ? (long long)S_stride : -(long long)S_stride;
+  const long long sstep = D == 0 ? (long long)S_row : -(long long)S_row;
   const long long estep = D == 0 ? (long long)nseg : -(long long)nseg;
   const int t_begin = D == 0 ? i_begin : Tb - 1 - i_begin;
   const T* prow = prob_b + (long long)t_begin * (Lmax + 1);
-  T* st = store + (long long)(t_begin - rows_t0) * S_stride;
+  T* st = store + (long long)(t_begin - rows_t0) * S_row;
   int* et = rexp + (long long)(t_begin - rows_t0) * nseg;
   if (ntile == 1) {  // one tile: the thread's own entries (srow_of, erow_of) advance instead
     st = srow_of(st);
@@ -702,7 +740,7 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
   for (; i < i_end && !active; ++i) {
     CYCTC_MARK(1);
     const int t = D == 0 ? i : Tb - 1 - i, cb = i & 1;
-    T lmax = 0;
+    typename N::Bits lor = 0;
     for (int j = 0; j < ntile; ++j) {
       if (ntile > 1) {
         setup(j);
@@ -710,10 +748,8 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
         load_p(i, prow, p);
       }
       // before the first flush the shadow is empty: vs receives this frame's bounds, in the main units
-      const T lm = main_step(j, cb, p, vs, ntile == 1 ? st : srow_of(st), ntile == 1 ? et : erow_of(et), OW);
+      lor |= main_step(j, cb, p, vs, ntile == 1 ? st : srow_of(st), ntile == 1 ? et : erow_of(et), true, OW);
       Es = E;
-      ms = lm;
-      lmax = N::mx(lmax, lm);  // lm is never NaN (a maximum of fmax(|q|, TH))
       checkpoint(j, t);
       if (!OW && !one_warp) put_boundary(j, cb);
       if (ntile > 1) save_tile(j);
@@ -722,12 +758,17 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
     st += sstep;
     et += estep;
     if (ntile == 1 && i + 1 < i_end) load_p(i + 1, prow, p);  // in flight across the barrier
-    active = OW || one_warp ? __any_sync(0xffffffffu, lmax > T(0)) : __syncthreads_or(lmax > T(0));
+    active = OW || one_warp ? __any_sync(0xffffffffu, lor != 0) : __syncthreads_or(lor != 0);
     CYCTC_MARK(2);
   }
   };
   if (!TILED && one_warp) before_flush(IntConst<1>());
   else before_flush(IntConst<0>());
+  if (ntile == 1) {  // the shadow's maximum: the bounds vs of the frame that flushed (tiles: load_tile finds it)
+    ms = 0;
+    CYCTC_UNROLL
+    for (int k = 0; k < K; ++k) ms = N::mx(ms, vs[k]);
+  }
   for (; i < i_end; ++i) {  // after a flush: main and shadow rows
     const int t = D == 0 ? i : Tb - 1 - i, cb = i & 1;
     for (int j = 0; j < ntile; ++j) {
@@ -737,7 +778,7 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
         load_p(i, prow, p);
       }
       T lost[K];
-      const T lm = main_step(j, cb, p, lost, ntile == 1 ? st : srow_of(st), ntile == 1 ? et : erow_of(et));
+      const T lm = N::from_bits(main_step(j, cb, p, lost, ntile == 1 ? st : srow_of(st), ntile == 1 ? et : erow_of(et), false));
       shadow_step(j, cb, p, lost, lm);
       checkpoint(j, t);
       if (!one_warp) put_boundary(j, cb);
@@ -873,7 +914,7 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
       curl[r] = n.l;
       if (want_grad) {
         const Pair<T> w = dir == 0 ? n : in;
-        store[(long long)t * S_stride + s] = w.h;
+        store[(long long)t * S_row + s] = w.h;
         if (sizeof(T) == 4) store_lo[(long long)t * S_stride + s] = w.l;
       }
       lmax = n.h > lmax ? n.h : lmax;
@@ -921,6 +962,12 @@ struct Posterior {
   bool lin, a_log, b_log;       // both rows linear / each row in log space
   __device__ __forceinline__ int seg_a(int s) const { return s / kseg; }
   __device__ __forceinline__ int seg_b(int s) const { return (S - 1 - s) / kseg; }
+  // beta of state s: a linear row stores the sum of the successors as the chain formed it, which may lie below TH
+  // (then it is 0, whether or not the device flushed it: FTZ-independent); a log-space row as it is
+  __device__ __forceinline__ R bv(int s) const {
+    const R v = b[s];
+    return b_log || v >= Num<R>::th() ? v : R(0);
+  }
   // log of a linear row's value: log v + (segment exponent - the row's first segment's) ln 2, as a pair
   __device__ __forceinline__ Pair<R> lin_log(R v, int d) const {
     // ln 2 = c1 + c2 + c3, c1 and c2 of 8 significant bits: d * c1 and d * c2 are exact for |d| < 2^16
@@ -934,7 +981,7 @@ struct Posterior {
   int kmax;
   R umax;
   __device__ __forceinline__ void key(int s, int* k, R* m, R* u) const {
-    const R va = a[s], vb = b[s];
+    const R va = a[s], vb = bv(s);
     if (lin) {
       if (va > R(0) && vb > R(0)) {
         // stored values are 0 or at least TH (normal): exponent from the bits, mantissa scaled exactly
@@ -954,7 +1001,7 @@ struct Posterior {
   __device__ __forceinline__ Pair<R> log_pair(int s) const {
     const bool f = sizeof(R) == 4;
     const Pair<R> la = a_log ? Pair<R>{a[s], f ? alo[s] : R(0)} : lin_log(a[s], ea[seg_a(s)] - ea[0]);
-    const Pair<R> lb = b_log ? Pair<R>{b[s], f ? blo[s] : R(0)} : lin_log(b[s], eb[seg_b(s)] - eb[0]);
+    const Pair<R> lb = b_log ? Pair<R>{b[s], f ? blo[s] : R(0)} : lin_log(bv(s), eb[seg_b(s)] - eb[0]);
     const Pair<R> u = two_sum(la.h, lb.h);
     return Pair<R>{u.h, u.l + (la.l + lb.l)};
   }
@@ -1014,8 +1061,9 @@ cyctc_grad(const T* __restrict__ x, long long sx_b, long long sx_t, const int* _
   const T scale = (T)grad_scale[b];
 
   Posterior<T> post;
-  post.a = arows + srow * S_stride;
-  post.b = brows + srow * S_stride;
+  const int S_row = S_stride + kseg - 1;  // the chains' row layout: kseg - 1 leading values, rows of S_row
+  post.a = arows + (kseg - 1) + srow * S_row;
+  post.b = brows + (kseg - 1) + srow * S_row;
   const int nseg = (S_stride + kseg - 1) / kseg;
   post.ea = aexp + srow * nseg;
   post.eb = bexp + srow * nseg;

@@ -25,7 +25,7 @@ TSAN_FLAGS = ("-std=c++20", "-O1", "-g1", "-pthread", "-fsanitize=thread")
 # Deliberately broken copies of kernel files, built into the same driver under `namespace mutant` (kernel names
 # "mutant::..."), to show that the emulation catches what it claims to: (file, original text, replacement).
 MUTANTS = {
-    "no_frame_barrier": ("ctc.cu", ": __syncthreads_or(lmax > T(0));", ": false;"),
+    "no_frame_barrier": ("ctc.cu", ": __syncthreads_or(lor != 0);", ": false;"),
 }
 
 
