@@ -386,8 +386,8 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
   int* wE = wexp + chain * chain_wexp(S_stride, K, nthr);
   T* bv = smem;  // multi-warp: boundary slots [2][nw] main, [2][nw] shadow values, then [2][nw] exponents of each
   int* bE = reinterpret_cast<int*>(smem + 4 * nw);
-  // gradient rows: S_row = S_stride + K - 1 values each after K - 1 leading ones (the plan's row_layout), so that
-  // a thread writes all K states of its block, those past S into that slack, with no test a state
+  // gradient rows: S_row = S_stride + K - 1 values each, after K - 1 leading ones (_backend.row_values), so that a
+  // thread writes all K states of its block, those past S into that slack, with no per-state test
   const int S_row = S_stride + K - 1;
   T* store = (dir == 0 ? arows : brows) + (K - 1);
   int* rexp = dir == 0 ? aexp : bexp;
