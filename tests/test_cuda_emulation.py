@@ -255,6 +255,47 @@ def test_matches_the_cpu_core_including_non_finite_logits(dtype, merge, drivers,
     np.testing.assert_allclose(np.nan_to_num(res["grad"]), np.nan_to_num(ref_grad), rtol=0, atol=atol)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("merge", [True, False])
+@pytest.mark.parametrize("Lmax", [20, 150])
+def test_masked_classes_repeats_and_tight_lengths_match_the_cpu_core(Lmax, merge, dtype, drivers, tmp_path):
+    """States of no probability (a NaN probability in the chains: classes at -inf, states past an example's end,
+    states that can no longer reach it) against the CPU core: many classes masked to -inf in many frames (a
+    vocabulary restriction), runs of repeated labels, merge_repeated both ways, and logit lengths from the fewest
+    frames an alignment needs to a few more (states fall out of reach on most frames), in one-warp (Lmax 20) and
+    multi-warp (Lmax 150: S = 301 states, more than 32 blocks of K) chains, forward and backward."""
+    rng = np.random.default_rng(1000 + Lmax + 7 * merge + (dtype == np.float32))
+    B, C = 6, 9
+    labels = rng.integers(1, C, size=(B, Lmax)).astype(np.int32)
+    labels[:, 1::4] = labels[:, 0::4][:, :labels[:, 1::4].shape[1]]  # runs of two equal labels
+    ll = np.array([Lmax, Lmax, Lmax - 3, Lmax // 2, 1, Lmax], np.int32)
+    for b in range(B):
+        labels[b, ll[b]:] = 0
+    need = np.array([ll[b] + (int(np.sum(labels[b, 1:ll[b]] == labels[b, :ll[b] - 1])) if merge else 0)
+                     for b in range(B)])
+    tl = (need + np.array([0, 1, 2, 5, 3, 40])).astype(np.int32)
+    T = int(tl.max()) + 2
+    raw = rng.standard_normal((B, T, C)) * 2.0
+    for b in range(B):  # in each frame a random third of the classes absent from this example's labels: -inf
+        absent = [c for c in range(1, C) if c not in set(labels[b, :ll[b]].tolist())]
+        for t in range(T):
+            if absent:
+                raw[b, t, rng.choice(absent, size=max(1, len(absent) // 3), replace=False)] = -np.inf
+    raw[1, :tl[1] // 2, labels[1, 0]] = -np.inf  # example 1's first label only in the second half
+    raw = raw.astype(dtype)
+    scale = rng.uniform(0.5, 2, B)
+    res = harness.loss_run(str(tmp_path), raw, False, labels, ll, tl, 0, merge, grad_scale=scale)(
+        drivers["plain"], "FIBER_RAND", 3)
+    ref_loss, ref_grad = _cpu_loss_grad(raw, False, labels, ll, tl, 0, merge, scale)
+    np.testing.assert_array_equal(np.isposinf(res["loss"]), np.isposinf(ref_loss))
+    assert np.isfinite(ref_loss).sum() >= 4
+    ok = np.isfinite(ref_loss)
+    rtol, atol = (1e-12, 1e-12) if dtype == np.float64 else (2e-6, 2e-6)
+    np.testing.assert_allclose(res["loss"][ok], ref_loss[ok], rtol=rtol)
+    np.testing.assert_array_equal(res["grad"] == 0, ref_grad == 0)
+    np.testing.assert_allclose(res["grad"], ref_grad, rtol=0, atol=atol)
+
+
 def test_labels_longer_than_a_block_are_tiled(drivers, tmp_path):
     """Lmax = 1100, float64: S = 2201 states, more than 512 blocks of K = 4: 384 threads over 2 tiles, whose values
     wait in the global workspace between frames; no label-length limit as in warp-ctc (639) or cuDNN."""
