@@ -27,6 +27,8 @@ cdef extern from "src/decode.h":
     int CYCTC_DECODE_NOMEM
     int cyctc_chain_band_init
     int64_t cyctc_chain_band_last
+    int cyctc_chain_fb_plan_last
+    double cyctc_chain_leak_last[2]
     int cyctc_greedy_decode_f32(const float *x, Py_ssize_t xs, int T, int C, int blank, int merge_repeated,
                                 int32_t *out, double *neg_sum_logits) noexcept nogil
     int cyctc_greedy_decode_f64(const double *x, Py_ssize_t xs, int T, int C, int blank, int merge_repeated,
@@ -182,3 +184,17 @@ def _chain_band(init=None):
     if init is not None:
         cyctc_chain_band_init = <int>init
     return old
+
+
+def _chain_fb_plan():
+    """Test hook: (levels, par) of the last alignment's posteriors plan; par: its two halves had rows of their own
+    (they run on two threads when given two), else they shared all but their top levels' rows (one after the
+    other). (0, 0) before any."""
+    v = cyctc_chain_fb_plan_last
+    return v // 2, v % 2
+
+
+def _chain_leaks():
+    """Test hook: (forwards, backwards) mass that left the band in the last alignment's posteriors, at the band it
+    finished with (the sums that decide the widening)."""
+    return cyctc_chain_leak_last[0], cyctc_chain_leak_last[1]

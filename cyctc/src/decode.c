@@ -399,7 +399,10 @@ static void beam_finish(beam_state *s, int K, int merge_repeated, int32_t *paths
  * narrows by 4 states a frame towards the end state). None of this changes an operation on a value that reaches
  * the path: the path, its score and its ties are the same bits as over the whole graph. The posteriors run in a
  * band of states around the best path, widened until the mass that steps out of it is below 1e-11 of the band's
- * in each direction ("posteriors in a band" below).
+ * in each direction ("posteriors in a band" below). They split the frames in two halves at a fixed frame, the first
+ * solved forward first and the second backward first ("two halves" below): with two threads the halves run at the
+ * same time when the budget gives each its own rows (the default budget does up to hours of audio), else one after
+ * the other; the bits are the same either way.
  */
 
 #define PAD 4  /* -inf (Viterbi) or 0 (posteriors) entries before state 0 of every row: prev[s - k] needs no test */
@@ -413,6 +416,7 @@ enum { F_START = 16, F_END = 32 };
 
 typedef struct {
     int D;
+    int par; /* posteriors: the halves have rows of their own and run at the same time (see fb_run) */
     int64_t P[CK_MAXD + 1]; /* P[0] = T - 1; P[d + 1]: the longest piece at level d + 1; P[D]: the leaf length */
     int64_t pieces[CK_MAXD + 1];
 } ck_plan;
@@ -438,19 +442,29 @@ struct chain_s {
     const double *sc; /* the current frame's score per class (lp, or its exponentials after it) */
     double *em;       /* S: the current frame's score per state */
     double *w[2];   /* work rows (S + PAD + 1 each; +1: the row's log scale) */
-    double *beta, *tmp;
+    double *tmp;
+    /* posteriors: the rows of one half (fb_run) */
+    double *run;  /* the second direction's running row alternates between run and alt (the first's rows are w) */
+    double *alt;  /* the other half's row at the meeting frame (free once its first pass is done) */
+    double *xrow; /* the first direction's row at the meeting frame */
     /* plan and storage */
     ck_plan pl;
     size_t row; /* doubles per stored row */
-    double *top;
+    double *top, *btop; /* the rows at frame 0 (the plan's start row) and, for the posteriors, beta at T - 1 */
     double *slots[CK_MAXD + 1];
     void *leaf;
     int64_t elo, ehi; /* the states whose scores chain_frame fills */
     double *vt_sc, *vt_loc, *vt_bnd; /* the tiled Viterbi pass's scratch (see vit_tile) */
     int nthreads;                     /* threads of the tiled pass (1 or 2) */
     /* posterior band: states path[t] +- bw at frame t (whole blocks); leaked mass in each direction (see fb_step) */
-    int64_t bw, fdone;
+    int64_t bw, fdone, bdone;
     double leak_f, leak_b;
+    double tot_min, tot_max; /* the extremes of log2 sum_s alpha_t(s) beta_t(s) over the half's frames < T - 1 */
+    int tot_nan;
+    int *halt; /* shared by the halves: set when one stops (the pass is decided: widen or lost) */
+    struct {
+        double *lp, *em, *w[2], *run, *tmp, *slots[CK_MAXD + 1], *leaf, *xrow;
+    } half[2]; /* the arrays of each half, carved by chain_carve (shared but for the top level's when !pl.par) */
     /* outputs and state */
     int32_t *path;
     double *post;
@@ -508,13 +522,20 @@ static int chain_graph(const int32_t *tok, int64_t S, int C, int blank, int32_t 
     return maxk;
 }
 
+/* the frame where the posteriors' two halves meet (fb_run): fixed by T alone, so that every budget and thread count
+ * does the same sums in the same order */
+static inline int64_t fb_mid(int64_t T) { return T > 0 ? (T - 1) / 2 : 0; }
+
 /* --- planning ------------------------------------------------------------------------------------------------ */
 
-/* bytes of a plan with D levels of ratio r (as a double: never overflows), filling pl when not NULL */
-static double ck_bytes(int64_t P0, int D, int64_t r, double rowb, double leafb, double fixed, ck_plan *pl)
+/* bytes of a plan with D levels of ratio r (as a double: never overflows), filling pl when not NULL; copies: of
+ * the top level's rows (c0) and of the deeper levels' and their leaf (c1): the posteriors' two halves keep their
+ * top levels at the same time, and the rest too when they run at the same time (see fb_run) */
+static double ck_bytes(int64_t P0, int D, int64_t r, double rowb, double leafb, double fixed, int c0, int c1,
+                       ck_plan *pl)
 {
     int64_t P = P0;
-    double b = fixed + rowb; /* + the top segment's start row */
+    double b = 0.0;
     if (pl) {
         pl->D = D;
         pl->P[0] = P0;
@@ -524,29 +545,29 @@ static double ck_bytes(int64_t P0, int D, int64_t r, double rowb, double leafb, 
         if (q < 1)
             q = 1;
         const int64_t pieces = (P + q - 1) / q;
-        b += (double)(pieces > 1 ? pieces - 1 : 0) * rowb;
+        b += (double)(d == 0 ? c0 : c1) * (double)(pieces > 1 ? pieces - 1 : 0) * rowb;
         if (pl) {
             pl->P[d + 1] = q;
             pl->pieces[d] = pieces;
         }
         P = q;
     }
-    return b + (double)P * leafb;
+    return fixed + rowb /* + the top segment's start row */ + b + (double)(D == 0 ? c0 : c1) * (double)P * leafb;
 }
 
 /* the smallest plan of D levels: its ratio and bytes */
-static double ck_best_r(int64_t P0, int D, double rowb, double leafb, double fixed, int64_t *r_out)
+static double ck_best_r(int64_t P0, int D, double rowb, double leafb, double fixed, int c0, int c1, int64_t *r_out)
 {
     if (D == 0) {
         *r_out = 2;
-        return ck_bytes(P0, 0, 2, rowb, leafb, fixed, NULL);
+        return ck_bytes(P0, 0, 2, rowb, leafb, fixed, c0, c1, NULL);
     }
     double best = INFINITY;
     int64_t rmax = P0 < 65536 ? P0 : 65536;
     if (rmax < 2)
         rmax = 2;
     for (int64_t r = 2; r <= rmax; r++) {
-        const double b = ck_bytes(P0, D, r, rowb, leafb, fixed, NULL);
+        const double b = ck_bytes(P0, D, r, rowb, leafb, fixed, c0, c1, NULL);
         if (b < best) {
             best = b;
             *r_out = r;
@@ -567,8 +588,9 @@ static inline int64_t vt_frames(int C)
     return k < 1 ? 1 : k > 64 ? 64 : k;
 }
 
-/* work-space sizes of one sequence: doubles per stored row, fixed bytes, leaf bytes per frame */
-static void chain_sizes(int64_t S, int C, int posteriors, double *rowb, double *fixed, double *leafb)
+/* work-space sizes of one sequence: doubles per stored row, fixed bytes, leaf bytes per frame; par: the posteriors'
+ * halves at the same time (see fb_run) */
+static void chain_sizes(int64_t S, int C, int posteriors, int par, double *rowb, double *fixed, double *leafb)
 {
     const double row = (double)(S + 2 * PAD + 1 + (S + BLK - 1) / BLK) * 8.0;
     /* classes, flags, the lists of states with offsets 3 and 4, the frame's scores, the masks */
@@ -578,31 +600,42 @@ static void chain_sizes(int64_t S, int C, int posteriors, double *rowb, double *
     /* Viterbi: the tiled pass's frame scores, chunk rows and chunk boundaries (see vit_tile) */
     const double tile = (double)vt_frames(C) * ((double)(C + 1) + 2.0 * VT_NTH * PAD) * 8.0 +
                         VT_NTH * 2.0 * VT_STRIDE * 8.0;
-    *fixed = graph + (posteriors ? 4.0 * row + (BLK + 2 * PAD) * 8.0 : 2.0 * row + tile) + 256.0;
+    /* posteriors: work rows w[2], run and scratch tmp, for each half when they run at the same time (the second
+     * half's frame scores too: the first's are in graph), and the rows at T - 1 (beta) and the halves' meeting
+     * frame (alpha and beta); the row at frame 0 is the plan's start row (ck_bytes) */
+    const double one = 4.0 * row + (BLK + 2 * PAD) * 8.0;
+    const double halves = (par ? (double)S * 8.0 + (double)(C + 1) * 16.0 + 2.0 * one : one) + 3.0 * row;
+    *fixed = graph + (posteriors ? halves : 2.0 * row + tile) + 256.0;
     *leafb = posteriors ? row : (double)S;
 }
 
-/* the plan: the fewest levels that fit the budget (0 when one pass with every back-pointer fits); -1 when none */
+/* the plan: the fewest levels that fit the budget (0 when one pass with every back-pointer fits); -1 when none. The
+ * posteriors: at each number of levels, the halves with rows of their own (they run at the same time) if that fits,
+ * else sharing all but their top levels' rows (one after the other); the results are the same bits either way. */
 static int ck_plan_make(int64_t T, int64_t S, int C, int posteriors, double budget, ck_plan *pl, double *bytes)
 {
-    double rowb, fixed, leafb;
-    chain_sizes(S, C, posteriors, &rowb, &fixed, &leafb);
-    const int64_t P0 = T > 0 ? T - 1 : 0;
+    const int64_t P0 = T <= 0 ? 0 : posteriors ? (T - 1) - fb_mid(T) : T - 1;
     double best = INFINITY;
     for (int D = 0; D <= CK_MAXD; D++) {
-        int64_t r = 2;
-        const double b = ck_best_r(P0, D, rowb, leafb, fixed, &r);
-        /* one pass over everything only while it stays small: touching (and faulting in) hundreds of MB costs
-         * more than the extra forward pass of one level of checkpoints */
-        if (D == 0 && b > CK_ONE_PASS_MAX && budget > CK_ONE_PASS_MAX) {
-            best = b;
-            continue;
+        for (int par = posteriors; par >= 0; par--) {
+            double rowb, fixed, leafb;
+            chain_sizes(S, C, posteriors, par, &rowb, &fixed, &leafb);
+            const int c0 = posteriors ? 2 : 1, c1 = posteriors && par ? 2 : 1;
+            int64_t r = 2;
+            const double b = ck_best_r(P0, D, rowb, leafb, fixed, c0, c1, &r);
+            /* one pass over everything only while it stays small: touching (and faulting in) hundreds of MB costs
+             * more than the extra forward pass of one level of checkpoints */
+            if (D == 0 && b > CK_ONE_PASS_MAX && budget > CK_ONE_PASS_MAX) {
+                best = b < best ? b : best;
+                continue;
+            }
+            if (b <= budget) {
+                *bytes = ck_bytes(P0, D, r, rowb, leafb, fixed, c0, c1, pl);
+                pl->par = par;
+                return 0;
+            }
+            best = b < best ? b : best;
         }
-        if (b <= budget) {
-            *bytes = ck_bytes(P0, D, r, rowb, leafb, fixed, pl);
-            return 0;
-        }
-        best = b < best ? b : best;
         if (D > 0 && ((P0 >> D) == 0 || D > 1 + 64))
             break; /* ratio 2 already reaches leaves of one frame: more levels only add rows */
     }
@@ -1034,10 +1067,11 @@ static inline double fb_rescale(double from, double to)
  * row), and on the synthetic recordings they are the same bits. The lost-mass check keeps its meaning: it is the
  * band graph's own forward-backward identity. */
 #define CHAIN_BAND_TOL 1e-11
-#define CHAIN_WIDEN (-5)
 
 int cyctc_chain_band_init = 512; /* the first band's half-width in states (a test hook; see decode.h) */
 int64_t cyctc_chain_band_last = 0; /* the half-width the last posteriors finished with (a test hook) */
+int cyctc_chain_fb_plan_last = 0; /* 2 D + par of the last posteriors' plan (a test hook; see decode.h) */
+double cyctc_chain_leak_last[2] = {0.0, 0.0}; /* the last posteriors' leak sums (a test hook; see decode.h) */
 
 static inline int64_t fb_nblk(const chain *g) { return (g->S + BLK - 1) / BLK; }
 
@@ -1134,11 +1168,13 @@ DECODE_HOT static int fb_step(chain *g, double *prevp, double *curp, int64_t t)
 }
 
 /* log2 of sum_s alpha_s beta_s over the band of frame t (block exponents included); the path state's posterior
- * into g->post[t] */
-DECODE_HOT static void fb_post(chain *g, int64_t t, double *alphap)
+ * into g->post[t]. The sum must be the same at every frame (the one at T - 1, g->ref, with a tolerance): the half
+ * keeps its extremes, which the driver checks (fb_run) -- the same test as frame by frame, since a difference's
+ * rounding is monotone. */
+DECODE_HOT static void fb_post(chain *g, int64_t t, double *alphap, double *betap)
 {
     const int64_t S = g->S;
-    const double *al = alphap + PAD, *be = g->beta + PAD, *ea = fb_exp(g, alphap), *eb = fb_exp(g, g->beta);
+    const double *al = alphap + PAD, *be = betap + PAD, *ea = fb_exp(g, alphap), *eb = fb_exp(g, betap);
     int64_t rl, rh;
     fb_band(g, t, &rl, &rh);
     double top = ZEXP;
@@ -1162,19 +1198,27 @@ DECODE_HOT static void fb_post(chain *g, int64_t t, double *alphap)
     const double pv = (ea[bv] == ZEXP || eb[bv] == ZEXP) ? 0.0 : al[v] * be[v] * fb_rescale(ea[bv] + eb[bv], top);
     g->post[t] = dot > 0.0 ? pv / dot : 0.0;
     const double total = dot > 0.0 ? top + log2(dot) : NEG_INF;
-    if (t == g->T - 1)
+    if (t == g->T - 1) {
         g->ref = total;
-    else if (!(fabs(total - g->ref) <= 1e-9 + 1e-15 * (double)g->T * (1.0 + fabs(g->ref))))
-        g->lost = 1; /* mass that mattered fell below a block's range */
+    } else if (total != total) {
+        g->tot_nan = 1;
+    } else {
+        g->tot_min = total < g->tot_min ? total : g->tot_min;
+        g->tot_max = total > g->tot_max ? total : g->tot_max;
+    }
 }
 
-/* beta from frame t to t - 1, with the scores of frame t in g->sc: over the blocks of frame t's band and the one
- * below (the band's top never moves up going back, its bottom at most 4 states down) */
-DECODE_HOT static void fb_back(chain *g, int64_t t)
+/* beta from frame t (row inp) to t - 1 (row outp, which may be inp), with the scores of frame t in g->sc: over the
+ * blocks of frame t's band and the one below (the band's top never moves up going back, its bottom at most 4 states
+ * down); 0 when the band's blocks at t - 1 are all zero. Block b reads blocks b and b + 1 of inp and writes block b
+ * of outp, in increasing b: in place too. The mass leaving the band is counted the first time frame t is stepped
+ * (in decreasing t, as leak_f: see fb_step). */
+DECODE_HOT static int fb_back(chain *g, double *inp, double *outp, int64_t t)
 {
     const int64_t S = g->S;
     const double *em = g->em, *m2 = g->mask[1] + PAD, *m3 = g->mask[2] + PAD, *m4 = g->mask[3] + PAD;
-    double *be = g->beta + PAD, *ex = fb_exp(g, g->beta);
+    const double *bi = inp + PAD, *xi = fb_exp(g, inp);
+    double *be = outp + PAD, *ex = fb_exp(g, outp);
     double *tq = g->tmp; /* a block's successors (BLK + PAD), in its base */
     int64_t rl, rh, nl, nh;
     fb_band(g, t, &rl, &rh);
@@ -1183,7 +1227,7 @@ DECODE_HOT static void fb_back(chain *g, int64_t t)
     int64_t fi = lower_bound64(g->src, g->nsrc, y0 * BLK);
     for (int64_t b = y0; b <= y1; b++) {
         const int64_t s0 = b * BLK, s1 = s0 + BLK < S ? s0 + BLK : S;
-        const double eo = b >= rl ? ex[b] : ZEXP, en = s1 < S && b + 1 <= rh ? ex[b + 1] : ZEXP;
+        const double eo = b >= rl ? xi[b] : ZEXP, en = s1 < S && b + 1 <= rh ? xi[b + 1] : ZEXP;
         const double E = eo > en ? eo : en;
         if (E == ZEXP) {
             for (int64_t s = s0; s < s1; s++)
@@ -1196,7 +1240,7 @@ DECODE_HOT static void fb_back(chain *g, int64_t t)
         const double fo = fb_rescale(eo, E), fn = fb_rescale(en, E);
         if (eo != ZEXP) {
             for (int64_t s = s0; s < s1; s++) {
-                const double v = em[s] * be[s] * fo;
+                const double v = em[s] * bi[s] * fo;
                 tq[s - s0] = v < 0x1p-1000 ? 0.0 : v;
             }
         } else {
@@ -1204,7 +1248,7 @@ DECODE_HOT static void fb_back(chain *g, int64_t t)
                 tq[s - s0] = 0.0;
         }
         for (int64_t s = s1; s < s1 + PAD; s++) {
-            const double v = s < S && en != ZEXP ? em[s] * be[s] * fn : 0.0;
+            const double v = s < S && en != ZEXP ? em[s] * bi[s] * fn : 0.0;
             tq[s - s0] = v < 0x1p-1000 ? 0.0 : v;
         }
         const double *q = tq - s0;
@@ -1214,14 +1258,16 @@ DECODE_HOT static void fb_back(chain *g, int64_t t)
             const int64_t s = g->src[fi];
             be[s] += q[s + 3] * m3[s + 3] + q[s + 4] * m4[s + 4];
         }
-        ex[b] = fb_block_norm(be + s0, s1 - s0, E); /* block b - 1, done, no longer reads ex[b] */
+        ex[b] = fb_block_norm(be + s0, s1 - s0, E); /* in place: block b + 1 reads xi[b + 1] and up only */
     }
     int any = 0;
     for (int64_t b = nl; b <= nh; b++)
         any |= ex[b] != ZEXP;
-    g->leak_b += fb_leak(ex, y0, y1, nl, nh);
-    if (!any)
-        g->lost = 1;
+    if (t < g->bdone) {
+        g->bdone = t;
+        g->leak_b += fb_leak(ex, y0, y1, nl, nh);
+    }
+    return any;
 }
 
 /* the states whose scores a forward step into frame t (fwd) or a backward step from frame t reads */
@@ -1242,54 +1288,284 @@ static void fb_window(chain *g, int64_t t, int fwd)
     }
 }
 
-/* more than the tolerated mass left the band forwards: stop, the driver widens it (unless it is the whole row) */
-static inline int fb_widen_now(const chain *g) { return g->leak_f > CHAIN_BAND_TOL && g->bw < g->S; }
+/* Two halves. The frames split at m = fb_mid(T) into 0..m, solved forward first (its checkpoints hold alpha, its
+ * leaves alpha rows, beta runs back through them: fbf_*), and m..T - 1, solved backward first (checkpoints of beta,
+ * alpha runs forward through its leaves: fbb_*). Each half is a plan of its own (ck_plan_make: two copies of the
+ * plan of the longer half), and only the rows at m pass between them: fb_run first takes each half's first
+ * direction through to m (alpha_m, beta_m), then each half its posteriors. The two halves run on two threads when
+ * asked, or one after the other: either way every row is the same bits (recomputed from a checkpoint, a row repeats
+ * the same operations), and so is every posterior. The mass leaving the band is summed per half and direction, each
+ * frame once, in frame order (the first time the frame is stepped: see fdone and bdone), and the halves' sums are
+ * added in a fixed order: the widening decisions do not depend on the thread count or the budget either. */
+#define CHAIN_HALT (-6)
 
-static int fb_segment(chain *g, int d, int64_t a, int64_t b, double *row_a)
+/* stop this half: it lost mass, or (below the whole row) more than the tolerated mass left the band, which decides
+ * the pass (widen, or lost); or the other half stopped. The final sums can only be larger than a half's. */
+static inline int fb_stop(chain *g)
+{
+    if (g->lost || (g->bw < g->S && (g->leak_f > CHAIN_BAND_TOL || g->leak_b > CHAIN_BAND_TOL))) {
+        __atomic_store_n(g->halt, 1, __ATOMIC_RELAXED);
+        return 1;
+    }
+    return __atomic_load_n(g->halt, __ATOMIC_RELAXED);
+}
+
+/* pieces of a segment a..b at level d < D (length q each, the last shorter) */
+static inline int64_t fb_pieces(const chain *g, int d, int64_t a, int64_t b, int64_t *q)
+{
+    *q = g->pl.P[d + 1];
+    return (b - a + *q - 1) / *q;
+}
+
+/* forward rows of frames a + 1..stop from row_a (frame a) of a segment a..b at level d: at the leaf level every row
+ * into the leaf (frame t at leaf + (t - a - 1) R); above it the rows at the piece boundaries a + j q (j = 1..n - 1)
+ * into the level's slots, the row of stop into last (when not NULL), the others into the work rows */
+static int fbf_rows(chain *g, int d, int64_t a, int64_t b, double *row_a, int64_t stop, double *last)
+{
+    const size_t R = g->row;
+    const int leaf = d == g->pl.D;
+    int64_t q = 1, n = 0;
+    if (!leaf)
+        n = fb_pieces(g, d, a, b, &q);
+    double *prev = row_a;
+    for (int64_t t = a + 1; t <= stop; t++) {
+        fb_window(g, t, 1);
+        if (chain_frame(g, t, 1))
+            return CHAIN_NONFINITE;
+        double *cur = leaf                                   ? (double *)g->leaf + (size_t)(t - a - 1) * R
+                      : (t - a) % q == 0 && (t - a) / q < n ? g->slots[d] + (size_t)((t - a) / q - 1) * R
+                      : t == stop && last                    ? last
+                                                             : g->w[(t - a) & 1];
+        if (!fb_step(g, prev, cur, t))
+            g->lost = 1;
+        if (fb_stop(g))
+            return CHAIN_HALT;
+        prev = cur;
+    }
+    return 0;
+}
+
+static int fbf_segment(chain *g, int d, int64_t a, int64_t b, double *row_a, double **beta);
+
+/* the posteriors of frames b down to a + 1 of a segment of the forward-first half at level d (alpha at a: row_a;
+ * at the leaf level, the leaf holds alpha a + 1..b), beta at b in *beta; *beta becomes beta at a (a run row) */
+static int fbf_back(chain *g, int d, int64_t a, int64_t b, double *row_a, double **beta)
 {
     const size_t R = g->row;
     if (d == g->pl.D) {
-        double *rows = (double *)g->leaf; /* row of frame t at rows + (t - a - 1) * R */
-        double *prev = row_a;
+        const double *rows = (double *)g->leaf;
+        for (int64_t t = b; t > a; t--) {
+            fb_post(g, t, (double *)rows + (size_t)(t - a - 1) * R, *beta);
+            fb_window(g, t, 0);
+            if (chain_frame(g, t, 1))
+                return CHAIN_NONFINITE;
+            double *nb = *beta == g->run ? g->alt : g->run;
+            if (!fb_back(g, *beta, nb, t))
+                g->lost = 1;
+            *beta = nb;
+            if (fb_stop(g))
+                return CHAIN_HALT;
+        }
+        return 0;
+    }
+    int64_t q;
+    const int64_t n = fb_pieces(g, d, a, b, &q);
+    for (int64_t j = n - 1; j >= 0; j--) {
+        const int64_t pa = a + j * q, pb = pa + q < b ? pa + q : b;
+        const int rc = fbf_segment(g, d + 1, pa, pb, j == 0 ? row_a : g->slots[d] + (size_t)(j - 1) * R, beta);
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+static int fbf_segment(chain *g, int d, int64_t a, int64_t b, double *row_a, double **beta)
+{
+    int64_t q = 1, stop = b;
+    if (d < g->pl.D)
+        stop = a + (fb_pieces(g, d, a, b, &q) - 1) * q;
+    const int rc = fbf_rows(g, d, a, b, row_a, stop, NULL);
+    return rc ? rc : fbf_back(g, d, a, b, row_a, beta);
+}
+
+/* beta rows of frames b - 1 down to stop from row_b (frame b) of a segment a..b at level d: at the leaf level every
+ * row into the leaf (frame u at leaf + (u - a) R); above it the rows at the piece boundaries a + j q (j = n - 1..1)
+ * into the level's slots (slot j - 1), the row of stop into last (when not NULL), the others into the work rows */
+static int fbb_rows(chain *g, int d, int64_t a, int64_t b, double *row_b, int64_t stop, double *last)
+{
+    const size_t R = g->row;
+    const int leaf = d == g->pl.D;
+    int64_t q = 1;
+    if (!leaf)
+        fb_pieces(g, d, a, b, &q);
+    double *prev = row_b;
+    for (int64_t t = b; t > stop; t--) {
+        const int64_t u = t - 1; /* the frame of the row computed */
+        fb_window(g, t, 0);
+        if (chain_frame(g, t, 1))
+            return CHAIN_NONFINITE;
+        double *cur = leaf                               ? (double *)g->leaf + (size_t)(u - a) * R
+                      : (u - a) % q == 0 && u - a >= q ? g->slots[d] + (size_t)((u - a) / q - 1) * R
+                      : u == stop && last              ? last
+                                                       : g->w[(b - u) & 1];
+        if (!fb_back(g, prev, cur, t))
+            g->lost = 1;
+        if (fb_stop(g))
+            return CHAIN_HALT;
+        prev = cur;
+    }
+    return 0;
+}
+
+static int fbb_segment(chain *g, int d, int64_t a, int64_t b, double *row_b, double **alpha);
+
+/* the posteriors of frames a + 1..b of a segment of the backward-first half at level d (beta at b: row_b; at the
+ * leaf level, the leaf holds beta a..b - 1), alpha at a in *alpha; *alpha becomes alpha at b (a run row) */
+static int fbb_fwd(chain *g, int d, int64_t a, int64_t b, double *row_b, double **alpha)
+{
+    const size_t R = g->row;
+    if (d == g->pl.D) {
+        double *rows = (double *)g->leaf;
         for (int64_t t = a + 1; t <= b; t++) {
             fb_window(g, t, 1);
             if (chain_frame(g, t, 1))
                 return CHAIN_NONFINITE;
-            double *cur = rows + (size_t)(t - a - 1) * R;
-            if (!fb_step(g, prev, cur, t))
+            double *na = *alpha == g->run ? g->alt : g->run;
+            if (!fb_step(g, *alpha, na, t))
                 g->lost = 1;
-            prev = cur;
-        }
-        if (fb_widen_now(g))
-            return CHAIN_WIDEN;
-        for (int64_t t = b; t > a && !g->lost; t--) {
-            fb_post(g, t, rows + (size_t)(t - a - 1) * R);
-            fb_window(g, t, 0);
-            if (chain_frame(g, t, 1))
-                return CHAIN_NONFINITE;
-            fb_back(g, t);
+            *alpha = na;
+            fb_post(g, t, na, t == b ? row_b : rows + (size_t)(t - a) * R);
+            if (fb_stop(g))
+                return CHAIN_HALT;
         }
         return 0;
     }
-    const int64_t q = g->pl.P[d + 1], n = (b - a + q - 1) / q;
-    double *slots = g->slots[d];
-    double *prev = row_a;
-    for (int64_t t = a + 1; t <= a + (n - 1) * q; t++) {
-        fb_window(g, t, 1);
-        if (chain_frame(g, t, 1))
-            return CHAIN_NONFINITE;
-        double *cur = (t - a) % q == 0 ? slots + (size_t)((t - a) / q - 1) * R : g->w[(t - a) & 1];
-        if (!fb_step(g, prev, cur, t))
-            g->lost = 1;
-        prev = cur;
-    }
-    if (fb_widen_now(g))
-        return CHAIN_WIDEN;
-    for (int64_t j = n - 1; j >= 0 && !g->lost; j--) {
+    int64_t q;
+    const int64_t n = fb_pieces(g, d, a, b, &q);
+    for (int64_t j = 0; j < n; j++) {
         const int64_t pa = a + j * q, pb = pa + q < b ? pa + q : b;
-        const int rc = fb_segment(g, d + 1, pa, pb, j == 0 ? row_a : slots + (size_t)(j - 1) * R);
+        const int rc = fbb_segment(g, d + 1, pa, pb, j == n - 1 ? row_b : g->slots[d] + (size_t)j * R, alpha);
         if (rc)
             return rc;
+    }
+    return 0;
+}
+
+static int fbb_segment(chain *g, int d, int64_t a, int64_t b, double *row_b, double **alpha)
+{
+    int64_t q = 1, stop = a;
+    if (d < g->pl.D)
+        stop = fb_pieces(g, d, a, b, &q) > 1 ? a + q : b;
+    const int rc = fbb_rows(g, d, a, b, row_b, stop, NULL);
+    return rc ? rc : fbb_fwd(g, d, a, b, row_b, alpha);
+}
+
+/* one half's context: g's problem and band, the half's arrays, counters from zero */
+typedef struct {
+    chain c;
+    char pad[128]; /* the halves' counters, written every frame, on cache lines of their own */
+} __attribute__((aligned(128))) fb_half;
+
+/* One pass of the posteriors at the current band, from g->top (alpha at frame 0) and g->btop (beta at T - 1):
+ * g->post, g->lost and the band's leaks (the halves' sums, in a fixed order); 0, CHAIN_NONFINITE, or CHAIN_HALT
+ * (a half stopped: lost, or leaked beyond the tolerance, which the sums show). First each half's first direction
+ * through to m (alpha_m into the first half's xrow, beta_m into the second's), then each half's posteriors, its
+ * second direction starting from the other half's xrow and alternating between it and its own run row. */
+static int fb_run(chain *g)
+{
+    const int64_t T = g->T, m = fb_mid(T);
+    const size_t R = g->row;
+    const int D = g->pl.D;
+    struct {
+        int v;
+        char pad[124];
+    } __attribute__((aligned(128))) halt = {0, {0}};
+    fb_half h[2];
+    for (int k = 0; k < 2; k++) {
+        chain *c = &h[k].c;
+        *c = *g;
+        c->lp = g->half[k].lp;
+        c->em = g->half[k].em;
+        c->tmp = g->half[k].tmp;
+        c->xrow = g->half[k].xrow;
+        c->alt = g->half[1 - k].xrow;
+        c->run = g->half[k].run;
+        c->leaf = g->half[k].leaf;
+        for (int i = 0; i < 2; i++)
+            c->w[i] = g->half[k].w[i];
+        for (int d = 0; d < D; d++)
+            c->slots[d] = g->half[k].slots[d];
+        c->halt = &halt.v;
+        c->lost = 0;
+        c->leak_f = c->leak_b = 0.0;
+        c->fdone = k == 0 ? 0 : m;     /* forward steps counted: frames 1..m (first half), m + 1..T - 1 */
+        c->bdone = k == 0 ? m + 1 : T; /* backward steps counted: frames m..1, T - 1..m + 1 */
+        c->tot_min = INFINITY;
+        c->tot_max = -INFINITY;
+        c->tot_nan = 0;
+        c->ref = NAN;
+    }
+    int rc1[2] = {0, 0}, rc2[2] = {0, 0};
+#ifdef _OPENMP
+    const int nth = g->nthreads > 1 && g->pl.par && T > 2 ? 2 : 1;
+#pragma omp parallel num_threads(nth) if (nth > 1)
+#endif
+    {
+#ifdef _OPENMP
+        const int tid = omp_get_thread_num(), nt = omp_get_num_threads();
+#else
+        const int tid = 0, nt = 1;
+#endif
+        for (int k = 0; k < 2; k++) {
+            if (nt > 1 && k != tid)
+                continue;
+            chain *c = &h[k].c;
+            if (k == 0) {
+                rc1[0] = fbf_rows(c, 0, 0, m, g->top, m, D ? c->xrow : NULL);
+                if (!rc1[0] && (D == 0 || m == 0)) /* alpha_m: the leaf's last row, or the start row */
+                    memcpy(c->xrow, m == 0 ? g->top : (double *)c->leaf + (size_t)(m - 1) * R, R * sizeof(double));
+            } else {
+                rc1[1] = fbb_rows(c, 0, m, T - 1, g->btop, m, D ? c->xrow : NULL);
+                if (!rc1[1] && (D == 0 || m == T - 1)) /* beta_m: the leaf's first row, or the start row */
+                    memcpy(c->xrow, m == T - 1 ? g->btop : (double *)c->leaf, R * sizeof(double));
+            }
+        }
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+        if (!rc1[0] && !rc1[1]) {
+            for (int k = 0; k < 2; k++) {
+                if (nt > 1 && k != tid)
+                    continue;
+                chain *c = &h[k].c;
+                if (k == 0) {
+                    double *beta = c->alt;
+                    rc2[0] = fbf_back(c, 0, 0, m, g->top, &beta);
+                    if (!rc2[0])
+                        fb_post(c, 0, g->top, beta); /* before the second half can reuse the run row */
+                } else {
+                    double *alpha = c->alt;
+                    rc2[1] = fbb_fwd(c, 0, m, T - 1, g->btop, &alpha);
+                }
+            }
+        }
+    }
+    g->lost = h[0].c.lost | h[1].c.lost;
+    g->leak_f = h[0].c.leak_f + h[1].c.leak_f;
+    g->leak_b = h[0].c.leak_b + h[1].c.leak_b;
+    for (int k = 0; k < 2; k++)
+        if (rc1[k] == CHAIN_NONFINITE || rc2[k] == CHAIN_NONFINITE)
+            return CHAIN_NONFINITE;
+    if (rc1[0] || rc1[1] || rc2[0] || rc2[1])
+        return CHAIN_HALT;
+    /* every frame's sum must be the sum at T - 1, within the tolerance (see fb_post) */
+    const double ref = m < T - 1 ? h[1].c.ref : h[0].c.ref;
+    const double tol = 1e-9 + 1e-15 * (double)T * (1.0 + fabs(ref));
+    for (int k = 0; k < 2; k++) {
+        const chain *c = &h[k].c;
+        if (c->tot_nan || (c->tot_min <= c->tot_max &&
+                           (!(fabs(c->tot_min - ref) <= tol) || !(fabs(c->tot_max - ref) <= tol))))
+            g->lost = 1; /* mass that mattered fell below a block's range */
     }
     return 0;
 }
@@ -1313,10 +1589,36 @@ static int chain_carve(chain *g, char *arena, double bytes, const int32_t *tok, 
     g->w[1] = p;
     p += R;
     if (posteriors) {
-        g->beta = p;
+        /* each half (fb_run): frame scores, work rows, the run row, scratch (the blocks' bases, then one block's
+         * neighbours), the row at the meeting frame; the first half's frame scores and work rows are those above,
+         * and the second half shares them (and the run row and scratch) unless the halves run at the same time */
+        g->half[0].lp = g->lp;
+        g->half[0].em = g->em;
+        g->half[0].w[0] = g->w[0];
+        g->half[0].w[1] = g->w[1];
+        for (int k = 0; k < 2; k++) {
+            if (k == 1 && !g->pl.par) {
+                g->half[1] = g->half[0];
+            } else {
+                if (k == 1) {
+                    g->half[1].lp = p;
+                    p += 2 * (g->C + 1);
+                    g->half[1].em = p;
+                    p += S;
+                    for (int i = 0; i < 2; i++, p += R)
+                        g->half[1].w[i] = p;
+                }
+                g->half[k].run = p;
+                p += R;
+                g->half[k].tmp = p;
+                p += R + BLK + 2 * PAD;
+            }
+            g->half[k].xrow = p;
+            p += R;
+        }
+        g->tmp = g->half[0].tmp;
+        g->btop = p;
         p += R;
-        g->tmp = p; /* the blocks' bases, then one block's neighbours */
-        p += R + BLK + 2 * PAD;
     }
     if (!posteriors) {
         const int64_t K = vt_frames(g->C);
@@ -1329,15 +1631,28 @@ static int chain_carve(chain *g, char *arena, double bytes, const int32_t *tok, 
     }
     g->top = p;
     p += R;
-    for (int d = 0; d < g->pl.D; d++) {
-        g->slots[d] = p;
-        p += (size_t)(g->pl.pieces[d] > 1 ? g->pl.pieces[d] - 1 : 0) * R;
+    for (int k = 0; k < (posteriors ? 2 : 1); k++) {
+        /* the posteriors: each half's top level (D = 0: its leaf) of its own, the deeper levels and their leaf too
+         * when the halves run at the same time */
+        const int own = k == 0 || g->pl.par;
+        for (int d = 0; d < g->pl.D; d++) {
+            if (d > 0 && !own) {
+                g->half[1].slots[d] = g->half[0].slots[d];
+                continue;
+            }
+            g->slots[d] = g->half[k].slots[d] = p;
+            p += (size_t)(g->pl.pieces[d] > 1 ? g->pl.pieces[d] - 1 : 0) * R;
+        }
+        if (g->pl.D > 0 && !own) {
+            g->half[1].leaf = g->half[0].leaf;
+            continue;
+        }
+        g->leaf = g->half[k].leaf = p;
+        if (posteriors)
+            p += (size_t)g->pl.P[g->pl.D] * R;
+        else
+            p = (double *)((char *)p + (((size_t)g->pl.P[g->pl.D] * (size_t)S + 7) & ~(size_t)7));
     }
-    g->leaf = p;
-    if (posteriors)
-        p += (size_t)g->pl.P[g->pl.D] * R;
-    else
-        p = (double *)((char *)p + (((size_t)g->pl.P[g->pl.D] * (size_t)S + 7) & ~(size_t)7));
     g->far = (int64_t *)p;
     g->src = g->far + (S / 2 + 2);
     g->cls = (int32_t *)(g->src + (S / 2 + 2));
@@ -1462,23 +1777,27 @@ static int cyctc_chain_run(const void *x, ptrdiff_t xs, chain_loader load, int64
             g.tmp[b] = 0.0;
         fb_blocks(&g, top + PAD, fb_exp(&g, top), g.tmp);
         for (int k = 0; k < PAD; k++)
-            g.beta[k] = 0.0;
+            g.btop[k] = 0.0;
         for (int64_t s = 0; s < g.S; s++)
-            g.beta[PAD + s] = (g.flags[s] & F_END) ? 1.0 : 0.0;
-        fb_blocks(&g, g.beta + PAD, fb_exp(&g, g.beta), g.tmp);
-        if (!g.lost)
-            rc = fb_segment(&g, 0, 0, T - 1, top);
-        if (!rc && !g.lost)
-            fb_post(&g, 0, top);
+            g.btop[PAD + s] = (g.flags[s] & F_END) ? 1.0 : 0.0;
+        fb_blocks(&g, g.btop + PAD, fb_exp(&g, g.btop), g.tmp);
+        rc = fb_run(&g);
+        if (rc == CHAIN_NONFINITE)
+            break;
         const int wide = g.bw >= g.S;
-        if (!wide && (rc == CHAIN_WIDEN || (rc == 0 && (g.leak_f > CHAIN_BAND_TOL || g.leak_b > CHAIN_BAND_TOL ||
-                                                         g.lost)))) {
+        if (!wide && (rc == CHAIN_HALT || g.leak_f > CHAIN_BAND_TOL || g.leak_b > CHAIN_BAND_TOL || g.lost)) {
             g.bw = g.bw > g.S / 4 ? g.S : 4 * g.bw;
             continue;
         }
+        if (rc == CHAIN_HALT)
+            g.lost = 1; /* over the whole row only lost mass stops a half */
+        rc = 0;
         break;
     }
     __atomic_store_n(&cyctc_chain_band_last, g.bw, __ATOMIC_RELAXED); /* alignments may run in parallel */
+    __atomic_store_n(&cyctc_chain_fb_plan_last, 2 * g.pl.D + g.pl.par, __ATOMIC_RELAXED);
+    __atomic_store(&cyctc_chain_leak_last[0], &g.leak_f, __ATOMIC_RELAXED);
+    __atomic_store(&cyctc_chain_leak_last[1], &g.leak_b, __ATOMIC_RELAXED);
     free(arena);
     if (rc || g.lost) {
         for (int64_t t = 0; t < T; t++)

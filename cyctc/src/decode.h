@@ -106,6 +106,13 @@ double cyctc_chain_work_bytes(int64_t T, int C, int64_t n, int posteriors, doubl
  * decode.c reads and writes them as relaxed atomics (no data race when alignments run in parallel). */
 extern int cyctc_chain_band_init;
 extern int64_t cyctc_chain_band_last;
+/* Test hook: the plan of the last alignment's posteriors, 2 * levels + 1 when its two halves had rows of their own
+ * (run at the same time when two threads are given) or 2 * levels when they shared all but their top levels' rows
+ * (decode.c, "two halves"); 0 before any. A relaxed atomic, as the band's. */
+extern int cyctc_chain_fb_plan_last;
+/* Test hook: the mass that left the band forwards and backwards ([0], [1]) in the last alignment's posteriors, at the
+ * band it finished with (the sums that decide the widening: the same bits for every thread count and budget) */
+extern double cyctc_chain_leak_last[2];
 
 #ifdef __cplusplus
 }
