@@ -4,7 +4,7 @@ installed, torchaudio's ``forced_align``, on the same synthetic recordings (see 
     python benchmarks/bench_segment.py [--frames 20000 90000 180000] [--tools cyctc ctcseg torchaudio] [--json F]
                                        [--threads 2]
 
-cyctc runs with ``num_threads=--threads`` (default 2: its Viterbi's first pass takes two threads per recording);
+cyctc runs with ``num_threads=--threads`` (default 2: a recording's Viterbi first pass and posteriors take two);
 ctc-segmentation and torchaudio run as they come. Children get ``OMP_WAIT_POLICY=passive`` unless the environment
 sets it (on a shared machine libgomp's spinning idle thread takes the time slices the working one needs: see the
 top README). Each tool runs in a fresh subprocess per recording: seconds of the call, peak memory growth during it (RSS high-water

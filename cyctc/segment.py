@@ -110,8 +110,8 @@ def ctc_segment(log_probs, utterances, blank_index=0, *, input_length=None, time
         Valid frames of each recording (several recordings of different lengths); None: all T.
     time_major, normalize : bool, keyword-only
     num_threads : int or None, keyword-only
-        Recordings are aligned in parallel (a single recording takes two threads in its Viterbi's first pass);
-        None: all usable cores. The result never depends on it.
+        Recordings are aligned in parallel (a single recording takes two threads in its Viterbi's first pass and
+        in its posteriors' two halves); None: all usable cores. The result never depends on it.
     memory_limit : int or None, keyword-only
         Bytes of work space for the call (None: ``CYCTC_MEMORY_LIMIT``, else 1 GiB), shared by the recordings in
         flight. The Viterbi and the posteriors keep checkpoint rows and recompute between them; results are the
