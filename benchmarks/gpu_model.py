@@ -261,9 +261,12 @@ def _rows_and_grad(B, T, C, Lmax, hw):
 
 
 def _chain_bytes(B, T, Lmax):
+    from cyctc.cuda import _backend
+
     S = 2 * Lmax + 1
-    # per direction: the probability rows read, the state rows written for the gradient (float)
-    return 2 * B * T * ((Lmax + 1) * 4 + S * 4 + ((S + 31) // 32) * 4)
+    # per direction: the probability rows read (their NaN padding included), the state rows written for the gradient
+    # (float)
+    return 2 * B * T * (_backend.prob_width(Lmax, "float32") * 4 + S * 4 + ((S + 31) // 32) * 4)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -296,6 +296,69 @@ def test_masked_classes_repeats_and_tight_lengths_match_the_cpu_core(Lmax, merge
     np.testing.assert_allclose(res["grad"], ref_grad, rtol=0, atol=atol)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_probability_rows_hold_live_labels_between_nan_padding(dtype, drivers, tmp_path):
+    """The row pass's probability rows (ctc.cu section 1), read back after a call: per valid frame t of example b,
+    column 0 the blank's softmax; PROB_PAD columns of NaN; label k's softmax in column 1 + PAD + k exactly when some
+    alignment can use it in frame t (L - T_b + t <= k <= t, k < L), NaN otherwise (a dead label, a label past L);
+    PROB_PAD columns of NaN after Lmax labels. The chains load these columns with no test of their own (a label
+    state past the example's end reads the padding), so every entry is checked; and the forward rows hold exactly 0
+    for the states that can no longer reach the end (labels, and blanks whose whole block of K is dead)."""
+    rng = np.random.default_rng(77 + (dtype == np.float32))
+    B, C, Lmax = 5, 7, 9
+    raw, labels, ll, tl = cases.random_case(rng, B, 14, C, Lmax, dtype=dtype, scale=2.0)
+    ll[:] = [9, 4, 0, 9, 1]
+    tl[:] = [14, 6, 3, 9, 14]  # example 3: T_b = L (every frame emits a label); 1 and 4: slack
+    labels[:, :] = 0
+    for b in range(B):  # no adjacent repeats: T_b = L is feasible
+        for k in range(ll[b]):
+            labels[b, k] = rng.choice([c for c in range(1, C) if k == 0 or c != labels[b, k - 1]])
+    run = harness.loss_run(str(tmp_path), raw, False, labels, ll, tl, 0, True, extra_outputs=("prob", "arows"))
+    res = run(drivers["plain"], "FIBER_FWD", 0)
+    pad = _backend.PROB_PAD[_backend._dtype_name(dtype)]
+    W = _backend.prob_width(Lmax, dtype)
+    assert W == Lmax + 1 + 2 * pad and pad >= _backend.CHAIN_K[_backend._dtype_name(dtype)] // 2
+    prob = res["prob"][:B * 14 * W].reshape(B, 14, W)
+    x = raw.astype(np.float64)
+    sm = np.exp(x - x.max(-1, keepdims=True))
+    sm /= sm.sum(-1, keepdims=True)
+    rtol = 1e-5 if dtype == np.float32 else 1e-12
+    live_seen = dead_seen = 0
+    for b in range(B):
+        L, Tb = int(ll[b]), int(tl[b])
+        for t in range(Tb):
+            row = prob[b, t]
+            np.testing.assert_allclose(row[0], sm[b, t, 0], rtol=rtol)
+            assert np.isnan(row[1:1 + pad]).all() and np.isnan(row[1 + pad + Lmax:]).all(), (b, t)
+            for k in range(Lmax):
+                v = row[1 + pad + k]
+                if k < L and L - Tb + t <= k <= t:
+                    np.testing.assert_allclose(v, sm[b, t, labels[b, k]], rtol=rtol, err_msg=f"{b} {t} {k}")
+                    live_seen += 1
+                else:
+                    assert np.isnan(v), (b, t, k, v)
+                    dead_seen += k < L
+    assert live_seen > 50 and dead_seen > 50
+    # the forward rows (alpha, in state order after K - 1 leading values): a state that can no longer reach the end
+    # (s < lo) is exactly 0 when it is a label state or its whole block of K is dead (a dead blank lives on only in
+    # the block where lo lies)
+    K = _backend.CHAIN_K[_backend._dtype_name(dtype)]
+    S_row = 2 * Lmax + 1 + K - 1
+    arows = res["arows"][K - 1:K - 1 + B * 14 * S_row].reshape(B, 14, S_row)
+    zeros_seen = 0
+    for b in range(B):
+        S, Tb = 2 * int(ll[b]) + 1, int(tl[b])
+        for t in range(Tb):
+            lo = S - 2 - 2 * (Tb - 1 - t)
+            for s_ in range(max(0, min(lo, S))):
+                if s_ % 2 == 1 or (s_ // K) * K + K <= lo:
+                    assert arows[b, t, s_] == 0, (b, t, s_, arows[b, t, s_])
+                    zeros_seen += 1
+    assert zeros_seen > 20
+    ref_loss, _ = _cpu_loss_grad(raw, False, labels, ll, tl, 0, True, np.ones(B))
+    np.testing.assert_allclose(res["loss"], ref_loss, rtol=1e-5 if dtype == np.float32 else 1e-12)
+
+
 def test_labels_longer_than_a_block_are_tiled(drivers, tmp_path):
     """Lmax = 1100, float64: S = 2201 states, more than 512 blocks of K = 4: 384 threads over 2 tiles, whose values
     wait in the global workspace between frames; no label-length limit as in warp-ctc (639) or cuDNN."""

@@ -6,16 +6,17 @@
   copies and spills; a planted generic load is seen.
 * ctc.cu itself: every chain kernel whose name has a K template argument (the third generation,
   ``cyctc_chain<T, K>``) keeps no generic loads or stores in its per-frame loop and no spills, and does not creep
-  past the instruction counts and registers it measures today. Issue 20's targets (at most 24 instructions per
-  state per frame, at most 64 registers) are NOT met: the third generation measures 27.9 static instructions per
-  state for float chains of one tile (K = 8; the average of its four loop copies: forward and backward, one-warp
-  and multi-warp chains) and 67.2 for double (K = 4), with 105 / 106 registers (no spills, within the 128 of the
-  kernel's launch bound); it landed with 43 / 83 and 106 / 120 (K = 12 measures 23.4 float, but the cost model
-  makes it slower: README, "How the kernels work"). The tiled instantiation (labels over 2047 float / 1023
-  double, and every memory-budget plan) also holds the budget plans' own probability computation (exp, log) and
-  checkpoint copies in its loop: 177.5 / 461.6 static instructions per state, 164 / 164 registers (168 allowed
-  at 384 threads). benchmarks/results/sass_gen3_2026-12-05b.json holds these figures, sass_gen3_2026-12-04.json
-  the landed ones, sass_gen2_2026-12-04.json the second generation's (about 480-560 per state).
+  past the instruction counts and registers it measures today. Issue 20's instruction target (at most 24
+  instructions per state per frame) is met by the float chains of one tile (K = 8; the average of its four loop
+  copies: forward and backward, one-warp and multi-warp chains): 23.9 static instructions per state, asserted
+  here against the target itself; double (K = 4) measures 57.3. Its register target (at most 64) is NOT met:
+  96 / 105 registers (no spills, within the 128 of the kernel's launch bound; at 64 ptxas spills 296 bytes). The
+  third generation landed with 43 / 83 instructions and 106 / 120 registers. The tiled instantiation (labels over
+  2047 float / 1023 double, and every memory-budget plan) also holds the budget plans' own probability
+  computation (exp, log) and checkpoint copies in its loop: 169.1 / 440.4 static instructions per state, 156 / 166
+  registers (168 allowed at 384 threads). benchmarks/results/sass_gen3_2026-12-05c.json holds these figures,
+  sass_gen3_2026-12-05b.json the previous ones (27.9 / 177.5 / 67.2 / 461.6), sass_gen3_2026-12-04.json the
+  landed ones, sass_gen2_2026-12-04.json the second generation's (about 480-560 per state).
 
 The toolchain tests need NVRTC (cupy + nvidia-cuda-nvrtc) and cuobjdump (nvidia-cuda-cuobjdump, with
 nvidia-cuda-nvdisasm): they skip without them, and fail under CI (conftest.toolchain_unavailable).
@@ -34,15 +35,16 @@ import sass_report as sr  # noqa: E402
 
 from cyctc.cuda import _backend  # noqa: E402
 
-# issue 20, item 3's targets for the third generation's per-frame loop (not met yet: see the module docstring)
+# issue 20, item 3's targets for the third generation's per-frame loop (the registers' is not met: see the module
+# docstring)
 TARGET_INSTR_PER_STATE = 24
 TARGET_REGISTERS = 64
-# what the third generation measures today (sm_90, NVRTC 13.0: 27.9, 177.5, 67.2, 461.6), plus a few percent: a
-# ceiling against creep (it landed with 43, 186, 83 and 466)
-LANDED_INSTR_PER_STATE = {"cyctc_chain<float, 8, false>": 29.5, "cyctc_chain<float, 8, true>": 182,
-                          "cyctc_chain<double, 4, false>": 70, "cyctc_chain<double, 4, true>": 472}
-# and its registers today (105, 164, 106, 164), plus a few
-LANDED_REGISTERS = {"cyctc_chain<float, 8, false>": 112, "cyctc_chain<float, 8, true>": 168,
+# what the third generation measures today (sm_90, NVRTC 13.0: 23.9, 169.1, 57.3, 440.4), plus a little: a ceiling
+# against creep (it landed with 43, 186, 83 and 466); the float chains of one tile are held to the target itself
+LANDED_INSTR_PER_STATE = {"cyctc_chain<float, 8, false>": TARGET_INSTR_PER_STATE, "cyctc_chain<float, 8, true>": 172,
+                          "cyctc_chain<double, 4, false>": 59, "cyctc_chain<double, 4, true>": 450}
+# and its registers today (96, 156, 105, 166), plus a few
+LANDED_REGISTERS = {"cyctc_chain<float, 8, false>": 100, "cyctc_chain<float, 8, true>": 164,
                     "cyctc_chain<double, 4, false>": 108, "cyctc_chain<double, 4, true>": 168}
 # what the kernel's __launch_bounds__(TILED ? 384 : 512, 1) allows: 65536 registers over the block's threads
 MAX_REGISTERS = {"false": 128, "true": 168}
@@ -288,13 +290,12 @@ GEN3 = [n for n in _backend.name_expressions("ctc.cu") if sr.is_chain_kernel(n) 
 @pytest.mark.parametrize("name", GEN3)
 def test_third_generation_targets(ctc_report, name):
     """Issue 20, item 3: no generic loads or stores in the loop, no spills, registers within the launch bound, and
-    instructions per state per frame (static, rare paths and back edge included) no more than when the kernel
-    landed (the issue's 24 is not met: LANDED_INSTR_PER_STATE)."""
+    instructions per state per frame (static, rare paths and back edge included) no more than today
+    (LANDED_INSTR_PER_STATE: the issue's 24 for the float chains of one tile); registers above the issue's 64."""
     k = ctc_report[name]
     lp = k["loop"]
     assert lp is not None and lp["K"] == sr.states_per_thread(name) >= 2
     assert lp["instr_per_state"] <= LANDED_INSTR_PER_STATE[name], (name, lp["instr_per_frame"], lp["K"])
-    assert TARGET_INSTR_PER_STATE < LANDED_INSTR_PER_STATE[name]  # the gap the note reports
     assert lp["per_frame"]["generic"] == 0, (name, lp["per_frame"])
     assert k["registers"] <= MAX_REGISTERS[sr.template_args(name)[2]], (name, k["registers"])
     assert k["registers"] <= LANDED_REGISTERS[name], (name, k["registers"])

@@ -35,7 +35,8 @@ __all__ = [
     "NVRTC_OPTIONS", "nvrtc_options", "load_nvrtc", "get_function", "available", "reason", "ctc_loss_grad",
     "loss_and_grad", "greedy_decode", "launch_plan_summary", "OLD_DESIGN", "STATIC_SHARED", "SHARED_LIMIT",
     "table_dynamic_shared_limit", "dynamic_shared_limit", "kernel_attributes", "chain_dynamic_shared_limit",
-    "chain_geometry", "CHAIN_K", "CHAINS_PER_BLOCK", "CHAIN_THREADS_MAX", "CHAIN_THREADS_TILED",
+    "chain_geometry", "CHAIN_K", "CHAINS_PER_BLOCK", "CHAIN_THREADS_MAX", "CHAIN_THREADS_TILED", "PROB_PAD",
+    "prob_width", "row_values",
 ]
 
 # kernel name expressions per source file; "{T}" is replaced by the C type of the input dtype
@@ -48,6 +49,9 @@ CTYPES = {"float32": "float", "float64": "double"}
 # binary exponent: 8 float32 / 4 float64 values (ptxas: ~105-140 registers, no spills, within what the launch bounds
 # allow). The same K for every plan, so that every plan (tiled, budgeted) computes the same bits.
 CHAIN_K = {"float32": 8, "float64": 4}
+# NaN columns on each side of a probability row's labels (ctc.cu Num<T>::pad, at least K / 2): a chain thread loads
+# its block's K / 2 label probabilities with no test, those past the labels from this padding
+PROB_PAD = {"float32": 4, "float64": 2}
 CHAINS_PER_BLOCK = 4   # chains of at most 32 K states: one warp each, this many to a block
 CHAIN_THREADS_MAX = 512  # longer chains: a block each, at most this many threads (tiles beyond)
 CHAIN_THREADS_TILED = 384  # tiled chains (cyctc_chain<T, K, true>: its launch bound)
@@ -212,7 +216,7 @@ def plan_bytes(plan: "Plan") -> int:
 
 def budget_plan(B, T, C, Lmax, dtype, x_strides, blank, merge_repeated, grad_strides, *, memory_limit):
     """The plan of :func:`launch_config` within ``memory_limit`` bytes of workspaces: the tiled chain kernel
-    computes the probabilities from the logits (no (B, T, Lmax + 1) buffer); with a gradient, a first pass keeps
+    computes the probabilities from the logits (no (B, T, prob_width(Lmax)) buffer); with a gradient, a first pass keeps
     each chain's state every k frames, and then each segment of k frames is recomputed from its checkpoints and its
     gradient rows written (the largest k of a few around sqrt(T), where the memory is least, that fits). Same bits as the unlimited plan (the
     same kernel arithmetic, the same state blocks). Raises MemoryError naming the least a budget plan needs."""
@@ -254,7 +258,7 @@ def _plan(B, T, C, Lmax, dtype, x_strides, blank, merge_repeated, grad_strides, 
     ck_exps = nseg  # a checkpoint: the values and exponent of every state block
     workspaces = (
         ("rinfo", dtype, max(1, 2 * B * T)),
-        ("prob", dtype, 1 if budget else max(1, B * T * (Lmax + 1))),
+        ("prob", dtype, 1 if budget else max(1, B * T * prob_width(Lmax, dtype))),
         # gradient rows: K - 1 leading values, then rows of S + K - 1 (a chain thread writes its K states whole)
         ("arows", dtype, row_values(B * seg, S, K) if want_grad else 1),
         ("brows", dtype, row_values(B * seg, S, K) if want_grad else 1),
@@ -312,6 +316,12 @@ def _plan(B, T, C, Lmax, dtype, x_strides, blank, merge_repeated, grad_strides, 
         if want_grad and T > 0:
             launches.append(grad(0, T))
     return Plan(workspaces, tuple(launches))
+
+
+def prob_width(Lmax: int, dtype="float32") -> int:
+    """Columns of a probability row (ctc.cu prob_width): the blank, :data:`PROB_PAD` of NaN, Lmax labels, and
+    :data:`PROB_PAD` of NaN again."""
+    return Lmax + 1 + 2 * PROB_PAD[_dtype_name(dtype)]
 
 
 def row_values(nrows: int, S: int, K: int) -> int:
@@ -407,8 +417,9 @@ def _kernel_costs(name, B, T, C, S, isz, with_grad):
         return dict(fp64_ops=n64 if f32 else n64 + n32, fp32_ops=n32 if f32 else 0)
 
     if name.startswith("cyctc_rows"):
+        W = prob_width(L1 - 1, "float32" if f32 else "float64")  # the probability row, NaN padding included
         return dict(barrier_steps=0, bytes_read=rows * (C + L1) * isz + rows * 8 + B * 8,
-                    bytes_written=rows * (2 + L1) * isz, transcendentals=rows * (C + L1), **ops(0, rows * (C * 4 + L1 * 3)))
+                    bytes_written=rows * (2 + W) * isz, transcendentals=rows * (C + L1), **ops(0, rows * (C * 4 + L1 * 3)))
     if name.startswith("cyctc_chain"):
         # multi-warp chains: one barrier step per frame, the non-finite vote before and two for the end decision;
         # one-warp chains: none (warp-synchronous). Forward and backward chains run concurrently.

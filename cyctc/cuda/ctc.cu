@@ -10,7 +10,9 @@
 // Pipeline (three launches, in this order, planned by cyctc/cuda/_backend.py launch_config()):
 //   1. cyctc_rows<T>   one warp per valid (b, t) row, fully parallel: m = max_c x, s = sum_c exp(x - m) (one read of
 //                      the row), and the probabilities p = exp(x - m) / s of the example's blank and label classes
-//                      (prob, (B, T, Lmax + 1): [0] blank, [1 + k] label k). A class of nonzero probability whose p
+//                      (prob, (B, T, W), W = prob_width(Lmax): [0] blank, [1 + PAD + k] label k, PAD = K / 2 leading
+//                      and trailing columns of NaN, as are the labels k >= L and, in frame t, the labels no alignment
+//                      can use then (k < L - T_b + t or k > t: "dead", see the chains)). A class of nonzero probability whose p
 //                      falls below TH (4 x the smallest normal, exp flushed to 0 under -ftz included) is stored as
 //                      the negative marker -2^ep (p < 2^ep), so that every product the recursion forms with it is a
 //                      detected flush whose magnitude bounds what was lost; a class of probability 0 (logit -inf)
@@ -71,6 +73,7 @@ template <> struct Num<float> {
   static constexpr int tol_bits = 32;
   static constexpr int head = 120;
   static constexpr int min_exp = -126;  // pow2's smallest argument; chain blocks keep their maximum near 2^head
+  static constexpr int pad = 4;         // NaN columns on each side of a probability row's labels: K / 2 (K = 8)
   // binary exponent e of v > 0 (v = f 2^e, f in [0.5, 1)); 0 for v == 0. v is never subnormal here.
   static __device__ __forceinline__ int expo(float v) { return v > 0.f ? ((__float_as_int(v) >> 23) & 0xff) - 126 : 0; }
   // exponent field of v >= 0 (expo(v) = field(v) - 126 for v > 0)
@@ -93,6 +96,7 @@ template <> struct Num<double> {
   static constexpr int tol_bits = 50;
   static constexpr int head = 1000;
   static constexpr int min_exp = -1022;
+  static constexpr int pad = 2;  // K / 2 (K = 4)
   static __device__ __forceinline__ int expo(double v) {
     return v > 0.0 ? (int)((__double_as_longlong(v) >> 52) & 0x7ff) - 1022 : 0;
   }
@@ -181,6 +185,10 @@ __device__ __forceinline__ R prob_value(R v, R m, R s) {
   return p;
 }
 
+// Columns of a probability row (section 1): the blank, PAD NaN, Lmax labels, PAD NaN.
+template <typename R>
+__device__ __forceinline__ int prob_width(int Lmax) { return Lmax + 1 + 2 * Num<R>::pad; }
+
 // Smallest number of frames an alignment of the example's labels needs.
 __device__ __forceinline__ int min_frames(const int* lab, int L, int merge_repeated) {
   int n = L;
@@ -208,7 +216,7 @@ __device__ __forceinline__ bool flush_test(double raw, double q) { return raw > 
 
 // ---------------------------------------------------------------------------------------------------------------
 // 1. Rows. blockDim.x a multiple of 32; one warp per row r = b * T + t; grid = ceil(B*T / warps). rinfo (B, T, 2):
-// m and s; prob (B, T, Lmax + 1). Rows t >= logit_length[b] are left untouched (never read).
+// m and s; prob (B, T, prob_width(Lmax)). Rows t >= logit_length[b] are left untouched (never read).
 template <typename T>
 __global__ void __launch_bounds__(256)
 cyctc_rows(const T* __restrict__ x, long long sx_b, long long sx_t, const int* __restrict__ labels, int Lmax,
@@ -261,8 +269,15 @@ cyctc_rows(const T* __restrict__ x, long long sx_b, long long sx_t, const int* _
   const int L = label_length[b];
   const int* lab = labels + (long long)b * Lmax;
   if (!prob) return;  // budget plans: the chains compute the probabilities themselves
-  T* pr = prob + row * (Lmax + 1);
-  for (int k = lane; k <= L; k += 32) pr[k] = finite ? prob_value(xr[k == 0 ? blank : lab[k - 1]], m, s) : N::nan();
+  // label k is live in frame t when some alignment emits it by then (k <= t) and leaves enough frames for the rest
+  // (k >= L - Tb + t); otherwise its states are dead in both chains (zero in one, not yet reached in the other)
+  const int W = prob_width<T>(Lmax), Tb = logit_length[b], lo = L - Tb + t;
+  T* pr = prob + row * W;
+  for (int c = lane; c < W; c += 32) {
+    const int k = c - 1 - N::pad;
+    const bool live = c == 0 || (k >= 0 && k < L && k >= lo && k <= t);
+    pr[c] = finite && live ? prob_value(xr[c == 0 ? blank : lab[k]], m, s) : N::nan();
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------------------
@@ -331,7 +346,7 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
   static_assert(K >= 2 && K % 2 == 0, "state blocks start at a blank");
   // Memory-budget modes (cyctc_chain<T, K, true> only; the plan of _backend.launch_config under memory_limit):
   //  - prob == nullptr: the probabilities are computed here from x and rinfo (prob_value, the row pass's own code),
-  //    so no (B, T, Lmax + 1) buffer exists;
+  //    so no (B, T, prob_width(Lmax)) buffer exists;
   //  - ckpt_k > 0 (gradient, first pass): no rows are stored; the state (values and block exponents) is copied to
   //    checkpoint slot t / k of ckpt / ckpt_e after frame t when k divides t + 1 (forward) or t (backward, t > 0);
   //    a direction that would need the log-space fallback is marked fmt = 2 (the glue recomputes the example
@@ -375,7 +390,9 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
     if (dir == 0 && ct == 0) loss[b] = L == 0 && Tb == 0 ? 0.0 : Num<double>::inf();
     return;
   }
-  const T* prob_b = prob + (long long)b * T_ * (Lmax + 1);
+  const int W = prob_width<T>(Lmax);  // a probability row (section 1)
+  static_assert(K / 2 <= N::pad, "the probability rows' NaN padding covers half a state block");
+  const T* prob_b = prob + (long long)b * T_ * W;
   const T* rinfo_b = rinfo + (long long)b * T_ * 2;
   // TILED: chains of more than 512 K states (the plan launches cyctc_chain<T, K, true> for them)
   const int ntile = TILED ? chain_tiles(S, K, nthr) : 1, ntile_max = TILED ? chain_tiles(S_stride, K, nthr) : 1;
@@ -414,7 +431,7 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
   (void)cls;                   // (the one-tile instantiation has no use for it)
   int E = 0, Es = 0, r0 = 0, col0 = 0;  // label state 2h + 1's probability column: col0 + h (forward), col0 - h
   int nst = 0;  // > 0: the tile's block holds states of the chain (r0 < S) and rows are kept: its K states are stored
-  unsigned hmask = 0;  // bit k: state r0 + k lies in the chain (r0 + k < S)
+  int i_dead = 0;  // the first step at which the whole block is dead (below lo, see load_p)
   int bg = 0;   // the warp's index over the chain's tiles (boundary slots)
   T* bvg = nullptr;    // its boundary slots: bv + bg, bE + bg
   int* bEg = nullptr;
@@ -423,9 +440,12 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
   const T stay = merge_repeated ? T(1) : T(0);  // may a label state repeat itself?
   auto setup = [&](int j) {
     r0 = (j * nthr + ct) * K;
-    col0 = 1 + (CYCTC_STATE(r0 + 1) >> 1);
+    // label state r0 + 1 + 2h is label r0 / 2 + h (forward) or L - 1 - r0 / 2 - h (backward); a block past S
+    // (r0 / 2 > L) reads PAD columns of NaN: those after the labels (forward), or before them (backward)
+    const int h0 = r0 / 2 < L ? r0 / 2 : L;
+    col0 = D == 0 ? 1 + N::pad + h0 : N::pad + L - h0;
     nst = keep_rows ? S - r0 : 0;
-    hmask = S - r0 >= K ? (1u << K) - 1u : (S - r0 > 0 ? (1u << (S - r0)) - 1u : 0u);
+    i_dead = (r0 + K - S + 2 * Tb + 1) >> 1;  // r0 + K <= lo(i) = S - 2 - 2 (Tb - 1 - i)
     bg = j * nwc + ct / 32;
     bvg = bv + bg;
     bEg = bE + bg;
@@ -485,40 +505,42 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
     Es = 0;
     ms = 0;
   };
-  // probabilities of the tile's states at step i: [0] the blank's, [1 + h] label state 2h + 1's; p[K] per state.
-  // No probability is NaN: a state past S, one that cannot reach the chain's end in the frames left (at most two
-  // states a frame become so: it has no weight in P or in any posterior, and dropping it lets the scales follow the
-  // states that do), a class at -inf (the row pass's NaN). Every product with it is NaN, which the recursion's
-  // ordered compares read as neither kept (the state becomes 0) nor flushed, with no test of its own.
+  // probabilities of the tile's states at step i: p[k] of state r0 + k.
+  // No probability is NaN: a class at -inf, a label state past S, and a dead state: one that cannot reach the
+  // chain's end in the frames left (r < lo; it has no weight in P or in any posterior, and dropping it lets the
+  // scales follow the states that do). Every product with NaN is NaN, which the recursion's ordered compares read as
+  // neither kept (the state becomes 0) nor flushed, with no test of its own. The row pass writes these NaN into the
+  // rows (section 1), so the step only loads: label states past S read the rows' NaN padding; a label state dead in
+  // this chain is NaN there (a label dead in the other chain's direction is one this chain has not reached yet:
+  // its value is 0 with or without NaN); a dead blank, which only feeds itself and the dead label after it, is
+  // dropped with its whole block (r0 + K <= lo), and lives on at most K / 2 frames in the block where lo lies.
+  // Blank states past S receive nothing (their left neighbours are label states past S). Budget plans, which
+  // compute the probabilities here, apply the same rules, so both give the same bits.
   auto load_p = [&](int i, const T* row, T* p) {  // row: the probability row of step i's frame
     const int tt = D == 0 ? i : Tb - 1 - i;
-    const int lo = S - 2 - 2 * (Tb - 1 - i);
+    const bool dead = i >= i_dead;  // the whole block: r0 + K <= lo
     if constexpr (TILED) {
       if (!prob) {  // budget plans: from the logits, as the row pass would have
+        const int lo = S - 2 - 2 * (Tb - 1 - i);
         const T* xt = x + b * sx_b + (long long)tt * sx_t;
         const T mt = rinfo_b[2 * tt], st = rinfo_b[2 * tt + 1];
-        const T pb = prob_value(xt[blank], mt, st);
+        const T pb = dead ? N::nan() : prob_value(xt[blank], mt, st);
         CYCTC_UNROLL
         for (int h = 0; h < K / 2; ++h) {
+          const int r = r0 + 2 * h + 1;
           p[2 * h] = pb;
-          p[2 * h + 1] = prob_value(xt[cls[h]], mt, st);
+          p[2 * h + 1] = r < lo || r >= S ? N::nan() : prob_value(xt[cls[h]], mt, st);
         }
-        CYCTC_UNROLL
-        for (int k = 0; k < K; ++k)
-          if (r0 + k < lo || r0 + k >= S) p[k] = N::nan();
         return;
       }
     }
     (void)tt;
-    // valid states r0 + k (lo <= r0 + k < S) as bits: hmask (k < S - r0, set by setup) less those below lo
-    const int below = lo - r0, sh = below > 0 ? (below < 31 ? below : 31) : 0;  // hmask has K < 31 bits
-    const unsigned vm = hmask & (~0u << sh);
-    const T pb = row[0];
+    const T pb = dead ? N::nan() : row[0];
     const T* rl = row + col0;
     CYCTC_UNROLL
     for (int h = 0; h < K / 2; ++h) {
-      p[2 * h] = (vm >> (2 * h)) & 1u ? pb : N::nan();
-      p[2 * h + 1] = (vm >> (2 * h + 1)) & 1u ? rl[h * dcol] : N::nan();
+      p[2 * h] = pb;
+      p[2 * h + 1] = rl[h * dcol];
     }
   };
   const int none = -0x40000000, shift_max = -N::min_exp;  // pow2(e) is exact for -shift_max <= e <= shift_max
@@ -584,7 +606,7 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
     const int Et = target(m, E, lv, lE, T(0), 0);
     const T f = pow2c(E - Et), g = pow2c(lE - Et);
     T lvg = lv * g;
-    const bool lflush = lv > T(0) && !(lvg >= N::th());  // the incoming term fell below the range
+    const bool lflush = (lv > T(0)) & !(lvg >= N::th());  // the incoming term fell below the range
     if (lflush) lvg = T(0);
     T mx = 0, lmax = 0;
     typename N::Bits lor = 0;
@@ -596,13 +618,13 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
       if (k == 0) {  // blank: itself, and the left block's last (label) state
         raw = v[0] + lv;
         const T o = v[0] * f;
-        drop = lflush || (v[0] > T(0) && !(o >= N::th()));
+        drop = lflush | ((v[0] > T(0)) & !(o >= N::th()));
         in = (o >= N::th() ? o : T(0)) + lvg;
       } else if (k == 1) {  // label: itself (when it may repeat), the blank before, the label before (left block)
         const T o = stay * v[1] + v[0];
         raw = skip[0] * lv + o;
         const T of = o * f;
-        drop = (lflush && skip[0] > T(0)) || (o > T(0) && !(of >= N::th()));
+        drop = (lflush & (skip[0] > T(0))) | ((o > T(0)) & !(of >= N::th()));
         in = (of >= N::th() ? of : T(0)) + skip[0] * lvg;
       } else if (k & 1) {
         raw = skip[k / 2] * v[k - 2] + (stay * v[k] + v[k - 1]);
@@ -613,7 +635,7 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
       }
       const T q = in * p[k];
       const bool low = !(q >= N::th());
-      const bool fl = flush_test(raw, q) || drop;
+      const bool fl = flush_test(raw, q) | drop;
       const T ls = fl ? N::mx(N::ab(q), N::th()) : T(0);
       lost[k] = ls;
       if (any_only) lor |= N::bits(ls);
@@ -708,12 +730,12 @@ cyctc_chain(const T* __restrict__ x, long long sx_b, long long sx_t, const int* 
   }
   if (ntile == 1) setup(0);
   // the rows of step i's frame: probabilities (prow), gradient rows (st, et), advanced one frame a step
-  const long long pstep = D == 0 ? (long long)(Lmax + 1) : -(long long)(Lmax + 1);
+  const long long pstep = D == 0 ? (long long)W : -(long long)W;
   // (without rows, nst == 0: st and et are never dereferenced)
   const long long sstep = D == 0 ? (long long)S_row : -(long long)S_row;
   const long long estep = D == 0 ? (long long)nseg : -(long long)nseg;
   const int t_begin = D == 0 ? i_begin : Tb - 1 - i_begin;
-  const T* prow = prob_b + (long long)t_begin * (Lmax + 1);
+  const T* prow = prob_b + (long long)t_begin * W;
   T* st = store + (long long)(t_begin - rows_t0) * S_row;
   int* et = rexp + (long long)(t_begin - rows_t0) * nseg;
   if (ntile == 1) {  // one tile: the thread's own entries (srow_of, erow_of) advance instead
